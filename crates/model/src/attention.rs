@@ -1,0 +1,92 @@
+//! Multi-head self-attention with grouped-query heads (Ainslie et al. 2023): each KV head
+//! serves `n_rep` consecutive query heads, as in llama.cpp's broadcast.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{Module, Tensor};
+use candle_nn::kv_cache::KvCache;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::mlp::linear;
+use crate::rope::Rope;
+use crate::weights::WeightSource;
+
+/// Attention weights of one block.
+pub struct Attention {
+    q_proj: QMatMul,
+    k_proj: QMatMul,
+    v_proj: QMatMul,
+    o_proj: QMatMul,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    /// Loads `{prefix}.q_proj` and friends.
+    pub fn load(w: &dyn WeightSource, prefix: &str, cfg: &Config) -> Result<Self> {
+        Ok(Self {
+            q_proj: linear(w, &format!("{prefix}.q_proj.weight"))?,
+            k_proj: linear(w, &format!("{prefix}.k_proj.weight"))?,
+            v_proj: linear(w, &format!("{prefix}.v_proj.weight"))?,
+            o_proj: linear(w, &format!("{prefix}.o_proj.weight"))?,
+            n_head: cfg.num_attention_heads,
+            n_kv_head: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// `x` (b, seq_len, hidden) at positions index_pos.. -> (b, seq_len, hidden); appends the
+    /// new keys and values to `cache`. `mask` is (seq_len, index_pos + seq_len) or `None`
+    /// for a single query, which may see every cached key.
+    pub fn forward(&self, x: &Tensor, rope: &Rope, index_pos: usize, cache: &mut KvCache, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b_sz, seq_len, _) = x.dims3()?;
+        let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            // (b, seq_len, n * head_dim) -> (b, n, seq_len, head_dim)
+            Ok(t.reshape((b_sz, seq_len, n, head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = rope.apply(&heads(self.q_proj.forward(x)?, n_head)?, index_pos)?;
+        let k = rope.apply(&heads(self.k_proj.forward(x)?, n_kv_head)?, index_pos)?;
+        let v = heads(self.v_proj.forward(x)?, n_kv_head)?;
+        // (b, n_kv_head, kv_len, head_dim)
+        let (k, v) = cache.append(&k, &v)?;
+        let kv_len = k.dim(2)?;
+
+        // Group the query heads by the KV head they share, so one matmul serves each group:
+        // (b, n_kv_head, n_rep * seq_len, head_dim).
+        let n_rep = n_head / n_kv_head;
+        let q = q.reshape((b_sz, n_kv_head, n_rep * seq_len, head_dim))?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        // (b, n_kv_head, n_rep * seq_len, kv_len)
+        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores
+                .reshape((b_sz, n_kv_head, n_rep, seq_len, kv_len))?
+                .broadcast_add(m)?
+                .reshape((b_sz, n_kv_head, n_rep * seq_len, kv_len))?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        // (b, n_kv_head, n_rep * seq_len, head_dim) -> (b, seq_len, n_head * head_dim)
+        let out = probs.matmul(&v.contiguous()?)?;
+        let out = out.reshape((b_sz, n_head, seq_len, head_dim))?.transpose(1, 2)?.reshape((b_sz, seq_len, n_head * head_dim))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+}
+
+/// Plain reference attention for one head group (tests): `q` rows attend causally.
+pub fn attention_reference(q: &[Vec<f32>], k: &[Vec<f32>], v: &[Vec<f32>], index_pos: usize) -> Vec<Vec<f32>> {
+    let scale = 1.0 / (q[0].len() as f32).sqrt();
+    q.iter()
+        .enumerate()
+        .map(|(i, qi)| {
+            let visible = index_pos + i + 1;
+            let s: Vec<f32> = k[..visible].iter().map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+            let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            (0..v[0].len()).map(|d| e.iter().zip(v).map(|(p, vj)| p * vj[d]).sum::<f32>() / z).collect()
+        })
+        .collect()
+}

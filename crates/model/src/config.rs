@@ -1,0 +1,158 @@
+//! Hyper-parameters of a Llama model, from GGUF metadata or a named preset.
+
+use ferrollama_gguf::Gguf;
+
+use crate::error::{Error, Result};
+
+/// The shape of a Llama-architecture decoder.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    /// Width of the residual stream (`n_embd`).
+    pub hidden_size: usize,
+    /// Width of the SwiGLU feed-forward layer.
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Fewer than `num_attention_heads` means grouped-query attention; 1 is MQA.
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f32,
+    /// Linear RoPE scaling: positions are divided by this factor (1.0 = none).
+    pub rope_scaling_factor: f32,
+    /// Context the model was trained for.
+    pub max_position_embeddings: usize,
+    /// The output projection reuses the token embedding.
+    pub tie_word_embeddings: bool,
+}
+
+impl Config {
+    /// Reads a `llama`-architecture configuration from GGUF metadata, checking it is
+    /// consistent (heads divide the width, KV heads divide the heads).
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch = g.get_str("general.architecture")?;
+        let unsupported = |msg: String| Error::Unsupported { file: g.file.clone(), msg };
+        if arch != "llama" {
+            return Err(unsupported(format!("architecture `{arch}` is not supported (only `llama`)")));
+        }
+        let key = |k: &str| format!("llama.{k}");
+        let usize_key = |k: &str| -> Result<usize> {
+            let v = g.get_u64(&key(k))?;
+            usize::try_from(v).ok().filter(|&v| v > 0 && v < 1 << 24).ok_or_else(|| unsupported(format!("`llama.{k}` = {v} is out of range")))
+        };
+        let hidden_size = usize_key("embedding_length")?;
+        let num_attention_heads = usize_key("attention.head_count")?;
+        let num_key_value_heads = match g.get(&key("attention.head_count_kv")) {
+            Some(_) => usize_key("attention.head_count_kv")?,
+            None => num_attention_heads,
+        };
+        let head_dim = match g.get(&key("attention.key_length")) {
+            Some(_) => usize_key("attention.key_length")?,
+            None => hidden_size / num_attention_heads,
+        };
+        let vocab_size = match g.get(&key("vocab_size")) {
+            Some(_) => usize_key("vocab_size")?,
+            None => g.tensor_info("token_embd.weight")?.dims.get(1).copied().unwrap_or(0) as usize,
+        };
+        let rope_scaling_factor = match g.get_str(&key("rope.scaling.type")) {
+            Ok("linear") => g.get_f32(&key("rope.scaling.factor"))?,
+            Ok("none") | Err(_) => 1.0,
+            Ok(other) => return Err(unsupported(format!("RoPE scaling `{other}` is not supported (linear is)"))),
+        };
+        let cfg = Self {
+            vocab_size,
+            hidden_size,
+            intermediate_size: usize_key("feed_forward_length")?,
+            num_hidden_layers: usize_key("block_count")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: g.get_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
+            rope_theta: g.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
+            rope_scaling_factor,
+            max_position_embeddings: usize_key("context_length")?,
+            tie_word_embeddings: !g.has_tensor("output.weight"),
+        };
+        cfg.check().map_err(unsupported)?;
+        Ok(cfg)
+    }
+
+    /// Checks the relations between dimensions that the forward pass relies on.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(format!(
+                "{} attention heads are not a multiple of {} KV heads",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+            return Err(format!("head dimension {} must be even for RoPE", self.head_dim));
+        }
+        if self.rope_scaling_factor <= 0.0 || !self.rope_scaling_factor.is_finite() {
+            return Err(format!("RoPE scaling factor {} must be positive", self.rope_scaling_factor));
+        }
+        Ok(())
+    }
+
+    /// Query heads that share one KV head.
+    pub fn n_rep(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+
+    /// Parameter count of the weights this shape implies.
+    pub fn num_parameters(&self) -> u64 {
+        let (h, f, l) = (self.hidden_size as u64, self.intermediate_size as u64, self.num_hidden_layers as u64);
+        let q = h * (self.num_attention_heads * self.head_dim) as u64;
+        let kv = 2 * h * (self.num_key_value_heads * self.head_dim) as u64;
+        let per_layer = 2 * q + kv + 3 * h * f + 2 * h;
+        let embed = self.vocab_size as u64 * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + head + l * per_layer + h
+    }
+
+    /// The Llama 2 shapes from the paper (Touvron et al. 2023, Table 1 and Appendix A.2.1).
+    pub fn preset(name: &str) -> Option<Self> {
+        let (hidden_size, intermediate_size, layers, heads, kv_heads) = match name {
+            "llama2-7b" => (4096, 11008, 32, 32, 32),
+            "llama2-13b" => (5120, 13824, 40, 40, 40),
+            "llama2-34b" => (8192, 22016, 48, 64, 8),
+            "llama2-70b" => (8192, 28672, 80, 64, 8),
+            _ => return None,
+        };
+        Some(Self {
+            vocab_size: 32000,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim: hidden_size / heads,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling_factor: 1.0,
+            max_position_embeddings: 4096,
+            tie_word_embeddings: false,
+        })
+    }
+
+    /// Names accepted by [`Config::preset`].
+    pub const PRESETS: [&'static str; 4] = ["llama2-7b", "llama2-13b", "llama2-34b", "llama2-70b"];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama2_presets_have_published_parameter_counts() {
+        // Published sizes: 6.74B, 13.0B, 33.7B (approx.), 69.0B.
+        let billions = |n: &str| Config::preset(n).unwrap().num_parameters() as f64 / 1e9;
+        assert!((billions("llama2-7b") - 6.74).abs() < 0.01);
+        assert!((billions("llama2-13b") - 13.02).abs() < 0.01);
+        assert!((billions("llama2-70b") - 68.98).abs() < 0.01);
+        for n in Config::PRESETS {
+            Config::preset(n).unwrap().check().unwrap();
+        }
+    }
+}

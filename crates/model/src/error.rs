@@ -1,0 +1,23 @@
+//! Errors of loading and running a model.
+
+/// A model error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Gguf(#[from] ferrollama_gguf::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// The file holds a model this crate cannot run, or its hyper-parameters disagree.
+    #[error("{file}: {msg}")]
+    Unsupported { file: String, msg: String },
+    /// A tensor's shape is not what the configuration calls for.
+    #[error("{file}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    Shape { file: String, name: String, found: Vec<usize>, expected: Vec<usize> },
+    /// A request the model cannot serve (too many tokens, an id outside the vocabulary).
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

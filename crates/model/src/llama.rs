@@ -1,0 +1,158 @@
+//! The Llama decoder (Touvron et al. 2023): embed -> for each block: RMSNorm, attention,
+//! residual, RMSNorm, SwiGLU, residual -> RMSNorm -> output projection. Reads top to
+//! bottom like llama2.c's `forward()`.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::kv_cache::KvCache;
+
+use crate::attention::Attention;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::mask::causal_mask;
+use crate::mlp::{linear, Mlp};
+use crate::rope::Rope;
+use crate::weights::WeightSource;
+
+/// An RMSNorm weight (Zhang & Sennrich 2019) with its epsilon.
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(w: &dyn WeightSource, name: &str, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.get(name)?.dequantize(&Device::Cpu)?, eps: eps as f32 })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A loaded Llama model. Immutable once loaded: per-sequence state lives in [`Cache`].
+pub struct Llama {
+    embed_tokens: Arc<QTensor>,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: QMatMul,
+    rope: Rope,
+    pub config: Config,
+}
+
+/// The KV cache of one sequence, sized for a context of `n_ctx` tokens.
+pub struct Cache {
+    layers: Vec<KvCache>,
+    n_ctx: usize,
+}
+
+impl Cache {
+    /// Tokens held so far; the position of the next token.
+    pub fn seq_len(&self) -> usize {
+        self.layers.first().map_or(0, |c| c.current_seq_len())
+    }
+
+    /// The context size this cache was made for.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Forgets every token.
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(KvCache::reset);
+    }
+}
+
+impl Llama {
+    /// Loads every weight the configuration calls for; `max_ctx` bounds the positions the
+    /// RoPE tables cover.
+    pub fn load(w: &dyn WeightSource, config: Config, max_ctx: usize) -> Result<Self> {
+        let embed = w.get("model.embed_tokens.weight")?;
+        let expected = vec![config.vocab_size, config.hidden_size];
+        if embed.shape().dims() != expected.as_slice() {
+            return Err(Error::Shape {
+                file: w.file().to_string(),
+                name: "model.embed_tokens.weight".into(),
+                found: embed.shape().dims().to_vec(),
+                expected,
+            });
+        }
+        let embed_tokens = Arc::new(embed);
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Ok(DecoderLayer {
+                    input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), config.rms_norm_eps)?,
+                    self_attn: Attention::load(w, &format!("{p}.self_attn"), &config)?,
+                    post_attention_layernorm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm.weight"), config.rms_norm_eps)?,
+                    mlp: Mlp::load(w, &format!("{p}.mlp"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if w.contains("lm_head.weight") {
+            linear(w, "lm_head.weight")?
+        } else {
+            QMatMul::from_arc(embed_tokens.clone())?
+        };
+        let rope = Rope::new(config.head_dim, config.rope_theta, config.rope_scaling_factor, max_ctx, &Device::Cpu)?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::load(w, "model.norm.weight", config.rms_norm_eps)?,
+            lm_head,
+            rope,
+            config,
+        })
+    }
+
+    /// An empty cache for a context of `n_ctx` tokens (at most the RoPE table size).
+    pub fn new_cache(&self, n_ctx: usize) -> Cache {
+        let n_ctx = n_ctx.min(self.rope.max_pos());
+        Cache { layers: (0..self.layers.len()).map(|_| KvCache::new(2, n_ctx)).collect(), n_ctx }
+    }
+
+    /// Runs `tokens` after what `cache` holds. Returns logits (n, vocab) for the last
+    /// `n_out` positions (1 for generation, all for scoring).
+    pub fn forward(&self, tokens: &[u32], cache: &mut Cache, n_out: usize) -> Result<Tensor> {
+        let index_pos = cache.seq_len();
+        let seq_len = tokens.len();
+        if seq_len == 0 {
+            return Err(Error::Input("no tokens to run".into()));
+        }
+        if index_pos + seq_len > cache.n_ctx {
+            return Err(Error::Input(format!(
+                "{} tokens exceed the context of {} ({index_pos} already held)",
+                index_pos + seq_len,
+                cache.n_ctx
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(Error::Input(format!("token id {bad} is outside the vocabulary of {}", self.config.vocab_size)));
+        }
+        let dev = Device::Cpu;
+        let ids = Tensor::new(tokens, &dev)?;
+        // (1, seq_len, hidden)
+        let mut x = self.embed_tokens.embedding(&ids)?.to_dtype(DType::F32)?.unsqueeze(0)?;
+        let mask = if seq_len > 1 { Some(causal_mask(seq_len, index_pos, &dev)?) } else { None };
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let h = layer.input_layernorm.forward(&x)?;
+            let h = layer.self_attn.forward(&h, &self.rope, index_pos, kv, mask.as_ref())?;
+            x = (x + h)?;
+            let h = layer.post_attention_layernorm.forward(&x)?;
+            x = (&x + layer.mlp.forward(&h)?)?;
+        }
+        let n_out = n_out.clamp(1, seq_len);
+        let x = x.narrow(1, seq_len - n_out, n_out)?;
+        let x = self.norm.forward(&x)?;
+        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
+    }
+}

@@ -1,0 +1,90 @@
+//! Rotary position embeddings (Su et al. 2021) as llama.cpp applies them to Llama: each
+//! head's dimensions rotate in adjacent pairs (x[2i], x[2i+1]) by pos * theta^(-2i/d).
+//! GGUF files store Q and K rows in the order this expects; Hugging Face checkpoints rotate
+//! halves instead and are permuted at load.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::Result;
+
+/// Cosine and sine tables for every position up to the context size.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// (max_pos, head_dim / 2)
+    cos: Tensor,
+    /// (max_pos, head_dim / 2)
+    sin: Tensor,
+}
+
+impl Rope {
+    /// Tables for `max_pos` positions; positions are divided by `scale` (linear scaling).
+    pub fn new(head_dim: usize, theta: f32, scale: f32, max_pos: usize, device: &Device) -> Result<Self> {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> =
+            (0..half).map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32)).collect();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for pos in 0..max_pos {
+            let p = pos as f32 / scale;
+            for f in &inv_freq {
+                let angle = p * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (max_pos, half), device)?,
+            sin: Tensor::from_vec(sin, (max_pos, half), device)?,
+        })
+    }
+
+    /// Rotates `x` (b, n_head, seq_len, head_dim) whose first row is at position `index_pos`.
+    pub fn apply(&self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
+        let seq_len = x.dim(2)?;
+        let cos = self.cos.narrow(0, index_pos, seq_len)?.contiguous()?;
+        let sin = self.sin.narrow(0, index_pos, seq_len)?.contiguous()?;
+        Ok(candle_nn::rotary_emb::rope_i(&x.to_dtype(DType::F32)?.contiguous()?, &cos, &sin)?)
+    }
+
+    /// Positions the tables cover.
+    pub fn max_pos(&self) -> usize {
+        self.cos.dims()[0]
+    }
+}
+
+/// Plain reference: rotate pairs of a single row at position `pos`.
+pub fn rope_reference(row: &mut [f32], pos: usize, theta: f32, scale: f32) {
+    let d = row.len();
+    for i in 0..d / 2 {
+        let angle = pos as f32 / scale * theta.powf(-2.0 * i as f32 / d as f32);
+        let (s, c) = angle.sin_cos();
+        let (a, b) = (row[2 * i], row[2 * i + 1]);
+        row[2 * i] = a * c - b * s;
+        row[2 * i + 1] = a * s + b * c;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_matches_reference_at_offset() {
+        let dev = Device::Cpu;
+        let (heads, t, d) = (3, 5, 8);
+        let data: Vec<f32> = (0..heads * t * d).map(|i| ((i * 37) % 17) as f32 / 7.0 - 1.0).collect();
+        let x = Tensor::from_vec(data.clone(), (1, heads, t, d), &dev).unwrap();
+        let rope = Rope::new(d, 10000.0, 2.0, 32, &dev).unwrap();
+        let got: Vec<f32> = rope.apply(&x, 7).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        for h in 0..heads {
+            for p in 0..t {
+                let at = (h * t + p) * d;
+                let mut row = data[at..at + d].to_vec();
+                rope_reference(&mut row, 7 + p, 10000.0, 2.0);
+                for (a, b) in row.iter().zip(&got[at..at + d]) {
+                    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+                }
+            }
+        }
+    }
+}
