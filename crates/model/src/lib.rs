@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod llama;
 pub mod mask;

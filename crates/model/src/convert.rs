@@ -1,0 +1,82 @@
+//! Re-encoding a GGUF model's weights in another type (f32, f16, q8_0, q4_0, q4_1, ...):
+//! matrices are dequantized to f32 and quantized again with candle's quantizers; vectors
+//! (norms) stay f32, as llama-quantize keeps them. Metadata is carried across unchanged
+//! except `general.file_type`.
+
+use std::path::Path;
+
+use candle_core::quantized::QTensor;
+use candle_core::Device;
+use ferrollama_gguf::{GgmlType, GgufFile, GgufWriter, TensorToWrite, Value};
+
+use crate::error::{Error, Result};
+use crate::weights::candle_dtype;
+
+/// llama.cpp's `llama_ftype` for a file whose matrices are mostly of type `t`.
+pub fn file_type(t: GgmlType) -> Option<u32> {
+    Some(match t {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q5_0 => 8,
+        GgmlType::Q5_1 => 9,
+        GgmlType::Q2K => 10,
+        GgmlType::Q4K => 15,
+        GgmlType::Q5K => 17,
+        GgmlType::Q6K => 18,
+        GgmlType::BF16 => 32,
+        _ => return None,
+    })
+}
+
+/// Writes `src` to `out` with every matrix in `target`. `progress(done, total)` is called
+/// per tensor.
+pub fn requantize(src: &GgufFile, out: &Path, target: GgmlType, mut progress: impl FnMut(usize, usize)) -> Result<()> {
+    let ftype = file_type(target).ok_or_else(|| Error::Input(format!("cannot write models of type {target}")))?;
+    let mut w = GgufWriter::new();
+    for (k, v) in &src.header.metadata {
+        w.set(k, v.clone());
+    }
+    w.set("general.file_type", Value::U32(ftype));
+    let mut plan = Vec::new();
+    for t in &src.header.tensors {
+        // Vectors stay f32; a matrix whose rows are not whole blocks of the target falls
+        // back to f16, as llama-quantize falls back for incompatible shapes.
+        let ty = if t.dims.len() < 2 {
+            GgmlType::F32
+        } else if t.dims[0] % target.block_size() as u64 != 0 {
+            GgmlType::F16
+        } else {
+            target
+        };
+        w.add_tensor(TensorToWrite { name: t.name.clone(), dims: t.dims.clone(), ggml_type: ty });
+        plan.push(ty);
+    }
+    let total = plan.len();
+    w.write(out, |i, t| {
+        let info = &src.header.tensors[i];
+        let bytes = recode(src, info, plan[i]).map_err(|e| ferrollama_gguf::Error::Invalid {
+            file: out.display().to_string(),
+            msg: format!("re-encoding `{}`: {e}", t.name),
+        })?;
+        progress(i + 1, total);
+        Ok(bytes)
+    })?;
+    Ok(())
+}
+
+fn recode(src: &GgufFile, info: &ferrollama_gguf::TensorInfo, to: GgmlType) -> Result<Vec<u8>> {
+    let data = src.tensor_data(info);
+    if info.ggml_type == to {
+        return Ok(data.to_vec());
+    }
+    let from = candle_dtype(info.ggml_type).ok_or_else(|| Error::Input(format!("cannot read type {}", info.ggml_type)))?;
+    let to_dtype = candle_dtype(to).ok_or_else(|| Error::Input(format!("cannot write type {to}")))?;
+    let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Borrowed(data), &Device::Cpu, from)?;
+    let q = QTensor::new(storage, info.shape())?;
+    let f = q.dequantize(&Device::Cpu)?;
+    let out = QTensor::quantize(&f, to_dtype)?;
+    Ok(out.data()?.into_owned())
+}
