@@ -5,6 +5,7 @@
 pub mod error;
 pub mod names;
 pub mod reader;
+pub mod safetensors;
 pub mod types;
 pub mod value;
 pub mod writer;

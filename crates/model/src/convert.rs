@@ -41,16 +41,9 @@ pub fn requantize(src: &GgufFile, out: &Path, target: GgmlType, mut progress: im
     }
     w.set("general.file_type", Value::U32(ftype));
     let mut plan = Vec::new();
+    let has_output = src.header.has_tensor("output.weight");
     for t in &src.header.tensors {
-        // Vectors stay f32; a matrix whose rows are not whole blocks of the target falls
-        // back to f16, as llama-quantize falls back for incompatible shapes.
-        let ty = if t.dims.len() < 2 {
-            GgmlType::F32
-        } else if t.dims[0] % target.block_size() as u64 != 0 {
-            GgmlType::F16
-        } else {
-            target
-        };
+        let ty = tensor_type(&t.name, &t.dims, target, has_output);
         w.add_tensor(TensorToWrite { name: t.name.clone(), dims: t.dims.clone(), ggml_type: ty });
         plan.push(ty);
     }
@@ -65,6 +58,32 @@ pub fn requantize(src: &GgufFile, out: &Path, target: GgmlType, mut progress: im
         Ok(bytes)
     })?;
     Ok(())
+}
+
+/// The type llama-quantize gives a tensor when the file's type is `target`: vectors stay
+/// f32; the output projection (or the token embedding standing in for it) keeps more bits
+/// (q6_K, or q8_0 when its rows are not whole 256-blocks) under 4- and 5-bit targets;
+/// rows that are not whole blocks of the target fall back to f16.
+pub fn tensor_type(gguf_name: &str, dims: &[u64], target: GgmlType, has_output: bool) -> GgmlType {
+    if dims.len() < 2 {
+        return GgmlType::F32;
+    }
+    let is_head = gguf_name == "output.weight" || (!has_output && gguf_name == "token_embd.weight");
+    let low_bit = !matches!(target, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0);
+    let wanted = if is_head && low_bit {
+        if dims[0] % GgmlType::Q6K.block_size() as u64 == 0 {
+            GgmlType::Q6K
+        } else {
+            GgmlType::Q8_0
+        }
+    } else {
+        target
+    };
+    if dims[0] % wanted.block_size() as u64 != 0 {
+        GgmlType::F16
+    } else {
+        wanted
+    }
 }
 
 fn recode(src: &GgufFile, info: &ferrollama_gguf::TensorInfo, to: GgmlType) -> Result<Vec<u8>> {

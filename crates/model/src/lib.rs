@@ -5,6 +5,8 @@ pub mod attention;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod export;
+pub mod hf;
 pub mod llama;
 pub mod mask;
 pub mod mlp;

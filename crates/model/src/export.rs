@@ -1,0 +1,145 @@
+//! Moving weights between the GGUF and Hugging Face layouts: GGUF -> `model.safetensors`
+//! + `config.json` (dequantized to f32 or f16), and HF directory -> GGUF (f32, f16, q8_0,
+//! q4_0, q4_1, ...). Tokenizer files are the tokenizer crate's business; callers pass its
+//! GGUF metadata in and write its JSON files beside.
+
+use std::path::Path;
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device};
+use ferrollama_gguf::safetensors::{write_safetensors, StDtype, StOwned};
+use ferrollama_gguf::{names, GgmlType, GgufFile, GgufWriter, TensorToWrite, Value};
+
+use crate::config::Config;
+use crate::convert::{file_type, tensor_type};
+use crate::error::{Error, Result};
+use crate::hf::{config_to_hf, permute_rope_rows, HfWeights, RopeLayout};
+use crate::weights::{candle_dtype, GgufWeights, WeightSource};
+
+/// Writes `model.safetensors` and `config.json` for the weights of `src` into `dir`.
+pub fn gguf_to_hf(src: &GgufFile, dir: &Path, dtype: StDtype, bos: Option<u32>, eos: Option<u32>, mut progress: impl FnMut(usize, usize)) -> Result<()> {
+    let cfg = Config::from_gguf(&src.header)?;
+    let weights = GgufWeights::new(src);
+    let (candle_dt, elem) = match dtype {
+        StDtype::F32 => (DType::F32, 4),
+        StDtype::F16 => (DType::F16, 2),
+        StDtype::BF16 => (DType::BF16, 2),
+    };
+    let total = src.header.tensors.len();
+    let mut out = Vec::with_capacity(total);
+    for (i, info) in src.header.tensors.iter().enumerate() {
+        let hf_name = names::gguf_to_hf(&info.name).ok_or_else(|| Error::Unsupported {
+            file: src.header.file.clone(),
+            msg: format!("tensor `{}` has no Hugging Face name", info.name),
+        })?;
+        let t = weights.get(&hf_name)?.dequantize(&Device::Cpu)?.to_dtype(candle_dt)?;
+        let mut data = tensor_bytes(&t)?;
+        let shape = info.shape();
+        let heads = if hf_name.ends_with("q_proj.weight") {
+            Some(cfg.num_attention_heads)
+        } else if hf_name.ends_with("k_proj.weight") {
+            Some(cfg.num_key_value_heads)
+        } else {
+            None
+        };
+        if let (Some(n), [_, cols]) = (heads, shape.as_slice()) {
+            data = permute_rope_rows(&data, n, cols * elem, RopeLayout::GgufToHf)?;
+        }
+        out.push(StOwned { name: hf_name, dtype, shape, data });
+        progress(i + 1, total);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    write_safetensors(&dir.join("model.safetensors"), &out)?;
+    let config = serde_json::to_string_pretty(&config_to_hf(&cfg, bos, eos)).map_err(|e| Error::Input(e.to_string()))?;
+    std::fs::write(dir.join("config.json"), config).map_err(|e| io(dir, e))?;
+    Ok(())
+}
+
+/// Writes a GGUF file from the HF checkpoint in `dir`, matrices in `target`, with the
+/// tokenizer's GGUF metadata `tokenizer_meta` added.
+pub fn hf_to_gguf(dir: &Path, out: &Path, target: GgmlType, tokenizer_meta: Vec<(String, Value)>, mut progress: impl FnMut(usize, usize)) -> Result<()> {
+    let cfg = crate::hf::config_from_hf(dir)?;
+    let weights = HfWeights::open(dir, cfg.clone())?;
+    let ftype = file_type(target).ok_or_else(|| Error::Input(format!("cannot write models of type {target}")))?;
+    let mut w = GgufWriter::new();
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for (k, v) in [
+        ("general.architecture", Value::String("llama".into())),
+        ("general.name", Value::String(name)),
+        ("general.file_type", Value::U32(ftype)),
+        ("llama.vocab_size", Value::U32(cfg.vocab_size as u32)),
+        ("llama.context_length", Value::U32(cfg.max_position_embeddings as u32)),
+        ("llama.embedding_length", Value::U32(cfg.hidden_size as u32)),
+        ("llama.feed_forward_length", Value::U32(cfg.intermediate_size as u32)),
+        ("llama.block_count", Value::U32(cfg.num_hidden_layers as u32)),
+        ("llama.attention.head_count", Value::U32(cfg.num_attention_heads as u32)),
+        ("llama.attention.head_count_kv", Value::U32(cfg.num_key_value_heads as u32)),
+        ("llama.attention.key_length", Value::U32(cfg.head_dim as u32)),
+        ("llama.attention.value_length", Value::U32(cfg.head_dim as u32)),
+        ("llama.rope.dimension_count", Value::U32(cfg.head_dim as u32)),
+        ("llama.rope.freq_base", Value::F32(cfg.rope_theta)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(cfg.rms_norm_eps as f32)),
+    ] {
+        w.set(k, v);
+    }
+    if cfg.rope_scaling_factor != 1.0 {
+        w.set("llama.rope.scaling.type", Value::String("linear".into()));
+        w.set("llama.rope.scaling.factor", Value::F32(cfg.rope_scaling_factor));
+    }
+    for (k, v) in tokenizer_meta {
+        w.set(&k, v);
+    }
+    let mut hf_names: Vec<&str> = weights.st.names().collect();
+    // llama.cpp's order: embeddings, then layers in order, then the head.
+    hf_names.sort_by_key(|n| tensor_order(n));
+    let mut plan = Vec::new();
+    let has_output = weights.contains("lm_head.weight");
+    for &hf in &hf_names {
+        let Some(gguf_name) = names::hf_to_gguf(hf) else {
+            continue; // e.g. rotary inv_freq buffers, which are recomputed
+        };
+        let t = weights.st.tensor(hf)?;
+        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+        let ty = tensor_type(&gguf_name, &dims, target, has_output);
+        w.add_tensor(TensorToWrite { name: gguf_name, dims, ggml_type: ty });
+        plan.push((hf.to_string(), ty));
+    }
+    let total = plan.len();
+    w.write(out, |i, _| {
+        let (hf, ty) = &plan[i];
+        let bytes = (|| -> Result<Vec<u8>> {
+            let f = weights.get(hf)?.dequantize(&Device::Cpu)?;
+            let dt = candle_dtype(*ty).ok_or_else(|| Error::Input(format!("cannot write type {ty}")))?;
+            Ok(QTensor::quantize(&f, dt)?.data()?.into_owned())
+        })()
+        .map_err(|e| ferrollama_gguf::Error::Invalid { file: out.display().to_string(), msg: format!("encoding `{hf}`: {e}") })?;
+        progress(i + 1, total);
+        Ok(bytes)
+    })?;
+    Ok(())
+}
+
+/// Sort key putting tensors in llama.cpp's order.
+fn tensor_order(hf: &str) -> (usize, usize, String) {
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        let layer = rest.split('.').next().and_then(|l| l.parse().ok()).unwrap_or(usize::MAX);
+        return (1, layer, hf.to_string());
+    }
+    let group = if hf.starts_with("model.embed_tokens") { 0 } else { 2 };
+    (group, 0, hf.to_string())
+}
+
+/// Little-endian bytes of a contiguous f32/f16/bf16 tensor.
+fn tensor_bytes(t: &candle_core::Tensor) -> Result<Vec<u8>> {
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => flat.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::F16 => flat.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::BF16 => flat.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        other => return Err(Error::Input(format!("cannot export {other:?} tensors"))),
+    })
+}
+
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Unsupported { file: path.display().to_string(), msg: source.to_string() }
+}

@@ -1,0 +1,186 @@
+//! Hugging Face Llama checkpoints: `config.json` (LlamaForCausalLM) and safetensors weights.
+//! HF rotates each head's halves (`rotate_half`) while llama.cpp, and this crate, rotate
+//! adjacent pairs, so q_proj and k_proj rows are permuted at load exactly as llama.cpp's
+//! `convert_hf_to_gguf.py` permutes them, and back on export.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::Device;
+use ferrollama_gguf::safetensors::{SafetensorsDir, StDtype};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::weights::WeightSource;
+
+/// Reads `config.json` of a Llama checkpoint.
+pub fn config_from_hf(dir: &Path) -> Result<Config> {
+    let path = dir.join("config.json");
+    let file = path.display().to_string();
+    let bad = |msg: String| Error::Unsupported { file: file.clone(), msg };
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let arch = j["architectures"][0].as_str().unwrap_or("LlamaForCausalLM");
+    if arch != "LlamaForCausalLM" {
+        return Err(bad(format!("architecture `{arch}` is not supported (LlamaForCausalLM is)")));
+    }
+    let int = |k: &str| -> Result<usize> {
+        j[k].as_u64().filter(|&v| v > 0 && v < 1 << 24).map(|v| v as usize).ok_or_else(|| bad(format!("`{k}` is missing or out of range")))
+    };
+    let hidden_size = int("hidden_size")?;
+    let num_attention_heads = int("num_attention_heads")?;
+    let rope_scaling_factor = match j.get("rope_scaling").filter(|v| !v.is_null()) {
+        None => 1.0,
+        Some(s) => {
+            let kind = s["rope_type"].as_str().or(s["type"].as_str()).unwrap_or("?");
+            if kind != "linear" {
+                return Err(bad(format!("rope_scaling type `{kind}` is not supported (linear is)")));
+            }
+            s["factor"].as_f64().ok_or_else(|| bad("rope_scaling has no factor".into()))? as f32
+        }
+    };
+    let cfg = Config {
+        vocab_size: int("vocab_size")?,
+        hidden_size,
+        intermediate_size: int("intermediate_size")?,
+        num_hidden_layers: int("num_hidden_layers")?,
+        num_attention_heads,
+        num_key_value_heads: if j["num_key_value_heads"].is_null() { num_attention_heads } else { int("num_key_value_heads")? },
+        head_dim: if j["head_dim"].is_null() { hidden_size / num_attention_heads } else { int("head_dim")? },
+        rms_norm_eps: j["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+        rope_theta: j["rope_theta"].as_f64().unwrap_or(10000.0) as f32,
+        rope_scaling_factor,
+        max_position_embeddings: int("max_position_embeddings")?,
+        tie_word_embeddings: j["tie_word_embeddings"].as_bool().unwrap_or(false),
+    };
+    cfg.check().map_err(bad)?;
+    Ok(cfg)
+}
+
+/// The `config.json` of a Llama checkpoint with this configuration.
+pub fn config_to_hf(cfg: &Config, bos: Option<u32>, eos: Option<u32>) -> serde_json::Value {
+    let rope_scaling = if cfg.rope_scaling_factor == 1.0 {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({"rope_type": "linear", "factor": cfg.rope_scaling_factor})
+    };
+    serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": rope_scaling,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "attention_bias": false,
+        "mlp_bias": false,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "torch_dtype": "float32",
+    })
+}
+
+/// Which way to permute rotary rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// HF (halves) -> GGUF (adjacent pairs), on load.
+    HfToGguf,
+    /// GGUF -> HF, on export.
+    GgufToHf,
+}
+
+/// Reorders the rows of a (n_head * head_dim, cols) matrix stored row-major with
+/// `row_bytes` bytes per row. HF row (h, j, i) -- half j, index i -- is GGUF row (h, 2i + j).
+pub fn permute_rope_rows(data: &[u8], n_head: usize, row_bytes: usize, dir: RopeLayout) -> Result<Vec<u8>> {
+    let rows = data.len() / row_bytes.max(1);
+    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || rows * row_bytes != data.len() {
+        return Err(Error::Input(format!("cannot permute {rows} rows into {n_head} rotary heads")));
+    }
+    let head_dim = rows / n_head;
+    let half = head_dim / 2;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..n_head {
+        for j in 0..2 {
+            for i in 0..half {
+                let hf = h * head_dim + j * half + i;
+                let gg = h * head_dim + 2 * i + j;
+                let (src, dst) = match dir {
+                    RopeLayout::HfToGguf => (hf, gg),
+                    RopeLayout::GgufToHf => (gg, hf),
+                };
+                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Weights from a Hugging Face checkpoint directory.
+pub struct HfWeights {
+    pub st: SafetensorsDir,
+    config: Config,
+    file: String,
+}
+
+impl HfWeights {
+    /// Opens the safetensors of `dir`; `config` gives the head counts for the permutation.
+    pub fn open(dir: &Path, config: Config) -> Result<Self> {
+        Ok(Self { st: SafetensorsDir::open(dir)?, config, file: dir.display().to_string() })
+    }
+}
+
+impl WeightSource for HfWeights {
+    fn get(&self, hf_name: &str) -> Result<QTensor> {
+        let t = self.st.tensor(hf_name)?;
+        let (dtype, elem) = match t.dtype {
+            StDtype::F32 => (GgmlDType::F32, 4),
+            StDtype::F16 => (GgmlDType::F16, 2),
+            StDtype::BF16 => (GgmlDType::BF16, 2),
+        };
+        let heads = if hf_name.ends_with("self_attn.q_proj.weight") {
+            Some(self.config.num_attention_heads)
+        } else if hf_name.ends_with("self_attn.k_proj.weight") {
+            Some(self.config.num_key_value_heads)
+        } else {
+            None
+        };
+        let data = match (heads, t.shape.as_slice()) {
+            (Some(n), [_, cols]) => Cow::Owned(permute_rope_rows(t.data, n, cols * elem, RopeLayout::HfToGguf)?),
+            _ => Cow::Borrowed(t.data),
+        };
+        let storage = QStorage::from_data(data, &Device::Cpu, dtype)?;
+        Ok(QTensor::new(storage, t.shape.clone())?)
+    }
+
+    fn contains(&self, hf_name: &str) -> bool {
+        self.st.contains(hf_name)
+    }
+
+    fn file(&self) -> &str {
+        &self.file
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_permutation_round_trips_and_interleaves() {
+        // 2 heads of dim 4, one byte per row.
+        let hf: Vec<u8> = (0..8).collect();
+        let gg = permute_rope_rows(&hf, 2, 1, RopeLayout::HfToGguf).unwrap();
+        assert_eq!(gg, vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(permute_rope_rows(&gg, 2, 1, RopeLayout::GgufToHf).unwrap(), hf);
+        assert!(permute_rope_rows(&hf, 3, 1, RopeLayout::HfToGguf).is_err());
+    }
+}
