@@ -1,22 +1,21 @@
 //! Multi-head self-attention with grouped-query heads (Ainslie et al. 2023): each KV head
 //! serves `n_rep` consecutive query heads, as in llama.cpp's broadcast.
 
-use candle_core::quantized::QMatMul;
 use candle_core::{Module, Tensor};
 use candle_nn::kv_cache::KvCache;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::mlp::linear;
+use crate::linear::Linear;
 use crate::rope::Rope;
 use crate::weights::WeightSource;
 
 /// Attention weights of one block.
 pub struct Attention {
-    q_proj: QMatMul,
-    k_proj: QMatMul,
-    v_proj: QMatMul,
-    o_proj: QMatMul,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
@@ -26,10 +25,10 @@ impl Attention {
     /// Loads `{prefix}.q_proj` and friends.
     pub fn load(w: &dyn WeightSource, prefix: &str, cfg: &Config) -> Result<Self> {
         Ok(Self {
-            q_proj: linear(w, &format!("{prefix}.q_proj.weight"))?,
-            k_proj: linear(w, &format!("{prefix}.k_proj.weight"))?,
-            v_proj: linear(w, &format!("{prefix}.v_proj.weight"))?,
-            o_proj: linear(w, &format!("{prefix}.o_proj.weight"))?,
+            q_proj: Linear::load(w, &format!("{prefix}.q_proj.weight"))?,
+            k_proj: Linear::load(w, &format!("{prefix}.k_proj.weight"))?,
+            v_proj: Linear::load(w, &format!("{prefix}.v_proj.weight"))?,
+            o_proj: Linear::load(w, &format!("{prefix}.o_proj.weight"))?,
             n_head: cfg.num_attention_heads,
             n_kv_head: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,

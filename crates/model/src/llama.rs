@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::kv_cache::KvCache;
 
@@ -12,7 +12,8 @@ use crate::attention::Attention;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mask::causal_mask;
-use crate::mlp::{linear, Mlp};
+use crate::linear::Linear;
+use crate::mlp::Mlp;
 use crate::rope::Rope;
 use crate::weights::WeightSource;
 
@@ -44,7 +45,7 @@ pub struct Llama {
     embed_tokens: Arc<QTensor>,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: Linear,
     rope: Rope,
     pub config: Config,
 }
@@ -99,9 +100,9 @@ impl Llama {
             })
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if w.contains("lm_head.weight") {
-            linear(w, "lm_head.weight")?
+            Linear::load(w, "lm_head.weight")?
         } else {
-            QMatMul::from_arc(embed_tokens.clone())?
+            Linear::from_arc(embed_tokens.clone())?
         };
         let rope = Rope::new(config.head_dim, config.rope_theta, config.rope_scaling_factor, max_ctx, &Device::Cpu)?;
         Ok(Self {

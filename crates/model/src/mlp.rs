@@ -1,25 +1,25 @@
 //! The SwiGLU feed-forward layer (Shazeer 2020): down(silu(gate(x)) * up(x)).
 
-use candle_core::quantized::QMatMul;
 use candle_core::{Module, Tensor};
 
 use crate::error::Result;
+use crate::linear::Linear;
 use crate::weights::WeightSource;
 
 /// Feed-forward weights of one block.
 pub struct Mlp {
-    gate_proj: QMatMul,
-    up_proj: QMatMul,
-    down_proj: QMatMul,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
 }
 
 impl Mlp {
     /// Loads `{prefix}.gate_proj` and friends.
     pub fn load(w: &dyn WeightSource, prefix: &str) -> Result<Self> {
         Ok(Self {
-            gate_proj: linear(w, &format!("{prefix}.gate_proj.weight"))?,
-            up_proj: linear(w, &format!("{prefix}.up_proj.weight"))?,
-            down_proj: linear(w, &format!("{prefix}.down_proj.weight"))?,
+            gate_proj: Linear::load(w, &format!("{prefix}.gate_proj.weight"))?,
+            up_proj: Linear::load(w, &format!("{prefix}.up_proj.weight"))?,
+            down_proj: Linear::load(w, &format!("{prefix}.down_proj.weight"))?,
         })
     }
 }
@@ -30,15 +30,4 @@ impl Module for Mlp {
         let up = self.up_proj.forward(x)?;
         self.down_proj.forward(&(gate * up)?)
     }
-}
-
-/// A projection, quantized weights kept quantized; f16/bf16 weights are kept in f16 and
-/// multiplied with f16 activations, as llama.cpp does.
-pub fn linear(w: &dyn WeightSource, name: &str) -> Result<QMatMul> {
-    use candle_core::quantized::GgmlDType;
-    let q = w.get(name)?;
-    Ok(match q.dtype() {
-        GgmlDType::F16 | GgmlDType::BF16 => QMatMul::TensorF16(q.dequantize_f16(&q.device())?),
-        _ => QMatMul::from_qtensor(q)?,
-    })
 }
