@@ -1,1 +1,25 @@
-//! placeholder
+//! Tokenizers that reproduce llama.cpp's exactly: SentencePiece BPE (`llama`) and byte-level
+//! BPE (`gpt2`) vocabularies loaded from GGUF metadata or a Hugging Face `tokenizer.json`.
+//! Reference: llama.cpp `src/llama-vocab.cpp` and `src/unicode.cpp`.
+
+pub mod bytes;
+pub mod decode;
+pub mod error;
+pub mod hf_json;
+pub mod pretokenize;
+pub mod tokenizer;
+pub mod unicode;
+pub mod vocab;
+
+mod bpe;
+mod hf_export;
+mod resolve;
+mod special;
+mod spm;
+mod unicode_table;
+
+pub use decode::clean_spaces;
+pub use error::{Error, Result};
+pub use pretokenize::Splitter;
+pub use tokenizer::Tokenizer;
+pub use vocab::{ModelKind, SpecialIds, TokenType, Vocab};
