@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod chat;
+pub mod convert;
+pub mod generate;
+pub mod info;
+pub mod perplexity;
+pub mod tokenize;

@@ -1,0 +1,91 @@
+//! Perplexity as llama.cpp's `llama-perplexity` computes it (tools/perplexity): the text
+//! is tokenized once; it is cut into floor(n_tokens / n_ctx) non-overlapping chunks of
+//! n_ctx tokens, each run from an empty cache (its first token replaced by BOS when the
+//! vocabulary adds one); only the second half of each chunk is scored, so every scored
+//! token has at least n_ctx/2 tokens of context. PPL = exp(mean negative log-likelihood).
+
+use candle_core::{DType, Tensor, D};
+use ferrollama_model::{Error, Llama, Result};
+
+/// The outcome of a perplexity run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PerplexityReport {
+    pub n_ctx: usize,
+    pub n_tokens: usize,
+    pub n_chunks: usize,
+    /// Tokens scored (n_chunks * (n_ctx - n_ctx/2 - 1)).
+    pub n_scored: usize,
+    pub ppl: f64,
+    /// Standard error of the estimate, as llama.cpp prints it after `+/-`.
+    pub ppl_stderr: f64,
+    /// Perplexity over the first i+1 chunks, as llama.cpp's `[i]` values.
+    pub running_ppl: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// Scores `tokens` (already including a BOS if the vocabulary adds one) in chunks of
+/// `n_ctx`. `bos` replaces the first token of every chunk when given. `progress` is told
+/// after each chunk (chunks done, total, running perplexity).
+pub fn perplexity(model: &Llama, tokens: &[u32], n_ctx: usize, bos: Option<u32>, mut progress: impl FnMut(usize, usize, f64)) -> Result<PerplexityReport> {
+    if n_ctx < 4 {
+        return Err(Error::Input(format!("context {n_ctx} is too small to score (at least 4)")));
+    }
+    if tokens.len() < 2 * n_ctx {
+        return Err(Error::Input(format!(
+            "the text has {} tokens; at least {} (2 x context {n_ctx}) are needed",
+            tokens.len(),
+            2 * n_ctx
+        )));
+    }
+    let start = std::time::Instant::now();
+    let n_chunks = tokens.len() / n_ctx;
+    let first = n_ctx / 2;
+    let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
+    let mut running_ppl = Vec::with_capacity(n_chunks);
+    let mut cache = model.new_cache(n_ctx);
+    for chunk in 0..n_chunks {
+        let mut input = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
+        if let Some(b) = bos {
+            input[0] = b;
+        }
+        cache.reset();
+        // (n_ctx - first, vocab): logits at positions first .. n_ctx-1.
+        let logits = model.forward(&input, &mut cache, n_ctx - first)?;
+        let logits = logits.narrow(0, 0, n_ctx - first - 1)?.to_dtype(DType::F32)?;
+        let log_probs = log_softmax(&logits)?;
+        let targets = &tokens[chunk * n_ctx + first + 1..(chunk + 1) * n_ctx];
+        let targets_t = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
+        let picked: Vec<f32> = log_probs.gather(&targets_t, 1)?.flatten_all()?.to_vec1()?;
+        for lp in picked {
+            let v = -(lp as f64);
+            nll += v;
+            nll2 += v * v;
+        }
+        count += targets.len();
+        let running = (nll / count as f64).exp();
+        running_ppl.push(running);
+        progress(chunk + 1, n_chunks, running);
+    }
+    let mean = nll / count as f64;
+    let ppl = mean.exp();
+    let var = nll2 / count as f64 - mean * mean;
+    let ppl_stderr = if var > 0.0 { (var / (count as f64 - 1.0)).sqrt() * ppl } else { 0.0 };
+    Ok(PerplexityReport {
+        n_ctx,
+        n_tokens: tokens.len(),
+        n_chunks,
+        n_scored: count,
+        ppl,
+        ppl_stderr,
+        running_ppl,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// log-softmax over the last dimension, computed in f32 with the max subtracted.
+fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}

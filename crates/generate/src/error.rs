@@ -1,0 +1,22 @@
+//! Errors of generation and chat formatting.
+
+/// A generation error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Model(#[from] ferrollama_model::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Tokenizer(#[from] ferrollama_tokenizer::Error),
+    /// The chat template failed to parse or render.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// The request cannot be served as given.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,171 @@
+//! The decode loop: feed the prompt in one batched forward, then sample, stream and feed
+//! one token at a time until end-of-generation, a stop string, the token limit or a full
+//! context. The KV cache persists between calls, so a chat only feeds its new turn.
+
+use std::time::Instant;
+
+use ferrollama_model::llama::Cache;
+use ferrollama_model::Llama;
+use ferrollama_sampling::{Sampler, SamplingParams};
+use ferrollama_tokenizer::Tokenizer;
+
+use crate::error::{Error, Result};
+use crate::stop::{StopMatcher, StopState};
+use crate::utf8::Utf8Stream;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    /// Strings that end generation; they are not part of the returned text.
+    pub stop: Vec<String>,
+    pub sampling: SamplingParams,
+    /// Keep going past end-of-generation tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self { max_new_tokens: 256, stop: Vec::new(), sampling: SamplingParams::default(), ignore_eos: false }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+    /// No room left in the context.
+    ContextFull,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    /// Generated token ids (an end-of-generation token is not included).
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    /// Tokens of the prompt that had to be computed (those not already cached).
+    pub prompt_tokens_evaluated: usize,
+    pub prompt_ms: f64,
+    pub generate_ms: f64,
+}
+
+/// Runs one sequence of a model, keeping its KV cache between calls.
+pub struct Generator<'a> {
+    model: &'a Llama,
+    tokenizer: &'a Tokenizer,
+    cache: Cache,
+    /// The tokens held in `cache`, in order.
+    history: Vec<u32>,
+}
+
+impl<'a> Generator<'a> {
+    /// A generator with an empty cache for a context of `n_ctx` tokens.
+    pub fn new(model: &'a Llama, tokenizer: &'a Tokenizer, n_ctx: usize) -> Self {
+        Self { model, tokenizer, cache: model.new_cache(n_ctx), history: Vec::new() }
+    }
+
+    /// The context size.
+    pub fn n_ctx(&self) -> usize {
+        self.cache.n_ctx()
+    }
+
+    /// Forgets the cached tokens.
+    pub fn reset(&mut self) {
+        self.cache.reset();
+        self.history.clear();
+    }
+
+    /// Brings the cache to hold exactly `prompt`, computing only what is not cached yet.
+    /// Returns the logits after its last token and how many tokens were computed.
+    fn feed_prompt(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
+        if prompt.is_empty() {
+            return Err(Error::Input("the prompt is empty (no tokens)".into()));
+        }
+        if prompt.len() > self.n_ctx() {
+            return Err(Error::Input(format!("the prompt has {} tokens, more than the context of {}", prompt.len(), self.n_ctx())));
+        }
+        let reusable = self.history.len() < prompt.len() && prompt.starts_with(&self.history);
+        if !reusable {
+            self.reset();
+        }
+        let new = &prompt[self.history.len()..];
+        let logits = self.model.forward(new, &mut self.cache, 1)?;
+        self.history.extend_from_slice(new);
+        Ok((logits.flatten_all()?.to_vec1()?, new.len()))
+    }
+
+    /// Generates after `prompt`. `on_text` receives each piece of text as soon as it is
+    /// final (never half a character, never part of a stop string); returning `false`
+    /// cancels.
+    pub fn generate(&mut self, prompt: &[u32], params: &GenerateParams, mut on_text: impl FnMut(&str) -> bool) -> Result<Generation> {
+        params.sampling.validate().map_err(Error::Input)?;
+        let start = Instant::now();
+        let (mut logits, evaluated) = self.feed_prompt(prompt)?;
+        let prompt_ms = start.elapsed().as_secs_f64() * 1e3;
+        let start = Instant::now();
+
+        let mut sampler = Sampler::new(params.sampling.clone());
+        let stops = StopMatcher::new(&params.stop);
+        let mut utf8 = Utf8Stream::new();
+        let (mut ids, mut text, mut shown) = (Vec::new(), String::new(), 0usize);
+        let mut finish = FinishReason::Length;
+        let mut stop_string_hit = false;
+        while ids.len() < params.max_new_tokens {
+            let token = sampler.sample(&mut logits, &self.history);
+            if self.tokenizer.is_eog(token) && !params.ignore_eos {
+                finish = FinishReason::Stop;
+                break;
+            }
+            ids.push(token);
+            text += &utf8.push(&self.tokenizer.token_to_piece(token, false)?);
+            let (end, stopped) = match stops.check(&text) {
+                StopState::Stopped(at) => (at, true),
+                StopState::Running(safe) => (safe, false),
+            };
+            if end > shown && !on_text(&text[shown..end]) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            shown = shown.max(end);
+            if stopped {
+                text.truncate(end);
+                stop_string_hit = true;
+                finish = FinishReason::Stop;
+                break;
+            }
+            if ids.len() == params.max_new_tokens {
+                break;
+            }
+            if self.history.len() >= self.n_ctx() {
+                finish = FinishReason::ContextFull;
+                break;
+            }
+            logits = self.model.forward(&[token], &mut self.cache, 1)?.flatten_all()?.to_vec1()?;
+            self.history.push(token);
+        }
+        if !stop_string_hit && finish != FinishReason::Cancelled {
+            // An incomplete character at the very end becomes U+FFFD rather than vanishing.
+            text += &utf8.finish();
+        }
+        if text.len() > shown && finish != FinishReason::Cancelled {
+            on_text(&text[shown..]);
+        }
+        Ok(Generation {
+            ids,
+            text,
+            finish_reason: finish,
+            prompt_tokens_evaluated: evaluated,
+            prompt_ms,
+            generate_ms: start.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
