@@ -1,9 +1,12 @@
-//! Loading a model and its tokenizer from the command line's arguments.
+//! Loading a model and its tokenizer from the command line's arguments: a GGUF file, a
+//! Hugging Face directory, or the default model (fetched on first use).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use ferrollama_generate::chat::template_from_tokenizer_config;
 use ferrollama_gguf::GgufFile;
+use ferrollama_model::hf::{config_from_hf, HfWeights};
 use ferrollama_model::{Config, GgufWeights, Llama};
 use ferrollama_tokenizer::Tokenizer;
 
@@ -15,46 +18,73 @@ const DEFAULT_CTX_CAP: usize = 4096;
 /// A model ready to run.
 pub struct Loaded {
     pub path: PathBuf,
-    pub file: GgufFile,
     pub model: Llama,
     pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
     pub n_ctx: usize,
 }
 
-/// The model file the arguments name, or the default model (fetched if needed).
+/// The model the arguments name, or the default model (fetched if needed).
 pub fn model_path(args: &ModelArgs) -> Result<PathBuf> {
     match &args.model {
-        Some(p) if p.is_dir() => bail!(
-            "{}: Hugging Face model directories are not supported yet; convert to GGUF with llama.cpp's convert_hf_to_gguf.py",
-            p.display()
-        ),
+        Some(p) if !p.exists() => bail!("{}: no such file or directory", p.display()),
         Some(p) => Ok(p.clone()),
         None => ferrollama_assets::default_model(),
     }
 }
 
-/// Opens the GGUF file only (for commands that need no weights).
-pub fn open(args: &ModelArgs) -> Result<(PathBuf, GgufFile)> {
+/// The tokenizer and chat template of a model, without its weights.
+pub fn tokenizer(args: &ModelArgs) -> Result<(PathBuf, Tokenizer, Option<String>)> {
     let path = model_path(args)?;
-    let file = GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?;
-    Ok((path, file))
+    let (tok, template) = if path.is_dir() {
+        hf_tokenizer(&path)?
+    } else {
+        let file = GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?;
+        gguf_tokenizer(&path, &file)?
+    };
+    Ok((path, tok, template))
 }
 
-/// Opens the file and builds the tokenizer.
-pub fn tokenizer(args: &ModelArgs) -> Result<(PathBuf, GgufFile, Tokenizer)> {
-    let (path, file) = open(args)?;
-    let tokenizer = Tokenizer::from_gguf(&file.header).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
-    Ok((path, file, tokenizer))
+fn gguf_tokenizer(path: &Path, file: &GgufFile) -> Result<(Tokenizer, Option<String>)> {
+    let tok = Tokenizer::from_gguf(&file.header).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+    Ok((tok, file.header.get_str("tokenizer.chat_template").ok().map(String::from)))
+}
+
+fn hf_tokenizer(dir: &Path) -> Result<(Tokenizer, Option<String>)> {
+    let tok = Tokenizer::from_hf_dir(dir).with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
+    let template = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok().and_then(|j| template_from_tokenizer_config(&j));
+    Ok((tok, template))
 }
 
 /// Loads weights and tokenizer.
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
-    let (path, file, tokenizer) = tokenizer(args)?;
-    let config = Config::from_gguf(&file.header).with_context(|| format!("reading {}", path.display()))?;
-    let n_ctx = args.ctx.unwrap_or(config.max_position_embeddings.min(DEFAULT_CTX_CAP));
+    let path = model_path(args)?;
+    let n_ctx = |config: &Config| args.ctx.unwrap_or(config.max_position_embeddings.min(DEFAULT_CTX_CAP));
+    let (model, tokenizer, chat_template, n_ctx) = if path.is_dir() {
+        let config = config_from_hf(&path)?;
+        let n = n_ctx(&config);
+        let weights = HfWeights::open(&path, config.clone())?;
+        let model = Llama::load(&weights, config, n).with_context(|| format!("loading {}", path.display()))?;
+        let (tok, template) = hf_tokenizer(&path)?;
+        (model, tok, template, n)
+    } else {
+        let file = GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?;
+        let config = Config::from_gguf(&file.header).with_context(|| format!("reading {}", path.display()))?;
+        let n = n_ctx(&config);
+        let model = Llama::load(&GgufWeights::new(&file), config, n).with_context(|| format!("loading {}", path.display()))?;
+        let (tok, template) = gguf_tokenizer(&path, &file)?;
+        (model, tok, template, n)
+    };
     if n_ctx == 0 {
         bail!("the context size must be at least 1");
     }
-    let model = Llama::load(&GgufWeights::new(&file), config, n_ctx).with_context(|| format!("loading {}", path.display()))?;
-    Ok(Loaded { path, file, model, tokenizer, n_ctx })
+    if tokenizer.vocab_size() > model.config.vocab_size {
+        bail!(
+            "{}: the tokenizer has {} tokens but the model only {}",
+            path.display(),
+            tokenizer.vocab_size(),
+            model.config.vocab_size
+        );
+    }
+    Ok(Loaded { path, model, tokenizer, chat_template, n_ctx })
 }

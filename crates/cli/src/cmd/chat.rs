@@ -30,8 +30,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let m = load(&a.model)?;
-    let template = m.file.header.get_str("tokenizer.chat_template").ok();
-    let format = if a.llama2_format { ChatFormat::Llama2 } else { ChatFormat::for_model(template) };
+    let format = if a.llama2_format { ChatFormat::Llama2 } else { ChatFormat::for_model(m.chat_template.as_deref()) };
     let params = GenerateParams { max_new_tokens: a.max_tokens, sampling: a.sampling.params(), ..GenerateParams::default() };
     let mut generator = Generator::new(&m.model, &m.tokenizer, m.n_ctx);
     let system: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();

@@ -1,32 +1,89 @@
-//! `ferrollama convert`: re-encode a GGUF model's weights in another type.
+//! `ferrollama convert`: between GGUF and Hugging Face directories, and between weight
+//! types. GGUF -> GGUF re-encodes the weights; GGUF -> HF dequantizes to f32 or f16 and
+//! writes `model.safetensors`, `config.json`, `tokenizer.json` and `tokenizer_config.json`
+//! (with the chat template); HF -> GGUF quantizes to the chosen type and carries the
+//! tokenizer and chat template into the metadata.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
-use ferrollama_gguf::{GgmlType, GgufFile};
+use anyhow::{anyhow, bail, Context, Result};
+use ferrollama_generate::chat::template_from_tokenizer_config;
+use ferrollama_gguf::safetensors::StDtype;
+use ferrollama_gguf::{GgmlType, GgufFile, Value};
+use ferrollama_tokenizer::Tokenizer;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The GGUF model to read.
+    /// A GGUF file or a Hugging Face model directory.
     pub input: PathBuf,
-    /// The GGUF file to write.
+    /// A `.gguf` file, or a directory for a Hugging Face checkpoint.
     pub output: PathBuf,
-    /// Type of the matrices: f32, f16, q8_0, q4_0, q4_1, q4_K, q6_K.
+    /// Weight type: f32, f16, q8_0, q4_0, q4_1, q4_K, q6_K for GGUF output; f32 or f16 for
+    /// a Hugging Face directory.
     #[arg(long = "type", default_value = "f16")]
     pub ty: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let target = GgmlType::from_name(&a.ty).ok_or_else(|| anyhow!("unknown type `{}`", a.ty))?;
-    let src = GgufFile::open(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
-    let lossy = src.header.tensors.iter().any(|t| {
-        !matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) && t.ggml_type != target
-    });
-    if lossy && !matches!(target, GgmlType::F32 | GgmlType::F16) {
-        eprintln!("warning: {} is already quantized; re-quantizing it to {target} loses more quality than quantizing the original weights", a.input.display());
+    let to_gguf = a.output.extension().is_some_and(|e| e == "gguf");
+    let progress = |done: usize, total: usize| eprint!("\r[{done}/{total}] tensors");
+    match (a.input.is_dir(), to_gguf) {
+        (false, true) => gguf_to_gguf(&a.input, &a.output, target, progress)?,
+        (false, false) => gguf_to_hf(&a.input, &a.output, target, progress)?,
+        (true, true) => hf_to_gguf(&a.input, &a.output, target, progress)?,
+        (true, false) => bail!("{} is a Hugging Face directory already; name a .gguf output", a.input.display()),
     }
-    ferrollama_model::convert::requantize(&src, &a.output, target, |done, total| eprint!("\r[{done}/{total}] tensors"))
-        .with_context(|| format!("writing {}", a.output.display()))?;
     eprintln!("\nwrote {}", a.output.display());
+    Ok(())
+}
+
+fn open(path: &Path) -> Result<GgufFile> {
+    GgufFile::open(path).with_context(|| format!("loading {}", path.display()))
+}
+
+fn gguf_to_gguf(input: &Path, output: &Path, target: GgmlType, progress: impl FnMut(usize, usize)) -> Result<()> {
+    let src = open(input)?;
+    let requantizing = src.header.tensors.iter().any(|t| !matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16));
+    if requantizing && !matches!(target, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        eprintln!(
+            "warning: {} is already quantized; re-quantizing to {target} loses more quality than quantizing the original weights",
+            input.display()
+        );
+    }
+    ferrollama_model::convert::requantize(&src, output, target, progress).with_context(|| format!("writing {}", output.display()))?;
+    Ok(())
+}
+
+fn gguf_to_hf(input: &Path, dir: &Path, target: GgmlType, progress: impl FnMut(usize, usize)) -> Result<()> {
+    let dtype = match target {
+        GgmlType::F32 => StDtype::F32,
+        GgmlType::F16 => StDtype::F16,
+        GgmlType::BF16 => StDtype::BF16,
+        other => bail!("a Hugging Face directory holds f32, f16 or bf16 weights, not {other}"),
+    };
+    let src = open(input)?;
+    let tok = Tokenizer::from_gguf(&src.header).with_context(|| format!("reading the tokenizer of {}", input.display()))?;
+    ferrollama_model::export::gguf_to_hf(&src, dir, dtype, tok.bos(), tok.eos(), progress)
+        .with_context(|| format!("writing {}", dir.display()))?;
+    tok.write_hf_dir(dir)?;
+    if let Ok(template) = src.header.get_str("tokenizer.chat_template") {
+        let path = dir.join("tokenizer_config.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut json: serde_json::Value = serde_json::from_str(&text)?;
+        json["chat_template"] = serde_json::Value::String(template.to_string());
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn hf_to_gguf(dir: &Path, output: &Path, target: GgmlType, progress: impl FnMut(usize, usize)) -> Result<()> {
+    let tok = Tokenizer::from_hf_dir(dir).with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
+    let mut meta = tok.vocab().to_gguf_metadata();
+    let config = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap_or_default();
+    if let Some(template) = template_from_tokenizer_config(&config) {
+        meta.push(("tokenizer.chat_template".into(), Value::String(template)));
+    }
+    ferrollama_model::export::hf_to_gguf(dir, output, target, meta, progress).with_context(|| format!("writing {}", output.display()))?;
     Ok(())
 }

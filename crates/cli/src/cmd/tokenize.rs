@@ -23,7 +23,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (_, _, tok) = tokenizer(&a.model)?;
+    let (_, tok, _) = tokenizer(&a.model)?;
     let ids = tok.encode(&a.text, !a.no_add_special, !a.no_parse_special);
     if a.json {
         println!("{}", serde_json::to_string(&ids)?);
