@@ -1,0 +1,114 @@
+//! The `ferrollama` binary end to end on the default model: JSON outputs, chat over
+//! standard input, and clean errors (never a panic) on bad input.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferrollama"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_clean_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "should fail: {err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ferrollama-cli-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn tokenize_json_prints_llama_cpp_ids() {
+    // From tests/data/smollm2 (llama-tokenize on the default model).
+    let o = run(&["tokenize", "--json", "The quick brown fox jumps over the lazy dog."]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "[504,2365,6354,16438,27003,690,260,23790,2767,30]");
+}
+
+#[test]
+fn generate_json_is_greedy_and_reproducible() {
+    let args = ["generate", "--json", "--temperature", "0", "-n", "6", "-p", "The capital of France is"];
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["prompt_ids"], serde_json::json!([504, 3575, 282, 4649, 314]));
+    // llama.cpp's greedy continuation (greedy_q4_1.jsonl) begins 7042 30 198 198 504 1797.
+    assert_eq!(j["ids"], serde_json::json!([7042, 30, 198, 198, 504, 1797]));
+    assert_eq!(j["text"], " Paris.\n\nThe United");
+    let again: serde_json::Value = serde_json::from_str(&stdout(&run(&args))).unwrap();
+    assert_eq!((&again["ids"], &again["text"]), (&j["ids"], &j["text"]));
+}
+
+#[test]
+fn info_json_reports_the_model() {
+    let o = run(&["info", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["parameters"], 134515008);
+    assert_eq!(j["config"]["num_key_value_heads"], 3);
+    assert_eq!(j["tensor_types"]["q4_1"]["tensors"], 210);
+}
+
+#[test]
+fn chat_reads_turns_from_stdin_and_resets() {
+    let mut child = bin()
+        .args(["chat", "--temperature", "0", "-n", "12", "--system", "Answer in one word."])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"What is the capital of France?\n/reset\nWhat is the capital of Italy?\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Paris"), "{out}");
+    assert!(out.contains("Rome"), "{out}");
+    assert!(stderr(&o).contains("(conversation forgotten)"));
+}
+
+#[test]
+fn corrupt_model_file_is_a_clean_error() {
+    let src = std::fs::read(ferrollama_assets::default_model().unwrap()).unwrap();
+    let path = tmp("truncated.gguf");
+    std::fs::write(&path, &src[..src.len() / 2]).unwrap();
+    let o = run(&["generate", "--model", path.to_str().unwrap(), "-p", "hi"]);
+    assert_clean_failure(&o, "truncated.gguf");
+    assert_clean_failure(&o, "runs past the end of the file");
+    std::fs::write(&path, b"not a model at all").unwrap();
+    assert_clean_failure(&run(&["info", path.to_str().unwrap()]), "not a GGUF file");
+    let _ = std::fs::remove_file(&path);
+    assert_clean_failure(&run(&["tokenize", "--model", "/nonexistent.gguf", "x"]), "no such file");
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_a_clean_error() {
+    let prompt = "word ".repeat(100);
+    let o = run(&["generate", "--ctx", "32", "-p", &prompt]);
+    assert_clean_failure(&o, "more than the context of 32");
+}
+
+#[test]
+fn perplexity_rejects_invalid_utf8_and_short_texts() {
+    let path = tmp("bad.txt");
+    std::fs::write(&path, [b'a', 0xFF, b'b']).unwrap();
+    assert_clean_failure(&run(&["perplexity", "-f", path.to_str().unwrap()]), "not valid UTF-8");
+    std::fs::write(&path, "too short").unwrap();
+    assert_clean_failure(&run(&["perplexity", "-f", path.to_str().unwrap(), "--ctx", "64"]), "at least 128");
+    let _ = std::fs::remove_file(&path);
+}
