@@ -69,7 +69,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         (model, tok, template, n)
     } else {
         let file = GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?;
-        let config = Config::from_gguf(&file.header).with_context(|| format!("reading {}", path.display()))?;
+        let config = Config::from_gguf(&file).with_context(|| format!("reading {}", path.display()))?;
         let n = n_ctx(&config);
         let model = Llama::load(&GgufWeights::new(&file), config, n).with_context(|| format!("loading {}", path.display()))?;
         let (tok, template) = gguf_tokenizer(&path, &file)?;

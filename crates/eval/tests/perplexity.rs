@@ -22,7 +22,7 @@ struct Run {
 fn prepare(path: &std::path::Path) -> Run {
     let file = GgufFile::open(path).unwrap();
     let tok = Tokenizer::from_gguf(&file.header).unwrap();
-    let model = Llama::load(&GgufWeights::new(&file), Config::from_gguf(&file.header).unwrap(), 512).unwrap();
+    let model = Llama::load(&GgufWeights::new(&file), Config::from_gguf(&file).unwrap(), 512).unwrap();
     let text = std::fs::read_to_string(data("ppl-text.txt")).unwrap();
     let bos = if tok.add_bos() { tok.bos() } else { None };
     Run { model, tokens: tok.encode(&text, true, false), bos }

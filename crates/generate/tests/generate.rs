@@ -20,7 +20,7 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let file = GgufFile::open(ferrollama_assets::default_model().unwrap()).unwrap();
         let tok = Tokenizer::from_gguf(&file.header).unwrap();
-        let model = Llama::load(&GgufWeights::new(&file), Config::from_gguf(&file.header).unwrap(), 256).unwrap();
+        let model = Llama::load(&GgufWeights::new(&file), Config::from_gguf(&file).unwrap(), 256).unwrap();
         Fixture { model, tok }
     })
 }

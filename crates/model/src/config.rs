@@ -1,6 +1,6 @@
 //! Hyper-parameters of a Llama model, from GGUF metadata or a named preset.
 
-use ferrollama_gguf::Gguf;
+use ferrollama_gguf::{GgmlType, GgufFile};
 
 use crate::error::{Error, Result};
 
@@ -21,6 +21,10 @@ pub struct Config {
     pub rope_theta: f32,
     /// Linear RoPE scaling: positions are divided by this factor (1.0 = none).
     pub rope_scaling_factor: f32,
+    /// Per-frequency divisors (head_dim / 2 of them), Llama 3.1's RoPE scaling: GGUF's
+    /// `rope_freqs.weight`, or computed from `rope_scaling` of type `llama3` in config.json.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_freq_factors: Option<Vec<f32>>,
     /// Context the model was trained for.
     pub max_position_embeddings: usize,
     /// The output projection reuses the token embedding.
@@ -28,9 +32,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads a `llama`-architecture configuration from GGUF metadata, checking it is
-    /// consistent (heads divide the width, KV heads divide the heads).
-    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+    /// Reads a `llama`-architecture configuration from GGUF metadata (and the
+    /// `rope_freqs.weight` tensor if present), checking it is consistent (heads divide the
+    /// width, KV heads divide the heads).
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let g = &file.header;
         let arch = g.get_str("general.architecture")?;
         let unsupported = |msg: String| Error::Unsupported { file: g.file.clone(), msg };
         if arch != "llama" {
@@ -73,7 +79,21 @@ impl Config {
             rope_scaling_factor,
             max_position_embeddings: usize_key("context_length")?,
             tie_word_embeddings: !g.has_tensor("output.weight"),
+            rope_freq_factors: None,
         };
+        let mut cfg = cfg;
+        if g.has_tensor("rope_freqs.weight") {
+            let (info, bytes) = file.tensor("rope_freqs.weight")?;
+            if info.ggml_type != GgmlType::F32 || info.elements() as usize != cfg.head_dim / 2 {
+                return Err(unsupported(format!(
+                    "rope_freqs.weight should be {} f32 values, found {} of type {}",
+                    cfg.head_dim / 2,
+                    info.elements(),
+                    info.ggml_type
+                )));
+            }
+            cfg.rope_freq_factors = Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+        }
         cfg.check().map_err(unsupported)?;
         Ok(cfg)
     }
@@ -91,6 +111,11 @@ impl Config {
         }
         if self.rope_scaling_factor <= 0.0 || !self.rope_scaling_factor.is_finite() {
             return Err(format!("RoPE scaling factor {} must be positive", self.rope_scaling_factor));
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                return Err(format!("RoPE frequency factors must be {} positive numbers", self.head_dim / 2));
+            }
         }
         Ok(())
     }
@@ -131,6 +156,7 @@ impl Config {
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
             rope_scaling_factor: 1.0,
+            rope_freq_factors: None,
             max_position_embeddings: 4096,
             tie_word_embeddings: false,
         })

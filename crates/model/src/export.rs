@@ -18,7 +18,13 @@ use crate::weights::{candle_dtype, GgufWeights, WeightSource};
 
 /// Writes `model.safetensors` and `config.json` for the weights of `src` into `dir`.
 pub fn gguf_to_hf(src: &GgufFile, dir: &Path, dtype: StDtype, bos: Option<u32>, eos: Option<u32>, mut progress: impl FnMut(usize, usize)) -> Result<()> {
-    let cfg = Config::from_gguf(&src.header)?;
+    let cfg = Config::from_gguf(src)?;
+    if cfg.rope_freq_factors.is_some() {
+        return Err(Error::Unsupported {
+            file: src.header.file.clone(),
+            msg: "models with Llama 3.1 RoPE frequency factors (rope_freqs.weight) cannot be exported to Hugging Face yet".into(),
+        });
+    }
     let weights = GgufWeights::new(src);
     let (candle_dt, elem) = match dtype {
         StDtype::F32 => (DType::F32, 4),
@@ -104,9 +110,16 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, target: GgmlType, tokenizer_meta: Vec<
         w.add_tensor(TensorToWrite { name: gguf_name, dims, ggml_type: ty });
         plan.push((hf.to_string(), ty));
     }
+    let factors = cfg.rope_freq_factors.clone();
+    if let Some(f) = &factors {
+        w.add_tensor(TensorToWrite { name: "rope_freqs.weight".into(), dims: vec![f.len() as u64], ggml_type: GgmlType::F32 });
+    }
     let total = plan.len();
     w.write(out, |i, _| {
-        let (hf, ty) = &plan[i];
+        let Some((hf, ty)) = plan.get(i) else {
+            // The one tensor after the checkpoint's own: Llama 3.1's frequency factors.
+            return Ok(factors.iter().flatten().flat_map(|x| x.to_le_bytes()).collect());
+        };
         let bytes = (|| -> Result<Vec<u8>> {
             let f = weights.get(hf)?.dequantize(&Device::Cpu)?;
             let dt = candle_dtype(*ty).ok_or_else(|| Error::Input(format!("cannot write type {ty}")))?;

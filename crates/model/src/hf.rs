@@ -30,16 +30,27 @@ pub fn config_from_hf(dir: &Path) -> Result<Config> {
     };
     let hidden_size = int("hidden_size")?;
     let num_attention_heads = int("num_attention_heads")?;
-    let rope_scaling_factor = match j.get("rope_scaling").filter(|v| !v.is_null()) {
-        None => 1.0,
-        Some(s) => {
-            let kind = s["rope_type"].as_str().or(s["type"].as_str()).unwrap_or("?");
-            if kind != "linear" {
-                return Err(bad(format!("rope_scaling type `{kind}` is not supported (linear is)")));
+    let head_dim = if j["head_dim"].is_null() { hidden_size / num_attention_heads } else { int("head_dim")? };
+    let rope_theta = j["rope_theta"].as_f64().unwrap_or(10000.0) as f32;
+    let (mut rope_scaling_factor, mut rope_freq_factors) = (1.0, None);
+    if let Some(s) = j.get("rope_scaling").filter(|v| !v.is_null()) {
+        let kind = s["rope_type"].as_str().or(s["type"].as_str()).unwrap_or("?");
+        let num = |k: &str| s[k].as_f64().ok_or_else(|| bad(format!("rope_scaling has no `{k}`")));
+        match kind {
+            "linear" => rope_scaling_factor = num("factor")? as f32,
+            "llama3" => {
+                rope_freq_factors = Some(llama3_freq_factors(
+                    head_dim,
+                    rope_theta,
+                    num("factor")?,
+                    num("low_freq_factor")?,
+                    num("high_freq_factor")?,
+                    num("original_max_position_embeddings")?,
+                ))
             }
-            s["factor"].as_f64().ok_or_else(|| bad("rope_scaling has no factor".into()))? as f32
+            other => return Err(bad(format!("rope_scaling type `{other}` is not supported (linear and llama3 are)"))),
         }
-    };
+    }
     let cfg = Config {
         vocab_size: int("vocab_size")?,
         hidden_size,
@@ -47,15 +58,37 @@ pub fn config_from_hf(dir: &Path) -> Result<Config> {
         num_hidden_layers: int("num_hidden_layers")?,
         num_attention_heads,
         num_key_value_heads: if j["num_key_value_heads"].is_null() { num_attention_heads } else { int("num_key_value_heads")? },
-        head_dim: if j["head_dim"].is_null() { hidden_size / num_attention_heads } else { int("head_dim")? },
+        head_dim,
         rms_norm_eps: j["rms_norm_eps"].as_f64().unwrap_or(1e-6),
-        rope_theta: j["rope_theta"].as_f64().unwrap_or(10000.0) as f32,
+        rope_theta,
         rope_scaling_factor,
+        rope_freq_factors,
         max_position_embeddings: int("max_position_embeddings")?,
         tie_word_embeddings: j["tie_word_embeddings"].as_bool().unwrap_or(false),
     };
     cfg.check().map_err(bad)?;
     Ok(cfg)
+}
+
+/// Llama 3.1's per-frequency divisors (transformers' `_compute_llama3_parameters`): long
+/// wavelengths are slowed by `factor`, short ones kept, and those between blended.
+pub fn llama3_freq_factors(head_dim: usize, theta: f32, factor: f64, low: f64, high: f64, original_ctx: f64) -> Vec<f32> {
+    let (low_wavelen, high_wavelen) = (original_ctx / low, original_ctx / high);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor as f32
+            } else {
+                let smooth = (original_ctx / wavelen - low) / (high - low);
+                let new_freq = (1.0 - smooth) * freq / factor + smooth * freq;
+                (freq / new_freq) as f32
+            }
+        })
+        .collect()
 }
 
 /// The `config.json` of a Llama checkpoint with this configuration.
@@ -173,6 +206,17 @@ impl WeightSource for HfWeights {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llama3_factors_keep_short_and_slow_long_wavelengths() {
+        // Llama 3.1 8B: theta 500000, factor 8, low 1, high 4, original context 8192.
+        let f = llama3_freq_factors(128, 500000.0, 8.0, 1.0, 4.0, 8192.0);
+        assert_eq!(f.len(), 64);
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[63], 8.0);
+        assert!(f.windows(2).all(|w| w[0] <= w[1]));
+        assert!(f.iter().any(|&x| x > 1.0 && x < 8.0));
+    }
 
     #[test]
     fn rope_permutation_round_trips_and_interleaves() {

@@ -104,7 +104,14 @@ impl Llama {
         } else {
             Linear::from_arc(embed_tokens.clone())?
         };
-        let rope = Rope::new(config.head_dim, config.rope_theta, config.rope_scaling_factor, max_ctx, &Device::Cpu)?;
+        let rope = Rope::new(
+            config.head_dim,
+            config.rope_theta,
+            config.rope_scaling_factor,
+            config.rope_freq_factors.as_deref(),
+            max_ctx,
+            &Device::Cpu,
+        )?;
         Ok(Self {
             embed_tokens,
             layers,

@@ -17,11 +17,13 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// Tables for `max_pos` positions; positions are divided by `scale` (linear scaling).
-    pub fn new(head_dim: usize, theta: f32, scale: f32, max_pos: usize, device: &Device) -> Result<Self> {
+    /// Tables for `max_pos` positions; positions are divided by `scale` (linear scaling)
+    /// and frequency i by `factors[i]` (Llama 3.1 scaling) when given.
+    pub fn new(head_dim: usize, theta: f32, scale: f32, factors: Option<&[f32]>, max_pos: usize, device: &Device) -> Result<Self> {
         let half = head_dim / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32)).collect();
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32) / factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0))
+            .collect();
         let mut cos = Vec::with_capacity(max_pos * half);
         let mut sin = Vec::with_capacity(max_pos * half);
         for pos in 0..max_pos {
@@ -74,7 +76,7 @@ mod tests {
         let (heads, t, d) = (3, 5, 8);
         let data: Vec<f32> = (0..heads * t * d).map(|i| ((i * 37) % 17) as f32 / 7.0 - 1.0).collect();
         let x = Tensor::from_vec(data.clone(), (1, heads, t, d), &dev).unwrap();
-        let rope = Rope::new(d, 10000.0, 2.0, 32, &dev).unwrap();
+        let rope = Rope::new(d, 10000.0, 2.0, None, 32, &dev).unwrap();
         let got: Vec<f32> = rope.apply(&x, 7).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         for h in 0..heads {
             for p in 0..t {
@@ -86,5 +88,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn frequency_factors_divide_the_frequencies() {
+        let dev = Device::Cpu;
+        let plain = Rope::new(4, 10000.0, 1.0, None, 8, &dev).unwrap();
+        let scaled = Rope::new(4, 10000.0, 1.0, Some(&[1.0, 4.0]), 8, &dev).unwrap();
+        let sin = |r: &Rope| -> Vec<Vec<f32>> { r.sin.to_vec2().unwrap() };
+        // Frequency 0 is untouched; frequency 1 at position 4 equals position 1 unscaled.
+        assert_eq!(sin(&plain)[5][0], sin(&scaled)[5][0]);
+        assert!((sin(&scaled)[4][1] - sin(&plain)[1][1]).abs() < 1e-6);
     }
 }

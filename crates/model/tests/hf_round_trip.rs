@@ -38,10 +38,10 @@ fn gguf_to_hf_to_gguf_keeps_the_model() {
     let f32_gguf = dir.join("f32.gguf");
     ferrollama_model::convert::requantize(&q4, &f32_gguf, GgmlType::F32, |_, _| {}).unwrap();
     let f32_file = GgufFile::open(&f32_gguf).unwrap();
-    let via_gguf = logits(&GgufWeights::new(&f32_file), Config::from_gguf(&f32_file.header).unwrap());
+    let via_gguf = logits(&GgufWeights::new(&f32_file), Config::from_gguf(&f32_file).unwrap());
     let cfg = config_from_hf(&dir.join("hf")).unwrap();
-    assert_eq!(cfg, Config::from_gguf(&q4.header).unwrap());
-    let via_hf = logits(&HfWeights::open(&dir.join("hf"), cfg).unwrap(), Config::from_gguf(&q4.header).unwrap());
+    assert_eq!(cfg, Config::from_gguf(&q4).unwrap());
+    let via_hf = logits(&HfWeights::open(&dir.join("hf"), cfg).unwrap(), Config::from_gguf(&q4).unwrap());
     let d = max_diff(&via_gguf, &via_hf);
     println!("f32 GGUF vs HF directory: max |logit diff| {d:.2e}");
     assert!(d < 1e-3, "{d}");
@@ -57,8 +57,8 @@ fn gguf_to_hf_to_gguf_keeps_the_model() {
         total += 1;
         same_bytes += usize::from(bytes == q4.tensor_data(t));
     }
-    let orig = logits(&GgufWeights::new(&q4), Config::from_gguf(&q4.header).unwrap());
-    let again = logits(&GgufWeights::new(&back_file), Config::from_gguf(&back_file.header).unwrap());
+    let orig = logits(&GgufWeights::new(&q4), Config::from_gguf(&q4).unwrap());
+    let again = logits(&GgufWeights::new(&back_file), Config::from_gguf(&back_file).unwrap());
     let d = max_diff(&orig, &again);
     println!("Q4_1 -> HF f32 -> Q4_1: {same_bytes}/{total} tensors byte-identical, max |logit diff| {d:.3}");
     // Q4_1 and Q8_0 blocks dequantized to f32 re-quantize to the same bytes.

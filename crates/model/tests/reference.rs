@@ -33,7 +33,7 @@ fn f16_path() -> PathBuf {
 
 fn load(path: &PathBuf) -> Llama {
     let file = GgufFile::open(path).unwrap();
-    let cfg = Config::from_gguf(&file.header).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
     Llama::load(&GgufWeights::new(&file), cfg, 512).unwrap()
 }
 

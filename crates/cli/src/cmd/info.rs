@@ -26,7 +26,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let file = GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?;
     let h = &file.header;
-    let config = Config::from_gguf(h).with_context(|| format!("reading {}", path.display()))?;
+    let config = Config::from_gguf(&file).with_context(|| format!("reading {}", path.display()))?;
     let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
     let mut params = 0u64;
     for t in &h.tensors {
