@@ -48,7 +48,8 @@ pub enum FinishReason {
 /// The result of one generation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Generation {
-    /// Generated token ids (an end-of-generation token is not included).
+    /// Generated token ids (an end-of-generation token is not included; the tokens that
+    /// formed a stop string are, though the text ends before it).
     pub ids: Vec<u32>,
     pub text: String,
     pub finish_reason: FinishReason,
@@ -98,9 +99,28 @@ impl<'a> Generator<'a> {
             self.reset();
         }
         let new = &prompt[self.history.len()..];
-        let logits = self.model.forward(new, &mut self.cache, 1)?;
+        let logits = self.forward(new)?;
         self.history.extend_from_slice(new);
-        Ok((logits.flatten_all()?.to_vec1()?, new.len()))
+        Ok((logits, new.len()))
+    }
+
+    /// Runs tokens after the cache and returns the last position's logits, with ids the
+    /// tokenizer does not know (a model vocabulary padded beyond the tokenizer's) masked
+    /// out. On error the cache is reset, since it may hold part of the input.
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let result = self.model.forward(tokens, &mut self.cache, 1).map_err(Error::from).and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?));
+        match result {
+            Ok(mut logits) => {
+                if let Some(beyond) = logits.get_mut(self.tokenizer.vocab_size()..) {
+                    beyond.fill(f32::NEG_INFINITY);
+                }
+                Ok(logits)
+            }
+            Err(e) => {
+                self.reset();
+                Err(e)
+            }
+        }
     }
 
     /// Generates after `prompt`. `on_text` receives each piece of text as soon as it is
@@ -149,7 +169,7 @@ impl<'a> Generator<'a> {
                 finish = FinishReason::ContextFull;
                 break;
             }
-            logits = self.model.forward(&[token], &mut self.cache, 1)?.flatten_all()?.to_vec1()?;
+            logits = self.forward(&[token])?;
             self.history.push(token);
         }
         if !stop_string_hit && finish != FinishReason::Cancelled {

@@ -354,6 +354,7 @@ impl<'a> Cursor<'a> {
             return Err(self.invalid(format!("tensor `{name}`: offset {offset} is not a multiple of the alignment {alignment}")));
         }
         let size = tensor_size(&dims, ggml_type)
+            .filter(|_| dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).is_some())
             .ok_or_else(|| self.invalid(format!("tensor `{name}`: dims {dims:?} are not whole {ggml_type} blocks or overflow")))?;
         Ok(TensorInfo { name, dims, ggml_type, offset, size })
     }

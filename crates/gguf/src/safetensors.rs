@@ -18,6 +18,16 @@ pub enum StDtype {
     BF16,
 }
 
+impl StDtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            StDtype::F32 => 4,
+            StDtype::F16 | StDtype::BF16 => 2,
+        }
+    }
+}
+
 /// One tensor of a safetensors checkpoint.
 #[derive(Debug, Clone)]
 pub struct StTensor<'a> {

@@ -88,7 +88,7 @@ impl GgmlType {
             Self::Q5_0 => 2 + 4 + 16,
             Self::Q5_1 => 2 + 2 + 4 + 16,
             Self::Q8_0 => 2 + 32,
-            Self::Q8_1 => 4 + 4 + 32,
+            Self::Q8_1 => 2 + 2 + 32,
             Self::Q2K => QK_K / 16 + QK_K / 4 + 2 + 2,
             Self::Q3K => QK_K / 8 + QK_K / 4 + 12 + 2,
             Self::Q4K => 2 + 2 + 12 + QK_K / 2,
@@ -180,6 +180,8 @@ mod tests {
         assert_eq!(GgmlType::Q4K.type_size(), 144);
         assert_eq!(GgmlType::Q5K.type_size(), 176);
         assert_eq!(GgmlType::Q6K.type_size(), 210);
+        assert_eq!(GgmlType::Q8_1.type_size(), 36);
+        assert_eq!(GgmlType::Q8K.type_size(), 292);
     }
 
     #[test]

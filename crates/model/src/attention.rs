@@ -24,11 +24,13 @@ pub struct Attention {
 impl Attention {
     /// Loads `{prefix}.q_proj` and friends.
     pub fn load(w: &dyn WeightSource, prefix: &str, cfg: &Config) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let (q, kv) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
         Ok(Self {
-            q_proj: Linear::load(w, &format!("{prefix}.q_proj.weight"))?,
-            k_proj: Linear::load(w, &format!("{prefix}.k_proj.weight"))?,
-            v_proj: Linear::load(w, &format!("{prefix}.v_proj.weight"))?,
-            o_proj: Linear::load(w, &format!("{prefix}.o_proj.weight"))?,
+            q_proj: Linear::load(w, &format!("{prefix}.q_proj.weight"), (q, h))?,
+            k_proj: Linear::load(w, &format!("{prefix}.k_proj.weight"), (kv, h))?,
+            v_proj: Linear::load(w, &format!("{prefix}.v_proj.weight"), (kv, h))?,
+            o_proj: Linear::load(w, &format!("{prefix}.o_proj.weight"), (h, q))?,
             n_head: cfg.num_attention_heads,
             n_kv_head: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,

@@ -1,6 +1,6 @@
 //! Hyper-parameters of a Llama model, from GGUF metadata or a named preset.
 
-use ferrollama_gguf::{GgmlType, GgufFile};
+use ferrollama_gguf::{GgmlType, GgufFile, Value};
 
 use crate::error::{Error, Result};
 
@@ -61,11 +61,24 @@ impl Config {
             Some(_) => usize_key("vocab_size")?,
             None => g.tensor_info("token_embd.weight")?.dims.get(1).copied().unwrap_or(0) as usize,
         };
-        let rope_scaling_factor = match g.get_str(&key("rope.scaling.type")) {
-            Ok("linear") => g.get_f32(&key("rope.scaling.factor"))?,
-            Ok("none") | Err(_) => 1.0,
-            Ok(other) => return Err(unsupported(format!("RoPE scaling `{other}` is not supported (linear is)"))),
+        // An absent key takes llama.cpp's default; a present key of the wrong type is an error.
+        let f32_or = |k: &str, default: f32| -> Result<f32> {
+            match g.get(&key(k)) {
+                None => Ok(default),
+                Some(_) => Ok(g.get_f32(&key(k))?),
+            }
         };
+        let rope_scaling_factor = match g.get(&key("rope.scaling.type")).map(|_| g.get_str(&key("rope.scaling.type"))).transpose()? {
+            Some("linear") => g.get_f32(&key("rope.scaling.factor"))?,
+            Some("none") | None => 1.0,
+            Some(other) => return Err(unsupported(format!("RoPE scaling `{other}` is not supported (linear is)"))),
+        };
+        if g.get(&key("rope.dimension_count")).is_some() && usize_key("rope.dimension_count")? != head_dim {
+            return Err(unsupported(format!(
+                "RoPE over {} of {head_dim} head dimensions (partial rotary) is not supported",
+                usize_key("rope.dimension_count")?
+            )));
+        }
         let cfg = Self {
             vocab_size,
             hidden_size,
@@ -74,8 +87,8 @@ impl Config {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: g.get_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
-            rope_theta: g.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
+            rms_norm_eps: f32_or("attention.layer_norm_rms_epsilon", 1e-5)? as f64,
+            rope_theta: f32_or("rope.freq_base", 10000.0)?,
             rope_scaling_factor,
             max_position_embeddings: usize_key("context_length")?,
             tie_word_embeddings: !g.has_tensor("output.weight"),
@@ -98,6 +111,31 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The `llama.*` GGUF metadata describing this configuration (the inverse of
+    /// [`Config::from_gguf`]; frequency factors go in the `rope_freqs.weight` tensor).
+    pub fn to_gguf_metadata(&self) -> Vec<(String, Value)> {
+        let u = |v: usize| Value::U32(v as u32);
+        let mut meta = vec![
+            ("llama.vocab_size", u(self.vocab_size)),
+            ("llama.context_length", u(self.max_position_embeddings)),
+            ("llama.embedding_length", u(self.hidden_size)),
+            ("llama.feed_forward_length", u(self.intermediate_size)),
+            ("llama.block_count", u(self.num_hidden_layers)),
+            ("llama.attention.head_count", u(self.num_attention_heads)),
+            ("llama.attention.head_count_kv", u(self.num_key_value_heads)),
+            ("llama.attention.key_length", u(self.head_dim)),
+            ("llama.attention.value_length", u(self.head_dim)),
+            ("llama.rope.dimension_count", u(self.head_dim)),
+            ("llama.rope.freq_base", Value::F32(self.rope_theta)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(self.rms_norm_eps as f32)),
+        ];
+        if self.rope_scaling_factor != 1.0 {
+            meta.push(("llama.rope.scaling.type", Value::String("linear".into())));
+            meta.push(("llama.rope.scaling.factor", Value::F32(self.rope_scaling_factor)));
+        }
+        meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
     /// Checks the relations between dimensions that the forward pass relies on.
     pub fn check(&self) -> std::result::Result<(), String> {
         if self.num_attention_heads % self.num_key_value_heads != 0 {
@@ -108,6 +146,12 @@ impl Config {
         }
         if self.head_dim % 2 != 0 || self.head_dim == 0 {
             return Err(format!("head dimension {} must be even for RoPE", self.head_dim));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(format!("RoPE base {} must be a positive number", self.rope_theta));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(format!("RMSNorm epsilon {} must be a positive number", self.rms_norm_eps));
         }
         if self.rope_scaling_factor <= 0.0 || !self.rope_scaling_factor.is_finite() {
             return Err(format!("RoPE scaling factor {} must be positive", self.rope_scaling_factor));

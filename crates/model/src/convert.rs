@@ -10,7 +10,7 @@ use candle_core::Device;
 use ferrollama_gguf::{GgmlType, GgufFile, GgufWriter, TensorToWrite, Value};
 
 use crate::error::{Error, Result};
-use crate::weights::candle_dtype;
+use crate::weights::{candle_dtype, qtensor_from_bytes};
 
 /// llama.cpp's `llama_ftype` for a file whose matrices are mostly of type `t`.
 pub fn file_type(t: GgmlType) -> Option<u32> {
@@ -93,8 +93,7 @@ fn recode(src: &GgufFile, info: &ferrollama_gguf::TensorInfo, to: GgmlType) -> R
     }
     let from = candle_dtype(info.ggml_type).ok_or_else(|| Error::Input(format!("cannot read type {}", info.ggml_type)))?;
     let to_dtype = candle_dtype(to).ok_or_else(|| Error::Input(format!("cannot write type {to}")))?;
-    let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Borrowed(data), &Device::Cpu, from)?;
-    let q = QTensor::new(storage, info.shape())?;
+    let q = qtensor_from_bytes(data, from, info.shape(), &info.name)?;
     let f = q.dequantize(&Device::Cpu)?;
     let out = QTensor::quantize(&f, to_dtype)?;
     Ok(out.data()?.into_owned())

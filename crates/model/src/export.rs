@@ -13,7 +13,7 @@ use ferrollama_gguf::{names, GgmlType, GgufFile, GgufWriter, TensorToWrite, Valu
 use crate::config::Config;
 use crate::convert::{file_type, tensor_type};
 use crate::error::{Error, Result};
-use crate::hf::{config_to_hf, permute_rope_rows, HfWeights, RopeLayout};
+use crate::hf::{config_to_hf, permute_rope_rows, rotary_heads, HfWeights, RopeLayout};
 use crate::weights::{candle_dtype, GgufWeights, WeightSource};
 
 /// Writes `model.safetensors` and `config.json` for the weights of `src` into `dir`.
@@ -26,10 +26,10 @@ pub fn gguf_to_hf(src: &GgufFile, dir: &Path, dtype: StDtype, bos: Option<u32>, 
         });
     }
     let weights = GgufWeights::new(src);
-    let (candle_dt, elem) = match dtype {
-        StDtype::F32 => (DType::F32, 4),
-        StDtype::F16 => (DType::F16, 2),
-        StDtype::BF16 => (DType::BF16, 2),
+    let candle_dt = match dtype {
+        StDtype::F32 => DType::F32,
+        StDtype::F16 => DType::F16,
+        StDtype::BF16 => DType::BF16,
     };
     let total = src.header.tensors.len();
     let mut out = Vec::with_capacity(total);
@@ -41,15 +41,8 @@ pub fn gguf_to_hf(src: &GgufFile, dir: &Path, dtype: StDtype, bos: Option<u32>, 
         let t = weights.get(&hf_name)?.dequantize(&Device::Cpu)?.to_dtype(candle_dt)?;
         let mut data = tensor_bytes(&t)?;
         let shape = info.shape();
-        let heads = if hf_name.ends_with("q_proj.weight") {
-            Some(cfg.num_attention_heads)
-        } else if hf_name.ends_with("k_proj.weight") {
-            Some(cfg.num_key_value_heads)
-        } else {
-            None
-        };
-        if let (Some(n), [_, cols]) = (heads, shape.as_slice()) {
-            data = permute_rope_rows(&data, n, cols * elem, RopeLayout::GgufToHf)?;
+        if let (Some(n), [_, cols]) = (rotary_heads(&cfg, &hf_name), shape.as_slice()) {
+            data = permute_rope_rows(&data, n, cols * dtype.size(), RopeLayout::GgufToHf)?;
         }
         out.push(StOwned { name: hf_name, dtype, shape, data });
         progress(i + 1, total);
@@ -69,28 +62,11 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, target: GgmlType, tokenizer_meta: Vec<
     let ftype = file_type(target).ok_or_else(|| Error::Input(format!("cannot write models of type {target}")))?;
     let mut w = GgufWriter::new();
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    for (k, v) in [
-        ("general.architecture", Value::String("llama".into())),
-        ("general.name", Value::String(name)),
-        ("general.file_type", Value::U32(ftype)),
-        ("llama.vocab_size", Value::U32(cfg.vocab_size as u32)),
-        ("llama.context_length", Value::U32(cfg.max_position_embeddings as u32)),
-        ("llama.embedding_length", Value::U32(cfg.hidden_size as u32)),
-        ("llama.feed_forward_length", Value::U32(cfg.intermediate_size as u32)),
-        ("llama.block_count", Value::U32(cfg.num_hidden_layers as u32)),
-        ("llama.attention.head_count", Value::U32(cfg.num_attention_heads as u32)),
-        ("llama.attention.head_count_kv", Value::U32(cfg.num_key_value_heads as u32)),
-        ("llama.attention.key_length", Value::U32(cfg.head_dim as u32)),
-        ("llama.attention.value_length", Value::U32(cfg.head_dim as u32)),
-        ("llama.rope.dimension_count", Value::U32(cfg.head_dim as u32)),
-        ("llama.rope.freq_base", Value::F32(cfg.rope_theta)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(cfg.rms_norm_eps as f32)),
-    ] {
-        w.set(k, v);
-    }
-    if cfg.rope_scaling_factor != 1.0 {
-        w.set("llama.rope.scaling.type", Value::String("linear".into()));
-        w.set("llama.rope.scaling.factor", Value::F32(cfg.rope_scaling_factor));
+    w.set("general.architecture", Value::String("llama".into()));
+    w.set("general.name", Value::String(name));
+    w.set("general.file_type", Value::U32(ftype));
+    for (k, v) in cfg.to_gguf_metadata() {
+        w.set(&k, v);
     }
     for (k, v) in tokenizer_meta {
         w.set(&k, v);

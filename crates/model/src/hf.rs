@@ -6,13 +6,12 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use candle_core::quantized::{GgmlDType, QStorage, QTensor};
-use candle_core::Device;
+use candle_core::quantized::{GgmlDType, QTensor};
 use ferrollama_gguf::safetensors::{SafetensorsDir, StDtype};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::weights::WeightSource;
+use crate::weights::{qtensor_from_bytes, WeightSource};
 
 /// Reads `config.json` of a Llama checkpoint.
 pub fn config_from_hf(dir: &Path) -> Result<Config> {
@@ -131,6 +130,18 @@ pub enum RopeLayout {
     GgufToHf,
 }
 
+/// The number of rotary heads whose rows a tensor holds (q_proj: query heads, k_proj:
+/// KV heads), or `None` for tensors that are not rotated.
+pub fn rotary_heads(cfg: &Config, hf_name: &str) -> Option<usize> {
+    if hf_name.ends_with("self_attn.q_proj.weight") {
+        Some(cfg.num_attention_heads)
+    } else if hf_name.ends_with("self_attn.k_proj.weight") {
+        Some(cfg.num_key_value_heads)
+    } else {
+        None
+    }
+}
+
 /// Reorders the rows of a (n_head * head_dim, cols) matrix stored row-major with
 /// `row_bytes` bytes per row. HF row (h, j, i) -- half j, index i -- is GGUF row (h, 2i + j).
 pub fn permute_rope_rows(data: &[u8], n_head: usize, row_bytes: usize, dir: RopeLayout) -> Result<Vec<u8>> {
@@ -174,24 +185,16 @@ impl HfWeights {
 impl WeightSource for HfWeights {
     fn get(&self, hf_name: &str) -> Result<QTensor> {
         let t = self.st.tensor(hf_name)?;
-        let (dtype, elem) = match t.dtype {
-            StDtype::F32 => (GgmlDType::F32, 4),
-            StDtype::F16 => (GgmlDType::F16, 2),
-            StDtype::BF16 => (GgmlDType::BF16, 2),
+        let dtype = match t.dtype {
+            StDtype::F32 => GgmlDType::F32,
+            StDtype::F16 => GgmlDType::F16,
+            StDtype::BF16 => GgmlDType::BF16,
         };
-        let heads = if hf_name.ends_with("self_attn.q_proj.weight") {
-            Some(self.config.num_attention_heads)
-        } else if hf_name.ends_with("self_attn.k_proj.weight") {
-            Some(self.config.num_key_value_heads)
-        } else {
-            None
-        };
-        let data = match (heads, t.shape.as_slice()) {
-            (Some(n), [_, cols]) => Cow::Owned(permute_rope_rows(t.data, n, cols * elem, RopeLayout::HfToGguf)?),
+        let data = match (rotary_heads(&self.config, hf_name), t.shape.as_slice()) {
+            (Some(n), [_, cols]) => Cow::Owned(permute_rope_rows(t.data, n, cols * t.dtype.size(), RopeLayout::HfToGguf)?),
             _ => Cow::Borrowed(t.data),
         };
-        let storage = QStorage::from_data(data, &Device::Cpu, dtype)?;
-        Ok(QTensor::new(storage, t.shape.clone())?)
+        qtensor_from_bytes(&data, dtype, t.shape.clone(), hf_name)
     }
 
     fn contains(&self, hf_name: &str) -> bool {

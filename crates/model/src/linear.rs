@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::weights::WeightSource;
 
 /// Weights of one projection.
@@ -26,9 +26,13 @@ pub struct Q4_1Matrix {
 }
 
 impl Linear {
-    /// Loads the weight `name`.
-    pub fn load(w: &dyn WeightSource, name: &str) -> Result<Self> {
-        Self::from_qtensor(w.get(name)?)
+    /// Loads the weight `name`, which must have shape (n, k): n outputs, k inputs.
+    pub fn load(w: &dyn WeightSource, name: &str, (n, k): (usize, usize)) -> Result<Self> {
+        let q = w.get(name)?;
+        if q.shape().dims() != [n, k] {
+            return Err(Error::Shape { file: w.file().to_string(), name: name.into(), found: q.shape().dims().to_vec(), expected: vec![n, k] });
+        }
+        Self::from_qtensor(q)
     }
 
     /// Wraps a weight tensor of shape (n, k).

@@ -17,6 +17,9 @@ use crate::mlp::Mlp;
 use crate::rope::Rope;
 use crate::weights::WeightSource;
 
+/// Most tokens run in one forward pass; longer inputs are split.
+pub const UBATCH: usize = 512;
+
 /// An RMSNorm weight (Zhang & Sennrich 2019) with its epsilon.
 struct RmsNorm {
     weight: Tensor,
@@ -24,8 +27,12 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn load(w: &dyn WeightSource, name: &str, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.get(name)?.dequantize(&Device::Cpu)?, eps: eps as f32 })
+    fn load(w: &dyn WeightSource, name: &str, cfg: &Config) -> Result<Self> {
+        let weight = w.get(name)?.dequantize(&Device::Cpu)?;
+        if weight.dims() != [cfg.hidden_size] {
+            return Err(Error::Shape { file: w.file().to_string(), name: name.into(), found: weight.dims().to_vec(), expected: vec![cfg.hidden_size] });
+        }
+        Ok(Self { weight, eps: cfg.rms_norm_eps as f32 })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -77,6 +84,12 @@ impl Llama {
     /// Loads every weight the configuration calls for; `max_ctx` bounds the positions the
     /// RoPE tables cover.
     pub fn load(w: &dyn WeightSource, config: Config, max_ctx: usize) -> Result<Self> {
+        if max_ctx == 0 || max_ctx > config.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "a context of {max_ctx} tokens is outside what the model was trained for (1 to {})",
+                config.max_position_embeddings
+            )));
+        }
         let embed = w.get("model.embed_tokens.weight")?;
         let expected = vec![config.vocab_size, config.hidden_size];
         if embed.shape().dims() != expected.as_slice() {
@@ -92,15 +105,15 @@ impl Llama {
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 Ok(DecoderLayer {
-                    input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), config.rms_norm_eps)?,
+                    input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), &config)?,
                     self_attn: Attention::load(w, &format!("{p}.self_attn"), &config)?,
-                    post_attention_layernorm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm.weight"), config.rms_norm_eps)?,
-                    mlp: Mlp::load(w, &format!("{p}.mlp"))?,
+                    post_attention_layernorm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm.weight"), &config)?,
+                    mlp: Mlp::load(w, &format!("{p}.mlp"), &config)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if w.contains("lm_head.weight") {
-            Linear::load(w, "lm_head.weight")?
+            Linear::load(w, "lm_head.weight", (config.vocab_size, config.hidden_size))?
         } else {
             Linear::from_arc(embed_tokens.clone())?
         };
@@ -115,7 +128,7 @@ impl Llama {
         Ok(Self {
             embed_tokens,
             layers,
-            norm: RmsNorm::load(w, "model.norm.weight", config.rms_norm_eps)?,
+            norm: RmsNorm::load(w, "model.norm.weight", &config)?,
             lm_head,
             rope,
             config,
@@ -129,8 +142,29 @@ impl Llama {
     }
 
     /// Runs `tokens` after what `cache` holds. Returns logits (n, vocab) for the last
-    /// `n_out` positions (1 for generation, all for scoring).
+    /// `n_out` positions (1 for generation, all for scoring). Long inputs run in batches of
+    /// [`UBATCH`] tokens so attention scores stay small (as llama.cpp's `n_ubatch`). On
+    /// error the cache may hold part of the input: reset it.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache, n_out: usize) -> Result<Tensor> {
+        let n_out = n_out.clamp(1, tokens.len().max(1));
+        if tokens.len() <= UBATCH {
+            return self.forward_batch(tokens, cache, n_out);
+        }
+        let first_out = tokens.len() - n_out;
+        let mut outs = Vec::new();
+        for (i, chunk) in tokens.chunks(UBATCH).enumerate() {
+            let start = i * UBATCH;
+            let wanted = (start + chunk.len()).saturating_sub(first_out.max(start));
+            // Chunks before the wanted outputs still need one (cheap) row computed.
+            let logits = self.forward_batch(chunk, cache, wanted.max(1))?;
+            if wanted > 0 {
+                outs.push(logits);
+            }
+        }
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+
+    fn forward_batch(&self, tokens: &[u32], cache: &mut Cache, n_out: usize) -> Result<Tensor> {
         let index_pos = cache.seq_len();
         let seq_len = tokens.len();
         if seq_len == 0 {

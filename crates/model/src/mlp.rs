@@ -2,6 +2,7 @@
 
 use candle_core::{Module, Tensor};
 
+use crate::config::Config;
 use crate::error::Result;
 use crate::linear::Linear;
 use crate::weights::WeightSource;
@@ -15,11 +16,12 @@ pub struct Mlp {
 
 impl Mlp {
     /// Loads `{prefix}.gate_proj` and friends.
-    pub fn load(w: &dyn WeightSource, prefix: &str) -> Result<Self> {
+    pub fn load(w: &dyn WeightSource, prefix: &str, cfg: &Config) -> Result<Self> {
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: Linear::load(w, &format!("{prefix}.gate_proj.weight"))?,
-            up_proj: Linear::load(w, &format!("{prefix}.up_proj.weight"))?,
-            down_proj: Linear::load(w, &format!("{prefix}.down_proj.weight"))?,
+            gate_proj: Linear::load(w, &format!("{prefix}.gate_proj.weight"), (f, h))?,
+            up_proj: Linear::load(w, &format!("{prefix}.up_proj.weight"), (f, h))?,
+            down_proj: Linear::load(w, &format!("{prefix}.down_proj.weight"), (h, f))?,
         })
     }
 }

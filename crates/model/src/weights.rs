@@ -22,13 +22,12 @@ pub trait WeightSource {
 /// Weights read from a GGUF file.
 pub struct GgufWeights<'a> {
     pub file: &'a GgufFile,
-    device: Device,
 }
 
 impl<'a> GgufWeights<'a> {
     /// Weights of `file`, placed on the CPU.
     pub fn new(file: &'a GgufFile) -> Self {
-        Self { file, device: Device::Cpu }
+        Self { file }
     }
 
     fn gguf_name(&self, hf_name: &str) -> Result<String> {
@@ -45,8 +44,7 @@ impl WeightSource for GgufWeights<'_> {
             file: self.file.header.file.clone(),
             msg: format!("tensor `{name}` has type {}, which cannot be computed with", info.ggml_type),
         })?;
-        let storage = QStorage::from_data(Cow::Borrowed(bytes), &self.device, dtype)?;
-        Ok(QTensor::new(storage, info.shape())?)
+        qtensor_from_bytes(bytes, dtype, info.shape(), &name)
     }
 
     fn contains(&self, hf_name: &str) -> bool {
@@ -56,6 +54,32 @@ impl WeightSource for GgufWeights<'_> {
     fn file(&self) -> &str {
         &self.file.header.file
     }
+}
+
+/// Strictest alignment of candle's block types (f32 fields).
+const BLOCK_ALIGN: usize = 4;
+
+/// A candle tensor of type `dtype` from stored bytes. candle reads the bytes as a slice of
+/// its block structs and asserts (panics) on a misaligned pointer or a partial block, so
+/// bytes at an odd offset (GGUF allows an alignment of 1) are copied to an aligned buffer
+/// first and partial blocks are an error.
+pub fn qtensor_from_bytes(bytes: &[u8], dtype: GgmlDType, shape: Vec<usize>, name: &str) -> Result<QTensor> {
+    let elements: usize = shape.iter().product();
+    if bytes.len() % dtype.type_size() != 0 || elements / dtype.block_size() * dtype.type_size() != bytes.len() {
+        return Err(Error::Input(format!("tensor `{name}`: {} bytes do not hold {shape:?} values of type {dtype:?}", bytes.len())));
+    }
+    let aligned;
+    let data = if (bytes.as_ptr() as usize) % BLOCK_ALIGN == 0 {
+        bytes
+    } else {
+        let mut buf = vec![0u8; bytes.len() + BLOCK_ALIGN];
+        let off = buf.as_ptr().align_offset(BLOCK_ALIGN);
+        buf[off..off + bytes.len()].copy_from_slice(bytes);
+        aligned = buf;
+        &aligned[off..off + bytes.len()]
+    };
+    let storage = QStorage::from_data(Cow::Borrowed(data), &Device::Cpu, dtype)?;
+    Ok(QTensor::new(storage, shape)?)
 }
 
 /// candle's name for a ggml type.
@@ -98,5 +122,28 @@ pub fn ggml_type(t: GgmlDType) -> GgmlType {
         GgmlDType::Q5K => GgmlType::Q5K,
         GgmlDType::Q6K => GgmlType::Q6K,
         GgmlDType::Q8K => GgmlType::Q8K,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misaligned_bytes_are_copied_not_a_panic() {
+        let values = [1.5f32, -2.0, 3.25, 0.0];
+        let mut bytes = vec![0u8];
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        // bytes[1..] starts at an odd address.
+        let q = qtensor_from_bytes(&bytes[1..], GgmlDType::F32, vec![2, 2], "t").unwrap();
+        let got: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got, values);
+    }
+
+    #[test]
+    fn partial_blocks_are_an_error() {
+        let err = qtensor_from_bytes(&[0u8; 35], GgmlDType::Q8_0, vec![32], "t").unwrap_err();
+        assert!(err.to_string().contains("tensor `t`"), "{err}");
+        assert!(qtensor_from_bytes(&[0u8; 34], GgmlDType::Q8_0, vec![64], "t").is_err());
     }
 }

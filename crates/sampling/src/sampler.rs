@@ -1,7 +1,7 @@
 //! The seeded sampler: penalties, then truncation, then temperature, then a draw.
 
-use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::params::SamplingParams;
 use crate::penalties::apply_penalties;
@@ -9,13 +9,15 @@ use crate::penalties::apply_penalties;
 /// Picks tokens from logits with its own seeded random generator.
 pub struct Sampler {
     params: SamplingParams,
-    rng: StdRng,
+    /// ChaCha8: its stream is fixed by its specification, unlike `StdRng`, which may change
+    /// between rand versions; same seed, same text across builds.
+    rng: ChaCha8Rng,
 }
 
 impl Sampler {
     /// A sampler seeded with `params.seed`.
     pub fn new(params: SamplingParams) -> Self {
-        let rng = StdRng::seed_from_u64(params.seed);
+        let rng = ChaCha8Rng::seed_from_u64(params.seed);
         Self { params, rng }
     }
 

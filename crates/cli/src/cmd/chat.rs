@@ -23,6 +23,9 @@ pub struct Args {
     /// Most tokens per reply.
     #[arg(short = 'n', long, default_value_t = 512)]
     pub max_tokens: usize,
+    /// Stop a reply when this string appears (repeatable); it is not shown.
+    #[arg(long)]
+    pub stop: Vec<String>,
     /// Use Llama 2's [INST] format even when the model has a chat template.
     #[arg(long)]
     pub llama2_format: bool,
@@ -31,7 +34,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let m = load(&a.model)?;
     let format = if a.llama2_format { ChatFormat::Llama2 } else { ChatFormat::for_model(m.chat_template.as_deref()) };
-    let params = GenerateParams { max_new_tokens: a.max_tokens, sampling: a.sampling.params(), ..GenerateParams::default() };
+    let params = GenerateParams { max_new_tokens: a.max_tokens, stop: a.stop.clone(), sampling: a.sampling.params(), ..GenerateParams::default() };
     let mut generator = Generator::new(&m.model, &m.tokenizer, m.n_ctx);
     let system: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
     let mut history: Vec<Message> = Vec::new();
@@ -81,7 +84,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// The prompt for the conversation, dropping the oldest turns until it leaves room for a
-/// reply of `reserve` tokens (or at least a quarter of the context).
+/// reply of `reserve` tokens, but never reserving more than a quarter of the context.
 fn fit_context(format: &ChatFormat, system: &[Message], history: &mut Vec<Message>, tok: &Tokenizer, n_ctx: usize, reserve: usize) -> Result<Vec<u32>> {
     let room = n_ctx.saturating_sub(reserve.min(n_ctx / 4).max(1));
     loop {
