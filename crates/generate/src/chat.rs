@@ -28,6 +28,7 @@ const E_SYS: &str = "\n<</SYS>>\n\n";
 
 /// How a conversation becomes a prompt.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum ChatFormat {
     /// `[INST]`, `<<SYS>>`, BOS/EOS around each turn, tokenized piece by piece.
     Llama2,

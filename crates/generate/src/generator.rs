@@ -34,6 +34,7 @@ impl Default for GenerateParams {
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FinishReason {
     /// An end-of-generation token or a stop string.
     Stop,

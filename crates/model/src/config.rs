@@ -138,13 +138,27 @@ impl Config {
 
     /// Checks the relations between dimensions that the forward pass relies on.
     pub fn check(&self) -> std::result::Result<(), String> {
+        for (name, v) in [
+            ("vocabulary size", self.vocab_size),
+            ("hidden size", self.hidden_size),
+            ("feed-forward size", self.intermediate_size),
+            ("layer count", self.num_hidden_layers),
+            ("attention head count", self.num_attention_heads),
+            ("KV head count", self.num_key_value_heads),
+            ("head dimension", self.head_dim),
+            ("context length", self.max_position_embeddings),
+        ] {
+            if v == 0 || v >= 1 << 24 {
+                return Err(format!("{name} {v} is out of range"));
+            }
+        }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err(format!(
                 "{} attention heads are not a multiple of {} KV heads",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+        if self.head_dim % 2 != 0 {
             return Err(format!("head dimension {} must be even for RoPE", self.head_dim));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
@@ -213,6 +227,13 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_heads_are_an_error_not_a_division_by_zero() {
+        let mut cfg = Config::preset("llama2-7b").unwrap();
+        cfg.num_key_value_heads = 0;
+        assert_eq!(cfg.check().unwrap_err(), "KV head count 0 is out of range");
+    }
 
     #[test]
     fn llama2_presets_have_published_parameter_counts() {

@@ -11,6 +11,13 @@ pub enum Error {
     /// The file holds a model this crate cannot run, or its hyper-parameters disagree.
     #[error("{file}: {msg}")]
     Unsupported { file: String, msg: String },
+    /// A file could not be read or written.
+    #[error("{file}: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A tensor's shape is not what the configuration calls for.
     #[error("{file}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
     Shape { file: String, name: String, found: Vec<usize>, expected: Vec<usize> },

@@ -130,5 +130,5 @@ fn tensor_bytes(t: &candle_core::Tensor) -> Result<Vec<u8>> {
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Unsupported { file: path.display().to_string(), msg: source.to_string() }
+    Error::Io { file: path.display().to_string(), source }
 }

@@ -13,57 +13,104 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::weights::{qtensor_from_bytes, WeightSource};
 
+/// `config.json` of a Llama checkpoint, as transformers writes it; absent optional keys
+/// take transformers' `LlamaConfig` defaults.
+#[derive(Debug, serde::Deserialize)]
+struct LlamaConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    #[serde(default = "default_rms_norm_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    rope_theta: f64,
+    rope_scaling: Option<RopeScaling>,
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+}
+
+/// `rope_scaling` of config.json (`type` in older files, `rope_type` in newer ones).
+#[derive(Debug, serde::Deserialize)]
+struct RopeScaling {
+    #[serde(alias = "type")]
+    rope_type: String,
+    factor: f64,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<f64>,
+}
+
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+
+fn default_rope_theta() -> f64 {
+    10000.0
+}
+
 /// Reads `config.json` of a Llama checkpoint.
 pub fn config_from_hf(dir: &Path) -> Result<Config> {
     let path = dir.join("config.json");
     let file = path.display().to_string();
     let bad = |msg: String| Error::Unsupported { file: file.clone(), msg };
-    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
-    let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    let arch = j["architectures"][0].as_str().unwrap_or("LlamaForCausalLM");
-    if arch != "LlamaForCausalLM" {
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { file: file.clone(), source })?;
+    let j: LlamaConfig = serde_json::from_str(&text).map_err(|e| bad(format!("not a Llama config.json: {e}")))?;
+    if let Some(arch) = j.architectures.first().filter(|a| *a != "LlamaForCausalLM") {
         return Err(bad(format!("architecture `{arch}` is not supported (LlamaForCausalLM is)")));
     }
-    let int = |k: &str| -> Result<usize> {
-        j[k].as_u64().filter(|&v| v > 0 && v < 1 << 24).map(|v| v as usize).ok_or_else(|| bad(format!("`{k}` is missing or out of range")))
-    };
-    let hidden_size = int("hidden_size")?;
-    let num_attention_heads = int("num_attention_heads")?;
-    let head_dim = if j["head_dim"].is_null() { hidden_size / num_attention_heads } else { int("head_dim")? };
-    let rope_theta = j["rope_theta"].as_f64().unwrap_or(10000.0) as f32;
+    for (k, v) in [
+        ("vocab_size", j.vocab_size),
+        ("hidden_size", j.hidden_size),
+        ("intermediate_size", j.intermediate_size),
+        ("num_hidden_layers", j.num_hidden_layers),
+        ("num_attention_heads", j.num_attention_heads),
+        ("max_position_embeddings", j.max_position_embeddings),
+    ] {
+        if v == 0 || v >= 1 << 24 {
+            return Err(bad(format!("`{k}` = {v} is out of range")));
+        }
+    }
+    let head_dim = j.head_dim.unwrap_or(j.hidden_size / j.num_attention_heads);
+    let rope_theta = j.rope_theta as f32;
     let (mut rope_scaling_factor, mut rope_freq_factors) = (1.0, None);
-    if let Some(s) = j.get("rope_scaling").filter(|v| !v.is_null()) {
-        let kind = s["rope_type"].as_str().or(s["type"].as_str()).unwrap_or("?");
-        let num = |k: &str| s[k].as_f64().ok_or_else(|| bad(format!("rope_scaling has no `{k}`")));
-        match kind {
-            "linear" => rope_scaling_factor = num("factor")? as f32,
+    if let Some(s) = &j.rope_scaling {
+        let need = |v: Option<f64>, k: &str| v.ok_or_else(|| bad(format!("rope_scaling of type llama3 has no `{k}`")));
+        match s.rope_type.as_str() {
+            "linear" => rope_scaling_factor = s.factor as f32,
             "llama3" => {
                 rope_freq_factors = Some(llama3_freq_factors(
                     head_dim,
                     rope_theta,
-                    num("factor")?,
-                    num("low_freq_factor")?,
-                    num("high_freq_factor")?,
-                    num("original_max_position_embeddings")?,
+                    s.factor,
+                    need(s.low_freq_factor, "low_freq_factor")?,
+                    need(s.high_freq_factor, "high_freq_factor")?,
+                    need(s.original_max_position_embeddings, "original_max_position_embeddings")?,
                 ))
             }
             other => return Err(bad(format!("rope_scaling type `{other}` is not supported (linear and llama3 are)"))),
         }
     }
     let cfg = Config {
-        vocab_size: int("vocab_size")?,
-        hidden_size,
-        intermediate_size: int("intermediate_size")?,
-        num_hidden_layers: int("num_hidden_layers")?,
-        num_attention_heads,
-        num_key_value_heads: if j["num_key_value_heads"].is_null() { num_attention_heads } else { int("num_key_value_heads")? },
+        vocab_size: j.vocab_size,
+        hidden_size: j.hidden_size,
+        intermediate_size: j.intermediate_size,
+        num_hidden_layers: j.num_hidden_layers,
+        num_attention_heads: j.num_attention_heads,
+        num_key_value_heads: j.num_key_value_heads.unwrap_or(j.num_attention_heads),
         head_dim,
-        rms_norm_eps: j["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+        rms_norm_eps: j.rms_norm_eps,
         rope_theta,
         rope_scaling_factor,
         rope_freq_factors,
-        max_position_embeddings: int("max_position_embeddings")?,
-        tie_word_embeddings: j["tie_word_embeddings"].as_bool().unwrap_or(false),
+        max_position_embeddings: j.max_position_embeddings,
+        tie_word_embeddings: j.tie_word_embeddings,
     };
     cfg.check().map_err(bad)?;
     Ok(cfg)

@@ -19,16 +19,21 @@ fn q4_1_path() -> PathBuf {
     ferrollama_assets::default_model().unwrap()
 }
 
-/// The f16 file, converted once into the cache.
-fn f16_path() -> PathBuf {
+/// The Q4_1 file converted to `ty` once into the cache, as the references' f16 and q8_0
+/// files were made from it with llama-quantize.
+fn converted(ty: GgmlType) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap();
-    let out = ferrollama_assets::models_dir().join("SmolLM2-135M-Instruct.f16-from-q4_1.gguf");
+    let out = ferrollama_assets::models_dir().join(format!("SmolLM2-135M-Instruct.{ty}-from-q4_1.gguf"));
     if !out.exists() {
         let src = GgufFile::open(q4_1_path()).unwrap();
-        ferrollama_model::convert::requantize(&src, &out, GgmlType::F16, |_, _| {}).unwrap();
+        ferrollama_model::convert::requantize(&src, &out, ty, |_, _| {}).unwrap();
     }
     out
+}
+
+fn f16_path() -> PathBuf {
+    converted(GgmlType::F16)
 }
 
 fn load(path: &PathBuf) -> Llama {
@@ -123,4 +128,9 @@ fn q4_1_greedy_matches_llama_cpp() {
 #[test]
 fn f16_greedy_matches_llama_cpp() {
     check_greedy(&load(&f16_path()), "greedy_f16.jsonl");
+}
+
+#[test]
+fn q8_0_greedy_matches_llama_cpp() {
+    check_greedy(&load(&converted(GgmlType::Q8_0)), "greedy_q8_0.jsonl");
 }
