@@ -29,7 +29,7 @@ pub fn model_path(args: &ModelArgs) -> Result<PathBuf> {
     match &args.model {
         Some(p) if !p.exists() => bail!("{}: no such file or directory", p.display()),
         Some(p) => Ok(p.clone()),
-        None => ferrollama_assets::default_model(),
+        None => Ok(ferrollama_assets::default_model()?),
     }
 }
 

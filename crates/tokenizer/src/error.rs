@@ -43,6 +43,13 @@ pub enum Error {
     /// A Hugging Face tokenizer file is valid JSON but not a tokenizer we can map.
     #[error("{file}: {msg}")]
     HfFormat { file: String, msg: String },
+    /// A SentencePiece `tokenizer.model` is malformed (truncated, bad wire type, invalid
+    /// value) or describes a model this crate does not run; `field` is the protobuf path.
+    #[error("tokenizer.model: {field}: {msg}")]
+    SpmModel { field: String, msg: String },
+    /// The tokenizer cannot be written as a SentencePiece `tokenizer.model`.
+    #[error("cannot write a SentencePiece tokenizer.model: {0}")]
+    SpmExport(String),
 }
 
 /// Result with this crate's [`Error`].

@@ -11,6 +11,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::hf_spm;
 use crate::pretokenize::{DEFAULT_PATTERNS, GPT2_PATTERN, LLAMA3_PATTERN};
 use crate::tokenizer::Tokenizer;
 use crate::vocab::{ModelKind, SpecialIds, TokenType, Vocab};
@@ -20,7 +21,18 @@ const HF_GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s
 
 impl Tokenizer {
     /// Loads `tokenizer.json` and, if present, `tokenizer_config.json` from a directory.
+    ///
+    /// Without `tokenizer.json` a SentencePiece `tokenizer.model` is loaded instead, as
+    /// llama.cpp's converter reads it: with `config.json`'s `vocab_size` and special ids,
+    /// `added_tokens.json`, and `tokenizer_config.json`'s `added_tokens_decoder`,
+    /// `add_bos_token`, `add_eos_token` and `add_prefix_space`.
     pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
+        let spm_model = dir.join("tokenizer.model");
+        if !dir.join("tokenizer.json").exists() && spm_model.exists() {
+            let bytes = std::fs::read(&spm_model).map_err(|source| Error::Io { file: spm_model.display().to_string(), source })?;
+            let vocab = hf_spm::apply(Vocab::from_sentencepiece_bytes(&bytes)?, &hf_spm::HfFiles::read(dir)?)?;
+            return Tokenizer::from_vocab(vocab);
+        }
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|source| Error::Io { file: path.display().to_string(), source })
@@ -66,7 +78,8 @@ pub fn vocab_from_hf(tj: &Value, config: Option<&Value>) -> Result<Vocab> {
     for (text, id) in vocab_map {
         entries.push((json_id(id, "model.vocab")?, text));
     }
-    let n = entries.iter().map(|e| e.0 as usize + 1).chain(added.iter().map(|a| a["id"].as_u64().unwrap_or(0) as usize + 1)).max().unwrap_or(0);
+    let added_ids = added.iter().map(|a| json_id(&a["id"], "added_tokens[].id")).collect::<Result<Vec<u32>>>()?;
+    let n = entries.iter().map(|e| e.0).chain(added_ids.iter().copied()).map(|id| id as usize + 1).max().unwrap_or(0);
     // Ids may leave gaps (filled with "[PAD{i}]" below), but not absurd ones.
     if n > 2 * (entries.len() + added.len()) + 65_536 {
         return Err(format_err(format!("token id {} is far beyond the {} tokens given", n - 1, entries.len() + added.len())));
@@ -190,7 +203,7 @@ fn is_byte_token(t: &str) -> bool {
 }
 
 /// llama.cpp's converter `does_token_look_special`.
-fn looks_special(t: &str) -> bool {
+pub(crate) fn looks_special(t: &str) -> bool {
     matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
         || (t.starts_with("<|") && t.ends_with("|>"))
         || (t.starts_with("<｜") && t.ends_with("｜>"))

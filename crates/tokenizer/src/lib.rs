@@ -1,5 +1,6 @@
 //! Tokenizers that reproduce llama.cpp's exactly: SentencePiece BPE (`llama`) and byte-level
-//! BPE (`gpt2`) vocabularies loaded from GGUF metadata or a Hugging Face `tokenizer.json`.
+//! BPE (`gpt2`) vocabularies loaded from GGUF metadata, a Hugging Face `tokenizer.json` or a
+//! SentencePiece `tokenizer.model`.
 //! Reference: llama.cpp `src/llama-vocab.cpp` and `src/unicode.cpp`.
 
 pub mod bytes;
@@ -13,9 +14,12 @@ pub mod vocab;
 
 mod bpe;
 mod hf_export;
+mod hf_spm;
+mod proto;
 mod resolve;
 mod special;
 mod spm;
+mod spm_model;
 mod unicode_table;
 
 pub use decode::clean_spaces;
