@@ -25,11 +25,20 @@ enum Command {
     Info(cmd::info::Args),
     /// Perplexity of a text file, scored as llama.cpp's llama-perplexity scores it.
     Perplexity(cmd::perplexity::Args),
-    /// Re-encode a GGUF model's weights (f32, f16, q8_0, q4_0, q4_1, ...).
+    /// Convert between GGUF and Hugging Face directories, and between weight types.
     Convert(cmd::convert::Args),
+    /// Measure prompt processing and generation speed, as llama-bench does.
+    Bench(cmd::bench::Args),
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`ferrollama tokenize ... | head`), as Unix tools do,
+    // instead of panicking in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Chat(a) => cmd::chat::run(a),
@@ -38,6 +47,7 @@ fn main() {
         Command::Info(a) => cmd::info::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Convert(a) => cmd::convert::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

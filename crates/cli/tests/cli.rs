@@ -112,3 +112,22 @@ fn perplexity_rejects_invalid_utf8_and_short_texts() {
     assert_clean_failure(&run(&["perplexity", "-f", path.to_str().unwrap(), "--ctx", "64"]), "at least 128");
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn bench_json_has_llama_bench_records() {
+    let o = run(&["bench", "-p", "8", "-n", "4", "-r", "2", "-t", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let records: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(records.len(), 2);
+    let (pp, tg) = (&records[0], &records[1]);
+    assert_eq!((pp["n_prompt"].as_u64(), pp["n_gen"].as_u64()), (Some(8), Some(0)));
+    assert_eq!((tg["n_prompt"].as_u64(), tg["n_gen"].as_u64()), (Some(0), Some(4)));
+    for r in &records {
+        assert_eq!(r["n_threads"], 2);
+        assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+        assert!(r["stddev_ts"].as_f64().unwrap() >= 0.0);
+        assert!(r["model_filename"].as_str().unwrap().ends_with(".gguf"));
+        assert!(r["peak_rss_bytes"].as_u64().unwrap() > 50 << 20);
+    }
+}
