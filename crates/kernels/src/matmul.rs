@@ -37,8 +37,15 @@ pub fn matmul_q4_1(w: &[u8], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f
         for (i, row_out) in out.chunks_exact_mut(m).enumerate() {
             let r = c * ROWS_PER_TASK + i;
             let wr = &w[r * row_bytes..(r + 1) * row_bytes];
-            for (t, o) in row_out.iter_mut().enumerate() {
-                *o = q4_1::vec_dot(wr, &xq[t * blocks..(t + 1) * blocks]);
+            let x_row = |t: usize| &xq[t * blocks..(t + 1) * blocks];
+            let mut t = 0;
+            while t + 4 <= m {
+                let sums = q4_1::vec_dot_x4(wr, [x_row(t), x_row(t + 1), x_row(t + 2), x_row(t + 3)]);
+                row_out[t..t + 4].copy_from_slice(&sums);
+                t += 4;
+            }
+            for (t, o) in row_out.iter_mut().enumerate().skip(t) {
+                *o = q4_1::vec_dot(wr, x_row(t));
             }
         }
     });
@@ -58,7 +65,7 @@ mod tests {
     #[test]
     fn matmul_matches_row_by_row_reference() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        for &(n, k, m) in &[(1, 32, 1), (37, 64, 1), (50, 96, 3), (17, 576, 9)] {
+        for &(n, k, m) in &[(1, 32, 1), (37, 64, 1), (50, 96, 3), (17, 576, 9), (33, 64, 4), (20, 64, 8)] {
             let w: Vec<u8> = (0..n * k / 32)
                 .flat_map(|_| {
                     let mut b = half::f16::from_f32(rng.random_range(0.0..0.1)).to_le_bytes().to_vec();
