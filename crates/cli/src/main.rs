@@ -7,7 +7,11 @@ mod load;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ferrollama", version, about = "Llama-family models in Rust: generate, chat, evaluate, convert")]
+#[command(
+    name = "ferrollama",
+    version,
+    about = "Llama-family models in Rust: generate, chat, evaluate, convert"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

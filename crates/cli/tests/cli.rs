@@ -35,18 +35,37 @@ fn tmp(name: &str) -> std::path::PathBuf {
 #[test]
 fn tokenize_json_prints_llama_cpp_ids() {
     // From tests/data/smollm2 (llama-tokenize on the default model).
-    let o = run(&["tokenize", "--json", "The quick brown fox jumps over the lazy dog."]);
+    let o = run(&[
+        "tokenize",
+        "--json",
+        "The quick brown fox jumps over the lazy dog.",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(stdout(&o).trim(), "[504,2365,6354,16438,27003,690,260,23790,2767,30]");
+    assert_eq!(
+        stdout(&o).trim(),
+        "[504,2365,6354,16438,27003,690,260,23790,2767,30]"
+    );
 }
 
 #[test]
 fn generate_json_is_greedy_and_reproducible() {
-    let args = ["generate", "--json", "--temperature", "0", "-n", "6", "-p", "The capital of France is"];
+    let args = [
+        "generate",
+        "--json",
+        "--temperature",
+        "0",
+        "-n",
+        "6",
+        "-p",
+        "The capital of France is",
+    ];
     let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(j["prompt_ids"], serde_json::json!([504, 3575, 282, 4649, 314]));
+    assert_eq!(
+        j["prompt_ids"],
+        serde_json::json!([504, 3575, 282, 4649, 314])
+    );
     // llama.cpp's greedy continuation (greedy_q4_1.jsonl) begins 7042 30 198 198 504 1797.
     assert_eq!(j["ids"], serde_json::json!([7042, 30, 198, 198, 504, 1797]));
     assert_eq!(j["text"], " Paris.\n\nThe United");
@@ -67,13 +86,26 @@ fn info_json_reports_the_model() {
 #[test]
 fn chat_reads_turns_from_stdin_and_resets() {
     let mut child = bin()
-        .args(["chat", "--temperature", "0", "-n", "12", "--system", "Answer in one word."])
+        .args([
+            "chat",
+            "--temperature",
+            "0",
+            "-n",
+            "12",
+            "--system",
+            "Answer in one word.",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"What is the capital of France?\n/reset\nWhat is the capital of Italy?\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\n/reset\nWhat is the capital of Italy?\n")
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
@@ -93,7 +125,10 @@ fn corrupt_model_file_is_a_clean_error() {
     std::fs::write(&path, b"not a model at all").unwrap();
     assert_clean_failure(&run(&["info", path.to_str().unwrap()]), "not a GGUF file");
     let _ = std::fs::remove_file(&path);
-    assert_clean_failure(&run(&["tokenize", "--model", "/nonexistent.gguf", "x"]), "no such file");
+    assert_clean_failure(
+        &run(&["tokenize", "--model", "/nonexistent.gguf", "x"]),
+        "no such file",
+    );
 }
 
 #[test]
@@ -107,21 +142,35 @@ fn prompt_longer_than_the_context_is_a_clean_error() {
 fn perplexity_rejects_invalid_utf8_and_short_texts() {
     let path = tmp("bad.txt");
     std::fs::write(&path, [b'a', 0xFF, b'b']).unwrap();
-    assert_clean_failure(&run(&["perplexity", "-f", path.to_str().unwrap()]), "not valid UTF-8");
+    assert_clean_failure(
+        &run(&["perplexity", "-f", path.to_str().unwrap()]),
+        "not valid UTF-8",
+    );
     std::fs::write(&path, "too short").unwrap();
-    assert_clean_failure(&run(&["perplexity", "-f", path.to_str().unwrap(), "--ctx", "64"]), "at least 128");
+    assert_clean_failure(
+        &run(&["perplexity", "-f", path.to_str().unwrap(), "--ctx", "64"]),
+        "at least 128",
+    );
     let _ = std::fs::remove_file(&path);
 }
 
 #[test]
 fn bench_json_has_llama_bench_records() {
-    let o = run(&["bench", "-p", "8", "-n", "4", "-r", "2", "-t", "2", "--json"]);
+    let o = run(&[
+        "bench", "-p", "8", "-n", "4", "-r", "2", "-t", "2", "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let records: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(records.len(), 2);
     let (pp, tg) = (&records[0], &records[1]);
-    assert_eq!((pp["n_prompt"].as_u64(), pp["n_gen"].as_u64()), (Some(8), Some(0)));
-    assert_eq!((tg["n_prompt"].as_u64(), tg["n_gen"].as_u64()), (Some(0), Some(4)));
+    assert_eq!(
+        (pp["n_prompt"].as_u64(), pp["n_gen"].as_u64()),
+        (Some(8), Some(0))
+    );
+    assert_eq!(
+        (tg["n_prompt"].as_u64(), tg["n_gen"].as_u64()),
+        (Some(0), Some(4))
+    );
     for r in &records {
         assert_eq!(r["n_threads"], 2);
         assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);

@@ -26,9 +26,17 @@ pub struct PerplexityReport {
 /// Scores `tokens` (already including a BOS if the vocabulary adds one) in chunks of
 /// `n_ctx`. `bos` replaces the first token of every chunk when given. `progress` is told
 /// after each chunk (chunks done, total, running perplexity).
-pub fn perplexity(model: &Llama, tokens: &[u32], n_ctx: usize, bos: Option<u32>, mut progress: impl FnMut(usize, usize, f64)) -> Result<PerplexityReport> {
+pub fn perplexity(
+    model: &Llama,
+    tokens: &[u32],
+    n_ctx: usize,
+    bos: Option<u32>,
+    mut progress: impl FnMut(usize, usize, f64),
+) -> Result<PerplexityReport> {
     if n_ctx < 4 {
-        return Err(Error::Input(format!("context {n_ctx} is too small to score (at least 4)")));
+        return Err(Error::Input(format!(
+            "context {n_ctx} is too small to score (at least 4)"
+        )));
     }
     if tokens.len() < 2 * n_ctx {
         return Err(Error::Input(format!(
@@ -51,7 +59,9 @@ pub fn perplexity(model: &Llama, tokens: &[u32], n_ctx: usize, bos: Option<u32>,
         cache.reset();
         // (n_ctx - first, vocab): logits at positions first .. n_ctx-1.
         let logits = model.forward(&input, &mut cache, n_ctx - first)?;
-        let logits = logits.narrow(0, 0, n_ctx - first - 1)?.to_dtype(DType::F32)?;
+        let logits = logits
+            .narrow(0, 0, n_ctx - first - 1)?
+            .to_dtype(DType::F32)?;
         let log_probs = log_softmax(&logits)?;
         let targets = &tokens[chunk * n_ctx + first + 1..(chunk + 1) * n_ctx];
         let targets_t = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
@@ -69,7 +79,11 @@ pub fn perplexity(model: &Llama, tokens: &[u32], n_ctx: usize, bos: Option<u32>,
     let mean = nll / count as f64;
     let ppl = mean.exp();
     let var = nll2 / count as f64 - mean * mean;
-    let ppl_stderr = if var > 0.0 { (var / (count as f64 - 1.0)).sqrt() * ppl } else { 0.0 };
+    let ppl_stderr = if var > 0.0 {
+        (var / (count as f64 - 1.0)).sqrt() * ppl
+    } else {
+        0.0
+    };
     Ok(PerplexityReport {
         n_ctx,
         n_tokens: tokens.len(),

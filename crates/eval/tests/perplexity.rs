@@ -10,7 +10,10 @@ use ferrollama_model::{Config, GgufWeights, Llama};
 use ferrollama_tokenizer::Tokenizer;
 
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(format!("{}/../../tests/data/smollm2/{name}", env!("CARGO_MANIFEST_DIR")))
+    PathBuf::from(format!(
+        "{}/../../tests/data/smollm2/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
 }
 
 struct Run {
@@ -22,23 +25,39 @@ struct Run {
 fn prepare(path: &std::path::Path) -> Run {
     let file = GgufFile::open(path).unwrap();
     let tok = Tokenizer::from_gguf(&file.header).unwrap();
-    let model = Llama::load(&GgufWeights::new(&file), Config::from_gguf(&file).unwrap(), 512).unwrap();
+    let model = Llama::load(
+        &GgufWeights::new(&file),
+        Config::from_gguf(&file).unwrap(),
+        512,
+    )
+    .unwrap();
     let text = std::fs::read_to_string(data("ppl-text.txt")).unwrap();
     let bos = if tok.add_bos() { tok.bos() } else { None };
-    Run { model, tokens: tok.encode(&text, true, false), bos }
+    Run {
+        model,
+        tokens: tok.encode(&text, true, false),
+        bos,
+    }
 }
 
 fn ppl(run: &Run, n_ctx: usize) -> f64 {
-    ferrollama_eval::perplexity(&run.model, &run.tokens, n_ctx, run.bos, |_, _, _| {}).unwrap().ppl
+    ferrollama_eval::perplexity(&run.model, &run.tokens, n_ctx, run.bos, |_, _, _| {})
+        .unwrap()
+        .ppl
 }
 
 #[test]
 fn perplexity_matches_llama_cpp_and_survives_hf_round_trip() {
-    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data("perplexity.json")).unwrap()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("perplexity.json")).unwrap()).unwrap();
     let want = |c: &str| reference["results"]["q4_1"][c]["ppl"].as_f64().unwrap();
     let model_path = ferrollama_assets::default_model().unwrap();
     let run = prepare(&model_path);
-    assert_eq!(run.tokens.len() as u64, reference["n_tokens_smollm2"].as_u64().unwrap(), "tokenization differs from llama.cpp's");
+    assert_eq!(
+        run.tokens.len() as u64,
+        reference["n_tokens_smollm2"].as_u64().unwrap(),
+        "tokenization differs from llama.cpp's"
+    );
 
     let mut at_128 = 0.0;
     for (n_ctx, key) in [(128, "c128"), (512, "c512")] {
@@ -56,16 +75,37 @@ fn perplexity_matches_llama_cpp_and_survives_hf_round_trip() {
     let _ = std::fs::remove_dir_all(&dir);
     let src = GgufFile::open(&model_path).unwrap();
     let tok = Tokenizer::from_gguf(&src.header).unwrap();
-    ferrollama_model::export::gguf_to_hf(&src, &dir.join("hf"), StDtype::F32, tok.bos(), tok.eos(), |_, _| {}).unwrap();
+    ferrollama_model::export::gguf_to_hf(
+        &src,
+        &dir.join("hf"),
+        StDtype::F32,
+        tok.bos(),
+        tok.eos(),
+        |_, _| {},
+    )
+    .unwrap();
     tok.write_hf_dir(&dir.join("hf")).unwrap();
     let hf_tok = Tokenizer::from_hf_dir(&dir.join("hf")).unwrap();
     let back = dir.join("back.gguf");
-    ferrollama_model::export::hf_to_gguf(&dir.join("hf"), &back, GgmlType::Q4_1, hf_tok.vocab().to_gguf_metadata(), |_, _| {}).unwrap();
+    ferrollama_model::export::hf_to_gguf(
+        &dir.join("hf"),
+        &back,
+        GgmlType::Q4_1,
+        hf_tok.vocab().to_gguf_metadata(),
+        |_, _| {},
+    )
+    .unwrap();
     let again = prepare(&back);
-    assert_eq!(again.tokens, run.tokens, "the round-tripped tokenizer tokenizes differently");
+    assert_eq!(
+        again.tokens, run.tokens,
+        "the round-tripped tokenizer tokenizes differently"
+    );
     let round_trip = ppl(&again, 128);
     let rel = (round_trip - at_128).abs() / at_128;
-    println!("ctx 128 after GGUF -> HF -> GGUF: PPL {round_trip:.4} (relative difference {:.4}%)", rel * 100.0);
+    println!(
+        "ctx 128 after GGUF -> HF -> GGUF: PPL {round_trip:.4} (relative difference {:.4}%)",
+        rel * 100.0
+    );
     assert!(rel < 0.001);
     let _ = std::fs::remove_dir_all(&dir);
 }

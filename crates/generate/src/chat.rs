@@ -17,7 +17,10 @@ pub struct Message {
 impl Message {
     /// A message with this role and content.
     pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -51,7 +54,10 @@ impl ChatFormat {
             Self::Llama2 => llama2_tokens(messages, tok),
             Self::Template(source) => {
                 let text = render_template(source, messages, tok)?;
-                let bos_in_text = tok.bos().and_then(|b| tok.piece(b)).is_some_and(|b| !b.is_empty() && text.starts_with(b));
+                let bos_in_text = tok
+                    .bos()
+                    .and_then(|b| tok.piece(b))
+                    .is_some_and(|b| !b.is_empty() && text.starts_with(b));
                 Ok(tok.encode(&text, tok.add_bos() && !bos_in_text, true))
             }
         }
@@ -65,7 +71,9 @@ fn llama2_tokens(messages: &[Message], tok: &Tokenizer) -> Result<Vec<u32>> {
     let mut dialog: Vec<Message> = messages.to_vec();
     if dialog.first().is_some_and(|m| m.role == "system") {
         let system = dialog.remove(0);
-        let first = dialog.first_mut().ok_or_else(|| Error::Input("a system prompt needs a user message after it".into()))?;
+        let first = dialog
+            .first_mut()
+            .ok_or_else(|| Error::Input("a system prompt needs a user message after it".into()))?;
         first.content = format!("{B_SYS}{}{E_SYS}{}", system.content, first.content);
     }
     for (i, m) in dialog.iter().enumerate() {
@@ -81,18 +89,30 @@ fn llama2_tokens(messages: &[Message], tok: &Tokenizer) -> Result<Vec<u32>> {
     if dialog.last().is_none_or(|m| m.role != "user") {
         return Err(Error::Input("the last message must be the user's".into()));
     }
-    let bos = tok.bos().ok_or_else(|| Error::Input("the vocabulary has no BOS token".into()))?;
-    let eos = tok.eos().ok_or_else(|| Error::Input("the vocabulary has no EOS token".into()))?;
+    let bos = tok
+        .bos()
+        .ok_or_else(|| Error::Input("the vocabulary has no BOS token".into()))?;
+    let eos = tok
+        .eos()
+        .ok_or_else(|| Error::Input("the vocabulary has no EOS token".into()))?;
     let mut ids = Vec::new();
     for pair in dialog.chunks(2) {
         ids.push(bos);
         match pair {
             [user, answer] => {
-                let text = format!("{B_INST} {} {E_INST} {} ", user.content.trim(), answer.content.trim());
+                let text = format!(
+                    "{B_INST} {} {E_INST} {} ",
+                    user.content.trim(),
+                    answer.content.trim()
+                );
                 ids.extend(tok.encode(&text, false, false));
                 ids.push(eos);
             }
-            [user] => ids.extend(tok.encode(&format!("{B_INST} {} {E_INST}", user.content.trim()), false, false)),
+            [user] => ids.extend(tok.encode(
+                &format!("{B_INST} {} {E_INST}", user.content.trim()),
+                false,
+                false,
+            )),
             _ => {}
         }
     }
@@ -103,11 +123,22 @@ fn llama2_tokens(messages: &[Message], tok: &Tokenizer) -> Result<Vec<u32>> {
 pub fn render_template(source: &str, messages: &[Message], tok: &Tokenizer) -> Result<String> {
     let mut env = minijinja::Environment::new();
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
-    env.add_template("chat", source).map_err(|e| Error::Template(e.to_string()))?;
-    let piece = |id: Option<u32>| id.and_then(|i| tok.piece(i)).unwrap_or_default().to_string();
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template("chat", source)
+        .map_err(|e| Error::Template(e.to_string()))?;
+    let piece = |id: Option<u32>| {
+        id.and_then(|i| tok.piece(i))
+            .unwrap_or_default()
+            .to_string()
+    };
     let ctx = minijinja::context! {
         messages => messages,
         add_generation_prompt => true,

@@ -27,7 +27,12 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_new_tokens: 256, stop: Vec::new(), sampling: SamplingParams::default(), ignore_eos: false }
+        Self {
+            max_new_tokens: 256,
+            stop: Vec::new(),
+            sampling: SamplingParams::default(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -72,7 +77,12 @@ pub struct Generator<'a> {
 impl<'a> Generator<'a> {
     /// A generator with an empty cache for a context of `n_ctx` tokens.
     pub fn new(model: &'a Llama, tokenizer: &'a Tokenizer, n_ctx: usize) -> Self {
-        Self { model, tokenizer, cache: model.new_cache(n_ctx), history: Vec::new() }
+        Self {
+            model,
+            tokenizer,
+            cache: model.new_cache(n_ctx),
+            history: Vec::new(),
+        }
     }
 
     /// The context size.
@@ -93,7 +103,11 @@ impl<'a> Generator<'a> {
             return Err(Error::Input("the prompt is empty (no tokens)".into()));
         }
         if prompt.len() > self.n_ctx() {
-            return Err(Error::Input(format!("the prompt has {} tokens, more than the context of {}", prompt.len(), self.n_ctx())));
+            return Err(Error::Input(format!(
+                "the prompt has {} tokens, more than the context of {}",
+                prompt.len(),
+                self.n_ctx()
+            )));
         }
         let reusable = self.history.len() < prompt.len() && prompt.starts_with(&self.history);
         if !reusable {
@@ -109,7 +123,11 @@ impl<'a> Generator<'a> {
     /// tokenizer does not know (a model vocabulary padded beyond the tokenizer's) masked
     /// out. On error the cache is reset, since it may hold part of the input.
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let result = self.model.forward(tokens, &mut self.cache, 1).map_err(Error::from).and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?));
+        let result = self
+            .model
+            .forward(tokens, &mut self.cache, 1)
+            .map_err(Error::from)
+            .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?));
         match result {
             Ok(mut logits) => {
                 if let Some(beyond) = logits.get_mut(self.tokenizer.vocab_size()..) {
@@ -127,7 +145,12 @@ impl<'a> Generator<'a> {
     /// Generates after `prompt`. `on_text` receives each piece of text as soon as it is
     /// final (never half a character, never part of a stop string); returning `false`
     /// cancels.
-    pub fn generate(&mut self, prompt: &[u32], params: &GenerateParams, mut on_text: impl FnMut(&str) -> bool) -> Result<Generation> {
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
         params.sampling.validate().map_err(Error::Input)?;
         let start = Instant::now();
         let (mut logits, evaluated) = self.feed_prompt(prompt)?;

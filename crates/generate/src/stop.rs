@@ -19,12 +19,19 @@ pub enum StopState {
 impl StopMatcher {
     /// A matcher for these strings (empty ones are ignored).
     pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect() }
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+        }
     }
 
     /// Checks the whole generated `text`.
     pub fn check(&self, text: &str) -> StopState {
-        if let Some(at) = self.stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
             return StopState::Stopped(at);
         }
         // Hold back the longest suffix that is a proper prefix of some stop string.

@@ -14,12 +14,20 @@ fn tokenizer(path: std::path::PathBuf) -> (Tokenizer, GgufFile) {
 fn smollm2_template_renders_chatml() {
     let (tok, file) = tokenizer(ferrollama_assets::default_model().unwrap());
     let template = file.header.get_str("tokenizer.chat_template").unwrap();
-    let msgs = [Message::new("system", "Be brief."), Message::new("user", "Hi")];
+    let msgs = [
+        Message::new("system", "Be brief."),
+        Message::new("user", "Hi"),
+    ];
     let text = ferrollama_generate::chat::render_template(template, &msgs, &tok).unwrap();
     assert_eq!(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
-    let ids = ChatFormat::for_model(Some(template)).encode(&msgs, &tok).unwrap();
+    let ids = ChatFormat::for_model(Some(template))
+        .encode(&msgs, &tok)
+        .unwrap();
     assert_eq!(ids[0], tok.token_id("<|im_start|>").unwrap());
-    assert_eq!(String::from_utf8(tok.decode(&ids, false).unwrap()).unwrap(), text);
+    assert_eq!(
+        String::from_utf8(tok.decode(&ids, false).unwrap()).unwrap(),
+        text
+    );
 }
 
 #[test]
@@ -42,7 +50,10 @@ fn llama2_format_matches_meta_reference() {
     assert_eq!(ids[eos_at + 1], bos);
     let first = String::from_utf8(tok.decode(&ids[1..eos_at], false).unwrap()).unwrap();
     let second = String::from_utf8(tok.decode(&ids[eos_at + 2..], false).unwrap()).unwrap();
-    assert_eq!(first.trim_start(), "[INST] <<SYS>>\nAnswer briefly.\n<</SYS>>\n\n What is 2+2? [/INST] 4 ");
+    assert_eq!(
+        first.trim_start(),
+        "[INST] <<SYS>>\nAnswer briefly.\n<</SYS>>\n\n What is 2+2? [/INST] 4 "
+    );
     assert_eq!(second.trim_start(), "[INST] And 3+3? [/INST]");
     // SentencePiece adds its dummy prefix: "[INST]" starts with the space marker.
     assert_eq!(tok.piece(ids[1]), Some("▁["));
@@ -52,7 +63,10 @@ fn llama2_format_matches_meta_reference() {
 fn llama2_format_rejects_bad_turn_order() {
     let (tok, _) = tokenizer(ferrollama_assets::vocab_file("ggml-vocab-llama-spm.gguf").unwrap());
     let msgs = [Message::new("assistant", "hi")];
-    let err = ChatFormat::Llama2.encode(&msgs, &tok).unwrap_err().to_string();
+    let err = ChatFormat::Llama2
+        .encode(&msgs, &tok)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("turn 1 is `assistant`"), "{err}");
 }
 
@@ -61,6 +75,11 @@ fn broken_template_is_an_error() {
     let (tok, _) = tokenizer(ferrollama_assets::default_model().unwrap());
     let err = ferrollama_generate::chat::render_template("{% for %}", &[], &tok).unwrap_err();
     assert!(err.to_string().starts_with("chat template:"), "{err}");
-    let err = ferrollama_generate::chat::render_template("{{ raise_exception('no system role') }}", &[], &tok).unwrap_err();
+    let err = ferrollama_generate::chat::render_template(
+        "{{ raise_exception('no system role') }}",
+        &[],
+        &tok,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("no system role"), "{err}");
 }

@@ -20,13 +20,22 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let file = GgufFile::open(ferrollama_assets::default_model().unwrap()).unwrap();
         let tok = Tokenizer::from_gguf(&file.header).unwrap();
-        let model = Llama::load(&GgufWeights::new(&file), Config::from_gguf(&file).unwrap(), 256).unwrap();
+        let model = Llama::load(
+            &GgufWeights::new(&file),
+            Config::from_gguf(&file).unwrap(),
+            256,
+        )
+        .unwrap();
         Fixture { model, tok }
     })
 }
 
 fn greedy(n: usize) -> GenerateParams {
-    GenerateParams { max_new_tokens: n, sampling: SamplingParams::greedy(), ..GenerateParams::default() }
+    GenerateParams {
+        max_new_tokens: n,
+        sampling: SamplingParams::greedy(),
+        ..GenerateParams::default()
+    }
 }
 
 /// Plain greedy decoding with the model alone, one token at a time.
@@ -34,7 +43,13 @@ fn argmax_loop(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut cache = model.new_cache(256);
     let (mut input, mut out) = (prompt.to_vec(), Vec::new());
     for _ in 0..n {
-        let logits: Vec<f32> = model.forward(&input, &mut cache, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let logits: Vec<f32> = model
+            .forward(&input, &mut cache, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let next = ferrollama_sampling::sampler::argmax(&logits);
         out.push(next);
         input = vec![next];
@@ -48,7 +63,10 @@ fn argmax_loop(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
 #[test]
 fn greedy_text_prompts_tokenize_and_decode_like_the_model() {
     let f = fixture();
-    let path = format!("{}/../../tests/data/smollm2/greedy_q4_1.jsonl", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../../tests/data/smollm2/greedy_q4_1.jsonl",
+        env!("CARGO_MANIFEST_DIR")
+    );
     for line in std::fs::read_to_string(path).unwrap().lines() {
         let case: serde_json::Value = serde_json::from_str(line).unwrap();
         let prompt = f.tok.encode(case["prompt"].as_str().unwrap(), true, true);
@@ -71,11 +89,18 @@ fn same_seed_same_text_and_other_seed_other_text() {
     let run = |seed| {
         let params = GenerateParams {
             max_new_tokens: 24,
-            sampling: SamplingParams { temperature: 1.0, seed, ..SamplingParams::default() },
+            sampling: SamplingParams {
+                temperature: 1.0,
+                seed,
+                ..SamplingParams::default()
+            },
             ignore_eos: true,
             ..GenerateParams::default()
         };
-        Generator::new(&f.model, &f.tok, 256).generate(&prompt, &params, |_| true).unwrap().ids
+        Generator::new(&f.model, &f.tok, 256)
+            .generate(&prompt, &params, |_| true)
+            .unwrap()
+            .ids
     };
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
@@ -85,7 +110,10 @@ fn same_seed_same_text_and_other_seed_other_text() {
 fn stop_string_ends_generation_and_is_not_shown() {
     let f = fixture();
     let prompt = f.tok.encode("The capital of France is", true, true);
-    let params = GenerateParams { stop: vec!["\n".into()], ..greedy(32) };
+    let params = GenerateParams {
+        stop: vec!["\n".into()],
+        ..greedy(32)
+    };
     let mut streamed = String::new();
     let out = Generator::new(&f.model, &f.tok, 256)
         .generate(&prompt, &params, |piece| {
@@ -102,18 +130,32 @@ fn stop_string_ends_generation_and_is_not_shown() {
 fn chat_turns_reuse_the_cache() {
     let f = fixture();
     let mut g = Generator::new(&f.model, &f.tok, 256);
-    let first = f.tok.encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", false, true);
+    let first = f.tok.encode(
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        false,
+        true,
+    );
     let a = g.generate(&first, &greedy(8), |_| true).unwrap();
     assert_eq!(a.prompt_tokens_evaluated, first.len());
     // The next prompt extends the first one (and the reply): only the new part is computed.
     let mut second = first.clone();
     second.extend(&a.ids);
-    let tail = f.tok.encode("<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n", false, true);
+    let tail = f.tok.encode(
+        "<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n",
+        false,
+        true,
+    );
     second.extend(&tail);
     let b = g.generate(&second, &greedy(4), |_| true).unwrap();
-    assert!(b.prompt_tokens_evaluated <= tail.len() + 1, "{} evaluated", b.prompt_tokens_evaluated);
+    assert!(
+        b.prompt_tokens_evaluated <= tail.len() + 1,
+        "{} evaluated",
+        b.prompt_tokens_evaluated
+    );
     // And the result equals a fresh run over the whole prompt.
-    let fresh = Generator::new(&f.model, &f.tok, 256).generate(&second, &greedy(4), |_| true).unwrap();
+    let fresh = Generator::new(&f.model, &f.tok, 256)
+        .generate(&second, &greedy(4), |_| true)
+        .unwrap();
     assert_eq!(b.ids, fresh.ids);
 }
 
@@ -121,16 +163,30 @@ fn chat_turns_reuse_the_cache() {
 fn prompt_longer_than_context_is_an_error() {
     let f = fixture();
     let prompt = f.tok.encode(&"word ".repeat(40), true, true);
-    let err = Generator::new(&f.model, &f.tok, 16).generate(&prompt, &greedy(4), |_| true).unwrap_err();
-    assert!(err.to_string().contains("more than the context of 16"), "{err}");
+    let err = Generator::new(&f.model, &f.tok, 16)
+        .generate(&prompt, &greedy(4), |_| true)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("more than the context of 16"),
+        "{err}"
+    );
 }
 
 #[test]
 fn generation_stops_when_the_context_is_full() {
     let f = fixture();
     let prompt = f.tok.encode("One two three", true, true);
-    let params = GenerateParams { ignore_eos: true, ..greedy(100) };
-    let out = Generator::new(&f.model, &f.tok, 12).generate(&prompt, &params, |_| true).unwrap();
+    let params = GenerateParams {
+        ignore_eos: true,
+        ..greedy(100)
+    };
+    let out = Generator::new(&f.model, &f.tok, 12)
+        .generate(&prompt, &params, |_| true)
+        .unwrap();
     assert_eq!(out.finish_reason, FinishReason::ContextFull);
-    assert_eq!(prompt.len() + out.ids.len(), 13, "the last sampled token needs no cache slot");
+    assert_eq!(
+        prompt.len() + out.ids.len(),
+        13,
+        "the last sampled token needs no cache slot"
+    );
 }

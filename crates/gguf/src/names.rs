@@ -54,8 +54,14 @@ mod tests {
     #[test]
     fn names_map_both_ways() {
         for (g, h) in [
-            ("blk.12.attn_q.weight", "model.layers.12.self_attn.q_proj.weight"),
-            ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight"),
+            (
+                "blk.12.attn_q.weight",
+                "model.layers.12.self_attn.q_proj.weight",
+            ),
+            (
+                "blk.0.ffn_down.weight",
+                "model.layers.0.mlp.down_proj.weight",
+            ),
             ("token_embd.weight", "model.embed_tokens.weight"),
             ("output.weight", "lm_head.weight"),
             ("output_norm.weight", "model.norm.weight"),

@@ -68,7 +68,10 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = path.display().to_string();
-        let io = |source| Error::Io { file: file.clone(), source };
+        let io = |source| Error::Io {
+            file: file.clone(),
+            source,
+        };
         let f = std::fs::File::open(&path).map_err(io)?;
         // SAFETY: the map is read-only; a file truncated under us by another process
         // could fault, which is the accepted contract of mapping model files (llama.cpp does
@@ -95,7 +98,11 @@ impl GgufFile {
 impl Gguf {
     /// Parses and checks a header; `file` names the source in errors.
     pub fn parse(bytes: &[u8], file: &str) -> Result<Self> {
-        let mut r = Cursor { bytes, pos: 0, file };
+        let mut r = Cursor {
+            bytes,
+            pos: 0,
+            file,
+        };
         let magic = r.take(4, "magic")?;
         if magic != MAGIC {
             return Err(r.invalid(format!(
@@ -105,7 +112,9 @@ impl Gguf {
         }
         let version = r.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(r.invalid(format!("GGUF version {version} is not supported (2 and 3 are)")));
+            return Err(r.invalid(format!(
+                "GGUF version {version} is not supported (2 and 3 are)"
+            )));
         }
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
@@ -130,7 +139,12 @@ impl Gguf {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_int() {
                 Some(a) if a > 0 && (a as u64).is_power_of_two() && a <= 1 << 20 => a as u64,
-                _ => return Err(r.invalid(format!("general.alignment {} is not a power of two", v.describe()))),
+                _ => {
+                    return Err(r.invalid(format!(
+                        "general.alignment {} is not a power of two",
+                        v.describe()
+                    )))
+                }
             },
         };
 
@@ -138,7 +152,10 @@ impl Gguf {
         let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
         for i in 0..n_tensors {
             let info = r.tensor_info(i, alignment)?;
-            if tensor_index.insert(info.name.clone(), tensors.len()).is_some() {
+            if tensor_index
+                .insert(info.name.clone(), tensors.len())
+                .is_some()
+            {
                 return Err(r.invalid(format!("tensor `{}` appears twice", info.name)));
             }
             tensors.push(info);
@@ -147,7 +164,9 @@ impl Gguf {
         let data_offset = r.pos.div_ceil(alignment as usize) as u64 * alignment;
         let len = bytes.len() as u64;
         for t in &tensors {
-            let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(t.size));
+            let end = data_offset
+                .checked_add(t.offset)
+                .and_then(|s| s.checked_add(t.size));
             match end {
                 Some(end) if end <= len => {}
                 _ => {
@@ -158,7 +177,16 @@ impl Gguf {
                 }
             }
         }
-        Ok(Self { file: file.to_string(), version, metadata, index, tensors, tensor_index, alignment, data_offset })
+        Ok(Self {
+            file: file.to_string(),
+            version,
+            metadata,
+            index,
+            tensors,
+            tensor_index,
+            alignment,
+            data_offset,
+        })
     }
 
     /// The value of a metadata key, if present.
@@ -167,23 +195,35 @@ impl Gguf {
     }
 
     fn require(&self, key: &str) -> Result<&Value> {
-        self.get(key).ok_or_else(|| Error::MissingKey { file: self.file.clone(), key: key.into() })
+        self.get(key).ok_or_else(|| Error::MissingKey {
+            file: self.file.clone(),
+            key: key.into(),
+        })
     }
 
     fn wrong(&self, key: &str, expected: &'static str, v: &Value) -> Error {
-        Error::WrongType { file: self.file.clone(), key: key.into(), expected, found: v.describe() }
+        Error::WrongType {
+            file: self.file.clone(),
+            key: key.into(),
+            expected,
+            found: v.describe(),
+        }
     }
 
     /// An integer key that must fit in `u64` (any stored integer width).
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_int().and_then(|i| u64::try_from(i).ok()).ok_or_else(|| self.wrong(key, "a non-negative integer", v))
+        v.as_int()
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| self.wrong(key, "a non-negative integer", v))
     }
 
     /// A numeric key as `f32`.
     pub fn get_f32(&self, key: &str) -> Result<f32> {
         let v = self.require(key)?;
-        v.as_f64().map(|x| x as f32).ok_or_else(|| self.wrong(key, "a number", v))
+        v.as_f64()
+            .map(|x| x as f32)
+            .ok_or_else(|| self.wrong(key, "a number", v))
     }
 
     /// A string key.
@@ -203,23 +243,44 @@ impl Gguf {
     /// An array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
         let v = self.require(key)?;
-        let arr = v.as_array().ok_or_else(|| self.wrong(key, "an array of strings", v))?;
-        arr.iter().map(|e| e.as_str().ok_or_else(|| self.wrong(key, "an array of strings", v))).collect()
+        let arr = v
+            .as_array()
+            .ok_or_else(|| self.wrong(key, "an array of strings", v))?;
+        arr.iter()
+            .map(|e| {
+                e.as_str()
+                    .ok_or_else(|| self.wrong(key, "an array of strings", v))
+            })
+            .collect()
     }
 
     /// An array of numbers as `f32`.
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
         let v = self.require(key)?;
-        let arr = v.as_array().ok_or_else(|| self.wrong(key, "an array of numbers", v))?;
-        arr.iter().map(|e| e.as_f64().map(|x| x as f32).ok_or_else(|| self.wrong(key, "an array of numbers", v))).collect()
+        let arr = v
+            .as_array()
+            .ok_or_else(|| self.wrong(key, "an array of numbers", v))?;
+        arr.iter()
+            .map(|e| {
+                e.as_f64()
+                    .map(|x| x as f32)
+                    .ok_or_else(|| self.wrong(key, "an array of numbers", v))
+            })
+            .collect()
     }
 
     /// An array of integers as `i64`.
     pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>> {
         let v = self.require(key)?;
-        let arr = v.as_array().ok_or_else(|| self.wrong(key, "an array of integers", v))?;
+        let arr = v
+            .as_array()
+            .ok_or_else(|| self.wrong(key, "an array of integers", v))?;
         arr.iter()
-            .map(|e| e.as_int().and_then(|i| i64::try_from(i).ok()).ok_or_else(|| self.wrong(key, "an array of integers", v)))
+            .map(|e| {
+                e.as_int()
+                    .and_then(|i| i64::try_from(i).ok())
+                    .ok_or_else(|| self.wrong(key, "an array of integers", v))
+            })
             .collect()
     }
 
@@ -228,7 +289,10 @@ impl Gguf {
         self.tensor_index
             .get(name)
             .map(|&i| &self.tensors[i])
-            .ok_or_else(|| Error::MissingTensor { file: self.file.clone(), name: name.into() })
+            .ok_or_else(|| Error::MissingTensor {
+                file: self.file.clone(),
+                name: name.into(),
+            })
     }
 
     /// Whether a tensor with this name exists.
@@ -246,7 +310,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn invalid(&self, msg: String) -> Error {
-        Error::Invalid { file: self.file.to_string(), msg }
+        Error::Invalid {
+            file: self.file.to_string(),
+            msg,
+        }
     }
 
     fn remaining(&self) -> u64 {
@@ -293,12 +360,15 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.u64(what)?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| self.invalid(format!("{what} is not valid UTF-8: {e}")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| self.invalid(format!("{what} is not valid UTF-8: {e}")))
     }
 
     fn value_type(&mut self, key: &str) -> Result<ValueType> {
         let id = self.u32(&format!("type of `{key}`"))?;
-        ValueType::from_id(id).ok_or_else(|| self.invalid(format!("metadata key `{key}` has unknown value type {id}")))
+        ValueType::from_id(id).ok_or_else(|| {
+            self.invalid(format!("metadata key `{key}` has unknown value type {id}"))
+        })
     }
 
     fn value(&mut self, ty: ValueType, key: &str, depth: u32) -> Result<Value> {
@@ -316,12 +386,18 @@ impl<'a> Cursor<'a> {
             ValueType::Bool => match self.array::<1>(key)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(self.invalid(format!("metadata key `{key}`: boolean byte {b} is neither 0 nor 1"))),
+                b => {
+                    return Err(self.invalid(format!(
+                        "metadata key `{key}`: boolean byte {b} is neither 0 nor 1"
+                    )))
+                }
             },
             ValueType::String => Value::String(self.string(&format!("value of `{key}`"))?),
             ValueType::Array => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.invalid(format!("metadata key `{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+                    return Err(self.invalid(format!(
+                        "metadata key `{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"
+                    )));
                 }
                 let elem = self.value_type(key)?;
                 let n = self.u64(&format!("length of array `{key}`"))?;
@@ -339,7 +415,9 @@ impl<'a> Cursor<'a> {
         let name = self.string(&format!("name of tensor {i}"))?;
         let n_dims = self.u32(&format!("dimension count of `{name}`"))?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(self.invalid(format!("tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+            return Err(self.invalid(format!(
+                "tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+            )));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -347,16 +425,34 @@ impl<'a> Cursor<'a> {
         }
         let type_id = self.u32(&format!("type of `{name}`"))?;
         let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
-            self.invalid(format!("tensor `{name}` has unknown or unsupported ggml type {type_id}"))
+            self.invalid(format!(
+                "tensor `{name}` has unknown or unsupported ggml type {type_id}"
+            ))
         })?;
         let offset = self.u64(&format!("offset of `{name}`"))?;
         if offset % alignment != 0 {
-            return Err(self.invalid(format!("tensor `{name}`: offset {offset} is not a multiple of the alignment {alignment}")));
+            return Err(self.invalid(format!(
+                "tensor `{name}`: offset {offset} is not a multiple of the alignment {alignment}"
+            )));
         }
         let size = tensor_size(&dims, ggml_type)
-            .filter(|_| dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).is_some())
-            .ok_or_else(|| self.invalid(format!("tensor `{name}`: dims {dims:?} are not whole {ggml_type} blocks or overflow")))?;
-        Ok(TensorInfo { name, dims, ggml_type, offset, size })
+            .filter(|_| {
+                dims.iter()
+                    .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                    .is_some()
+            })
+            .ok_or_else(|| {
+                self.invalid(format!(
+                    "tensor `{name}`: dims {dims:?} are not whole {ggml_type} blocks or overflow"
+                ))
+            })?;
+        Ok(TensorInfo {
+            name,
+            dims,
+            ggml_type,
+            offset,
+            size,
+        })
     }
 }
 

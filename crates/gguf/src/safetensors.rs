@@ -60,21 +60,33 @@ impl SafetensorsDir {
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
             let text = read_text(&index_path)?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(&index_path, format!("not valid JSON: {e}")))?;
-            let map = json["weight_map"].as_object().ok_or_else(|| invalid(&index_path, "has no `weight_map` object".into()))?;
-            let mut names: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| invalid(&index_path, format!("not valid JSON: {e}")))?;
+            let map = json["weight_map"]
+                .as_object()
+                .ok_or_else(|| invalid(&index_path, "has no `weight_map` object".into()))?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
             names.sort();
             names.dedup();
             for n in &names {
                 if n.contains('/') || n.contains('\\') || n.starts_with('.') {
-                    return Err(invalid(&index_path, format!("shard name `{n}` must be a plain file name in the directory")));
+                    return Err(invalid(
+                        &index_path,
+                        format!("shard name `{n}` must be a plain file name in the directory"),
+                    ));
                 }
             }
             names.into_iter().map(|n| dir.join(n)).collect()
         } else if single.exists() {
             vec![single]
         } else {
-            return Err(invalid(dir, "holds neither model.safetensors nor model.safetensors.index.json".into()));
+            return Err(invalid(
+                dir,
+                "holds neither model.safetensors nor model.safetensors.index.json".into(),
+            ));
         };
         let mut shards = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
@@ -82,15 +94,28 @@ impl SafetensorsDir {
             let f = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
             // SAFETY: read-only map of a model file; see GgufFile::open.
             let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io(&path, e))?;
-            let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| invalid(&path, format!("not a valid safetensors file: {e}")))?;
+            let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
+                .map_err(|e| invalid(&path, format!("not a valid safetensors file: {e}")))?;
             for name in metadata.tensors().keys() {
                 if index.insert(name.clone(), shards.len()).is_some() {
-                    return Err(invalid(&path, format!("tensor `{name}` appears in two shards")));
+                    return Err(invalid(
+                        &path,
+                        format!("tensor `{name}` appears in two shards"),
+                    ));
                 }
             }
-            shards.push(Shard { path, mmap, header_len, metadata });
+            shards.push(Shard {
+                path,
+                mmap,
+                header_len,
+                metadata,
+            });
         }
-        Ok(Self { dir: dir.to_path_buf(), shards, index })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            shards,
+            index,
+        })
     }
 
     /// Names of every tensor.
@@ -105,20 +130,34 @@ impl SafetensorsDir {
 
     /// The tensor with this name.
     pub fn tensor(&self, name: &str) -> Result<StTensor<'_>> {
-        let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor { file: self.dir.display().to_string(), name: name.into() })?;
+        let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor {
+            file: self.dir.display().to_string(),
+            name: name.into(),
+        })?;
         let shard = &self.shards[i];
         let tensors = shard.metadata.tensors();
-        let info: &StInfo = tensors.get(name).ok_or_else(|| invalid(&shard.path, format!("tensor `{name}` vanished")))?;
+        let info: &StInfo = tensors
+            .get(name)
+            .ok_or_else(|| invalid(&shard.path, format!("tensor `{name}` vanished")))?;
         let dtype = match info.dtype {
             Dtype::F32 => StDtype::F32,
             Dtype::F16 => StDtype::F16,
             Dtype::BF16 => StDtype::BF16,
-            other => return Err(invalid(&shard.path, format!("tensor `{name}` has type {other:?}; f32, f16 and bf16 are supported"))),
+            other => {
+                return Err(invalid(
+                    &shard.path,
+                    format!("tensor `{name}` has type {other:?}; f32, f16 and bf16 are supported"),
+                ))
+            }
         };
         let (start, end) = info.data_offsets;
         let base = 8 + shard.header_len;
         // read_metadata checked that the offsets lie within the file.
-        Ok(StTensor { dtype, shape: info.shape.clone(), data: &shard.mmap[base + start..base + end] })
+        Ok(StTensor {
+            dtype,
+            shape: info.shape.clone(),
+            data: &shard.mmap[base + start..base + end],
+        })
     }
 }
 
@@ -153,8 +192,12 @@ impl safetensors::View for &StOwned {
 /// `transformers` expects).
 pub fn write_safetensors(path: &Path, tensors: &[StOwned]) -> Result<()> {
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(tensors.iter().map(|t| (t.name.clone(), t)), Some(meta), path)
-        .map_err(|e| invalid(path, format!("writing safetensors: {e}")))
+    safetensors::serialize_to_file(
+        tensors.iter().map(|t| (t.name.clone(), t)),
+        Some(meta),
+        path,
+    )
+    .map_err(|e| invalid(path, format!("writing safetensors: {e}")))
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -162,9 +205,15 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Io { file: path.display().to_string(), source }
+    Error::Io {
+        file: path.display().to_string(),
+        source,
+    }
 }
 
 fn invalid(path: &Path, msg: String) -> Error {
-    Error::Invalid { file: path.display().to_string(), msg }
+    Error::Invalid {
+        file: path.display().to_string(),
+        msg,
+    }
 }

@@ -132,7 +132,9 @@ impl GgmlType {
     /// Parses a name as [`GgmlType::name`] prints it, ignoring case.
     pub fn from_name(name: &str) -> Option<Self> {
         let lower = name.to_ascii_lowercase();
-        ALL.iter().copied().find(|t| t.name().to_ascii_lowercase() == lower)
+        ALL.iter()
+            .copied()
+            .find(|t| t.name().to_ascii_lowercase() == lower)
     }
 }
 

@@ -135,7 +135,11 @@ impl Value {
     /// A short description for error messages and `info` output (arrays are summarised).
     pub fn describe(&self) -> String {
         match self {
-            Value::String(s) if s.len() > 60 => format!("{:?}... ({} bytes)", &s[..s.floor_char_boundary(60)], s.len()),
+            Value::String(s) if s.len() > 60 => format!(
+                "{:?}... ({} bytes)",
+                &s[..s.floor_char_boundary(60)],
+                s.len()
+            ),
             Value::String(s) => format!("{s:?}"),
             Value::Array(t, v) => format!("array of {} {:?}", v.len(), t),
             Value::Bool(b) => b.to_string(),

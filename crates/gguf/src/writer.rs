@@ -49,16 +49,30 @@ impl GgufWriter {
 
     /// Writes the file; `data(i)` returns the bytes of tensor `i`, which must be exactly the
     /// size its type and dims call for.
-    pub fn write(&self, path: &Path, mut data: impl FnMut(usize, &TensorToWrite) -> Result<Vec<u8>>) -> Result<()> {
+    pub fn write(
+        &self,
+        path: &Path,
+        mut data: impl FnMut(usize, &TensorToWrite) -> Result<Vec<u8>>,
+    ) -> Result<()> {
         let file = path.display().to_string();
         let tmp = path.with_extension("gguf.partial");
-        let io = |source| Error::Io { file: file.clone(), source };
-        let invalid = |msg: String| Error::Invalid { file: file.clone(), msg };
+        let io = |source| Error::Io {
+            file: file.clone(),
+            source,
+        };
+        let invalid = |msg: String| Error::Invalid {
+            file: file.clone(),
+            msg,
+        };
 
         let mut sizes = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
-            let size = tensor_size(&t.dims, t.ggml_type)
-                .ok_or_else(|| invalid(format!("tensor `{}`: dims {:?} are not whole {} blocks", t.name, t.dims, t.ggml_type)))?;
+            let size = tensor_size(&t.dims, t.ggml_type).ok_or_else(|| {
+                invalid(format!(
+                    "tensor `{}`: dims {:?} are not whole {} blocks",
+                    t.name, t.dims, t.ggml_type
+                ))
+            })?;
             sizes.push(size);
         }
 
@@ -91,11 +105,16 @@ impl GgufWriter {
         for (i, (t, &size)) in self.tensors.iter().zip(&sizes).enumerate() {
             let bytes = data(i, t)?;
             if bytes.len() as u64 != size {
-                return Err(invalid(format!("tensor `{}`: {} bytes given, {size} expected", t.name, bytes.len())));
+                return Err(invalid(format!(
+                    "tensor `{}`: {} bytes given, {size} expected",
+                    t.name,
+                    bytes.len()
+                )));
             }
             w.write_all(&bytes).map_err(io)?;
             let padding = (size.div_ceil(ALIGNMENT) * ALIGNMENT - size) as usize;
-            w.write_all(&[0u8; ALIGNMENT as usize][..padding]).map_err(io)?;
+            w.write_all(&[0u8; ALIGNMENT as usize][..padding])
+                .map_err(io)?;
         }
         let f = w.into_inner().map_err(|e| io(e.into_error()))?;
         f.sync_all().map_err(io)?;

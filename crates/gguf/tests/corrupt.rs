@@ -12,19 +12,47 @@ fn sample() -> Vec<u8> {
     w.set("llama.block_count", Value::U32(2));
     w.set("a.f", Value::F32(0.5));
     w.set("a.b", Value::Bool(true));
-    w.set("a.arr", Value::Array(ValueType::String, vec![Value::String("x".into()), Value::String("yz".into())]));
+    w.set(
+        "a.arr",
+        Value::Array(
+            ValueType::String,
+            vec![Value::String("x".into()), Value::String("yz".into())],
+        ),
+    );
     w.set(
         "a.nested",
-        Value::Array(ValueType::Array, vec![Value::Array(ValueType::I64, vec![Value::I64(-3)])]),
+        Value::Array(
+            ValueType::Array,
+            vec![Value::Array(ValueType::I64, vec![Value::I64(-3)])],
+        ),
     );
-    w.add_tensor(TensorToWrite { name: "t.f32".into(), dims: vec![3, 2], ggml_type: GgmlType::F32 });
-    w.add_tensor(TensorToWrite { name: "t.q8".into(), dims: vec![32], ggml_type: GgmlType::Q8_0 });
-    w.write(&path, |i, _| Ok(if i == 0 { (0..24).collect() } else { vec![7; 34] })).unwrap();
+    w.add_tensor(TensorToWrite {
+        name: "t.f32".into(),
+        dims: vec![3, 2],
+        ggml_type: GgmlType::F32,
+    });
+    w.add_tensor(TensorToWrite {
+        name: "t.q8".into(),
+        dims: vec![32],
+        ggml_type: GgmlType::Q8_0,
+    });
+    w.write(&path, |i, _| {
+        Ok(if i == 0 {
+            (0..24).collect()
+        } else {
+            vec![7; 34]
+        })
+    })
+    .unwrap();
     std::fs::read(&path).unwrap()
 }
 
 fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("ferrollama-gguf-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let d = std::env::temp_dir().join(format!(
+        "ferrollama-gguf-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -51,9 +79,17 @@ fn valid_file_round_trips() {
     assert_eq!(g.get_f32("a.f").unwrap(), 0.5);
     assert!(g.get_bool("a.b").unwrap());
     assert_eq!(g.get_str_array("a.arr").unwrap(), vec!["x", "yz"]);
-    assert_eq!(g.get("a.nested").unwrap().as_array().unwrap()[0].as_array().unwrap()[0], Value::I64(-3));
+    assert_eq!(
+        g.get("a.nested").unwrap().as_array().unwrap()[0]
+            .as_array()
+            .unwrap()[0],
+        Value::I64(-3)
+    );
     let t = g.tensor_info("t.f32").unwrap();
-    assert_eq!((t.dims.clone(), t.size, t.shape()), (vec![3, 2], 24, vec![2, 3]));
+    assert_eq!(
+        (t.dims.clone(), t.size, t.shape()),
+        (vec![3, 2], 24, vec![2, 3])
+    );
 
     let path = tempdir().join("mapped.gguf");
     std::fs::write(&path, &bytes).unwrap();
@@ -119,7 +155,11 @@ fn unknown_value_and_tensor_types() {
     // t.q8: name, n_dims (4), one dim (8), then the type.
     let at = find(&b, b"t.q8") + 4 + 4 + 8;
     b[at..at + 4].copy_from_slice(&4u32.to_le_bytes());
-    assert!(err(&b).contains("unknown or unsupported ggml type 4"), "{}", err(&b));
+    assert!(
+        err(&b).contains("unknown or unsupported ggml type 4"),
+        "{}",
+        err(&b)
+    );
 }
 
 #[test]
@@ -156,7 +196,10 @@ fn shape_that_is_not_whole_blocks_or_overflows() {
 fn wrong_metadata_types_are_named() {
     let g = Gguf::parse(&sample(), "ok.gguf").unwrap();
     let e = g.get_u64("general.architecture").unwrap_err().to_string();
-    assert!(e.contains("`general.architecture` should be a non-negative integer"), "{e}");
+    assert!(
+        e.contains("`general.architecture` should be a non-negative integer"),
+        "{e}"
+    );
     let e = g.get_str("missing.key").unwrap_err().to_string();
     assert_eq!(e, "ok.gguf: metadata key `missing.key` is missing");
 }

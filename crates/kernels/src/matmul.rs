@@ -23,32 +23,37 @@ pub fn matmul_q4_1(w: &[u8], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f
     }
     let row_bytes = blocks * BLOCK_BYTES;
     if m == 1 {
-        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, out)| {
-            for (i, o) in out.iter_mut().enumerate() {
-                let r = c * ROWS_PER_TASK + i;
-                *o = q4_1::vec_dot(&w[r * row_bytes..(r + 1) * row_bytes], &xq);
-            }
-        });
+        y.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(c, out)| {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let r = c * ROWS_PER_TASK + i;
+                    *o = q4_1::vec_dot(&w[r * row_bytes..(r + 1) * row_bytes], &xq);
+                }
+            });
         return;
     }
     // (n, m), transposed at the end: each task owns whole output rows.
     let mut yt = vec![0f32; n * m];
-    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(c, out)| {
-        for (i, row_out) in out.chunks_exact_mut(m).enumerate() {
-            let r = c * ROWS_PER_TASK + i;
-            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
-            let x_row = |t: usize| &xq[t * blocks..(t + 1) * blocks];
-            let mut t = 0;
-            while t + 4 <= m {
-                let sums = q4_1::vec_dot_x4(wr, [x_row(t), x_row(t + 1), x_row(t + 2), x_row(t + 3)]);
-                row_out[t..t + 4].copy_from_slice(&sums);
-                t += 4;
+    yt.par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(c, out)| {
+            for (i, row_out) in out.chunks_exact_mut(m).enumerate() {
+                let r = c * ROWS_PER_TASK + i;
+                let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                let x_row = |t: usize| &xq[t * blocks..(t + 1) * blocks];
+                let mut t = 0;
+                while t + 4 <= m {
+                    let sums =
+                        q4_1::vec_dot_x4(wr, [x_row(t), x_row(t + 1), x_row(t + 2), x_row(t + 3)]);
+                    row_out[t..t + 4].copy_from_slice(&sums);
+                    t += 4;
+                }
+                for (t, o) in row_out.iter_mut().enumerate().skip(t) {
+                    *o = q4_1::vec_dot(wr, x_row(t));
+                }
             }
-            for (t, o) in row_out.iter_mut().enumerate().skip(t) {
-                *o = q4_1::vec_dot(wr, x_row(t));
-            }
-        }
-    });
+        });
     for o in 0..n {
         for t in 0..m {
             y[t * n + o] = yt[o * m + t];
@@ -65,10 +70,19 @@ mod tests {
     #[test]
     fn matmul_matches_row_by_row_reference() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        for &(n, k, m) in &[(1, 32, 1), (37, 64, 1), (50, 96, 3), (17, 576, 9), (33, 64, 4), (20, 64, 8)] {
+        for &(n, k, m) in &[
+            (1, 32, 1),
+            (37, 64, 1),
+            (50, 96, 3),
+            (17, 576, 9),
+            (33, 64, 4),
+            (20, 64, 8),
+        ] {
             let w: Vec<u8> = (0..n * k / 32)
                 .flat_map(|_| {
-                    let mut b = half::f16::from_f32(rng.random_range(0.0..0.1)).to_le_bytes().to_vec();
+                    let mut b = half::f16::from_f32(rng.random_range(0.0..0.1))
+                        .to_le_bytes()
+                        .to_vec();
                     b.extend(half::f16::from_f32(rng.random_range(-0.5..0.0)).to_le_bytes());
                     b.extend((0..16).map(|_| rng.random::<u8>()));
                     b
@@ -83,7 +97,10 @@ mod tests {
                 quantize_row_q8_1(&x[t * k..(t + 1) * k], &mut xq);
                 for o in 0..n {
                     let want = q4_1::vec_dot_ref(&w[o * rb..(o + 1) * rb], &xq);
-                    assert!((y[t * n + o] - want).abs() <= 1e-4 * want.abs().max(1.0), "({n},{k},{m}) [{t},{o}]");
+                    assert!(
+                        (y[t * n + o] - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "({n},{k},{m}) [{t},{o}]"
+                    );
                 }
             }
         }

@@ -66,7 +66,11 @@ mod avx2 {
     pub fn available() -> bool {
         use std::sync::OnceLock;
         static YES: OnceLock<bool> = OnceLock::new();
-        *YES.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
+        *YES.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
     }
 
     /// AVX2: nibbles widened to bytes, multiplied with the i8 activations by maddubs
@@ -79,7 +83,9 @@ mod avx2 {
         let mut sum_m = 0f32;
         for (block, xb) in w.chunks_exact(BLOCK_BYTES).zip(x) {
             // d and m, two f16 values side by side, widened at once with F16C.
-            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+                block[0], block[1], block[2], block[3],
+            ])));
             let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)));
             let raw = _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i);
             let lo = _mm_and_si128(raw, mask);
@@ -102,7 +108,9 @@ mod avx2 {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut sum_m = [0f32; 4];
         for (b, block) in w.chunks_exact(BLOCK_BYTES).enumerate() {
-            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+                block[0], block[1], block[2], block[3],
+            ])));
             let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)));
             let raw = _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i);
             let lo = _mm_and_si128(raw, mask);
@@ -116,7 +124,12 @@ mod avx2 {
                 sum_m[j] += m * xb.s;
             }
         }
-        [hsum(acc[0]) + sum_m[0], hsum(acc[1]) + sum_m[1], hsum(acc[2]) + sum_m[2], hsum(acc[3]) + sum_m[3]]
+        [
+            hsum(acc[0]) + sum_m[0],
+            hsum(acc[1]) + sum_m[1],
+            hsum(acc[2]) + sum_m[2],
+            hsum(acc[3]) + sum_m[3],
+        ]
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -148,13 +161,25 @@ mod tests {
     #[test]
     fn simd_matches_reference_on_random_and_edge_data() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        for &(blocks, scale) in &[(1, 1.0), (3, 0.01), (18, 1.0), (48, 100.0), (7, 1e-4), (5, 6e4)] {
+        for &(blocks, scale) in &[
+            (1, 1.0),
+            (3, 0.01),
+            (18, 1.0),
+            (48, 100.0),
+            (7, 1e-4),
+            (5, 6e4),
+        ] {
             let w = random_row(&mut rng, blocks, scale);
-            let xf: Vec<f32> = (0..blocks * 32).map(|_| rng.random_range(-3.0..3.0)).collect();
+            let xf: Vec<f32> = (0..blocks * 32)
+                .map(|_| rng.random_range(-3.0..3.0))
+                .collect();
             let mut x = vec![BlockQ8_1::default(); blocks];
             quantize_row_q8_1(&xf, &mut x);
             let (a, b) = (vec_dot_ref(&w, &x), vec_dot(&w, &x));
-            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{blocks} blocks: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "{blocks} blocks: {a} vs {b}"
+            );
         }
         // Largest nibbles against zero and against extreme activations.
         let mut block = f16::from_f32(2.0).to_le_bytes().to_vec();
@@ -174,7 +199,9 @@ mod tests {
             let w = random_row(&mut rng, blocks, 0.5);
             let rows: Vec<Vec<BlockQ8_1>> = (0..4)
                 .map(|_| {
-                    let xf: Vec<f32> = (0..blocks * 32).map(|_| rng.random_range(-4.0..4.0)).collect();
+                    let xf: Vec<f32> = (0..blocks * 32)
+                        .map(|_| rng.random_range(-4.0..4.0))
+                        .collect();
                     let mut x = vec![BlockQ8_1::default(); blocks];
                     quantize_row_q8_1(&xf, &mut x);
                     x
@@ -201,12 +228,20 @@ mod tests {
         for (b, (block, xb)) in w.chunks(BLOCK_BYTES).zip(&x).enumerate() {
             let (d, m) = scales(block);
             for j in 0..32 {
-                let q = if j < 16 { block[4 + j] & 0x0F } else { block[4 + j - 16] >> 4 };
+                let q = if j < 16 {
+                    block[4 + j] & 0x0F
+                } else {
+                    block[4 + j - 16] >> 4
+                };
                 exact += (d * q as f32 + m) * (xb.qs[j] as f32 * xb.d);
                 let _ = b;
             }
         }
         // s is rounded through f16, so the two differ by that rounding only.
-        assert!((exact - vec_dot_ref(&w, &x)).abs() < 2e-2, "{exact} {}", vec_dot_ref(&w, &x));
+        assert!(
+            (exact - vec_dot_ref(&w, &x)).abs() < 2e-2,
+            "{exact} {}",
+            vec_dot_ref(&w, &x)
+        );
     }
 }

@@ -20,7 +20,11 @@ pub struct BlockQ8_1 {
 
 impl Default for BlockQ8_1 {
     fn default() -> Self {
-        Self { d: 0.0, s: 0.0, qs: [0; QK] }
+        Self {
+            d: 0.0,
+            s: 0.0,
+            qs: [0; QK],
+        }
     }
 }
 
@@ -49,7 +53,9 @@ mod tests {
 
     #[test]
     fn quantizes_to_within_half_a_step() {
-        let x: Vec<f32> = (0..64).map(|i| ((i * 7919) % 200) as f32 / 10.0 - 10.0).collect();
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 7919) % 200) as f32 / 10.0 - 10.0)
+            .collect();
         let mut q = vec![BlockQ8_1::default(); 2];
         quantize_row_q8_1(&x, &mut q);
         for (b, xs) in q.iter().zip(x.chunks(32)) {

@@ -25,7 +25,10 @@ impl Attention {
     /// Loads `{prefix}.q_proj` and friends.
     pub fn load(w: &dyn WeightSource, prefix: &str, cfg: &Config) -> Result<Self> {
         let h = cfg.hidden_size;
-        let (q, kv) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+        let (q, kv) = (
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.num_key_value_heads * cfg.head_dim,
+        );
         Ok(Self {
             q_proj: Linear::load(w, &format!("{prefix}.q_proj.weight"), (q, h))?,
             k_proj: Linear::load(w, &format!("{prefix}.k_proj.weight"), (kv, h))?,
@@ -40,12 +43,21 @@ impl Attention {
     /// `x` (b, seq_len, hidden) at positions index_pos.. -> (b, seq_len, hidden); appends the
     /// new keys and values to `cache`. `mask` is (seq_len, index_pos + seq_len) or `None`
     /// for a single query, which may see every cached key.
-    pub fn forward(&self, x: &Tensor, rope: &Rope, index_pos: usize, cache: &mut KvCache, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        index_pos: usize,
+        cache: &mut KvCache,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b_sz, seq_len, _) = x.dims3()?;
         let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             // (b, seq_len, n * head_dim) -> (b, n, seq_len, head_dim)
-            Ok(t.reshape((b_sz, seq_len, n, head_dim))?.transpose(1, 2)?.contiguous()?)
+            Ok(t.reshape((b_sz, seq_len, n, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let q = rope.apply(&heads(self.q_proj.forward(x)?, n_head)?, index_pos)?;
         let k = rope.apply(&heads(self.k_proj.forward(x)?, n_kv_head)?, index_pos)?;
@@ -62,7 +74,12 @@ impl Attention {
         // Group the query heads by the KV head they share, so one matmul serves each group:
         // (b, n_kv_head, n_rep * seq_len, head_dim).
         let n_rep = n_head / n_kv_head;
-        let q = q.to_dtype(DType::F16)?.to_dtype(DType::F32)?.reshape((b_sz, n_kv_head, n_rep * seq_len, head_dim))?;
+        let q = q.to_dtype(DType::F16)?.to_dtype(DType::F32)?.reshape((
+            b_sz,
+            n_kv_head,
+            n_rep * seq_len,
+            head_dim,
+        ))?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         // (b, n_kv_head, n_rep * seq_len, kv_len)
         let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
@@ -73,26 +90,41 @@ impl Attention {
                 .reshape((b_sz, n_kv_head, n_rep * seq_len, kv_len))?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?
+            .to_dtype(DType::F16)?
+            .to_dtype(DType::F32)?;
         // (b, n_kv_head, n_rep * seq_len, head_dim) -> (b, seq_len, n_head * head_dim)
         let out = probs.matmul(&v.contiguous()?)?;
-        let out = out.reshape((b_sz, n_head, seq_len, head_dim))?.transpose(1, 2)?.reshape((b_sz, seq_len, n_head * head_dim))?;
+        let out = out
+            .reshape((b_sz, n_head, seq_len, head_dim))?
+            .transpose(1, 2)?
+            .reshape((b_sz, seq_len, n_head * head_dim))?;
         Ok(self.o_proj.forward(&out)?)
     }
 }
 
 /// Plain reference attention for one head group (tests): `q` rows attend causally.
-pub fn attention_reference(q: &[Vec<f32>], k: &[Vec<f32>], v: &[Vec<f32>], index_pos: usize) -> Vec<Vec<f32>> {
+pub fn attention_reference(
+    q: &[Vec<f32>],
+    k: &[Vec<f32>],
+    v: &[Vec<f32>],
+    index_pos: usize,
+) -> Vec<Vec<f32>> {
     let scale = 1.0 / (q[0].len() as f32).sqrt();
     q.iter()
         .enumerate()
         .map(|(i, qi)| {
             let visible = index_pos + i + 1;
-            let s: Vec<f32> = k[..visible].iter().map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+            let s: Vec<f32> = k[..visible]
+                .iter()
+                .map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale)
+                .collect();
             let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
             let z: f32 = e.iter().sum();
-            (0..v[0].len()).map(|d| e.iter().zip(v).map(|(p, vj)| p * vj[d]).sum::<f32>() / z).collect()
+            (0..v[0].len())
+                .map(|d| e.iter().zip(v).map(|(p, vj)| p * vj[d]).sum::<f32>() / z)
+                .collect()
         })
         .collect()
 }

@@ -38,14 +38,22 @@ impl Config {
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let g = &file.header;
         let arch = g.get_str("general.architecture")?;
-        let unsupported = |msg: String| Error::Unsupported { file: g.file.clone(), msg };
+        let unsupported = |msg: String| Error::Unsupported {
+            file: g.file.clone(),
+            msg,
+        };
         if arch != "llama" {
-            return Err(unsupported(format!("architecture `{arch}` is not supported (only `llama`)")));
+            return Err(unsupported(format!(
+                "architecture `{arch}` is not supported (only `llama`)"
+            )));
         }
         let key = |k: &str| format!("llama.{k}");
         let usize_key = |k: &str| -> Result<usize> {
             let v = g.get_u64(&key(k))?;
-            usize::try_from(v).ok().filter(|&v| v > 0 && v < 1 << 24).ok_or_else(|| unsupported(format!("`llama.{k}` = {v} is out of range")))
+            usize::try_from(v)
+                .ok()
+                .filter(|&v| v > 0 && v < 1 << 24)
+                .ok_or_else(|| unsupported(format!("`llama.{k}` = {v} is out of range")))
         };
         let hidden_size = usize_key("embedding_length")?;
         let num_attention_heads = usize_key("attention.head_count")?;
@@ -59,7 +67,12 @@ impl Config {
         };
         let vocab_size = match g.get(&key("vocab_size")) {
             Some(_) => usize_key("vocab_size")?,
-            None => g.tensor_info("token_embd.weight")?.dims.get(1).copied().unwrap_or(0) as usize,
+            None => g
+                .tensor_info("token_embd.weight")?
+                .dims
+                .get(1)
+                .copied()
+                .unwrap_or(0) as usize,
         };
         // An absent key takes llama.cpp's default; a present key of the wrong type is an error.
         let f32_or = |k: &str, default: f32| -> Result<f32> {
@@ -68,12 +81,22 @@ impl Config {
                 Some(_) => Ok(g.get_f32(&key(k))?),
             }
         };
-        let rope_scaling_factor = match g.get(&key("rope.scaling.type")).map(|_| g.get_str(&key("rope.scaling.type"))).transpose()? {
+        let rope_scaling_factor = match g
+            .get(&key("rope.scaling.type"))
+            .map(|_| g.get_str(&key("rope.scaling.type")))
+            .transpose()?
+        {
             Some("linear") => g.get_f32(&key("rope.scaling.factor"))?,
             Some("none") | None => 1.0,
-            Some(other) => return Err(unsupported(format!("RoPE scaling `{other}` is not supported (linear is)"))),
+            Some(other) => {
+                return Err(unsupported(format!(
+                    "RoPE scaling `{other}` is not supported (linear is)"
+                )))
+            }
         };
-        if g.get(&key("rope.dimension_count")).is_some() && usize_key("rope.dimension_count")? != head_dim {
+        if g.get(&key("rope.dimension_count")).is_some()
+            && usize_key("rope.dimension_count")? != head_dim
+        {
             return Err(unsupported(format!(
                 "RoPE over {} of {head_dim} head dimensions (partial rotary) is not supported",
                 usize_key("rope.dimension_count")?
@@ -105,7 +128,12 @@ impl Config {
                     info.ggml_type
                 )));
             }
-            cfg.rope_freq_factors = Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+            cfg.rope_freq_factors = Some(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            );
         }
         cfg.check().map_err(unsupported)?;
         Ok(cfg)
@@ -127,11 +155,17 @@ impl Config {
             ("llama.attention.value_length", u(self.head_dim)),
             ("llama.rope.dimension_count", u(self.head_dim)),
             ("llama.rope.freq_base", Value::F32(self.rope_theta)),
-            ("llama.attention.layer_norm_rms_epsilon", Value::F32(self.rms_norm_eps as f32)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                Value::F32(self.rms_norm_eps as f32),
+            ),
         ];
         if self.rope_scaling_factor != 1.0 {
             meta.push(("llama.rope.scaling.type", Value::String("linear".into())));
-            meta.push(("llama.rope.scaling.factor", Value::F32(self.rope_scaling_factor)));
+            meta.push((
+                "llama.rope.scaling.factor",
+                Value::F32(self.rope_scaling_factor),
+            ));
         }
         meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
@@ -159,20 +193,35 @@ impl Config {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(format!("head dimension {} must be even for RoPE", self.head_dim));
+            return Err(format!(
+                "head dimension {} must be even for RoPE",
+                self.head_dim
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return Err(format!("RoPE base {} must be a positive number", self.rope_theta));
+            return Err(format!(
+                "RoPE base {} must be a positive number",
+                self.rope_theta
+            ));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return Err(format!("RMSNorm epsilon {} must be a positive number", self.rms_norm_eps));
+            return Err(format!(
+                "RMSNorm epsilon {} must be a positive number",
+                self.rms_norm_eps
+            ));
         }
         if self.rope_scaling_factor <= 0.0 || !self.rope_scaling_factor.is_finite() {
-            return Err(format!("RoPE scaling factor {} must be positive", self.rope_scaling_factor));
+            return Err(format!(
+                "RoPE scaling factor {} must be positive",
+                self.rope_scaling_factor
+            ));
         }
         if let Some(f) = &self.rope_freq_factors {
             if f.len() != self.head_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
-                return Err(format!("RoPE frequency factors must be {} positive numbers", self.head_dim / 2));
+                return Err(format!(
+                    "RoPE frequency factors must be {} positive numbers",
+                    self.head_dim / 2
+                ));
             }
         }
         Ok(())
@@ -185,7 +234,11 @@ impl Config {
 
     /// Parameter count of the weights this shape implies.
     pub fn num_parameters(&self) -> u64 {
-        let (h, f, l) = (self.hidden_size as u64, self.intermediate_size as u64, self.num_hidden_layers as u64);
+        let (h, f, l) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.num_hidden_layers as u64,
+        );
         let q = h * (self.num_attention_heads * self.head_dim) as u64;
         let kv = 2 * h * (self.num_key_value_heads * self.head_dim) as u64;
         let per_layer = 2 * q + kv + 3 * h * f + 2 * h;

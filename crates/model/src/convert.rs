@@ -33,8 +33,14 @@ pub fn file_type(t: GgmlType) -> Option<u32> {
 
 /// Writes `src` to `out` with every matrix in `target`. `progress(done, total)` is called
 /// per tensor.
-pub fn requantize(src: &GgufFile, out: &Path, target: GgmlType, mut progress: impl FnMut(usize, usize)) -> Result<()> {
-    let ftype = file_type(target).ok_or_else(|| Error::Input(format!("cannot write models of type {target}")))?;
+pub fn requantize(
+    src: &GgufFile,
+    out: &Path,
+    target: GgmlType,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<()> {
+    let ftype = file_type(target)
+        .ok_or_else(|| Error::Input(format!("cannot write models of type {target}")))?;
     let mut w = GgufWriter::new();
     for (k, v) in &src.header.metadata {
         w.set(k, v.clone());
@@ -44,7 +50,11 @@ pub fn requantize(src: &GgufFile, out: &Path, target: GgmlType, mut progress: im
     let has_output = src.header.has_tensor("output.weight");
     for t in &src.header.tensors {
         let ty = tensor_type(&t.name, &t.dims, target, has_output);
-        w.add_tensor(TensorToWrite { name: t.name.clone(), dims: t.dims.clone(), ggml_type: ty });
+        w.add_tensor(TensorToWrite {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ggml_type: ty,
+        });
         plan.push(ty);
     }
     let total = plan.len();
@@ -69,7 +79,10 @@ pub fn tensor_type(gguf_name: &str, dims: &[u64], target: GgmlType, has_output: 
         return GgmlType::F32;
     }
     let is_head = gguf_name == "output.weight" || (!has_output && gguf_name == "token_embd.weight");
-    let low_bit = !matches!(target, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0);
+    let low_bit = !matches!(
+        target,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+    );
     let wanted = if is_head && low_bit {
         if dims[0] % GgmlType::Q6K.block_size() as u64 == 0 {
             GgmlType::Q6K
@@ -91,8 +104,10 @@ fn recode(src: &GgufFile, info: &ferrollama_gguf::TensorInfo, to: GgmlType) -> R
     if info.ggml_type == to {
         return Ok(data.to_vec());
     }
-    let from = candle_dtype(info.ggml_type).ok_or_else(|| Error::Input(format!("cannot read type {}", info.ggml_type)))?;
-    let to_dtype = candle_dtype(to).ok_or_else(|| Error::Input(format!("cannot write type {to}")))?;
+    let from = candle_dtype(info.ggml_type)
+        .ok_or_else(|| Error::Input(format!("cannot read type {}", info.ggml_type)))?;
+    let to_dtype =
+        candle_dtype(to).ok_or_else(|| Error::Input(format!("cannot write type {to}")))?;
     let q = qtensor_from_bytes(data, from, info.shape(), &info.name)?;
     let f = q.dequantize(&Device::Cpu)?;
     let out = QTensor::quantize(&f, to_dtype)?;

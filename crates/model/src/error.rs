@@ -20,7 +20,12 @@ pub enum Error {
     },
     /// A tensor's shape is not what the configuration calls for.
     #[error("{file}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape { file: String, name: String, found: Vec<usize>, expected: Vec<usize> },
+    Shape {
+        file: String,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
     /// A request the model cannot serve (too many tokens, an id outside the vocabulary).
     #[error("{0}")]
     Input(String),

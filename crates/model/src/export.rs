@@ -17,7 +17,14 @@ use crate::hf::{config_to_hf, permute_rope_rows, rotary_heads, HfWeights, RopeLa
 use crate::weights::{candle_dtype, GgufWeights, WeightSource};
 
 /// Writes `model.safetensors` and `config.json` for the weights of `src` into `dir`.
-pub fn gguf_to_hf(src: &GgufFile, dir: &Path, dtype: StDtype, bos: Option<u32>, eos: Option<u32>, mut progress: impl FnMut(usize, usize)) -> Result<()> {
+pub fn gguf_to_hf(
+    src: &GgufFile,
+    dir: &Path,
+    dtype: StDtype,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<()> {
     let cfg = Config::from_gguf(src)?;
     if cfg.rope_freq_factors.is_some() {
         return Err(Error::Unsupported {
@@ -38,30 +45,49 @@ pub fn gguf_to_hf(src: &GgufFile, dir: &Path, dtype: StDtype, bos: Option<u32>, 
             file: src.header.file.clone(),
             msg: format!("tensor `{}` has no Hugging Face name", info.name),
         })?;
-        let t = weights.get(&hf_name)?.dequantize(&Device::Cpu)?.to_dtype(candle_dt)?;
+        let t = weights
+            .get(&hf_name)?
+            .dequantize(&Device::Cpu)?
+            .to_dtype(candle_dt)?;
         let mut data = tensor_bytes(&t)?;
         let shape = info.shape();
         if let (Some(n), [_, cols]) = (rotary_heads(&cfg, &hf_name), shape.as_slice()) {
             data = permute_rope_rows(&data, n, cols * dtype.size(), RopeLayout::GgufToHf)?;
         }
-        out.push(StOwned { name: hf_name, dtype, shape, data });
+        out.push(StOwned {
+            name: hf_name,
+            dtype,
+            shape,
+            data,
+        });
         progress(i + 1, total);
     }
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     write_safetensors(&dir.join("model.safetensors"), &out)?;
-    let config = serde_json::to_string_pretty(&config_to_hf(&cfg, bos, eos)).map_err(|e| Error::Input(e.to_string()))?;
+    let config = serde_json::to_string_pretty(&config_to_hf(&cfg, bos, eos))
+        .map_err(|e| Error::Input(e.to_string()))?;
     std::fs::write(dir.join("config.json"), config).map_err(|e| io(dir, e))?;
     Ok(())
 }
 
 /// Writes a GGUF file from the HF checkpoint in `dir`, matrices in `target`, with the
 /// tokenizer's GGUF metadata `tokenizer_meta` added.
-pub fn hf_to_gguf(dir: &Path, out: &Path, target: GgmlType, tokenizer_meta: Vec<(String, Value)>, mut progress: impl FnMut(usize, usize)) -> Result<()> {
+pub fn hf_to_gguf(
+    dir: &Path,
+    out: &Path,
+    target: GgmlType,
+    tokenizer_meta: Vec<(String, Value)>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<()> {
     let cfg = crate::hf::config_from_hf(dir)?;
     let weights = HfWeights::open(dir, cfg.clone())?;
-    let ftype = file_type(target).ok_or_else(|| Error::Input(format!("cannot write models of type {target}")))?;
+    let ftype = file_type(target)
+        .ok_or_else(|| Error::Input(format!("cannot write models of type {target}")))?;
     let mut w = GgufWriter::new();
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     w.set("general.architecture", Value::String("llama".into()));
     w.set("general.name", Value::String(name));
     w.set("general.file_type", Value::U32(ftype));
@@ -83,25 +109,41 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, target: GgmlType, tokenizer_meta: Vec<
         let t = weights.st.tensor(hf)?;
         let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
         let ty = tensor_type(&gguf_name, &dims, target, has_output);
-        w.add_tensor(TensorToWrite { name: gguf_name, dims, ggml_type: ty });
+        w.add_tensor(TensorToWrite {
+            name: gguf_name,
+            dims,
+            ggml_type: ty,
+        });
         plan.push((hf.to_string(), ty));
     }
     let factors = cfg.rope_freq_factors.clone();
     if let Some(f) = &factors {
-        w.add_tensor(TensorToWrite { name: "rope_freqs.weight".into(), dims: vec![f.len() as u64], ggml_type: GgmlType::F32 });
+        w.add_tensor(TensorToWrite {
+            name: "rope_freqs.weight".into(),
+            dims: vec![f.len() as u64],
+            ggml_type: GgmlType::F32,
+        });
     }
     let total = plan.len();
     w.write(out, |i, _| {
         let Some((hf, ty)) = plan.get(i) else {
             // The one tensor after the checkpoint's own: Llama 3.1's frequency factors.
-            return Ok(factors.iter().flatten().flat_map(|x| x.to_le_bytes()).collect());
+            return Ok(factors
+                .iter()
+                .flatten()
+                .flat_map(|x| x.to_le_bytes())
+                .collect());
         };
         let bytes = (|| -> Result<Vec<u8>> {
             let f = weights.get(hf)?.dequantize(&Device::Cpu)?;
-            let dt = candle_dtype(*ty).ok_or_else(|| Error::Input(format!("cannot write type {ty}")))?;
+            let dt =
+                candle_dtype(*ty).ok_or_else(|| Error::Input(format!("cannot write type {ty}")))?;
             Ok(QTensor::quantize(&f, dt)?.data()?.into_owned())
         })()
-        .map_err(|e| ferrollama_gguf::Error::Invalid { file: out.display().to_string(), msg: format!("encoding `{hf}`: {e}") })?;
+        .map_err(|e| ferrollama_gguf::Error::Invalid {
+            file: out.display().to_string(),
+            msg: format!("encoding `{hf}`: {e}"),
+        })?;
         progress(i + 1, total);
         Ok(bytes)
     })?;
@@ -111,10 +153,18 @@ pub fn hf_to_gguf(dir: &Path, out: &Path, target: GgmlType, tokenizer_meta: Vec<
 /// Sort key putting tensors in llama.cpp's order.
 fn tensor_order(hf: &str) -> (usize, usize, String) {
     if let Some(rest) = hf.strip_prefix("model.layers.") {
-        let layer = rest.split('.').next().and_then(|l| l.parse().ok()).unwrap_or(usize::MAX);
+        let layer = rest
+            .split('.')
+            .next()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(usize::MAX);
         return (1, layer, hf.to_string());
     }
-    let group = if hf.starts_with("model.embed_tokens") { 0 } else { 2 };
+    let group = if hf.starts_with("model.embed_tokens") {
+        0
+    } else {
+        2
+    };
     (group, 0, hf.to_string())
 }
 
@@ -122,13 +172,28 @@ fn tensor_order(hf: &str) -> (usize, usize, String) {
 fn tensor_bytes(t: &candle_core::Tensor) -> Result<Vec<u8>> {
     let flat = t.flatten_all()?;
     Ok(match t.dtype() {
-        DType::F32 => flat.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DType::F16 => flat.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DType::BF16 => flat.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::F32 => flat
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        DType::F16 => flat
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        DType::BF16 => flat
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
         other => return Err(Error::Input(format!("cannot export {other:?} tensors"))),
     })
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Io { file: path.display().to_string(), source }
+    Error::Io {
+        file: path.display().to_string(),
+        source,
+    }
 }

@@ -59,11 +59,20 @@ fn default_rope_theta() -> f64 {
 pub fn config_from_hf(dir: &Path) -> Result<Config> {
     let path = dir.join("config.json");
     let file = path.display().to_string();
-    let bad = |msg: String| Error::Unsupported { file: file.clone(), msg };
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { file: file.clone(), source })?;
-    let j: LlamaConfig = serde_json::from_str(&text).map_err(|e| bad(format!("not a Llama config.json: {e}")))?;
+    let bad = |msg: String| Error::Unsupported {
+        file: file.clone(),
+        msg,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        file: file.clone(),
+        source,
+    })?;
+    let j: LlamaConfig =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not a Llama config.json: {e}")))?;
     if let Some(arch) = j.architectures.first().filter(|a| *a != "LlamaForCausalLM") {
-        return Err(bad(format!("architecture `{arch}` is not supported (LlamaForCausalLM is)")));
+        return Err(bad(format!(
+            "architecture `{arch}` is not supported (LlamaForCausalLM is)"
+        )));
     }
     for (k, v) in [
         ("vocab_size", j.vocab_size),
@@ -81,7 +90,9 @@ pub fn config_from_hf(dir: &Path) -> Result<Config> {
     let rope_theta = j.rope_theta as f32;
     let (mut rope_scaling_factor, mut rope_freq_factors) = (1.0, None);
     if let Some(s) = &j.rope_scaling {
-        let need = |v: Option<f64>, k: &str| v.ok_or_else(|| bad(format!("rope_scaling of type llama3 has no `{k}`")));
+        let need = |v: Option<f64>, k: &str| {
+            v.ok_or_else(|| bad(format!("rope_scaling of type llama3 has no `{k}`")))
+        };
         match s.rope_type.as_str() {
             "linear" => rope_scaling_factor = s.factor as f32,
             "llama3" => {
@@ -91,10 +102,17 @@ pub fn config_from_hf(dir: &Path) -> Result<Config> {
                     s.factor,
                     need(s.low_freq_factor, "low_freq_factor")?,
                     need(s.high_freq_factor, "high_freq_factor")?,
-                    need(s.original_max_position_embeddings, "original_max_position_embeddings")?,
+                    need(
+                        s.original_max_position_embeddings,
+                        "original_max_position_embeddings",
+                    )?,
                 ))
             }
-            other => return Err(bad(format!("rope_scaling type `{other}` is not supported (linear and llama3 are)"))),
+            other => {
+                return Err(bad(format!(
+                    "rope_scaling type `{other}` is not supported (linear and llama3 are)"
+                )))
+            }
         }
     }
     let cfg = Config {
@@ -118,7 +136,14 @@ pub fn config_from_hf(dir: &Path) -> Result<Config> {
 
 /// Llama 3.1's per-frequency divisors (transformers' `_compute_llama3_parameters`): long
 /// wavelengths are slowed by `factor`, short ones kept, and those between blended.
-pub fn llama3_freq_factors(head_dim: usize, theta: f32, factor: f64, low: f64, high: f64, original_ctx: f64) -> Vec<f32> {
+pub fn llama3_freq_factors(
+    head_dim: usize,
+    theta: f32,
+    factor: f64,
+    low: f64,
+    high: f64,
+    original_ctx: f64,
+) -> Vec<f32> {
     let (low_wavelen, high_wavelen) = (original_ctx / low, original_ctx / high);
     (0..head_dim / 2)
         .map(|i| {
@@ -191,10 +216,21 @@ pub fn rotary_heads(cfg: &Config, hf_name: &str) -> Option<usize> {
 
 /// Reorders the rows of a (n_head * head_dim, cols) matrix stored row-major with
 /// `row_bytes` bytes per row. HF row (h, j, i) -- half j, index i -- is GGUF row (h, 2i + j).
-pub fn permute_rope_rows(data: &[u8], n_head: usize, row_bytes: usize, dir: RopeLayout) -> Result<Vec<u8>> {
+pub fn permute_rope_rows(
+    data: &[u8],
+    n_head: usize,
+    row_bytes: usize,
+    dir: RopeLayout,
+) -> Result<Vec<u8>> {
     let rows = data.len() / row_bytes.max(1);
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || rows * row_bytes != data.len() {
-        return Err(Error::Input(format!("cannot permute {rows} rows into {n_head} rotary heads")));
+    if n_head == 0
+        || rows % n_head != 0
+        || (rows / n_head) % 2 != 0
+        || rows * row_bytes != data.len()
+    {
+        return Err(Error::Input(format!(
+            "cannot permute {rows} rows into {n_head} rotary heads"
+        )));
     }
     let head_dim = rows / n_head;
     let half = head_dim / 2;
@@ -208,7 +244,8 @@ pub fn permute_rope_rows(data: &[u8], n_head: usize, row_bytes: usize, dir: Rope
                     RopeLayout::HfToGguf => (hf, gg),
                     RopeLayout::GgufToHf => (gg, hf),
                 };
-                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
             }
         }
     }
@@ -225,7 +262,11 @@ pub struct HfWeights {
 impl HfWeights {
     /// Opens the safetensors of `dir`; `config` gives the head counts for the permutation.
     pub fn open(dir: &Path, config: Config) -> Result<Self> {
-        Ok(Self { st: SafetensorsDir::open(dir)?, config, file: dir.display().to_string() })
+        Ok(Self {
+            st: SafetensorsDir::open(dir)?,
+            config,
+            file: dir.display().to_string(),
+        })
     }
 }
 
@@ -238,7 +279,12 @@ impl WeightSource for HfWeights {
             StDtype::BF16 => GgmlDType::BF16,
         };
         let data = match (rotary_heads(&self.config, hf_name), t.shape.as_slice()) {
-            (Some(n), [_, cols]) => Cow::Owned(permute_rope_rows(t.data, n, cols * t.dtype.size(), RopeLayout::HfToGguf)?),
+            (Some(n), [_, cols]) => Cow::Owned(permute_rope_rows(
+                t.data,
+                n,
+                cols * t.dtype.size(),
+                RopeLayout::HfToGguf,
+            )?),
             _ => Cow::Borrowed(t.data),
         };
         qtensor_from_bytes(&data, dtype, t.shape.clone(), hf_name)
@@ -274,7 +320,10 @@ mod tests {
         let hf: Vec<u8> = (0..8).collect();
         let gg = permute_rope_rows(&hf, 2, 1, RopeLayout::HfToGguf).unwrap();
         assert_eq!(gg, vec![0, 2, 1, 3, 4, 6, 5, 7]);
-        assert_eq!(permute_rope_rows(&gg, 2, 1, RopeLayout::GgufToHf).unwrap(), hf);
+        assert_eq!(
+            permute_rope_rows(&gg, 2, 1, RopeLayout::GgufToHf).unwrap(),
+            hf
+        );
         assert!(permute_rope_rows(&hf, 3, 1, RopeLayout::HfToGguf).is_err());
     }
 }

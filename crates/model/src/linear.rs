@@ -30,7 +30,12 @@ impl Linear {
     pub fn load(w: &dyn WeightSource, name: &str, (n, k): (usize, usize)) -> Result<Self> {
         let q = w.get(name)?;
         if q.shape().dims() != [n, k] {
-            return Err(Error::Shape { file: w.file().to_string(), name: name.into(), found: q.shape().dims().to_vec(), expected: vec![n, k] });
+            return Err(Error::Shape {
+                file: w.file().to_string(),
+                name: name.into(),
+                found: q.shape().dims().to_vec(),
+                expected: vec![n, k],
+            });
         }
         Self::from_qtensor(q)
     }
@@ -40,9 +45,15 @@ impl Linear {
         Ok(match q.dtype() {
             GgmlDType::Q4_1 => {
                 let (n, k) = q.shape().dims2()?;
-                Self::Q4_1(Arc::new(Q4_1Matrix { data: q.data()?.into_owned(), n, k }))
+                Self::Q4_1(Arc::new(Q4_1Matrix {
+                    data: q.data()?.into_owned(),
+                    n,
+                    k,
+                }))
             }
-            GgmlDType::F16 | GgmlDType::BF16 => Self::Candle(QMatMul::TensorF16(q.dequantize_f16(&q.device())?)),
+            GgmlDType::F16 | GgmlDType::BF16 => {
+                Self::Candle(QMatMul::TensorF16(q.dequantize_f16(&q.device())?))
+            }
             _ => Self::Candle(QMatMul::from_qtensor(q)?),
         })
     }
@@ -73,13 +84,17 @@ impl CustomOp1 for Q4_1Matrix {
         "q4_1-matmul"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(all) = storage else {
             candle_core::bail!("q4_1 matmul expects f32 activations")
         };
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("q4_1 matmul expects contiguous activations".into()))?;
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("q4_1 matmul expects contiguous activations".into())
+        })?;
         let x = &all[start..end];
         let dims = layout.shape().dims();
         let k = *dims.last().unwrap_or(&0);

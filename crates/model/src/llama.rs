@@ -11,8 +11,8 @@ use candle_nn::kv_cache::KvCache;
 use crate::attention::Attention;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::mask::causal_mask;
 use crate::linear::Linear;
+use crate::mask::causal_mask;
 use crate::mlp::Mlp;
 use crate::rope::Rope;
 use crate::weights::WeightSource;
@@ -30,9 +30,17 @@ impl RmsNorm {
     fn load(w: &dyn WeightSource, name: &str, cfg: &Config) -> Result<Self> {
         let weight = w.get(name)?.dequantize(&Device::Cpu)?;
         if weight.dims() != [cfg.hidden_size] {
-            return Err(Error::Shape { file: w.file().to_string(), name: name.into(), found: weight.dims().to_vec(), expected: vec![cfg.hidden_size] });
+            return Err(Error::Shape {
+                file: w.file().to_string(),
+                name: name.into(),
+                found: weight.dims().to_vec(),
+                expected: vec![cfg.hidden_size],
+            });
         }
-        Ok(Self { weight, eps: cfg.rms_norm_eps as f32 })
+        Ok(Self {
+            weight,
+            eps: cfg.rms_norm_eps as f32,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -105,9 +113,17 @@ impl Llama {
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 Ok(DecoderLayer {
-                    input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), &config)?,
+                    input_layernorm: RmsNorm::load(
+                        w,
+                        &format!("{p}.input_layernorm.weight"),
+                        &config,
+                    )?,
                     self_attn: Attention::load(w, &format!("{p}.self_attn"), &config)?,
-                    post_attention_layernorm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm.weight"), &config)?,
+                    post_attention_layernorm: RmsNorm::load(
+                        w,
+                        &format!("{p}.post_attention_layernorm.weight"),
+                        &config,
+                    )?,
                     mlp: Mlp::load(w, &format!("{p}.mlp"), &config)?,
                 })
             })
@@ -138,7 +154,12 @@ impl Llama {
     /// An empty cache for a context of `n_ctx` tokens (at most the RoPE table size).
     pub fn new_cache(&self, n_ctx: usize) -> Cache {
         let n_ctx = n_ctx.min(self.rope.max_pos());
-        Cache { layers: (0..self.layers.len()).map(|_| KvCache::new(2, n_ctx)).collect(), n_ctx }
+        Cache {
+            layers: (0..self.layers.len())
+                .map(|_| KvCache::new(2, n_ctx))
+                .collect(),
+            n_ctx,
+        }
     }
 
     /// Runs `tokens` after what `cache` holds. Returns logits (n, vocab) for the last
@@ -177,17 +198,33 @@ impl Llama {
                 cache.n_ctx
             )));
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(Error::Input(format!("token id {bad} is outside the vocabulary of {}", self.config.vocab_size)));
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
         }
         let dev = Device::Cpu;
         let ids = Tensor::new(tokens, &dev)?;
         // (1, seq_len, hidden)
-        let mut x = self.embed_tokens.embedding(&ids)?.to_dtype(DType::F32)?.unsqueeze(0)?;
-        let mask = if seq_len > 1 { Some(causal_mask(seq_len, index_pos, &dev)?) } else { None };
+        let mut x = self
+            .embed_tokens
+            .embedding(&ids)?
+            .to_dtype(DType::F32)?
+            .unsqueeze(0)?;
+        let mask = if seq_len > 1 {
+            Some(causal_mask(seq_len, index_pos, &dev)?)
+        } else {
+            None
+        };
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = layer.input_layernorm.forward(&x)?;
-            let h = layer.self_attn.forward(&h, &self.rope, index_pos, kv, mask.as_ref())?;
+            let h = layer
+                .self_attn
+                .forward(&h, &self.rope, index_pos, kv, mask.as_ref())?;
             x = (x + h)?;
             let h = layer.post_attention_layernorm.forward(&x)?;
             x = (&x + layer.mlp.forward(&h)?)?;

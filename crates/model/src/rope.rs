@@ -19,10 +19,20 @@ pub struct Rope {
 impl Rope {
     /// Tables for `max_pos` positions; positions are divided by `scale` (linear scaling)
     /// and frequency i by `factors[i]` (Llama 3.1 scaling) when given.
-    pub fn new(head_dim: usize, theta: f32, scale: f32, factors: Option<&[f32]>, max_pos: usize, device: &Device) -> Result<Self> {
+    pub fn new(
+        head_dim: usize,
+        theta: f32,
+        scale: f32,
+        factors: Option<&[f32]>,
+        max_pos: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32) / factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0))
+            .map(|i| {
+                1.0 / theta.powf(2.0 * i as f32 / head_dim as f32)
+                    / factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0)
+            })
             .collect();
         let mut cos = Vec::with_capacity(max_pos * half);
         let mut sin = Vec::with_capacity(max_pos * half);
@@ -45,7 +55,11 @@ impl Rope {
         let seq_len = x.dim(2)?;
         let cos = self.cos.narrow(0, index_pos, seq_len)?.contiguous()?;
         let sin = self.sin.narrow(0, index_pos, seq_len)?.contiguous()?;
-        Ok(candle_nn::rotary_emb::rope_i(&x.to_dtype(DType::F32)?.contiguous()?, &cos, &sin)?)
+        Ok(candle_nn::rotary_emb::rope_i(
+            &x.to_dtype(DType::F32)?.contiguous()?,
+            &cos,
+            &sin,
+        )?)
     }
 
     /// Positions the tables cover.
@@ -74,10 +88,18 @@ mod tests {
     fn rope_matches_reference_at_offset() {
         let dev = Device::Cpu;
         let (heads, t, d) = (3, 5, 8);
-        let data: Vec<f32> = (0..heads * t * d).map(|i| ((i * 37) % 17) as f32 / 7.0 - 1.0).collect();
+        let data: Vec<f32> = (0..heads * t * d)
+            .map(|i| ((i * 37) % 17) as f32 / 7.0 - 1.0)
+            .collect();
         let x = Tensor::from_vec(data.clone(), (1, heads, t, d), &dev).unwrap();
         let rope = Rope::new(d, 10000.0, 2.0, None, 32, &dev).unwrap();
-        let got: Vec<f32> = rope.apply(&x, 7).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = rope
+            .apply(&x, 7)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for h in 0..heads {
             for p in 0..t {
                 let at = (h * t + p) * d;

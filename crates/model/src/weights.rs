@@ -42,7 +42,10 @@ impl WeightSource for GgufWeights<'_> {
         let (info, bytes) = self.file.tensor(&name)?;
         let dtype = candle_dtype(info.ggml_type).ok_or_else(|| Error::Unsupported {
             file: self.file.header.file.clone(),
-            msg: format!("tensor `{name}` has type {}, which cannot be computed with", info.ggml_type),
+            msg: format!(
+                "tensor `{name}` has type {}, which cannot be computed with",
+                info.ggml_type
+            ),
         })?;
         qtensor_from_bytes(bytes, dtype, info.shape(), &name)
     }
@@ -63,10 +66,20 @@ const BLOCK_ALIGN: usize = 4;
 /// its block structs and asserts (panics) on a misaligned pointer or a partial block, so
 /// bytes at an odd offset (GGUF allows an alignment of 1) are copied to an aligned buffer
 /// first and partial blocks are an error.
-pub fn qtensor_from_bytes(bytes: &[u8], dtype: GgmlDType, shape: Vec<usize>, name: &str) -> Result<QTensor> {
+pub fn qtensor_from_bytes(
+    bytes: &[u8],
+    dtype: GgmlDType,
+    shape: Vec<usize>,
+    name: &str,
+) -> Result<QTensor> {
     let elements: usize = shape.iter().product();
-    if bytes.len() % dtype.type_size() != 0 || elements / dtype.block_size() * dtype.type_size() != bytes.len() {
-        return Err(Error::Input(format!("tensor `{name}`: {} bytes do not hold {shape:?} values of type {dtype:?}", bytes.len())));
+    if bytes.len() % dtype.type_size() != 0
+        || elements / dtype.block_size() * dtype.type_size() != bytes.len()
+    {
+        return Err(Error::Input(format!(
+            "tensor `{name}`: {} bytes do not hold {shape:?} values of type {dtype:?}",
+            bytes.len()
+        )));
     }
     let aligned;
     let data = if (bytes.as_ptr() as usize) % BLOCK_ALIGN == 0 {
@@ -136,7 +149,13 @@ mod tests {
         bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
         // bytes[1..] starts at an odd address.
         let q = qtensor_from_bytes(&bytes[1..], GgmlDType::F32, vec![2, 2], "t").unwrap();
-        let got: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(got, values);
     }
 

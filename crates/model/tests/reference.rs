@@ -12,7 +12,10 @@ use ferrollama_model::{Config, GgufWeights, Llama};
 const PROMPT0: [u32; 5] = [504, 3575, 282, 4649, 314];
 
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(format!("{}/../../tests/data/smollm2/{name}", env!("CARGO_MANIFEST_DIR")))
+    PathBuf::from(format!(
+        "{}/../../tests/data/smollm2/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
 }
 
 fn q4_1_path() -> PathBuf {
@@ -24,7 +27,8 @@ fn q4_1_path() -> PathBuf {
 fn converted(ty: GgmlType) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap();
-    let out = ferrollama_assets::models_dir().join(format!("SmolLM2-135M-Instruct.{ty}-from-q4_1.gguf"));
+    let out =
+        ferrollama_assets::models_dir().join(format!("SmolLM2-135M-Instruct.{ty}-from-q4_1.gguf"));
     if !out.exists() {
         let src = GgufFile::open(q4_1_path()).unwrap();
         ferrollama_model::convert::requantize(&src, &out, ty, |_, _| {}).unwrap();
@@ -44,13 +48,22 @@ fn load(path: &PathBuf) -> Llama {
 
 fn step0_logits(model: &Llama) -> Vec<f32> {
     let mut cache = model.new_cache(512);
-    model.forward(&PROMPT0, &mut cache, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    model
+        .forward(&PROMPT0, &mut cache, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// (max, mean) absolute difference against a raw f32 dump.
 fn compare_logits(got: &[f32], reference: &str) -> (f32, f32) {
     let bytes = std::fs::read(data(reference)).unwrap();
-    let want: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let want: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     assert_eq!(got.len(), want.len());
     let diffs: Vec<f32> = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).collect();
     let max = diffs.iter().cloned().fold(0.0, f32::max);
@@ -72,7 +85,13 @@ fn check_greedy(model: &Llama, reference: &str) {
         let mut input = prompt.clone();
         let mut got = Vec::new();
         for step in 0..16 {
-            let logits: Vec<f32> = model.forward(&input, &mut cache, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let logits: Vec<f32> = model
+                .forward(&input, &mut cache, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let next = argmax(&logits);
             got.push(next);
             if next != want[step] {
@@ -85,7 +104,11 @@ fn check_greedy(model: &Llama, reference: &str) {
             input = vec![next];
         }
         if got[..] == want[..got.len()] {
-            println!("{reference} {:?}: all {} greedy ids equal llama.cpp's", case["prompt"], got.len());
+            println!(
+                "{reference} {:?}: all {} greedy ids equal llama.cpp's",
+                case["prompt"],
+                got.len()
+            );
         }
     }
 }
@@ -102,7 +125,10 @@ fn argmax(logits: &[f32]) -> u32 {
 
 #[test]
 fn q4_1_first_step_logits_match_llama_cpp() {
-    let (max, mean) = compare_logits(&step0_logits(&load(&q4_1_path())), "logits_q4_1_prompt0_step0.f32");
+    let (max, mean) = compare_logits(
+        &step0_logits(&load(&q4_1_path())),
+        "logits_q4_1_prompt0_step0.f32",
+    );
     println!("q4_1 step-0 logits vs llama.cpp: max |diff| {max:.4}, mean |diff| {mean:.4}");
     // Both engines quantize activations to 8 bits before every Q4_1 product, so a rounding
     // difference anywhere upstream flips some 8-bit values and the error compounds over 30
@@ -115,7 +141,10 @@ fn q4_1_first_step_logits_match_llama_cpp() {
 
 #[test]
 fn f16_first_step_logits_match_llama_cpp() {
-    let (max, mean) = compare_logits(&step0_logits(&load(&f16_path())), "logits_f16_prompt0_step0.f32");
+    let (max, mean) = compare_logits(
+        &step0_logits(&load(&f16_path())),
+        "logits_f16_prompt0_step0.f32",
+    );
     println!("f16 step-0 logits vs llama.cpp: max |diff| {max:.4}, mean |diff| {mean:.4}");
     assert!(max < 0.05, "max {max} mean {mean}");
 }

@@ -45,7 +45,13 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Always the most likely token, no penalties.
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Self::default()
+        }
     }
 
     /// Whether every setting is within its meaningful range; the message names the first
@@ -64,13 +70,19 @@ impl SamplingParams {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            return Err(format!("repeat_penalty must be > 0, got {}", self.repeat_penalty));
+            return Err(format!(
+                "repeat_penalty must be > 0, got {}",
+                self.repeat_penalty
+            ));
         }
         if !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {
             return Err("presence and frequency penalties must be finite".into());
         }
         if self.repeat_last_n < -1 {
-            return Err(format!("repeat_last_n must be -1, 0 or positive, got {}", self.repeat_last_n));
+            return Err(format!(
+                "repeat_last_n must be -1, 0 or positive, got {}",
+                self.repeat_last_n
+            ));
         }
         Ok(())
     }

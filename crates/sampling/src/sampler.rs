@@ -36,7 +36,10 @@ impl Sampler {
         let candidates = self.truncate(logits);
         let t = self.params.temperature;
         let max = candidates.first().map_or(0.0, |c| c.1);
-        let weights: Vec<f32> = candidates.iter().map(|&(_, l)| ((l - max) / t).exp()).collect();
+        let weights: Vec<f32> = candidates
+            .iter()
+            .map(|&(_, l)| ((l - max) / t).exp())
+            .collect();
         let total: f32 = weights.iter().sum();
         if !(total.is_finite() && total > 0.0) {
             return argmax(logits);
@@ -55,8 +58,12 @@ impl Sampler {
     /// temperature 1 as llama.cpp does. Never empty while some logit is finite.
     fn truncate(&self, logits: &[f32]) -> Vec<(u32, f32)> {
         let p = &self.params;
-        let mut c: Vec<(u32, f32)> =
-            logits.iter().enumerate().filter(|(_, l)| !l.is_nan() && **l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)).collect();
+        let mut c: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_nan() && **l > f32::NEG_INFINITY)
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
         c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 && c.len() > p.top_k {
             c.truncate(p.top_k);
@@ -77,7 +84,12 @@ impl Sampler {
         }
         if p.min_p > 0.0 {
             let floor = p.min_p * probs[0];
-            let keep = probs.iter().take(c.len()).take_while(|&&q| q >= floor).count().max(1);
+            let keep = probs
+                .iter()
+                .take(c.len())
+                .take_while(|&&q| q >= floor)
+                .count()
+                .max(1);
             c.truncate(keep);
         }
         c
@@ -113,7 +125,11 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_at_any_temperature() {
-        let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, ..SamplingParams::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            ..SamplingParams::default()
+        });
         for _ in 0..50 {
             assert_eq!(s.sample(&mut logits(), &[]), 1);
         }
@@ -121,28 +137,71 @@ mod tests {
 
     #[test]
     fn top_p_and_min_p_cut_the_tail() {
-        let s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, min_p: 0.0, ..SamplingParams::default() });
+        let s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            min_p: 0.0,
+            ..SamplingParams::default()
+        });
         // p(1) = 0.37, p(4) = 0.34: the first two reach 0.5.
-        assert_eq!(s.truncate(&logits()).iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 4]);
-        let s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, ..SamplingParams::default() });
+        assert_eq!(
+            s.truncate(&logits())
+                .iter()
+                .map(|c| c.0)
+                .collect::<Vec<_>>(),
+            vec![1, 4]
+        );
+        let s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            ..SamplingParams::default()
+        });
         // exp(-1) = 0.37 < 0.5 drops id 2 and below.
-        assert_eq!(s.truncate(&logits()).iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!(
+            s.truncate(&logits())
+                .iter()
+                .map(|c| c.0)
+                .collect::<Vec<_>>(),
+            vec![1, 4]
+        );
     }
 
     #[test]
     fn same_seed_same_choices() {
-        let params = SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 42, ..SamplingParams::default() };
+        let params = SamplingParams {
+            temperature: 1.5,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 42,
+            ..SamplingParams::default()
+        };
         let run = |p: SamplingParams| {
             let mut s = Sampler::new(p);
-            (0..100).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
+            (0..100)
+                .map(|_| s.sample(&mut logits(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(params.clone()), run(params.clone()));
-        assert_ne!(run(params.clone()), run(SamplingParams { seed: 43, ..params }));
+        assert_ne!(
+            run(params.clone()),
+            run(SamplingParams { seed: 43, ..params })
+        );
     }
 
     #[test]
     fn draws_follow_the_distribution() {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 7, ..SamplingParams::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 7,
+            ..SamplingParams::default()
+        });
         let mut counts = [0usize; 2];
         for _ in 0..20000 {
             counts[s.sample(&mut vec![0.0, 2f32.ln()], &[]) as usize] += 1;
@@ -154,14 +213,27 @@ mod tests {
 
     #[test]
     fn all_negative_infinity_falls_back_to_argmax() {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, ..SamplingParams::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            ..SamplingParams::default()
+        });
         assert_eq!(s.sample(&mut vec![f32::NEG_INFINITY; 3], &[]), 0);
     }
 
     #[test]
     fn validate_rejects_bad_settings() {
         assert!(SamplingParams::default().validate().is_ok());
-        assert!(SamplingParams { top_p: 0.0, ..SamplingParams::default() }.validate().is_err());
-        assert!(SamplingParams { temperature: f32::NAN, ..SamplingParams::default() }.validate().is_err());
+        assert!(SamplingParams {
+            top_p: 0.0,
+            ..SamplingParams::default()
+        }
+        .validate()
+        .is_err());
+        assert!(SamplingParams {
+            temperature: f32::NAN,
+            ..SamplingParams::default()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -20,7 +20,9 @@ impl BpeRanks {
         for (rank, line) in merges.iter().enumerate() {
             let rank = rank as u32;
             // llama.cpp splits at the first space from the second byte on.
-            let Some(pos) = line.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1) else { continue };
+            let Some(pos) = line.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1) else {
+                continue;
+            };
             let (left, right) = (&line[..pos], &line[pos + 1..]);
             // Pieces never contain a space (it is 'Ġ' in the byte alphabet), so such a merge
             // can never apply.
@@ -43,7 +45,10 @@ impl BpeRanks {
         match (left.1, right.1) {
             (Some(a), Some(b)) => self.by_id.get(&(a, b)).copied(),
             _ if self.by_text.is_empty() => None,
-            _ => self.by_text.get(&format!("{} {}", left.0, right.0)).copied(),
+            _ => self
+                .by_text
+                .get(&format!("{} {}", left.0, right.0))
+                .copied(),
         }
     }
 }
@@ -83,7 +88,10 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     /// Max-heap order: lowest rank first, then the leftmost pair.
     fn cmp(&self, other: &Self) -> Ordering {
-        other.rank.cmp(&self.rank).then_with(|| other.left.cmp(&self.left))
+        other
+            .rank
+            .cmp(&self.rank)
+            .then_with(|| other.left.cmp(&self.left))
     }
 }
 
@@ -108,7 +116,13 @@ pub(crate) fn tokenize_word(v: &BpeVocab, word: &str, out: &mut Vec<u32>) {
         let len = c.len_utf8();
         let next = (start + len < word.len()).then_some(i + 1);
         let id = v.token_to_id.get(&word[start..start + len]).copied();
-        symbols.push(Symbol { start, len, prev: i.checked_sub(1), next, id });
+        symbols.push(Symbol {
+            start,
+            len,
+            prev: i.checked_sub(1),
+            next,
+            id,
+        });
     }
     let mut queue = BinaryHeap::new();
     for i in 1..symbols.len() {
@@ -142,18 +156,37 @@ pub(crate) fn tokenize_word(v: &BpeVocab, word: &str, out: &mut Vec<u32>) {
                 word[s.start..s.start + s.len]
                     .bytes()
                     .filter(u8::is_ascii)
-                    .filter_map(|b| v.token_to_id.get(char::from(b).encode_utf8(&mut [0; 4]) as &str).copied()),
+                    .filter_map(|b| {
+                        v.token_to_id
+                            .get(char::from(b).encode_utf8(&mut [0; 4]) as &str)
+                            .copied()
+                    }),
             ),
         }
     }
 }
 
-fn try_add(v: &BpeVocab, word: &str, symbols: &[Symbol], left: Option<usize>, right: Option<usize>, queue: &mut BinaryHeap<Bigram>) {
-    let (Some(left), Some(right)) = (left, right) else { return };
+fn try_add(
+    v: &BpeVocab,
+    word: &str,
+    symbols: &[Symbol],
+    left: Option<usize>,
+    right: Option<usize>,
+    queue: &mut BinaryHeap<Bigram>,
+) {
+    let (Some(left), Some(right)) = (left, right) else {
+        return;
+    };
     let (l, r) = (&symbols[left], &symbols[right]);
     let lt = &word[l.start..l.start + l.len];
     let rt = &word[r.start..r.start + r.len];
     if let Some(rank) = v.ranks.rank((lt, l.id), (rt, r.id)) {
-        queue.push(Bigram { left, right, rank, left_len: l.len, right_len: r.len });
+        queue.push(Bigram {
+            left,
+            right,
+            rank,
+            left_len: l.len,
+            right_len: r.len,
+        });
     }
 }

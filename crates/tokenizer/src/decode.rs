@@ -14,7 +14,10 @@ impl Tokenizer {
     /// Control and unknown tokens give their text only when `special`; otherwise nothing.
     /// Errors for an id outside the vocabulary.
     pub fn token_to_piece(&self, id: u32, special: bool) -> Result<Vec<u8>> {
-        let text = self.piece(id).ok_or(Error::TokenOutOfRange { id, vocab_size: self.vocab_size() })?;
+        let text = self.piece(id).ok_or(Error::TokenOutOfRange {
+            id,
+            vocab_size: self.vocab_size(),
+        })?;
         let a = self.attr(id);
         let shown_only_if_special = attr::UNKNOWN | attr::CONTROL;
         if !special && a & shown_only_if_special != 0 {
@@ -41,14 +44,20 @@ impl Tokenizer {
     /// vocabulary adds them); `unparse_special` renders control tokens. With a space prefix
     /// (SPM), one leading space of the first piece is removed unless a BOS was dropped.
     /// Errors for an id outside the vocabulary.
-    pub fn detokenize(&self, ids: &[u32], remove_special: bool, unparse_special: bool) -> Result<Vec<u8>> {
+    pub fn detokenize(
+        &self,
+        ids: &[u32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Result<Vec<u8>> {
         let mut ids = ids;
         let mut remove_space = self.add_space_prefix;
         if remove_special && self.add_bos && !ids.is_empty() && Some(ids[0]) == self.ids.bos {
             remove_space = false;
             ids = &ids[1..];
         }
-        if remove_special && self.add_eos && ids.last().is_some_and(|&id| Some(id) == self.ids.eos) {
+        if remove_special && self.add_eos && ids.last().is_some_and(|&id| Some(id) == self.ids.eos)
+        {
             ids = &ids[..ids.len() - 1];
         }
         let mut out = Vec::with_capacity(ids.len() * 4);

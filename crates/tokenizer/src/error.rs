@@ -19,7 +19,11 @@ pub enum Error {
     BadKey { key: String, msg: String },
     /// A metadata array is shorter than the token list.
     #[error("metadata key `{key}` has {found} entries but there are {expected} tokens")]
-    ShortArray { key: String, found: usize, expected: usize },
+    ShortArray {
+        key: String,
+        found: usize,
+        expected: usize,
+    },
     /// The vocabulary holds no tokens.
     #[error("the vocabulary is empty (`tokenizer.ggml.tokens` / `model.vocab`)")]
     EmptyVocab,

@@ -58,21 +58,35 @@ impl Tokenizer {
         let mut cfg = Map::new();
         cfg.insert("add_bos_token".into(), json!(self.add_bos));
         cfg.insert("add_eos_token".into(), json!(self.add_eos));
-        for (key, id) in [("bos_token", self.ids.bos), ("eos_token", self.ids.eos), ("unk_token", self.ids.unk), ("pad_token", self.ids.pad)] {
+        for (key, id) in [
+            ("bos_token", self.ids.bos),
+            ("eos_token", self.ids.eos),
+            ("unk_token", self.ids.unk),
+            ("pad_token", self.ids.pad),
+        ] {
             if let Some(text) = id.and_then(|id| self.piece(id)) {
                 cfg.insert(key.into(), json!(text));
             }
         }
-        cfg.insert("clean_up_tokenization_spaces".into(), json!(self.clean_spaces));
+        cfg.insert(
+            "clean_up_tokenization_spaces".into(),
+            json!(self.clean_spaces),
+        );
         cfg.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
         serde_json::to_string_pretty(&Value::Object(cfg)).unwrap_or_default()
     }
 
     /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir` (created if needed).
     pub fn write_hf_dir(&self, dir: &Path) -> Result<()> {
-        let io = |path: &Path, source| Error::Io { file: path.display().to_string(), source };
+        let io = |path: &Path, source| Error::Io {
+            file: path.display().to_string(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        for (name, text) in [("tokenizer.json", self.to_tokenizer_json()), ("tokenizer_config.json", self.to_tokenizer_config_json())] {
+        for (name, text) in [
+            ("tokenizer.json", self.to_tokenizer_json()),
+            ("tokenizer_config.json", self.to_tokenizer_config_json()),
+        ] {
             let path = dir.join(name);
             std::fs::write(&path, text).map_err(|e| io(&path, e))?;
         }
@@ -89,7 +103,11 @@ impl Tokenizer {
         // Last id first, so that a repeated text keeps the id llama.cpp looks it up as.
         for id in (0..n).rev().filter(|&id| !self.is_user_defined(id)) {
             let text = self.piece(id).unwrap_or_default().to_string();
-            let key = if used.contains(&text) { format!("[DUP{id}]") } else { text };
+            let key = if used.contains(&text) {
+                format!("[DUP{id}]")
+            } else {
+                text
+            };
             used.insert(key.clone());
             keys.insert(id, key);
         }
@@ -103,7 +121,10 @@ impl Tokenizer {
                     ModelKind::Bpe => bytes::encode_bytes(&table, text.as_bytes()),
                     ModelKind::Spm => text.replace(' ', "\u{2581}"),
                 };
-                let key = [alphabet, text.to_string()].into_iter().find(|k| !used.contains(k)).unwrap_or_else(|| format!("[ADDED{id}]"));
+                let key = [alphabet, text.to_string()]
+                    .into_iter()
+                    .find(|k| !used.contains(k))
+                    .unwrap_or_else(|| format!("[ADDED{id}]"));
                 used.insert(key.clone());
                 keys.insert(id, key);
             }
@@ -136,7 +157,11 @@ impl Tokenizer {
         for (id, text) in self.vocab.tokens.iter().enumerate() {
             for (k, _) in text.char_indices().skip(1) {
                 let (a, b) = text.split_at(k);
-                if !a.contains(' ') && !b.contains(' ') && self.token_to_id.contains_key(a) && self.token_to_id.contains_key(b) {
+                if !a.contains(' ')
+                    && !b.contains(' ')
+                    && self.token_to_id.contains_key(a)
+                    && self.token_to_id.contains_key(b)
+                {
                     found.push((self.scores[id], id as u32, k, format!("{a} {b}")));
                 }
             }
@@ -168,10 +193,22 @@ impl Tokenizer {
 
     /// `TemplateProcessing` adding BOS/EOS when the tokenizer adds them.
     fn post_processor(&self) -> Value {
-        let bos = self.ids.bos.filter(|_| self.add_bos).and_then(|id| Some((id, self.piece(id)?)));
-        let eos = self.ids.eos.filter(|_| self.add_eos).and_then(|id| Some((id, self.piece(id)?)));
+        let bos = self
+            .ids
+            .bos
+            .filter(|_| self.add_bos)
+            .and_then(|id| Some((id, self.piece(id)?)));
+        let eos = self
+            .ids
+            .eos
+            .filter(|_| self.add_eos)
+            .and_then(|id| Some((id, self.piece(id)?)));
         if bos.is_none() && eos.is_none() {
-            return if self.vocab.model == ModelKind::Bpe { byte_level(false) } else { Value::Null };
+            return if self.vocab.model == ModelKind::Bpe {
+                byte_level(false)
+            } else {
+                Value::Null
+            };
         }
         let tok = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
         let seq = |s: &str| json!({"Sequence": {"id": s, "type_id": 0}});
@@ -181,7 +218,10 @@ impl Tokenizer {
         for (id, text) in bos.iter() {
             single.push(tok(text));
             pair.push(tok(text));
-            specials.insert(text.to_string(), json!({"id": text, "ids": [id], "tokens": [text]}));
+            specials.insert(
+                text.to_string(),
+                json!({"id": text, "ids": [id], "tokens": [text]}),
+            );
         }
         single.push(seq("A"));
         pair.push(seq("A"));
@@ -190,7 +230,10 @@ impl Tokenizer {
         for (id, text) in eos.iter() {
             single.push(tok(text));
             pair.push(tok(text));
-            specials.insert(text.to_string(), json!({"id": text, "ids": [id], "tokens": [text]}));
+            specials.insert(
+                text.to_string(),
+                json!({"id": text, "ids": [id], "tokens": [text]}),
+            );
         }
         json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
     }
@@ -208,8 +251,12 @@ fn split(pattern: &str) -> Value {
 fn pre_tokenizer(s: Splitter) -> Value {
     match s {
         Splitter::Gpt2 => byte_level(true),
-        Splitter::Llama3 => json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_PATTERN), byte_level(false)]}),
-        Splitter::DigitsGpt2 => json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        Splitter::Llama3 => {
+            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_PATTERN), byte_level(false)]})
+        }
+        Splitter::DigitsGpt2 => {
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]})
+        }
         Splitter::Default => {
             let mut steps: Vec<Value> = DEFAULT_PATTERNS.iter().map(|p| split(p)).collect();
             steps.push(byte_level(false));

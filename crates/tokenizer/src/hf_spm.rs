@@ -28,24 +28,39 @@ impl HfFiles {
         let read = |name: &str| -> Result<Value> {
             let path = dir.join(name);
             match std::fs::read_to_string(&path) {
-                Ok(text) => serde_json::from_str(&text).map_err(|source| Error::Json { file: name.into(), source }),
+                Ok(text) => serde_json::from_str(&text).map_err(|source| Error::Json {
+                    file: name.into(),
+                    source,
+                }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Value::Null),
-                Err(source) => Err(Error::Io { file: path.display().to_string(), source }),
+                Err(source) => Err(Error::Io {
+                    file: path.display().to_string(),
+                    source,
+                }),
             }
         };
-        Ok(HfFiles { config: read("tokenizer_config.json")?, model_config: read("config.json")?, added_tokens: read("added_tokens.json")? })
+        Ok(HfFiles {
+            config: read("tokenizer_config.json")?,
+            model_config: read("config.json")?,
+            added_tokens: read("added_tokens.json")?,
+        })
     }
 }
 
 /// Applies the directory's JSON files to the vocabulary of its `tokenizer.model`.
 pub(crate) fn apply(mut v: Vocab, files: &HfFiles) -> Result<Vocab> {
     let mc = &files.model_config;
-    let size = ["vocab_size_per_layer_input", "vocab_size"].iter().find_map(|k| mc[k].as_u64().or_else(|| mc["text_config"][k].as_u64()));
+    let size = ["vocab_size_per_layer_input", "vocab_size"]
+        .iter()
+        .find_map(|k| mc[k].as_u64().or_else(|| mc["text_config"][k].as_u64()));
     if let Some(size) = size {
         resize(&mut v, size)?;
     }
     let n = v.tokens.len();
-    let mut types = v.token_types.take().unwrap_or_else(|| vec![TokenType::Normal; n]);
+    let mut types = v
+        .token_types
+        .take()
+        .unwrap_or_else(|| vec![TokenType::Normal; n]);
     let mut scores = v.scores.take().unwrap_or_else(|| vec![0.0; n]);
     let mut set = |id: usize, text: String, ty: TokenType| {
         if id < n {
@@ -60,8 +75,14 @@ pub(crate) fn apply(mut v: Vocab, files: &HfFiles) -> Result<Vocab> {
         }
     }
     let cfg = &files.config;
-    for (id, data) in cfg["added_tokens_decoder"].as_object().into_iter().flatten() {
-        let (Ok(id), Some(content)) = (id.parse::<usize>(), data["content"].as_str()) else { continue };
+    for (id, data) in cfg["added_tokens_decoder"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        let (Ok(id), Some(content)) = (id.parse::<usize>(), data["content"].as_str()) else {
+            continue;
+        };
         if data["special"].as_bool() == Some(true) || looks_special(content) {
             set(id, content.to_string(), TokenType::Control);
         } else {
@@ -86,7 +107,9 @@ pub(crate) fn apply(mut v: Vocab, files: &HfFiles) -> Result<Vocab> {
         ("mask", &mut special.mask),
     ] {
         let key = format!("{key}_token_id");
-        let id = mc[&key].as_u64().or_else(|| mc["text_config"][&key].as_u64());
+        let id = mc[&key]
+            .as_u64()
+            .or_else(|| mc["text_config"][&key].as_u64());
         if let Some(id) = id.filter(|&id| (id as usize) < n) {
             *slot = Some(id as u32);
         }
@@ -98,11 +121,18 @@ pub(crate) fn apply(mut v: Vocab, files: &HfFiles) -> Result<Vocab> {
 /// the converter sizes its token list by the model's `vocab_size`.
 fn resize(v: &mut Vocab, size: u64) -> Result<()> {
     let n = v.tokens.len();
-    let size = usize::try_from(size).ok().filter(|&s| s > 0 && s <= 2 * n + 65_536);
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0 && s <= 2 * n + 65_536);
     let Some(size) = size else {
-        return Err(Error::HfFormat { file: "config.json".into(), msg: format!("vocab_size is 0 or far beyond the {n} pieces of tokenizer.model") });
+        return Err(Error::HfFormat {
+            file: "config.json".into(),
+            msg: format!("vocab_size is 0 or far beyond the {n} pieces of tokenizer.model"),
+        });
     };
-    let types = v.token_types.get_or_insert_with(|| vec![TokenType::Normal; n]);
+    let types = v
+        .token_types
+        .get_or_insert_with(|| vec![TokenType::Normal; n]);
     let scores = v.scores.get_or_insert_with(|| vec![0.0; n]);
     v.tokens.truncate(size);
     types.truncate(size);

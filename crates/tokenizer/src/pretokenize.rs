@@ -10,12 +10,17 @@ use crate::error::{Error, Result};
 use crate::unicode::Flags;
 
 /// GPT-2's pattern (llama.cpp's pre types gpt-2, mpt, olmo, ...).
-pub const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+pub const GPT2_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 /// Llama 3's pattern as written in its `tokenizer.json`.
-pub const LLAMA3_PATTERN: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The patterns of llama.cpp's "default" BPE pre-tokenizer, applied in turn.
-pub const DEFAULT_PATTERNS: [&str; 4] = [r"[\p{P}\$\+<=>\^~\|]+", GPT2_PATTERN, r"\p{N}+", r"[0-9][0-9][0-9]"];
+pub const DEFAULT_PATTERNS: [&str; 4] = [
+    r"[\p{P}\$\+<=>\^~\|]+",
+    GPT2_PATTERN,
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+];
 
 /// Which sequence of splits a pre-tokenizer type runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +52,17 @@ pub struct PreConfig {
 const PRE_TYPES: &[(&[&str], Splitter, bool, bool, bool)] = &[
     (&["default"], Splitter::Default, true, false, false),
     (
-        &["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"],
+        &[
+            "llama3",
+            "llama-v3",
+            "llama-bpe",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+            "jina-v5-nano",
+        ],
         Splitter::Llama3,
         true,
         true,
@@ -55,15 +70,55 @@ const PRE_TYPES: &[(&[&str], Splitter, bool, bool, bool)] = &[
     ),
     (&["dbrx", "smaug-bpe"], Splitter::Llama3, true, false, false),
     (
-        &["gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum", "modern-bert", "exaone4", "mpt", "olmo", "jais"],
+        &[
+            "gpt-2",
+            "phi-2",
+            "jina-es",
+            "jina-de",
+            "gigachat",
+            "jina-v2-es",
+            "jina-v2-de",
+            "a.x-4.0",
+            "mellum",
+            "modern-bert",
+            "exaone4",
+            "mpt",
+            "olmo",
+            "jais",
+        ],
         Splitter::Gpt2,
         true,
         false,
         false,
     ),
-    (&["trillion", "granite-docling"], Splitter::Gpt2, false, false, false),
-    (&["starcoder", "refact", "codeshell", "exaone", "minerva-7b", "mellum2"], Splitter::DigitsGpt2, true, false, false),
-    (&["smollm", "command-r"], Splitter::DigitsGpt2, false, false, false),
+    (
+        &["trillion", "granite-docling"],
+        Splitter::Gpt2,
+        false,
+        false,
+        false,
+    ),
+    (
+        &[
+            "starcoder",
+            "refact",
+            "codeshell",
+            "exaone",
+            "minerva-7b",
+            "mellum2",
+        ],
+        Splitter::DigitsGpt2,
+        true,
+        false,
+        false,
+    ),
+    (
+        &["smollm", "command-r"],
+        Splitter::DigitsGpt2,
+        false,
+        false,
+        false,
+    ),
 ];
 
 /// The settings of a byte-level BPE pre-tokenizer name; `None` (key absent) is "default".
@@ -72,13 +127,24 @@ pub fn pre_config(name: Option<&str>) -> Result<PreConfig> {
     PRE_TYPES
         .iter()
         .find(|(names, ..)| names.contains(&name))
-        .map(|&(_, splitter, clean_spaces, ignore_merges, add_bos)| PreConfig { splitter, clean_spaces, ignore_merges, add_bos })
+        .map(
+            |&(_, splitter, clean_spaces, ignore_merges, add_bos)| PreConfig {
+                splitter,
+                clean_spaces,
+                ignore_merges,
+                add_bos,
+            },
+        )
         .ok_or_else(|| Error::UnsupportedPre(name.to_string(), supported_names()))
 }
 
 /// The supported `tokenizer.ggml.pre` names, comma-separated.
 pub fn supported_names() -> String {
-    PRE_TYPES.iter().flat_map(|(names, ..)| names.iter().copied()).collect::<Vec<_>>().join(", ")
+    PRE_TYPES
+        .iter()
+        .flat_map(|(names, ..)| names.iter().copied())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Code points of the text with their classes.
@@ -127,11 +193,22 @@ pub fn split(text: &str, splitter: Splitter) -> Vec<&str> {
     for step in steps {
         let mut next = Vec::with_capacity(pieces.len());
         for r in &pieces {
-            step(Seg { t: &t, ini: r.start, end: r.end }, &mut next);
+            step(
+                Seg {
+                    t: &t,
+                    ini: r.start,
+                    end: r.end,
+                },
+                &mut next,
+            );
         }
         pieces = next;
     }
-    pieces.into_iter().filter(|r| !r.is_empty()).map(|r| &text[starts[r.start]..starts[r.end]]).collect()
+    pieces
+        .into_iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| &text[starts[r.start]..starts[r.end]])
+        .collect()
 }
 
 /// `'s|'t|'re|'ve|'m|'ll|'d` (with `lower` applied to the letters): the length matched at `pos`.
@@ -145,7 +222,10 @@ fn contraction(s: Seg, pos: usize, lower: fn(char) -> char) -> Option<usize> {
     }
     if pos + 2 < s.end {
         let pair = (next, s.cpt(pos + 2).map(lower));
-        if matches!(pair, (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))) {
+        if matches!(
+            pair,
+            (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))
+        ) {
             return Some(3);
         }
     }
@@ -159,7 +239,9 @@ fn is_other(f: Flags) -> bool {
 
 /// Length of the whitespace run at `pos`.
 fn whitespace_run(s: Seg, pos: usize) -> usize {
-    (pos..s.end).take_while(|&p| s.flags(p).is_whitespace()).count()
+    (pos..s.end)
+        .take_while(|&p| s.flags(p).is_whitespace())
+        .count()
 }
 
 /// GPT-2: `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
@@ -219,7 +301,9 @@ fn split_llama3(s: Seg, out: &mut Vec<Range<usize>>) {
             out.push(start..pos);
             continue;
         }
-        if !(c == '\r' || c == '\n' || f.is_number()) && (f.is_letter() || s.flags(pos + 1).is_letter()) {
+        if !(c == '\r' || c == '\n' || f.is_number())
+            && (f.is_letter() || s.flags(pos + 1).is_letter())
+        {
             pos += 1;
             while s.flags(pos).is_letter() {
                 pos += 1;
@@ -255,7 +339,9 @@ fn split_llama3(s: Seg, out: &mut Vec<Range<usize>>) {
             continue;
         }
         let n = whitespace_run(s, pos);
-        let last_newline = (pos..pos + n).rev().find(|&p| matches!(s.cpt(p), Some('\r' | '\n')));
+        let last_newline = (pos..pos + n)
+            .rev()
+            .find(|&p| matches!(s.cpt(p), Some('\r' | '\n')));
         if let Some(p) = last_newline {
             pos = p + 1;
         } else if n > 1 && pos + n < s.end {
@@ -294,7 +380,9 @@ fn split_matches(s: Seg, out: &mut Vec<Range<usize>>, find: impl Fn(usize) -> Op
 
 /// Length of the run of code points satisfying `pred` at `pos`, if non-empty.
 fn run(s: Seg, pos: usize, pred: impl Fn(char, Flags) -> bool) -> Option<usize> {
-    let n = (pos..s.end).take_while(|&p| pred(s.t.cpts[p], s.t.flags[p])).count();
+    let n = (pos..s.end)
+        .take_while(|&p| pred(s.t.cpts[p], s.t.flags[p]))
+        .count();
     (n > 0).then_some(n)
 }
 
@@ -310,7 +398,9 @@ fn number_runs(s: Seg, out: &mut Vec<Range<usize>>) {
 
 /// `[0-9][0-9][0-9]`.
 fn digit_triples(s: Seg, out: &mut Vec<Range<usize>>) {
-    split_matches(s, out, |p| (p + 3 <= s.end && s.t.cpts[p..p + 3].iter().all(char::is_ascii_digit)).then_some(3));
+    split_matches(s, out, |p| {
+        (p + 3 <= s.end && s.t.cpts[p..p + 3].iter().all(char::is_ascii_digit)).then_some(3)
+    });
 }
 
 /// `[\p{P}\$\+<=>\^~\|]+`. For ASCII, llama.cpp's `\p{P}` is its fixed list, which with the
@@ -332,7 +422,10 @@ mod tests {
 
     #[test]
     fn gpt2_keeps_space_before_word() {
-        assert_eq!(split("Hello  world's", Splitter::Gpt2), ["Hello", " ", " world", "'s"]);
+        assert_eq!(
+            split("Hello  world's", Splitter::Gpt2),
+            ["Hello", " ", " world", "'s"]
+        );
         assert_eq!(split("a\n\n b", Splitter::Gpt2), ["a", "\n\n", " b"]);
         assert_eq!(split("x   ", Splitter::Gpt2), ["x", "   "]);
     }
@@ -340,7 +433,10 @@ mod tests {
     #[test]
     fn llama3_groups_digits_by_three() {
         assert_eq!(split("12345 ab", Splitter::Llama3), ["123", "45", " ab"]);
-        assert_eq!(split("I'M ok!!\n\nx", Splitter::Llama3), ["I", "'M", " ok", "!!\n\n", "x"]);
+        assert_eq!(
+            split("I'M ok!!\n\nx", Splitter::Llama3),
+            ["I", "'M", " ok", "!!\n\n", "x"]
+        );
     }
 
     #[test]
@@ -350,12 +446,18 @@ mod tests {
 
     #[test]
     fn default_splits_punctuation_and_triples() {
-        assert_eq!(split("ab,cd 12345", Splitter::Default), ["ab", ",", "cd", " ", "123", "45"]);
+        assert_eq!(
+            split("ab,cd 12345", Splitter::Default),
+            ["ab", ",", "cd", " ", "123", "45"]
+        );
     }
 
     #[test]
     fn unknown_pre_is_an_error_naming_it() {
-        let err = pre_config(Some("qwen2")).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = pre_config(Some("qwen2"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("\"qwen2\""), "{err}");
     }
 }

@@ -47,11 +47,17 @@ impl<'a> Field<'a, '_> {
 
     /// An error about this field.
     pub fn error(&self, msg: impl Into<String>) -> Error {
-        Error::SpmModel { field: self.path(), msg: msg.into() }
+        Error::SpmModel {
+            field: self.path(),
+            msg: msg.into(),
+        }
     }
 
     fn wrong_type(&self, expected: &str) -> Error {
-        self.error(format!("has {}, expected {expected}", self.value.describe()))
+        self.error(format!(
+            "has {}, expected {expected}",
+            self.value.describe()
+        ))
     }
 
     /// A length-delimited value (string, bytes or sub-message).
@@ -64,7 +70,8 @@ impl<'a> Field<'a, '_> {
 
     /// A `string` field: length-delimited and valid UTF-8.
     pub fn string(&self) -> Result<&'a str> {
-        std::str::from_utf8(self.bytes()?).map_err(|e| self.error(format!("is not valid UTF-8 ({e})")))
+        std::str::from_utf8(self.bytes()?)
+            .map_err(|e| self.error(format!("is not valid UTF-8 ({e})")))
     }
 
     /// A varint field (`int32`, `enum`, `bool`, ...), as its raw 64 bits.
@@ -95,7 +102,10 @@ impl<'a> Field<'a, '_> {
 }
 
 fn join(path: &str, names: &[(u32, &str)], number: u32) -> String {
-    let name = names.iter().find(|(n, _)| *n == number).map_or_else(|| format!("field {number}"), |(_, s)| s.to_string());
+    let name = names
+        .iter()
+        .find(|(n, _)| *n == number)
+        .map_or_else(|| format!("field {number}"), |(_, s)| s.to_string());
     if path.is_empty() {
         name
     } else {
@@ -115,7 +125,12 @@ pub(crate) struct Reader<'a, 'p> {
 impl<'a, 'p> Reader<'a, 'p> {
     /// A reader over the bytes of one message.
     pub fn new(buf: &'a [u8], path: &'p str, names: &'static [(u32, &'static str)]) -> Self {
-        Reader { buf, pos: 0, path, names }
+        Reader {
+            buf,
+            pos: 0,
+            path,
+            names,
+        }
     }
 
     /// The next field, or `None` at the end of the message.
@@ -124,17 +139,35 @@ impl<'a, 'p> Reader<'a, 'p> {
             return Ok(None);
         }
         let (at, path) = (self.pos, self.path);
-        let here = || if path.is_empty() { format!("field tag at byte {at}") } else { format!("{path} (field tag at byte {at})") };
-        let tag = self.varint().map_err(|msg| Error::SpmModel { field: here(), msg })?;
-        let number = u32::try_from(tag >> 3).ok().filter(|&n| n != 0 && n < (1 << 29));
+        let here = || {
+            if path.is_empty() {
+                format!("field tag at byte {at}")
+            } else {
+                format!("{path} (field tag at byte {at})")
+            }
+        };
+        let tag = self
+            .varint()
+            .map_err(|msg| Error::SpmModel { field: here(), msg })?;
+        let number = u32::try_from(tag >> 3)
+            .ok()
+            .filter(|&n| n != 0 && n < (1 << 29));
         let Some(number) = number else {
-            return Err(Error::SpmModel { field: here(), msg: format!("field number {} is invalid", tag >> 3) });
+            return Err(Error::SpmModel {
+                field: here(),
+                msg: format!("field number {} is invalid", tag >> 3),
+            });
         };
         let names = self.names;
-        let err = |msg: String| Error::SpmModel { field: join(path, names, number), msg };
+        let err = |msg: String| Error::SpmModel {
+            field: join(path, names, number),
+            msg,
+        };
         let value = match tag & 7 {
             0 => Wire::Varint(self.varint().map_err(err)?),
-            1 => Wire::Fixed64(u64::from_le_bytes(self.take(8).map_err(err)?.try_into().unwrap_or([0; 8]))),
+            1 => Wire::Fixed64(u64::from_le_bytes(
+                self.take(8).map_err(err)?.try_into().unwrap_or([0; 8]),
+            )),
             2 => {
                 let len = self.varint().map_err(err)?;
                 let left = self.buf.len() - self.pos;
@@ -143,11 +176,23 @@ impl<'a, 'p> Reader<'a, 'p> {
                     None => return Err(err(format!("length {len} exceeds the {left} bytes left"))),
                 }
             }
-            5 => Wire::Fixed32(u32::from_le_bytes(self.take(4).map_err(err)?.try_into().unwrap_or([0; 4]))),
-            3 | 4 => return Err(err(format!("uses wire type {} (group), which SentencePiece models never contain", tag & 7))),
+            5 => Wire::Fixed32(u32::from_le_bytes(
+                self.take(4).map_err(err)?.try_into().unwrap_or([0; 4]),
+            )),
+            3 | 4 => {
+                return Err(err(format!(
+                    "uses wire type {} (group), which SentencePiece models never contain",
+                    tag & 7
+                )))
+            }
             w => return Err(err(format!("has invalid wire type {w}"))),
         };
-        Ok(Some(Field { number, value, path: self.path, names: self.names }))
+        Ok(Some(Field {
+            number,
+            value,
+            path: self.path,
+            names: self.names,
+        }))
     }
 
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
@@ -163,7 +208,9 @@ impl<'a, 'p> Reader<'a, 'p> {
     fn varint(&mut self) -> std::result::Result<u64, String> {
         let mut v = 0u64;
         for i in 0..10 {
-            let Some(&b) = self.buf.get(self.pos) else { return Err("truncated varint".to_string()) };
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err("truncated varint".to_string());
+            };
             self.pos += 1;
             if i == 9 && b > 1 {
                 return Err("varint overflows 64 bits".to_string());
@@ -286,14 +333,22 @@ mod tests {
         // Field 2, length-delimited, length 2^62.
         let buf = [0x12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40];
         let e = message(fields(&buf).unwrap_err());
-        assert!(e.contains("m.b") && e.contains("exceeds the 0 bytes left"), "{e}");
+        assert!(
+            e.contains("m.b") && e.contains("exceeds the 0 bytes left"),
+            "{e}"
+        );
     }
 
     #[test]
     fn truncated_and_overlong_varints_are_errors() {
         let e = message(fields(&[0x08, 0x80]).unwrap_err());
         assert!(e.contains("m.a") && e.contains("truncated varint"), "{e}");
-        let e = message(fields(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]).unwrap_err());
+        let e = message(
+            fields(&[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+            ])
+            .unwrap_err(),
+        );
         assert!(e.contains("overflows"), "{e}");
         let e = message(fields(&[0x80]).unwrap_err());
         assert!(e.contains("field tag at byte 0"), "{e}");
@@ -301,9 +356,12 @@ mod tests {
 
     #[test]
     fn bad_wire_types_and_field_numbers_are_errors() {
-        for (buf, want) in
-            [(&[0x0b][..], "group"), (&[0x0e][..], "invalid wire type 6"), (&[0x00][..], "field number 0"), (&[0x0d, 1, 2][..], "needs 4 bytes")]
-        {
+        for (buf, want) in [
+            (&[0x0b][..], "group"),
+            (&[0x0e][..], "invalid wire type 6"),
+            (&[0x00][..], "field number 0"),
+            (&[0x0d, 1, 2][..], "needs 4 bytes"),
+        ] {
             let e = message(fields(buf).unwrap_err());
             assert!(e.contains(want), "{buf:?}: {e}");
         }
@@ -315,7 +373,10 @@ mod tests {
         let mut r = Reader::new(&buf, "m", NAMES);
         let f = r.next_field()?.ok_or(Error::EmptyVocab)?;
         let e = message(f.string().unwrap_err());
-        assert!(e.contains("m.a") && e.contains("wire type 0 (varint), expected wire type 2"), "{e}");
+        assert!(
+            e.contains("m.a") && e.contains("wire type 0 (varint), expected wire type 2"),
+            "{e}"
+        );
         assert!(f.f32().is_err());
         assert!(f.bool()?);
         Ok(())
@@ -326,7 +387,9 @@ mod tests {
         let buf = [0x12, 0x01, 0xff];
         let mut r = Reader::new(&buf, "", NAMES);
         let f = r.next_field()?.ok_or(Error::EmptyVocab)?;
-        assert!(message(f.string().unwrap_err()).starts_with("tokenizer.model: b: is not valid UTF-8"));
+        assert!(
+            message(f.string().unwrap_err()).starts_with("tokenizer.model: b: is not valid UTF-8")
+        );
         Ok(())
     }
 }

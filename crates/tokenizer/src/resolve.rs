@@ -20,24 +20,82 @@ pub(crate) mod attr {
 
 /// Texts llama.cpp takes as end-of-turn when no `eot_token_id` is given (in its order).
 const EOT_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]",
-    "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
 ];
 const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
-const FIM_PRE_TEXTS: &[&str] =
-    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"];
-const FIM_SUF_TEXTS: &[&str] =
-    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"];
-const FIM_MID_TEXTS: &[&str] =
-    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"];
+const FIM_PRE_TEXTS: &[&str] = &[
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<｜fim▁begin｜>",
+    "<PRE>",
+    "▁<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+];
+const FIM_SUF_TEXTS: &[&str] = &[
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<｜fim▁hole｜>",
+    "<SUF>",
+    "▁<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+];
+const FIM_MID_TEXTS: &[&str] = &[
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<｜fim▁end｜>",
+    "<MID>",
+    "▁<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+];
 const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
+const FIM_REP_TEXTS: &[&str] = &[
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 /// Texts llama.cpp always counts as end of generation.
 const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>", "<|endoftext|>",
-    "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>",
-    "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
 ];
 
 /// The resolved special tokens and attributes of a vocabulary.
@@ -87,7 +145,10 @@ pub(crate) fn resolve(v: &Vocab, token_to_id: &HashMap<String, u32>) -> Resolved
         }
     }
 
-    let mut eog: BTreeSet<u32> = [ids.fim_pad, ids.fim_rep, ids.fim_sep].into_iter().flatten().collect();
+    let mut eog: BTreeSet<u32> = [ids.fim_pad, ids.fim_rep, ids.fim_sep]
+        .into_iter()
+        .flatten()
+        .collect();
     for text in EOG_TEXTS {
         if let Some(&id) = token_to_id.get(*text) {
             eog.insert(id);
@@ -103,13 +164,21 @@ pub(crate) fn resolve(v: &Vocab, token_to_id: &HashMap<String, u32>) -> Resolved
     eog.extend([ids.eos, ids.eot, ids.eom].into_iter().flatten());
     adjust_eog(v, &mut eog, &mut attrs);
 
-    let mut special_cache: Vec<u32> =
-        (0..n as u32).filter(|&id| attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0).collect();
+    let mut special_cache: Vec<u32> = (0..n as u32)
+        .filter(|&id| {
+            attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+        })
+        .collect();
     // llama.cpp's sort is not stable; equal lengths keep id order here.
     special_cache.sort_by_key(|&id| std::cmp::Reverse(v.tokens[id as usize].len()));
 
     strip_attrs(v, token_to_id, &special_cache, &mut attrs);
-    Resolved { attrs, ids, eog, special_cache }
+    Resolved {
+        attrs,
+        ids,
+        eog,
+        special_cache,
+    }
 }
 
 fn type_attr(t: TokenType) -> u16 {
@@ -128,8 +197,17 @@ fn type_attr(t: TokenType) -> u16 {
 /// range, then overridden by in-range ids from the file.
 fn special_ids(v: &Vocab, n: usize) -> SpecialIds {
     let mut ids = match v.model {
-        ModelKind::Spm => SpecialIds { bos: Some(1), eos: Some(2), unk: Some(0), ..SpecialIds::default() },
-        ModelKind::Bpe => SpecialIds { bos: Some(11), eos: Some(11), ..SpecialIds::default() },
+        ModelKind::Spm => SpecialIds {
+            bos: Some(1),
+            eos: Some(2),
+            unk: Some(0),
+            ..SpecialIds::default()
+        },
+        ModelKind::Bpe => SpecialIds {
+            bos: Some(11),
+            eos: Some(11),
+            ..SpecialIds::default()
+        },
     };
     let given = &v.special;
     let pairs = [
@@ -165,7 +243,10 @@ fn special_ids(v: &Vocab, n: usize) -> SpecialIds {
 fn adjust_eog(v: &Vocab, eog: &mut BTreeSet<u32>, attrs: &mut [u16]) {
     let text_of = |id: u32| v.tokens.get(id as usize).map(String::as_str);
     let has = |eog: &BTreeSet<u32>, t: &str| eog.iter().any(|&id| text_of(id) == Some(t));
-    let end = eog.iter().copied().find(|&id| text_of(id) == Some("<|end|>"));
+    let end = eog
+        .iter()
+        .copied()
+        .find(|&id| text_of(id) == Some("<|end|>"));
     let call = has(eog, "<|call|>") || has(eog, "<|calls|>");
     if let Some(end) = end {
         if call && (has(eog, "<|return|>") || has(eog, "<|flush|>")) {
@@ -184,7 +265,12 @@ fn adjust_eog(v: &Vocab, eog: &mut BTreeSet<u32>, attrs: &mut [u16]) {
 
 /// Per-model strip attributes llama.cpp sets by name: Phi-3's special tokens swallow the
 /// whitespace after them (except `<unk>`, `<s>`, `<|endoftext|>`).
-fn strip_attrs(v: &Vocab, token_to_id: &HashMap<String, u32>, special_cache: &[u32], attrs: &mut [u16]) {
+fn strip_attrs(
+    v: &Vocab,
+    token_to_id: &HashMap<String, u32>,
+    special_cache: &[u32],
+    attrs: &mut [u16],
+) {
     let name = v.name.as_deref().unwrap_or("").to_lowercase();
     if !(name.contains("phi-3") || name.contains("phi3")) {
         return;

@@ -24,14 +24,22 @@ pub(crate) struct Specials<'a> {
 
 /// Splits `text` into fragments.
 pub(crate) fn partition(s: &Specials, text: &str, parse_special: bool) -> Vec<Fragment> {
-    let mut frags = if text.is_empty() { Vec::new() } else { vec![Fragment::Text(0..text.len())] };
+    let mut frags = if text.is_empty() {
+        Vec::new()
+    } else {
+        vec![Fragment::Text(0..text.len())]
+    };
     for &id in s.order {
         let a = s.attrs[id as usize];
         if !parse_special && a & (attr::CONTROL | attr::UNKNOWN) != 0 {
             continue;
         }
         let needle = s.tokens[id as usize].as_str();
-        if needle.is_empty() || !frags.iter().any(|f| matches!(f, Fragment::Text(r) if text[r.clone()].contains(needle))) {
+        if needle.is_empty()
+            || !frags
+                .iter()
+                .any(|f| matches!(f, Fragment::Text(r) if text[r.clone()].contains(needle)))
+        {
             continue;
         }
         let mut next = Vec::with_capacity(frags.len() + 2);
@@ -88,27 +96,56 @@ mod tests {
 
     fn specials() -> (Vec<String>, Vec<u16>) {
         let tokens = ["a", "<c>", "<u>", "<cc>"].map(String::from).to_vec();
-        let attrs = vec![attr::NORMAL, attr::CONTROL, attr::USER_DEFINED, attr::CONTROL | attr::RSTRIP];
+        let attrs = vec![
+            attr::NORMAL,
+            attr::CONTROL,
+            attr::USER_DEFINED,
+            attr::CONTROL | attr::RSTRIP,
+        ];
         (tokens, attrs)
     }
 
     #[test]
     fn control_only_when_parsing_specials() {
         let (tokens, attrs) = specials();
-        let s = Specials { tokens: &tokens, attrs: &attrs, order: &[3, 1, 2] };
+        let s = Specials {
+            tokens: &tokens,
+            attrs: &attrs,
+            order: &[3, 1, 2],
+        };
         let text = "x<c>y<u>z";
-        assert_eq!(partition(&s, text, false), [Fragment::Text(0..5), Fragment::Token(2), Fragment::Text(8..9)]);
+        assert_eq!(
+            partition(&s, text, false),
+            [
+                Fragment::Text(0..5),
+                Fragment::Token(2),
+                Fragment::Text(8..9)
+            ]
+        );
         assert_eq!(
             partition(&s, text, true),
-            [Fragment::Text(0..1), Fragment::Token(1), Fragment::Text(4..5), Fragment::Token(2), Fragment::Text(8..9)]
+            [
+                Fragment::Text(0..1),
+                Fragment::Token(1),
+                Fragment::Text(4..5),
+                Fragment::Token(2),
+                Fragment::Text(8..9)
+            ]
         );
     }
 
     #[test]
     fn rstrip_drops_following_whitespace() {
         let (tokens, attrs) = specials();
-        let s = Specials { tokens: &tokens, attrs: &attrs, order: &[3, 1, 2] };
+        let s = Specials {
+            tokens: &tokens,
+            attrs: &attrs,
+            order: &[3, 1, 2],
+        };
         assert_eq!(partition(&s, "<cc>  \n", true), [Fragment::Token(3)]);
-        assert_eq!(partition(&s, "<cc> q<cc>", true), [Fragment::Token(3), Fragment::Text(5..6), Fragment::Token(3)]);
+        assert_eq!(
+            partition(&s, "<cc> q<cc>", true),
+            [Fragment::Token(3), Fragment::Text(5..6), Fragment::Token(3)]
+        );
     }
 }

@@ -40,7 +40,9 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     /// Max-heap order: higher score first, then the leftmost pair.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.left.cmp(&self.left))
     }
 }
 
@@ -58,7 +60,12 @@ pub(crate) fn tokenize(v: &SpmVocab, text: &str, out: &mut Vec<u32>) {
     for (i, (start, c)) in text.char_indices().enumerate() {
         let len = c.len_utf8();
         let next = (start + len < text.len()).then_some(i + 1);
-        symbols.push(Symbol { start, len, prev: i.checked_sub(1), next });
+        symbols.push(Symbol {
+            start,
+            len,
+            prev: i.checked_sub(1),
+            next,
+        });
     }
     let mut queue = BinaryHeap::new();
     for i in 1..symbols.len() {
@@ -89,14 +96,28 @@ pub(crate) fn tokenize(v: &SpmVocab, text: &str, out: &mut Vec<u32>) {
 }
 
 /// Queues the merge of two neighbours if their concatenation is a token.
-fn try_add(v: &SpmVocab, text: &str, symbols: &[Symbol], left: Option<usize>, right: Option<usize>, queue: &mut BinaryHeap<Bigram>) {
-    let (Some(left), Some(right)) = (left, right) else { return };
+fn try_add(
+    v: &SpmVocab,
+    text: &str,
+    symbols: &[Symbol],
+    left: Option<usize>,
+    right: Option<usize>,
+    queue: &mut BinaryHeap<Bigram>,
+) {
+    let (Some(left), Some(right)) = (left, right) else {
+        return;
+    };
     let (l, r) = (&symbols[left], &symbols[right]);
     let piece = &text[l.start..l.start + l.len + r.len];
     if let Some(&id) = v.token_to_id.get(piece) {
         // `+ 0.0` turns -0.0 into 0.0, which C++'s `<` treats as equal.
         let score = v.scores.get(id as usize).copied().unwrap_or(0.0) + 0.0;
-        queue.push(Bigram { left, right, score, size: piece.len() });
+        queue.push(Bigram {
+            left,
+            right,
+            score,
+            size: piece.len(),
+        });
     }
 }
 

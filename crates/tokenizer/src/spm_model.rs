@@ -28,7 +28,13 @@ const BPE: u64 = 2;
 const UNIGRAM_REFUSED: &str = "is UNIGRAM (1); only BPE (2) models are supported \
     (llama.cpp runs Unigram models with its `t5` tokenizer, which ferrollama does not implement)";
 
-const MODEL_FIELDS: &[(u32, &str)] = &[(1, "pieces"), (2, "trainer_spec"), (3, "normalizer_spec"), (4, "self_test_data"), (5, "denormalizer_spec")];
+const MODEL_FIELDS: &[(u32, &str)] = &[
+    (1, "pieces"),
+    (2, "trainer_spec"),
+    (3, "normalizer_spec"),
+    (4, "self_test_data"),
+    (5, "denormalizer_spec"),
+];
 const PIECE_FIELDS: &[(u32, &str)] = &[(1, "piece"), (2, "score"), (3, "type")];
 const TRAINER_FIELDS: &[(u32, &str)] = &[
     (3, "model_type"),
@@ -44,7 +50,12 @@ const TRAINER_FIELDS: &[(u32, &str)] = &[
     (47, "eos_piece"),
     (48, "pad_piece"),
 ];
-const NORMALIZER_FIELDS: &[(u32, &str)] = &[(1, "name"), (3, "add_dummy_prefix"), (4, "remove_extra_whitespaces"), (5, "escape_whitespaces")];
+const NORMALIZER_FIELDS: &[(u32, &str)] = &[
+    (1, "name"),
+    (3, "add_dummy_prefix"),
+    (4, "remove_extra_whitespaces"),
+    (5, "escape_whitespaces"),
+];
 
 /// One `ModelProto.SentencePiece`.
 struct Piece {
@@ -64,7 +75,12 @@ struct Model {
 /// Parses a `ModelProto`. A sub-message given twice is merged, as protobuf does.
 fn parse(bytes: &[u8]) -> Result<Model> {
     // Defaults of sentencepiece_model.proto: UNIGRAM, unk 0, bos 1, eos 2, pad -1, dummy prefix on.
-    let mut m = Model { pieces: Vec::new(), model_type: UNIGRAM, ids: [0, 1, 2, -1], add_dummy_prefix: true };
+    let mut m = Model {
+        pieces: Vec::new(),
+        model_type: UNIGRAM,
+        ids: [0, 1, 2, -1],
+        add_dummy_prefix: true,
+    };
     let mut r = Reader::new(bytes, "", MODEL_FIELDS);
     while let Some(f) = r.next_field()? {
         match f.number {
@@ -81,7 +97,11 @@ fn parse(bytes: &[u8]) -> Result<Model> {
 }
 
 fn parse_piece(bytes: &[u8], path: &str) -> Result<Piece> {
-    let mut p = Piece { text: String::new(), score: 0.0, kind: piece_type::NORMAL };
+    let mut p = Piece {
+        text: String::new(),
+        score: 0.0,
+        kind: piece_type::NORMAL,
+    };
     let mut r = Reader::new(bytes, path, PIECE_FIELDS);
     while let Some(f) = r.next_field()? {
         match f.number {
@@ -89,7 +109,11 @@ fn parse_piece(bytes: &[u8], path: &str) -> Result<Piece> {
             2 => p.score = f.f32()?,
             // An enum value the proto does not define is kept as an unknown field by protobuf,
             // leaving the default NORMAL.
-            3 => p.kind = Some(f.varint()?).filter(|k| (1..=6).contains(k)).unwrap_or(piece_type::NORMAL),
+            3 => {
+                p.kind = Some(f.varint()?)
+                    .filter(|k| (1..=6).contains(k))
+                    .unwrap_or(piece_type::NORMAL)
+            }
             _ => {}
         }
     }
@@ -144,11 +168,19 @@ impl Vocab {
     /// was) tokenize exactly as the `sentencepiece` library does.
     pub fn from_sentencepiece_bytes(bytes: &[u8]) -> Result<Vocab> {
         let m = parse(bytes)?;
-        let err = |field: &str, msg: String| Error::SpmModel { field: field.to_string(), msg };
+        let err = |field: &str, msg: String| Error::SpmModel {
+            field: field.to_string(),
+            msg,
+        };
         match m.model_type {
             BPE => {}
             UNIGRAM => return Err(err("trainer_spec.model_type", UNIGRAM_REFUSED.into())),
-            t => return Err(err("trainer_spec.model_type", format!("is {t} (WORD = 3, CHAR = 4, or unknown); only BPE (2) models are supported"))),
+            t => return Err(err(
+                "trainer_spec.model_type",
+                format!(
+                    "is {t} (WORD = 3, CHAR = 4, or unknown); only BPE (2) models are supported"
+                ),
+            )),
         }
         if m.pieces.is_empty() {
             return Err(Error::EmptyVocab);
@@ -156,10 +188,19 @@ impl Vocab {
         let mut seen: HashMap<&str, usize> = HashMap::with_capacity(m.pieces.len());
         for (i, p) in m.pieces.iter().enumerate() {
             if p.text.is_empty() {
-                return Err(err(&format!("pieces[{i}].piece"), "is empty (sentencepiece refuses such a model)".into()));
+                return Err(err(
+                    &format!("pieces[{i}].piece"),
+                    "is empty (sentencepiece refuses such a model)".into(),
+                ));
             }
             if let Some(first) = seen.insert(&p.text, i) {
-                return Err(err(&format!("pieces[{i}].piece"), format!("{:?} repeats pieces[{first}] (sentencepiece refuses such a model)", p.text)));
+                return Err(err(
+                    &format!("pieces[{i}].piece"),
+                    format!(
+                        "{:?} repeats pieces[{first}] (sentencepiece refuses such a model)",
+                        p.text
+                    ),
+                ));
             }
         }
         let id = |v: i32| u32::try_from(v).ok();
@@ -177,7 +218,13 @@ impl Vocab {
             scores: Some(m.pieces.iter().map(|p| p.score).collect()),
             tokens: m.pieces.into_iter().map(|p| p.text).collect(),
             merges: Vec::new(),
-            special: SpecialIds { unk: id(m.ids[0]), bos: id(m.ids[1]), eos: id(m.ids[2]), pad: id(m.ids[3]), ..SpecialIds::default() },
+            special: SpecialIds {
+                unk: id(m.ids[0]),
+                bos: id(m.ids[1]),
+                eos: id(m.ids[2]),
+                pad: id(m.ids[3]),
+                ..SpecialIds::default()
+            },
             add_bos: None,
             add_eos: None,
             add_space_prefix: Some(m.add_dummy_prefix),
@@ -190,7 +237,10 @@ impl Tokenizer {
     /// Loads a SentencePiece BPE `tokenizer.model` (see [`Vocab::from_sentencepiece_bytes`]).
     pub fn from_sentencepiece_model(path: impl AsRef<Path>) -> Result<Tokenizer> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { file: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
         Tokenizer::from_sentencepiece_bytes(&bytes)
     }
 
@@ -220,12 +270,20 @@ impl Tokenizer {
             .tokens
             .iter()
             .zip(&kinds)
-            .map(|(t, &k)| if k == piece_type::USER_DEFINED { t.replace(' ', "\u{2581}") } else { t.clone() })
+            .map(|(t, &k)| {
+                if k == piece_type::USER_DEFINED {
+                    t.replace(' ', "\u{2581}")
+                } else {
+                    t.clone()
+                }
+            })
             .collect();
         let mut seen: HashMap<&str, usize> = HashMap::with_capacity(texts.len());
         for (i, t) in texts.iter().enumerate() {
             if let Some(first) = seen.insert(t, i) {
-                return Err(Error::SpmExport(format!("tokens {first} and {i} are both {t:?}; sentencepiece needs unique pieces")));
+                return Err(Error::SpmExport(format!(
+                    "tokens {first} and {i} are both {t:?}; sentencepiece needs unique pieces"
+                )));
             }
         }
         let byte_fallback = byte_fallback(&texts, &kinds)?;
@@ -275,7 +333,10 @@ impl Tokenizer {
             Some(t) => t.iter().take(n).map(|&t| piece_type_of(t)).collect(),
             None => vec![piece_type::NORMAL; n],
         };
-        let first_unknown = kinds.iter().position(|&k| k == piece_type::UNKNOWN).map(|i| i as u32);
+        let first_unknown = kinds
+            .iter()
+            .position(|&k| k == piece_type::UNKNOWN)
+            .map(|i| i as u32);
         let Some(unk) = self.ids.unk.filter(|&u| (u as usize) < n).or(first_unknown) else {
             return Err(Error::SpmExport("no unknown token: sentencepiece needs one (give the vocabulary an unknown_token_id)".into()));
         };
@@ -302,19 +363,37 @@ fn piece_type_of(t: TokenType) -> u64 {
 fn byte_fallback(texts: &[String], kinds: &[u64]) -> Result<bool> {
     let mut found = [false; 256];
     let mut any = false;
-    for (t, _) in texts.iter().zip(kinds).filter(|(_, &k)| k == piece_type::BYTE) {
+    for (t, _) in texts
+        .iter()
+        .zip(kinds)
+        .filter(|(_, &k)| k == piece_type::BYTE)
+    {
         // sentencepiece knows exactly the 256 texts `<0x%02X>`: upper-case hex only.
-        let upper_hex = |h: &&str| h.len() == 2 && h.bytes().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c));
-        let hex = t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).filter(upper_hex);
+        let upper_hex = |h: &&str| {
+            h.len() == 2
+                && h.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+        };
+        let hex = t
+            .strip_prefix("<0x")
+            .and_then(|h| h.strip_suffix('>'))
+            .filter(upper_hex);
         match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
             Some(b) => found[usize::from(b)] = true,
-            None => return Err(Error::SpmExport(format!("byte token {t:?} is not of the form <0xNN>"))),
+            None => {
+                return Err(Error::SpmExport(format!(
+                    "byte token {t:?} is not of the form <0xNN>"
+                )))
+            }
         }
         any = true;
     }
     let missing = found.iter().filter(|&&f| !f).count();
     if any && missing > 0 {
-        return Err(Error::SpmExport(format!("byte tokens cover only {} of the 256 bytes; sentencepiece's byte fallback needs all", 256 - missing)));
+        return Err(Error::SpmExport(format!(
+            "byte tokens cover only {} of the 256 bytes; sentencepiece's byte fallback needs all",
+            256 - missing
+        )));
     }
     Ok(any)
 }

@@ -74,7 +74,11 @@ impl Tokenizer {
         if n == 0 {
             return Err(Error::EmptyVocab);
         }
-        let short = |key: &str, found: usize| Error::ShortArray { key: key.to_string(), found, expected: n };
+        let short = |key: &str, found: usize| Error::ShortArray {
+            key: key.to_string(),
+            found,
+            expected: n,
+        };
         if let Some(s) = vocab.scores.as_ref().filter(|s| s.len() < n) {
             return Err(short("tokenizer.ggml.scores", s.len()));
         }
@@ -87,7 +91,12 @@ impl Tokenizer {
                 *t = format!("[EMPTY_{i}]");
             }
         }
-        let token_to_id: HashMap<String, u32> = vocab.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let token_to_id: HashMap<String, u32> = vocab
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let pre = match vocab.model {
             ModelKind::Bpe => Some(pretokenize::pre_config(vocab.pre.as_deref())?),
             ModelKind::Spm => None,
@@ -127,7 +136,11 @@ impl Tokenizer {
     /// (user-defined tokens are always matched). Where llama.cpp would throw because an
     /// SPM vocabulary lacks a byte-fallback token, that byte is skipped.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
-        let specials = Specials { tokens: &self.vocab.tokens, attrs: &self.attrs, order: &self.special_cache };
+        let specials = Specials {
+            tokens: &self.vocab.tokens,
+            attrs: &self.attrs,
+            order: &self.special_cache,
+        };
         let fragments = special::partition(&specials, text, parse_special);
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {
@@ -144,7 +157,11 @@ impl Tokenizer {
     }
 
     fn encode_spm(&self, text: &str, fragments: &[Fragment], out: &mut Vec<u32>) {
-        let v = SpmVocab { token_to_id: &self.token_to_id, scores: &self.scores, byte_tokens: &self.byte_tokens };
+        let v = SpmVocab {
+            token_to_id: &self.token_to_id,
+            scores: &self.scores,
+            byte_tokens: &self.byte_tokens,
+        };
         // A fragment at the start or after a special token gets the space prefix.
         let mut prev_special = true;
         for f in fragments {
@@ -167,7 +184,11 @@ impl Tokenizer {
     }
 
     fn encode_bpe(&self, text: &str, fragments: &[Fragment], pre: PreConfig, out: &mut Vec<u32>) {
-        let v = BpeVocab { token_to_id: &self.token_to_id, ranks: &self.ranks, ignore_merges: pre.ignore_merges };
+        let v = BpeVocab {
+            token_to_id: &self.token_to_id,
+            ranks: &self.ranks,
+            ignore_merges: pre.ignore_merges,
+        };
         let table = bytes::byte_table();
         for f in fragments {
             match f {
@@ -307,9 +328,15 @@ fn byte_tokens(model: ModelKind, token_to_id: &HashMap<String, u32>) -> [Option<
         *slot = match model {
             ModelKind::Spm => token_to_id
                 .get(&format!("<0x{b:02X}>"))
-                .or_else(|| std::str::from_utf8(&[b]).ok().and_then(|s| token_to_id.get(s)))
+                .or_else(|| {
+                    std::str::from_utf8(&[b])
+                        .ok()
+                        .and_then(|s| token_to_id.get(s))
+                })
                 .copied(),
-            ModelKind::Bpe => token_to_id.get(bytes::byte_to_char(b).encode_utf8(&mut [0; 4]) as &str).copied(),
+            ModelKind::Bpe => token_to_id
+                .get(bytes::byte_to_char(b).encode_utf8(&mut [0; 4]) as &str)
+                .copied(),
         };
     }
     out

@@ -33,9 +33,15 @@ impl Flags {
     pub fn of(c: char) -> Flags {
         let cpt = c as u32;
         // The last range starting at or before `cpt`; the table starts at 0.
-        let i = CATEGORY_RANGES.partition_point(|&(start, _)| start <= cpt).saturating_sub(1);
+        let i = CATEGORY_RANGES
+            .partition_point(|&(start, _)| start <= cpt)
+            .saturating_sub(1);
         let category = u16::from(CATEGORY_RANGES[i].1);
-        let ws = if is_whitespace(cpt) { Self::WHITESPACE } else { 0 };
+        let ws = if is_whitespace(cpt) {
+            Self::WHITESPACE
+        } else {
+            0
+        };
         Flags(category | ws)
     }
 

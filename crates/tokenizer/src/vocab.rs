@@ -156,23 +156,41 @@ impl Vocab {
             "gpt2" => ModelKind::Bpe,
             other => return Err(Error::UnsupportedModel(other.to_string())),
         };
-        let pre = optional(g, "tokenizer.ggml.pre", |k| g.get_str(k).map(str::to_string))?;
-        let tokens: Vec<String> = g.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(str::to_string).collect();
+        let pre = optional(g, "tokenizer.ggml.pre", |k| {
+            g.get_str(k).map(str::to_string)
+        })?;
+        let tokens: Vec<String> = g
+            .get_str_array("tokenizer.ggml.tokens")?
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         let n = tokens.len();
         let scores = optional(g, "tokenizer.ggml.scores", |k| g.get_f32_array(k))?;
         let types = optional(g, "tokenizer.ggml.token_type", |k| g.get_i64_array(k))?;
         let token_types = types.map(|t| t.into_iter().map(TokenType::from_i64).collect::<Vec<_>>());
         check_len("tokenizer.ggml.scores", scores.as_ref().map(Vec::len), n)?;
-        check_len("tokenizer.ggml.token_type", token_types.as_ref().map(Vec::len), n)?;
+        check_len(
+            "tokenizer.ggml.token_type",
+            token_types.as_ref().map(Vec::len),
+            n,
+        )?;
         let merges = match model {
-            ModelKind::Bpe => g.get_str_array("tokenizer.ggml.merges")?.into_iter().map(str::to_string).collect(),
+            ModelKind::Bpe => g
+                .get_str_array("tokenizer.ggml.merges")?
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
             ModelKind::Spm => Vec::new(),
         };
         let mut special = SpecialIds::default();
         for (suffix, slot) in special.fields_mut() {
             *slot = read_id(g, &format!("{PREFIX}{suffix}"))?;
         }
-        for (suffix, slot) in [("prefix_token_id", &mut special.fim_pre), ("suffix_token_id", &mut special.fim_suf), ("middle_token_id", &mut special.fim_mid)] {
+        for (suffix, slot) in [
+            ("prefix_token_id", &mut special.fim_pre),
+            ("suffix_token_id", &mut special.fim_suf),
+            ("middle_token_id", &mut special.fim_mid),
+        ] {
             if let Some(id) = read_id(g, &format!("{PREFIX}{suffix}"))? {
                 *slot = Some(id);
             }
@@ -197,17 +215,37 @@ impl Vocab {
     /// vocabulary (for writing a GGUF with `ferrollama_gguf::GgufWriter`). `general.name`
     /// is not included.
     pub fn to_gguf_metadata(&self) -> Vec<(String, Value)> {
-        let strings = |v: &[String]| Value::Array(ValueType::String, v.iter().map(|s| Value::String(s.clone())).collect());
-        let mut out = vec![(format!("{PREFIX}model"), Value::String(self.model.gguf_name().to_string()))];
+        let strings = |v: &[String]| {
+            Value::Array(
+                ValueType::String,
+                v.iter().map(|s| Value::String(s.clone())).collect(),
+            )
+        };
+        let mut out = vec![(
+            format!("{PREFIX}model"),
+            Value::String(self.model.gguf_name().to_string()),
+        )];
         if let Some(pre) = &self.pre {
             out.push((format!("{PREFIX}pre"), Value::String(pre.clone())));
         }
         out.push((format!("{PREFIX}tokens"), strings(&self.tokens)));
         if let Some(scores) = &self.scores {
-            out.push((format!("{PREFIX}scores"), Value::Array(ValueType::F32, scores.iter().map(|&s| Value::F32(s)).collect())));
+            out.push((
+                format!("{PREFIX}scores"),
+                Value::Array(
+                    ValueType::F32,
+                    scores.iter().map(|&s| Value::F32(s)).collect(),
+                ),
+            ));
         }
         if let Some(types) = &self.token_types {
-            out.push((format!("{PREFIX}token_type"), Value::Array(ValueType::I32, types.iter().map(|&t| Value::I32(t as i32)).collect())));
+            out.push((
+                format!("{PREFIX}token_type"),
+                Value::Array(
+                    ValueType::I32,
+                    types.iter().map(|&t| Value::I32(t as i32)).collect(),
+                ),
+            ));
         }
         if self.model == ModelKind::Bpe {
             out.push((format!("{PREFIX}merges"), strings(&self.merges)));
@@ -218,7 +256,11 @@ impl Vocab {
                 out.push((format!("{PREFIX}{suffix}"), Value::U32(id)));
             }
         }
-        for (key, flag) in [("add_bos_token", self.add_bos), ("add_eos_token", self.add_eos), ("add_space_prefix", self.add_space_prefix)] {
+        for (key, flag) in [
+            ("add_bos_token", self.add_bos),
+            ("add_eos_token", self.add_eos),
+            ("add_space_prefix", self.add_space_prefix),
+        ] {
             if let Some(b) = flag {
                 out.push((format!("{PREFIX}{key}"), Value::Bool(b)));
             }
@@ -228,7 +270,11 @@ impl Vocab {
 }
 
 /// Reads a key only if present.
-fn optional<T>(g: &Gguf, key: &str, read: impl FnOnce(&str) -> ferrollama_gguf::Result<T>) -> Result<Option<T>> {
+fn optional<T>(
+    g: &Gguf,
+    key: &str,
+    read: impl FnOnce(&str) -> ferrollama_gguf::Result<T>,
+) -> Result<Option<T>> {
     match g.get(key) {
         Some(_) => Ok(Some(read(key)?)),
         None => Ok(None),
@@ -240,13 +286,20 @@ fn read_id(g: &Gguf, key: &str) -> Result<Option<u32>> {
     let Some(v) = g.get(key) else { return Ok(None) };
     match v.as_int() {
         Some(i) => Ok(Some(u32::try_from(i).unwrap_or(u32::MAX))),
-        None => Err(Error::BadKey { key: key.to_string(), msg: format!("should be an integer token id, found {}", v.describe()) }),
+        None => Err(Error::BadKey {
+            key: key.to_string(),
+            msg: format!("should be an integer token id, found {}", v.describe()),
+        }),
     }
 }
 
 fn check_len(key: &str, found: Option<usize>, expected: usize) -> Result<()> {
     match found {
-        Some(found) if found < expected => Err(Error::ShortArray { key: key.to_string(), found, expected }),
+        Some(found) if found < expected => Err(Error::ShortArray {
+            key: key.to_string(),
+            found,
+            expected,
+        }),
         _ => Ok(()),
     }
 }

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use ferrollama_tokenizer::{Error, Tokenizer};
 
 fn id(tok: &Tokenizer, text: &str) -> Result<u32> {
-    tok.token_id(text).with_context(|| format!("{text:?} is not a token"))
+    tok.token_id(text)
+        .with_context(|| format!("{text:?} is not a token"))
 }
 
 #[test]
@@ -15,7 +16,10 @@ fn spm_space_marker_becomes_a_space() -> Result<()> {
     let tok = common::vocab("llama-spm")?;
     let hello = id(&tok, "▁Hello")?;
     assert_eq!(tok.token_to_piece(hello, false)?, b" Hello");
-    assert_eq!(tok.encode("Hello world", false, false), [hello, id(&tok, "▁world")?]);
+    assert_eq!(
+        tok.encode("Hello world", false, false),
+        [hello, id(&tok, "▁world")?]
+    );
     // A leading space of the text stays a token of its own after the added prefix space.
     assert_eq!(tok.encode(" Hello", false, false), [id(&tok, "▁")?, hello]);
     // A literal ▁ in the input is indistinguishable from an escaped space.
@@ -71,7 +75,11 @@ fn bpe_clean_spaces_as_llama_cpp() -> Result<()> {
     let tok = common::vocab("gpt-2")?;
     assert!(tok.clean_spaces());
     let ids = tok.encode("Hi , you ' re here .", false, false);
-    let raw: Vec<u8> = ids.iter().map(|&i| tok.token_to_piece(i, false)).collect::<Result<Vec<_>, _>>()?.concat();
+    let raw: Vec<u8> = ids
+        .iter()
+        .map(|&i| tok.token_to_piece(i, false))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
     assert_eq!(raw, b"Hi , you ' re here .");
     assert_eq!(tok.decode(&ids, false)?, b"Hi, you're here.");
     let smol = common::smollm2()?;
@@ -85,7 +93,10 @@ fn bpe_clean_spaces_as_llama_cpp() -> Result<()> {
 fn out_of_range_ids_are_errors() -> Result<()> {
     for tok in [common::vocab("llama-spm")?, common::smollm2()?] {
         let n = tok.vocab_size() as u32;
-        let err = tok.token_to_piece(n, true).err().context("no error for id = vocab size")?;
+        let err = tok
+            .token_to_piece(n, true)
+            .err()
+            .context("no error for id = vocab size")?;
         assert!(matches!(err, Error::TokenOutOfRange { id, .. } if id == n));
         assert!(err.to_string().contains("out of range"), "{err}");
         assert!(tok.decode(&[0, u32::MAX], false).is_err());
@@ -99,13 +110,21 @@ fn out_of_range_ids_are_errors() -> Result<()> {
 fn byte_token_coverage() -> Result<()> {
     for name in ["gpt-2", "llama-bpe", "llama-spm"] {
         let tok = common::vocab(name)?;
-        assert!((0..=255u8).all(|b| tok.byte_token(b).is_some()), "{name} lacks a byte token");
+        assert!(
+            (0..=255u8).all(|b| tok.byte_token(b).is_some()),
+            "{name} lacks a byte token"
+        );
     }
     // SmolLM2 was trained without some bytes; llama.cpp drops them when encoding.
     let smol = common::smollm2()?;
-    let missing: Vec<u8> = (0..=255u8).filter(|&b| smol.byte_token(b).is_none()).collect();
+    let missing: Vec<u8> = (0..=255u8)
+        .filter(|&b| smol.byte_token(b).is_none())
+        .collect();
     assert_eq!(missing.len(), 21, "{missing:x?}");
     assert!(missing.contains(&0xF1) && missing.contains(&0x04));
-    assert_eq!(smol.decode(&smol.encode("a\u{4}b", false, false), false)?, b"ab");
+    assert_eq!(
+        smol.decode(&smol.encode("a\u{4}b", false, false), false)?,
+        b"ab"
+    );
     Ok(())
 }

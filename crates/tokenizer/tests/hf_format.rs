@@ -42,7 +42,16 @@ fn llama3_json(merges: Value) -> String {
 
 #[test]
 fn llama3_shape_with_pair_merges() -> Result<()> {
-    let tok = Tokenizer::from_hf_json(&llama3_json(json!([["h", "e"], ["l", "l"], ["he", "ll"], ["hell", "o"], ["Ġ", "h"]])), None)?;
+    let tok = Tokenizer::from_hf_json(
+        &llama3_json(json!([
+            ["h", "e"],
+            ["l", "l"],
+            ["he", "ll"],
+            ["hell", "o"],
+            ["Ġ", "h"]
+        ])),
+        None,
+    )?;
     assert_eq!(tok.model(), ModelKind::Bpe);
     assert_eq!(tok.splitter(), Some(Splitter::Llama3));
     assert!(tok.add_bos(), "BOS comes from the TemplateProcessing");
@@ -60,7 +69,10 @@ fn llama3_shape_with_pair_merges() -> Result<()> {
 #[test]
 fn config_overrides_template_and_names_specials() -> Result<()> {
     let config = json!({"add_bos_token": false, "bos_token": {"content": "<|begin_of_text|>"}, "eos_token": "<|eot_id|>"}).to_string();
-    let tok = Tokenizer::from_hf_json(&llama3_json(json!(["h e", "l l", "he ll", "hell o"])), Some(&config))?;
+    let tok = Tokenizer::from_hf_json(
+        &llama3_json(json!(["h e", "l l", "he ll", "hell o"])),
+        Some(&config),
+    )?;
     assert!(!tok.add_bos());
     assert_eq!((tok.bos(), tok.eos()), (Some(10), Some(11)));
     Ok(())
@@ -125,29 +137,42 @@ fn llama2_shape_becomes_spm() -> Result<()> {
     assert_eq!(tok.encode("ab", true, false), [1, id("▁ab")?]);
     assert_eq!(tok.encode("c", false, false), [id("▁")?, id("<0x63>")?]);
     assert!(tok.is_user_defined(id("<extra>")?));
-    assert_eq!(tok.encode("a<extra>", false, false), [id("▁a")?, id("<extra>")?]);
-    assert_eq!(tok.decode(&tok.encode("ab c", false, false), false)?, b"ab c");
+    assert_eq!(
+        tok.encode("a<extra>", false, false),
+        [id("▁a")?, id("<extra>")?]
+    );
+    assert_eq!(
+        tok.decode(&tok.encode("ab c", false, false), false)?,
+        b"ab c"
+    );
     Ok(())
 }
 
 #[test]
 fn metaspace_shape_becomes_spm() -> Result<()> {
-    let meta = json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false});
+    let meta =
+        json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false});
     let tok = Tokenizer::from_hf_json(&llama2_json(Value::Null, meta), None)?;
     assert_eq!(tok.model(), ModelKind::Spm);
     assert!(tok.add_space_prefix());
-    let never = json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": false});
+    let never =
+        json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": false});
     assert!(!Tokenizer::from_hf_json(&llama2_json(Value::Null, never), None)?.add_space_prefix());
     Ok(())
 }
 
 #[test]
 fn unmappable_files_are_errors() -> Result<()> {
-    let msg = |r: ferrollama_tokenizer::Result<Tokenizer>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    let msg = |r: ferrollama_tokenizer::Result<Tokenizer>| {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    };
     let mut tj: Value = serde_json::from_str(&llama3_json(json!([])))?;
     tj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = json!("\\w+");
     let m = msg(Tokenizer::from_hf_json(&tj.to_string(), None));
-    assert!(m.contains("tokenizer.json") && m.contains("pre_tokenizer") && m.contains("\\\\w+"), "{m}");
+    assert!(
+        m.contains("tokenizer.json") && m.contains("pre_tokenizer") && m.contains("\\\\w+"),
+        "{m}"
+    );
     tj["model"]["type"] = json!("Unigram");
     let m = msg(Tokenizer::from_hf_json(&tj.to_string(), None));
     assert!(m.contains("\"Unigram\""), "{m}");

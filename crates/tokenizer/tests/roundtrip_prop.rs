@@ -18,7 +18,10 @@ use std::sync::OnceLock;
 use ferrollama_tokenizer::{clean_spaces, Tokenizer};
 use proptest::prelude::*;
 
-fn cached(cell: &'static OnceLock<Tokenizer>, load: impl FnOnce() -> anyhow::Result<Tokenizer>) -> &'static Tokenizer {
+fn cached(
+    cell: &'static OnceLock<Tokenizer>,
+    load: impl FnOnce() -> anyhow::Result<Tokenizer>,
+) -> &'static Tokenizer {
     cell.get_or_init(|| match load() {
         Ok(t) => t,
         Err(e) => panic!("loading a test vocabulary: {e:#}"),
@@ -57,13 +60,17 @@ fn text() -> impl Strategy<Value = String> {
 fn pieces(tok: &Tokenizer, ids: &[u32]) -> Result<Vec<u8>, TestCaseError> {
     let mut out = Vec::new();
     for &id in ids {
-        out.extend(tok.token_to_piece(id, false).map_err(|e| TestCaseError::fail(e.to_string()))?);
+        out.extend(
+            tok.token_to_piece(id, false)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?,
+        );
     }
     Ok(out)
 }
 
 fn decode(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> Result<Vec<u8>, TestCaseError> {
-    tok.decode(ids, skip_special).map_err(|e| TestCaseError::fail(e.to_string()))
+    tok.decode(ids, skip_special)
+        .map_err(|e| TestCaseError::fail(e.to_string()))
 }
 
 /// The bytes of `s` that the vocabulary can represent.

@@ -10,19 +10,28 @@ use ferrollama_tokenizer::Tokenizer;
 use serde_json::Value;
 
 fn ids(case: &Value, key: &str) -> Result<Vec<u32>> {
-    let arr = case[key].as_array().with_context(|| format!("case lacks {key}"))?;
-    arr.iter().map(|v| v.as_u64().map(|x| x as u32).context("id is not an integer")).collect()
+    let arr = case[key]
+        .as_array()
+        .with_context(|| format!("case lacks {key}"))?;
+    arr.iter()
+        .map(|v| v.as_u64().map(|x| x as u32).context("id is not an integer"))
+        .collect()
 }
 
 /// Checks every case for one vocabulary; returns how many comparisons were made.
 fn check(tok: &Tokenizer, prefix: &str) -> Result<usize> {
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(common::data("smollm2-tokenize.json"))?)?;
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(common::data(
+        "smollm2-tokenize.json",
+    ))?)?;
     let cases = json["cases"].as_array().context("no cases")?;
     let mut failures = Vec::new();
     let mut n = 0;
     for case in cases {
         let text = case["text"].as_str().context("case lacks text")?;
-        for (parse_special, key) in [(true, format!("{prefix}.ids")), (false, format!("{prefix}.ids_no_parse_special"))] {
+        for (parse_special, key) in [
+            (true, format!("{prefix}.ids")),
+            (false, format!("{prefix}.ids_no_parse_special")),
+        ] {
             let expected = ids(case, &key)?;
             let got = tok.encode(text, true, parse_special);
             n += 1;
@@ -36,7 +45,12 @@ fn check(tok: &Tokenizer, prefix: &str) -> Result<usize> {
             }
         }
     }
-    assert!(failures.is_empty(), "{prefix}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{prefix}: {} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     Ok(n)
 }
 

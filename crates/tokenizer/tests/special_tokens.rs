@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use ferrollama_tokenizer::Tokenizer;
 
 fn id(tok: &Tokenizer, text: &str) -> Result<u32> {
-    tok.token_id(text).with_context(|| format!("{text:?} is not a token"))
+    tok.token_id(text)
+        .with_context(|| format!("{text:?} is not a token"))
 }
 
 #[test]
@@ -18,11 +19,20 @@ fn smollm2_chat_markup() -> Result<()> {
     expected.extend(&body);
     expected.push(end);
     expected.extend(tok.encode("\n", false, false));
-    assert_eq!(tok.encode("<|im_start|>user\nHi<|im_end|>\n", true, true), expected);
+    assert_eq!(
+        tok.encode("<|im_start|>user\nHi<|im_end|>\n", true, true),
+        expected
+    );
     // Without parse_special the markup is plain text.
     let plain = tok.encode("<|im_start|>user\nHi<|im_end|>\n", true, false);
-    assert!(!plain.contains(&start) && !plain.contains(&end), "{plain:?}");
-    assert_eq!(tok.decode(&plain, false)?, b"<|im_start|>user\nHi<|im_end|>\n");
+    assert!(
+        !plain.contains(&start) && !plain.contains(&end),
+        "{plain:?}"
+    );
+    assert_eq!(
+        tok.decode(&plain, false)?,
+        b"<|im_start|>user\nHi<|im_end|>\n"
+    );
     Ok(())
 }
 

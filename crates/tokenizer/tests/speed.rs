@@ -32,12 +32,21 @@ fn timed(tok: &Tokenizer, text: &str) -> Duration {
 }
 
 fn check(name: &str, tok: &Tokenizer) -> Result<()> {
-    let texts = [mixed_text()?, "a".repeat(SIZE), "ab1".repeat(SIZE / 3), "é".repeat(SIZE / 2)];
+    let texts = [
+        mixed_text()?,
+        "a".repeat(SIZE),
+        "ab1".repeat(SIZE / 3),
+        "é".repeat(SIZE / 2),
+    ];
     for text in &texts {
         let dt = timed(tok, text);
         let head: String = text.chars().take(8).collect();
         eprintln!("{name}: {} bytes ({head:?}...) in {dt:?}", text.len());
-        assert!(dt < Duration::from_secs(1), "{name}: {} bytes took {dt:?}", text.len());
+        assert!(
+            dt < Duration::from_secs(1),
+            "{name}: {} bytes took {dt:?}",
+            text.len()
+        );
     }
     Ok(())
 }

@@ -33,16 +33,30 @@ fn spm_vocab(extra: &[(&str, f32)]) -> Vocab {
 }
 
 fn ids(tok: &Tokenizer, texts: &[&str]) -> Result<Vec<u32>> {
-    texts.iter().map(|t| tok.token_id(t).with_context(|| format!("no token {t:?}"))).collect()
+    texts
+        .iter()
+        .map(|t| tok.token_id(t).with_context(|| format!("no token {t:?}")))
+        .collect()
 }
 
 #[test]
 fn spm_merges_best_score_first_then_leftmost() -> Result<()> {
-    let tok = Tokenizer::from_vocab(spm_vocab(&[("▁", -1.0), ("a", -2.0), ("b", -3.0), ("▁a", -4.0), ("ab", -5.0), ("▁ab", -6.0), ("aa", -3.5)]))?;
+    let tok = Tokenizer::from_vocab(spm_vocab(&[
+        ("▁", -1.0),
+        ("a", -2.0),
+        ("b", -3.0),
+        ("▁a", -4.0),
+        ("ab", -5.0),
+        ("▁ab", -6.0),
+        ("aa", -3.5),
+    ]))?;
     // ▁a outscores ab, and ▁a + b makes ▁ab.
     assert_eq!(tok.encode("ab", false, false), ids(&tok, &["▁ab"])?);
     // aa outscores ▁a; of the two equal aa pairs the left one merges.
-    assert_eq!(tok.encode("aaa", false, false), ids(&tok, &["▁", "aa", "a"])?);
+    assert_eq!(
+        tok.encode("aaa", false, false),
+        ids(&tok, &["▁", "aa", "a"])?
+    );
     Ok(())
 }
 
@@ -50,10 +64,19 @@ fn spm_merges_best_score_first_then_leftmost() -> Result<()> {
 fn spm_byte_fallback_and_defaults() -> Result<()> {
     let tok = Tokenizer::from_vocab(spm_vocab(&[("▁", -1.0)]))?;
     assert_eq!(tok.encode("c", false, false), ids(&tok, &["▁", "<0x63>"])?);
-    assert_eq!(tok.encode("é", true, false), ids(&tok, &["<s>", "▁", "<0xC3>", "<0xA9>"])?);
-    assert_eq!((tok.bos(), tok.eos(), tok.unk()), (Some(1), Some(2), Some(0)));
+    assert_eq!(
+        tok.encode("é", true, false),
+        ids(&tok, &["<s>", "▁", "<0xC3>", "<0xA9>"])?
+    );
+    assert_eq!(
+        (tok.bos(), tok.eos(), tok.unk()),
+        (Some(1), Some(2), Some(0))
+    );
     assert!(tok.add_bos() && !tok.add_eos() && tok.add_space_prefix());
-    assert_eq!(tok.decode(&tok.encode("é c", false, false), false)?, "é c".as_bytes());
+    assert_eq!(
+        tok.decode(&tok.encode("é c", false, false), false)?,
+        "é c".as_bytes()
+    );
     Ok(())
 }
 
@@ -88,14 +111,28 @@ fn errors_name_the_problem() {
 
     let mut v = spm_vocab(&[]);
     v.scores = Some(vec![0.0; 3]);
-    let msg = Tokenizer::from_vocab(v).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(msg.contains("tokenizer.ggml.scores") && msg.contains("3 entries"), "{msg}");
+    let msg = Tokenizer::from_vocab(v)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("tokenizer.ggml.scores") && msg.contains("3 entries"),
+        "{msg}"
+    );
 
     let mut v = spm_vocab(&[]);
     v.model = ModelKind::Bpe;
     v.pre = Some("qwen2".into());
-    let msg = Tokenizer::from_vocab(v).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(msg.contains("tokenizer.ggml.pre") && msg.contains("\"qwen2\"") && msg.contains("llama-bpe"), "{msg}");
+    let msg = Tokenizer::from_vocab(v)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("tokenizer.ggml.pre")
+            && msg.contains("\"qwen2\"")
+            && msg.contains("llama-bpe"),
+        "{msg}"
+    );
 }
 
 fn write_gguf(name: &str, entries: Vec<(String, Value)>) -> Result<GgufFile> {
@@ -103,7 +140,8 @@ fn write_gguf(name: &str, entries: Vec<(String, Value)>) -> Result<GgufFile> {
     for (k, v) in entries {
         w.set(&k, v);
     }
-    let path = std::env::temp_dir().join(format!("ferrollama-tok-{}-{name}.gguf", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("ferrollama-tok-{}-{name}.gguf", std::process::id()));
     w.write(&path, |_, _| Ok(Vec::new()))?;
     let file = GgufFile::open(&path)?;
     std::fs::remove_file(&path)?;
@@ -119,26 +157,47 @@ fn gguf_metadata_round_trip() -> Result<()> {
     let back = Vocab::from_gguf(&file.header)?;
     assert_eq!(back, v);
     let tok = Tokenizer::from_gguf(&file.header)?;
-    assert_eq!(tok.encode("a", true, false), ids(&tok, &["<s>", "▁a", "</s>"])?);
+    assert_eq!(
+        tok.encode("a", true, false),
+        ids(&tok, &["<s>", "▁a", "</s>"])?
+    );
     Ok(())
 }
 
 #[test]
 fn gguf_errors_name_the_key() -> Result<()> {
-    let file = write_gguf("nomodel", vec![("tokenizer.ggml.tokens".into(), Value::Array(ferrollama_gguf::ValueType::String, vec![]))])?;
-    let msg = Tokenizer::from_gguf(&file.header).err().map(|e| e.to_string()).unwrap_or_default();
+    let file = write_gguf(
+        "nomodel",
+        vec![(
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(ferrollama_gguf::ValueType::String, vec![]),
+        )],
+    )?;
+    let msg = Tokenizer::from_gguf(&file.header)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(msg.contains("tokenizer.ggml.model"), "{msg}");
 
     let mut entries = spm_vocab(&[]).to_gguf_metadata();
-    entries.push(("tokenizer.ggml.bos_token_id".into(), Value::String("one".into())));
+    entries.push((
+        "tokenizer.ggml.bos_token_id".into(),
+        Value::String("one".into()),
+    ));
     let file = write_gguf("badbos", entries)?;
-    let msg = Tokenizer::from_gguf(&file.header).err().map(|e| e.to_string()).unwrap_or_default();
+    let msg = Tokenizer::from_gguf(&file.header)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(msg.contains("tokenizer.ggml.bos_token_id"), "{msg}");
 
     let mut entries = spm_vocab(&[]).to_gguf_metadata();
     entries[0].1 = Value::String("t5".into());
     let file = write_gguf("t5", entries)?;
-    let msg = Tokenizer::from_gguf(&file.header).err().map(|e| e.to_string()).unwrap_or_default();
+    let msg = Tokenizer::from_gguf(&file.header)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(msg.contains("\"t5\""), "{msg}");
     Ok(())
 }

@@ -23,7 +23,13 @@ fn check(name: &str) -> Result<usize> {
             ));
         }
     }
-    assert!(failures.is_empty(), "{name}: {} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{name}: {} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
     eprintln!("{name}: {} cases pass", cases.len());
     Ok(cases.len())
 }

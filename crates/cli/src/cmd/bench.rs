@@ -46,7 +46,10 @@ impl Record {
     }
 
     fn samples_ts(&self) -> Vec<f64> {
-        self.samples_ns.iter().map(|&ns| self.tokens() as f64 / (ns as f64 / 1e9)).collect()
+        self.samples_ns
+            .iter()
+            .map(|&ns| self.tokens() as f64 / (ns as f64 / 1e9))
+            .collect()
     }
 }
 
@@ -58,14 +61,18 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
         }
         // candle sizes its pools from this variable; rayon's global pool is built here.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()?;
     }
     Ok(())
 }
 
 pub fn run(mut a: Args) -> Result<()> {
     set_threads(a.threads)?;
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
@@ -90,12 +97,20 @@ pub fn run(mut a: Args) -> Result<()> {
         // One warm-up run, then the measured ones.
         for rep in 0..=a.repetitions {
             let tokens: Vec<u32> = (0..n_prompt.max(n_gen)).map(|_| random_token()).collect();
-            let ns = if n_prompt > 0 { time_pp(&m.model, &mut cache, &tokens)? } else { time_tg(&m.model, &mut cache, &tokens)? };
+            let ns = if n_prompt > 0 {
+                time_pp(&m.model, &mut cache, &tokens)?
+            } else {
+                time_tg(&m.model, &mut cache, &tokens)?
+            };
             if rep > 0 {
                 samples.push(ns);
             }
         }
-        records.push(Record { n_prompt, n_gen, samples_ns: samples });
+        records.push(Record {
+            n_prompt,
+            n_gen,
+            samples_ns: samples,
+        });
     }
     let peak_rss = peak_rss_bytes();
     let file_name = m.path.display().to_string();
@@ -106,7 +121,8 @@ pub fn run(mut a: Args) -> Result<()> {
             .iter()
             .map(|r| {
                 let ts = r.samples_ts();
-                let (avg_ns, _) = mean_std(&r.samples_ns.iter().map(|&n| n as f64).collect::<Vec<_>>());
+                let (avg_ns, _) =
+                    mean_std(&r.samples_ns.iter().map(|&n| n as f64).collect::<Vec<_>>());
                 let (avg_ts, stddev_ts) = mean_std(&ts);
                 serde_json::json!({
                     "build_commit": env!("CARGO_PKG_VERSION"),
@@ -137,10 +153,16 @@ pub fn run(mut a: Args) -> Result<()> {
     println!("| --- | ---: | ---: | ---: | --- | ---: |");
     for r in &records {
         let (avg, std) = mean_std(&r.samples_ts());
-        let test = if r.n_prompt > 0 { format!("pp{}", r.n_prompt) } else { format!("tg{}", r.n_gen) };
+        let test = if r.n_prompt > 0 {
+            format!("pp{}", r.n_prompt)
+        } else {
+            format!("tg{}", r.n_gen)
+        };
         println!(
             "| {} | {:.2} MiB | {:.2} M | {threads} | {test} | {avg:.2} ± {std:.2} |",
-            m.path.file_name().map_or(file_name.clone(), |n| n.to_string_lossy().into_owned()),
+            m.path
+                .file_name()
+                .map_or(file_name.clone(), |n| n.to_string_lossy().into_owned()),
             model_size as f64 / (1 << 20) as f64,
             n_params as f64 / 1e6,
         );
@@ -171,7 +193,11 @@ fn time_tg(model: &Llama, cache: &mut Cache, tokens: &[u32]) -> Result<u128> {
 fn mean_std(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (mean, var.sqrt())
 }
 
@@ -189,6 +215,10 @@ pub fn peak_rss_bytes() -> u64 {
 fn cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     info.lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_default()
 }

@@ -33,8 +33,17 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let m = load(&a.model)?;
-    let format = if a.llama2_format { ChatFormat::Llama2 } else { ChatFormat::for_model(m.chat_template.as_deref()) };
-    let params = GenerateParams { max_new_tokens: a.max_tokens, stop: a.stop.clone(), sampling: a.sampling.params(), ..GenerateParams::default() };
+    let format = if a.llama2_format {
+        ChatFormat::Llama2
+    } else {
+        ChatFormat::for_model(m.chat_template.as_deref())
+    };
+    let params = GenerateParams {
+        max_new_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        sampling: a.sampling.params(),
+        ..GenerateParams::default()
+    };
     let mut generator = Generator::new(&m.model, &m.tokenizer, m.n_ctx);
     let system: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
     let mut history: Vec<Message> = Vec::new();
@@ -60,7 +69,14 @@ pub fn run(a: Args) -> Result<()> {
             continue;
         }
         history.push(Message::new("user", line));
-        let prompt = match fit_context(&format, &system, &mut history, &m.tokenizer, m.n_ctx, a.max_tokens) {
+        let prompt = match fit_context(
+            &format,
+            &system,
+            &mut history,
+            &m.tokenizer,
+            m.n_ctx,
+            a.max_tokens,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -85,7 +101,14 @@ pub fn run(a: Args) -> Result<()> {
 
 /// The prompt for the conversation, dropping the oldest turns until it leaves room for a
 /// reply of `reserve` tokens, but never reserving more than a quarter of the context.
-fn fit_context(format: &ChatFormat, system: &[Message], history: &mut Vec<Message>, tok: &Tokenizer, n_ctx: usize, reserve: usize) -> Result<Vec<u32>> {
+fn fit_context(
+    format: &ChatFormat,
+    system: &[Message],
+    history: &mut Vec<Message>,
+    tok: &Tokenizer,
+    n_ctx: usize,
+    reserve: usize,
+) -> Result<Vec<u32>> {
     let room = n_ctx.saturating_sub(reserve.min(n_ctx / 4).max(1));
     loop {
         let messages: Vec<Message> = system.iter().chain(history.iter()).cloned().collect();
@@ -94,7 +117,10 @@ fn fit_context(format: &ChatFormat, system: &[Message], history: &mut Vec<Messag
             return Ok(prompt);
         }
         if history.len() <= 1 {
-            anyhow::bail!("the message is {} tokens long; the context holds {n_ctx}", prompt.len());
+            anyhow::bail!(
+                "the message is {} tokens long; the context holds {n_ctx}",
+                prompt.len()
+            );
         }
         // Drop the oldest user turn and the reply to it.
         let drop = if history.len() >= 3 { 2 } else { 1 };

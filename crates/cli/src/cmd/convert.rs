@@ -32,7 +32,10 @@ pub fn run(a: Args) -> Result<()> {
         (false, true) => gguf_to_gguf(&a.input, &a.output, target, progress)?,
         (false, false) => gguf_to_hf(&a.input, &a.output, target, progress)?,
         (true, true) => hf_to_gguf(&a.input, &a.output, target, progress)?,
-        (true, false) => bail!("{} is a Hugging Face directory already; name a .gguf output", a.input.display()),
+        (true, false) => bail!(
+            "{} is a Hugging Face directory already; name a .gguf output",
+            a.input.display()
+        ),
     }
     eprintln!("\nwrote {}", a.output.display());
     Ok(())
@@ -42,20 +45,35 @@ fn open(path: &Path) -> Result<GgufFile> {
     GgufFile::open(path).with_context(|| format!("loading {}", path.display()))
 }
 
-fn gguf_to_gguf(input: &Path, output: &Path, target: GgmlType, progress: impl FnMut(usize, usize)) -> Result<()> {
+fn gguf_to_gguf(
+    input: &Path,
+    output: &Path,
+    target: GgmlType,
+    progress: impl FnMut(usize, usize),
+) -> Result<()> {
     let src = open(input)?;
-    let requantizing = src.header.tensors.iter().any(|t| !matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16));
+    let requantizing = src
+        .header
+        .tensors
+        .iter()
+        .any(|t| !matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16));
     if requantizing && !matches!(target, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
         eprintln!(
             "warning: {} is already quantized; re-quantizing to {target} loses more quality than quantizing the original weights",
             input.display()
         );
     }
-    ferrollama_model::convert::requantize(&src, output, target, progress).with_context(|| format!("writing {}", output.display()))?;
+    ferrollama_model::convert::requantize(&src, output, target, progress)
+        .with_context(|| format!("writing {}", output.display()))?;
     Ok(())
 }
 
-fn gguf_to_hf(input: &Path, dir: &Path, target: GgmlType, progress: impl FnMut(usize, usize)) -> Result<()> {
+fn gguf_to_hf(
+    input: &Path,
+    dir: &Path,
+    target: GgmlType,
+    progress: impl FnMut(usize, usize),
+) -> Result<()> {
     let dtype = match target {
         GgmlType::F32 => StDtype::F32,
         GgmlType::F16 => StDtype::F16,
@@ -63,27 +81,37 @@ fn gguf_to_hf(input: &Path, dir: &Path, target: GgmlType, progress: impl FnMut(u
         other => bail!("a Hugging Face directory holds f32, f16 or bf16 weights, not {other}"),
     };
     let src = open(input)?;
-    let tok = Tokenizer::from_gguf(&src.header).with_context(|| format!("reading the tokenizer of {}", input.display()))?;
+    let tok = Tokenizer::from_gguf(&src.header)
+        .with_context(|| format!("reading the tokenizer of {}", input.display()))?;
     ferrollama_model::export::gguf_to_hf(&src, dir, dtype, tok.bos(), tok.eos(), progress)
         .with_context(|| format!("writing {}", dir.display()))?;
     tok.write_hf_dir(dir)?;
     if let Ok(template) = src.header.get_str("tokenizer.chat_template") {
         let path = dir.join("tokenizer_config.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let mut json: serde_json::Value = serde_json::from_str(&text)?;
         json["chat_template"] = serde_json::Value::String(template.to_string());
-        std::fs::write(&path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
 
-fn hf_to_gguf(dir: &Path, output: &Path, target: GgmlType, progress: impl FnMut(usize, usize)) -> Result<()> {
-    let tok = Tokenizer::from_hf_dir(dir).with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
+fn hf_to_gguf(
+    dir: &Path,
+    output: &Path,
+    target: GgmlType,
+    progress: impl FnMut(usize, usize),
+) -> Result<()> {
+    let tok = Tokenizer::from_hf_dir(dir)
+        .with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
     let mut meta = tok.vocab().to_gguf_metadata();
     let config = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap_or_default();
     if let Some(template) = template_from_tokenizer_config(&config) {
         meta.push(("tokenizer.chat_template".into(), Value::String(template)));
     }
-    ferrollama_model::export::hf_to_gguf(dir, output, target, meta, progress).with_context(|| format!("writing {}", output.display()))?;
+    ferrollama_model::export::hf_to_gguf(dir, output, target, meta, progress)
+        .with_context(|| format!("writing {}", output.display()))?;
     Ok(())
 }

@@ -40,7 +40,12 @@ pub fn run(a: Args) -> Result<()> {
     if a.json {
         let types: BTreeMap<_, _> = by_type
             .iter()
-            .map(|(k, (n, el, b))| (k.clone(), serde_json::json!({"tensors": n, "elements": el, "bytes": b})))
+            .map(|(k, (n, el, b))| {
+                (
+                    k.clone(),
+                    serde_json::json!({"tensors": n, "elements": el, "bytes": b}),
+                )
+            })
             .collect();
         let json = serde_json::json!({
             "file": path.display().to_string(),
@@ -58,7 +63,10 @@ pub fn run(a: Args) -> Result<()> {
     if let Ok(name) = h.get_str("general.name") {
         println!("name:          {name}");
     }
-    println!("architecture:  llama, {} layers, hidden {}, FFN {}", config.num_hidden_layers, config.hidden_size, config.intermediate_size);
+    println!(
+        "architecture:  llama, {} layers, hidden {}, FFN {}",
+        config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    );
     println!(
         "attention:     {} query heads, {} KV heads ({}), head dim {}",
         config.num_attention_heads,
@@ -70,15 +78,35 @@ pub fn run(a: Args) -> Result<()> {
         },
         config.head_dim
     );
-    println!("rope:          base {}, linear scale {}", config.rope_theta, config.rope_scaling_factor);
+    println!(
+        "rope:          base {}, linear scale {}",
+        config.rope_theta, config.rope_scaling_factor
+    );
     println!("norm eps:      {}", config.rms_norm_eps);
     println!("context:       {}", config.max_position_embeddings);
-    println!("vocabulary:    {} ({})", config.vocab_size, h.get_str("tokenizer.ggml.model").unwrap_or("?"));
-    println!("tied output:   {}", if config.tie_word_embeddings { "yes" } else { "no" });
+    println!(
+        "vocabulary:    {} ({})",
+        config.vocab_size,
+        h.get_str("tokenizer.ggml.model").unwrap_or("?")
+    );
+    println!(
+        "tied output:   {}",
+        if config.tie_word_embeddings {
+            "yes"
+        } else {
+            "no"
+        }
+    );
     println!("parameters:    {params} ({:.1} M)", params as f64 / 1e6);
-    println!("tensor bytes:  {bytes} ({:.1} MiB)", bytes as f64 / (1 << 20) as f64);
+    println!(
+        "tensor bytes:  {bytes} ({:.1} MiB)",
+        bytes as f64 / (1 << 20) as f64
+    );
     for (ty, (n, el, b)) in &by_type {
-        println!("  {ty:>6}: {n:4} tensors, {el:>11} elements, {:>8.1} MiB", *b as f64 / (1 << 20) as f64);
+        println!(
+            "  {ty:>6}: {n:4} tensors, {el:>11} elements, {:>8.1} MiB",
+            *b as f64 / (1 << 20) as f64
+        );
     }
     if a.tensors {
         for t in &h.tensors {

@@ -24,9 +24,14 @@ pub fn run(mut a: Args) -> Result<()> {
     let n_ctx = *a.model.ctx.get_or_insert(512);
     let m = load(&a.model)?;
     let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 ({e})", a.file.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 ({e})", a.file.display()))?;
     let tokens = m.tokenizer.encode(&text, true, false);
-    let bos = if m.tokenizer.add_bos() { m.tokenizer.bos() } else { None };
+    let bos = if m.tokenizer.add_bos() {
+        m.tokenizer.bos()
+    } else {
+        None
+    };
     let report = perplexity(&m.model, &tokens, n_ctx, bos, |done, total, running| {
         if !a.json {
             eprint!("\r[{done}/{total}] running PPL {running:.4}");

@@ -20,11 +20,14 @@ pub fn smollm2() -> Result<Tokenizer> {
 }
 
 fn load(path: PathBuf) -> Result<Tokenizer> {
-    Tokenizer::from_gguf_path(&path).with_context(|| format!("loading the tokenizer of {}", path.display()))
+    Tokenizer::from_gguf_path(&path)
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))
 }
 
 pub fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 /// One test of llama.cpp's `.inp`/`.out` vectors.
@@ -54,12 +57,20 @@ pub fn cases(name: &str) -> Result<Vec<Case>> {
         }
     }
     let lines: Vec<&str> = out.lines().collect();
-    anyhow::ensure!(texts.len() == lines.len(), "{name}: {} inputs but {} outputs", texts.len(), lines.len());
+    anyhow::ensure!(
+        texts.len() == lines.len(),
+        "{name}: {} inputs but {} outputs",
+        texts.len(),
+        lines.len()
+    );
     texts
         .into_iter()
         .zip(lines)
         .map(|(text, line)| {
-            let ids = line.split_whitespace().map(str::parse).collect::<Result<Vec<u32>, _>>()?;
+            let ids = line
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<Vec<u32>, _>>()?;
             Ok(Case { text, ids })
         })
         .collect()
@@ -67,5 +78,8 @@ pub fn cases(name: &str) -> Result<Vec<Case>> {
 
 /// Token pieces for failure messages.
 pub fn show(tok: &Tokenizer, ids: &[u32]) -> String {
-    ids.iter().map(|&id| format!("{id} {:?}", tok.piece(id).unwrap_or("?"))).collect::<Vec<_>>().join(", ")
+    ids.iter()
+        .map(|&id| format!("{id} {:?}", tok.piece(id).unwrap_or("?")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
