@@ -175,12 +175,14 @@ impl Vocab {
         match m.model_type {
             BPE => {}
             UNIGRAM => return Err(err("trainer_spec.model_type", UNIGRAM_REFUSED.into())),
-            t => return Err(err(
-                "trainer_spec.model_type",
-                format!(
+            t => {
+                return Err(err(
+                    "trainer_spec.model_type",
+                    format!(
                     "is {t} (WORD = 3, CHAR = 4, or unknown); only BPE (2) models are supported"
                 ),
-            )),
+                ))
+            }
         }
         if m.pieces.is_empty() {
             return Err(Error::EmptyVocab);
