@@ -73,63 +73,63 @@ mod avx2 {
         })
     }
 
-    /// AVX2: nibbles widened to bytes, multiplied with the i8 activations by maddubs
-    /// (u8 x i8 pairs summed to i16, at most 2 * 15 * 127, no overflow), summed to i32.
+    /// One weight block: its scale d, minimum m, and 32 nibbles widened to bytes (low
+    /// nibbles are values 0..16, high nibbles 16..32).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(block: &[u8]) -> (f32, f32, __m256i) {
+        // d and m, two f16 values side by side, widened at once with F16C.
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+            block[0], block[1], block[2], block[3],
+        ])));
+        let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)));
+        let mask = _mm_set1_epi8(0x0F);
+        let raw = _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i);
+        let lo = _mm_and_si128(raw, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+        (d, m, _mm256_set_m128i(hi, lo))
+    }
+
+    /// Sum of q4 * q8 in 8 lanes: maddubs multiplies u8 x i8 pairs into i16 (at most
+    /// 2 * 15 * 127, no overflow), madd sums them to i32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn products(q4: __m256i, xb: &BlockQ8_1) -> __m256 {
+        let q8 = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(
+            _mm256_maddubs_epi16(q4, q8),
+            _mm256_set1_epi16(1),
+        ))
+    }
+
+    /// AVX2 dot product of one weight row with one activation row.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot(w: &[u8], x: &[BlockQ8_1]) -> f32 {
-        let mask = _mm_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
         let mut sum_m = 0f32;
         for (block, xb) in w.chunks_exact(BLOCK_BYTES).zip(x) {
-            // d and m, two f16 values side by side, widened at once with F16C.
-            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
-                block[0], block[1], block[2], block[3],
-            ])));
-            let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)));
-            let raw = _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i);
-            let lo = _mm_and_si128(raw, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-            let q4 = _mm256_set_m128i(hi, lo);
-            let q8 = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            let p16 = _mm256_maddubs_epi16(q4, q8);
-            let p32 = _mm256_madd_epi16(p16, ones);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p32), acc);
+            let (d, m, q4) = unpack(block);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), products(q4, xb), acc);
             sum_m += m * xb.s;
         }
         hsum(acc) + sum_m
     }
 
     /// Four activation rows per pass over the weights; four independent accumulators.
+    /// Each row sees the same operations in the same order as in [`vec_dot`].
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot_x4(w: &[u8], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-        let mask = _mm_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut sum_m = [0f32; 4];
         for (b, block) in w.chunks_exact(BLOCK_BYTES).enumerate() {
-            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
-                block[0], block[1], block[2], block[3],
-            ])));
-            let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)));
-            let raw = _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i);
-            let lo = _mm_and_si128(raw, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-            let q4 = _mm256_set_m128i(hi, lo);
+            let (d, m, q4) = unpack(block);
             for j in 0..4 {
                 let xb = &xs[j][b];
-                let q8 = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-                let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q4, q8), ones);
-                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p32), acc[j]);
+                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), products(q4, xb), acc[j]);
                 sum_m[j] += m * xb.s;
             }
         }
-        [
-            hsum(acc[0]) + sum_m[0],
-            hsum(acc[1]) + sum_m[1],
-            hsum(acc[2]) + sum_m[2],
-            hsum(acc[3]) + sum_m[3],
-        ]
+        [0, 1, 2, 3].map(|j| hsum(acc[j]) + sum_m[j])
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
