@@ -31,6 +31,8 @@ enum Command {
     Perplexity(cmd::perplexity::Args),
     /// Convert between GGUF and Hugging Face directories, and between weight types.
     Convert(cmd::convert::Args),
+    /// Quantize a GGUF model (llama-quantize's job): the same as `convert IN OUT.gguf`.
+    Quantize(cmd::convert::Args),
     /// Measure prompt processing and generation speed, as llama-bench does.
     Bench(cmd::bench::Args),
 }
@@ -51,6 +53,7 @@ fn main() {
         Command::Info(a) => cmd::info::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Convert(a) => cmd::convert::run(a),
+        Command::Quantize(a) => cmd::convert::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };
     if let Err(e) = result {
