@@ -6,12 +6,11 @@ use std::time::Instant;
 
 use ferrollama_model::llama::Cache;
 use ferrollama_model::Llama;
-use ferrollama_sampling::{Sampler, SamplingParams};
+use ferrollama_sampling::SamplingParams;
 use ferrollama_tokenizer::Tokenizer;
 
+use crate::decoding::Decoding;
 use crate::error::{Error, Result};
-use crate::stop::{StopMatcher, StopState};
-use crate::utf8::Utf8Stream;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -65,6 +64,11 @@ pub struct Generation {
     pub generate_ms: f64,
 }
 
+/// How many leading tokens `a` and `b` share.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// Runs one sequence of a model, keeping its KV cache between calls.
 pub struct Generator<'a> {
     model: &'a Llama,
@@ -109,10 +113,11 @@ impl<'a> Generator<'a> {
                 self.n_ctx()
             )));
         }
-        let reusable = self.history.len() < prompt.len() && prompt.starts_with(&self.history);
-        if !reusable {
-            self.reset();
-        }
+        // Keep the cached prefix the prompt shares, but recompute at least its last token,
+        // whose logits are needed.
+        let keep = common_prefix(&self.history, prompt).min(prompt.len() - 1);
+        self.cache.truncate(keep);
+        self.history.truncate(keep);
         let new = &prompt[self.history.len()..];
         let logits = self.forward(new)?;
         self.history.extend_from_slice(new);
@@ -151,62 +156,41 @@ impl<'a> Generator<'a> {
         params: &GenerateParams,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        params.sampling.validate().map_err(Error::Input)?;
+        let mut decoding = Decoding::new(params)?;
         let start = Instant::now();
         let (mut logits, evaluated) = self.feed_prompt(prompt)?;
         let prompt_ms = start.elapsed().as_secs_f64() * 1e3;
         let start = Instant::now();
-
-        let mut sampler = Sampler::new(params.sampling.clone());
-        let stops = StopMatcher::new(&params.stop);
-        let mut utf8 = Utf8Stream::new();
-        let (mut ids, mut text, mut shown) = (Vec::new(), String::new(), 0usize);
-        let mut finish = FinishReason::Length;
-        let mut stop_string_hit = false;
-        while ids.len() < params.max_new_tokens {
-            let token = sampler.sample(&mut logits, &self.history);
-            if self.tokenizer.is_eog(token) && !params.ignore_eos {
-                finish = FinishReason::Stop;
+        let mut cancelled = false;
+        loop {
+            let step = decoding.step(&mut logits, &self.history, self.tokenizer)?;
+            if !step.text.is_empty() && !on_text(&step.text) {
+                decoding.end(FinishReason::Cancelled);
+                cancelled = true;
                 break;
             }
-            ids.push(token);
-            text += &utf8.push(&self.tokenizer.token_to_piece(token, false)?);
-            let (end, stopped) = match stops.check(&text) {
-                StopState::Stopped(at) => (at, true),
-                StopState::Running(safe) => (safe, false),
+            let Some(token) = step.token.filter(|_| step.finish.is_none()) else {
+                break;
             };
-            if end > shown && !on_text(&text[shown..end]) {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            shown = shown.max(end);
-            if stopped {
-                text.truncate(end);
-                stop_string_hit = true;
-                finish = FinishReason::Stop;
-                break;
-            }
-            if ids.len() == params.max_new_tokens {
-                break;
-            }
             if self.history.len() >= self.n_ctx() {
-                finish = FinishReason::ContextFull;
+                let rest = decoding.end(FinishReason::ContextFull);
+                if !rest.text.is_empty() {
+                    on_text(&rest.text);
+                }
                 break;
             }
             logits = self.forward(&[token])?;
             self.history.push(token);
         }
-        if !stop_string_hit && finish != FinishReason::Cancelled {
-            // An incomplete character at the very end becomes U+FFFD rather than vanishing.
-            text += &utf8.finish();
-        }
-        if text.len() > shown && finish != FinishReason::Cancelled {
-            on_text(&text[shown..]);
-        }
+        let finish_reason = if cancelled {
+            FinishReason::Cancelled
+        } else {
+            decoding.finish_reason().unwrap_or(FinishReason::Length)
+        };
         Ok(Generation {
-            ids,
-            text,
-            finish_reason: finish,
+            ids: decoding.ids().to_vec(),
+            text: decoding.text().to_string(),
+            finish_reason,
             prompt_tokens_evaluated: evaluated,
             prompt_ms,
             generate_ms: start.elapsed().as_secs_f64() * 1e3,

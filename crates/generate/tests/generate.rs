@@ -157,6 +157,20 @@ fn chat_turns_reuse_the_cache() {
         .generate(&second, &greedy(4), |_| true)
         .unwrap();
     assert_eq!(b.ids, fresh.ids);
+
+    // A prompt that shares only part of the cache (another question after the same
+    // opening) recomputes from where they differ, and still equals a fresh run.
+    let mut third = first[..first.len() - 4].to_vec();
+    third.extend(
+        f.tok
+            .encode("<|im_start|>user\nWhy?<|im_end|>\n", false, true),
+    );
+    let c = g.generate(&third, &greedy(4), |_| true).unwrap();
+    assert!(c.prompt_tokens_evaluated < third.len());
+    let fresh = Generator::new(&f.model, &f.tok, 256)
+        .generate(&third, &greedy(4), |_| true)
+        .unwrap();
+    assert_eq!(c.ids, fresh.ids);
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod error;
 pub mod export;
 pub mod hf;
+pub mod kv;
 pub mod linear;
 pub mod llama;
 pub mod mask;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::kv_cache::KvCache;
 
 use crate::attention::Attention;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::kv::LayerKv;
 use crate::linear::Linear;
 use crate::mask::causal_mask;
 use crate::mlp::Mlp;
@@ -67,14 +67,14 @@ pub struct Llama {
 
 /// The KV cache of one sequence, sized for a context of `n_ctx` tokens.
 pub struct Cache {
-    layers: Vec<KvCache>,
+    layers: Vec<LayerKv>,
     n_ctx: usize,
 }
 
 impl Cache {
     /// Tokens held so far; the position of the next token.
     pub fn seq_len(&self) -> usize {
-        self.layers.first().map_or(0, |c| c.current_seq_len())
+        self.layers.first().map_or(0, LayerKv::len)
     }
 
     /// The context size this cache was made for.
@@ -82,9 +82,14 @@ impl Cache {
         self.n_ctx
     }
 
-    /// Forgets every token.
+    /// Forgets every token and frees the memory.
     pub fn reset(&mut self) {
-        self.layers.iter_mut().for_each(KvCache::reset);
+        self.layers.iter_mut().for_each(LayerKv::reset);
+    }
+
+    /// Keeps the first `len` tokens, so that a sequence sharing them continues from there.
+    pub fn truncate(&mut self, len: usize) {
+        self.layers.iter_mut().for_each(|l| l.truncate(len));
     }
 }
 
@@ -156,7 +161,7 @@ impl Llama {
         let n_ctx = n_ctx.min(self.rope.max_pos());
         Cache {
             layers: (0..self.layers.len())
-                .map(|_| KvCache::new(2, n_ctx))
+                .map(|_| LayerKv::new(n_ctx))
                 .collect(),
             n_ctx,
         }
@@ -186,6 +191,104 @@ impl Llama {
     }
 
     fn forward_batch(&self, tokens: &[u32], cache: &mut Cache, n_out: usize) -> Result<Tensor> {
+        let x = self.hidden(tokens, cache)?;
+        let seq_len = tokens.len();
+        let n_out = n_out.clamp(1, seq_len);
+        let x = x.narrow(1, seq_len - n_out, n_out)?;
+        let x = self.norm.forward(&x)?;
+        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
+    }
+
+    /// The final hidden states (after the last RMSNorm) of `tokens`, (n, hidden), run
+    /// after what `cache` holds: what embeddings are pooled from.
+    pub fn hidden_states(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
+        let parts = tokens
+            .chunks(UBATCH)
+            .map(|chunk| {
+                self.norm
+                    .forward(&self.hidden(chunk, cache)?)?
+                    .squeeze(0)
+                    .map_err(Error::from)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if parts.is_empty() {
+            return Err(Error::Input("no tokens to run".into()));
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Several sequences in one batched forward (continuous batching): `seqs[i]` follows
+    /// what `caches[i]` holds: a prompt chunk or a single generated token. Returns the
+    /// logits after the last token of each, (n_seq, vocab). On error the caches may hold
+    /// part of the input: reset them.
+    pub fn forward_multi(&self, seqs: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Tensor> {
+        if seqs.is_empty() || seqs.len() != caches.len() {
+            return Err(Error::Input(format!(
+                "{} sequences for {} caches",
+                seqs.len(),
+                caches.len()
+            )));
+        }
+        for (s, c) in seqs.iter().zip(caches.iter()) {
+            if s.is_empty() {
+                return Err(Error::Input("no tokens to run".into()));
+            }
+            if c.seq_len() + s.len() > c.n_ctx {
+                return Err(Error::Input(format!(
+                    "{} tokens exceed the context of {} ({} already held)",
+                    c.seq_len() + s.len(),
+                    c.n_ctx,
+                    c.seq_len()
+                )));
+            }
+        }
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let mut x = self.embed(&seqs.concat())?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(&x)?;
+            let mut kvs: Vec<&mut LayerKv> = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
+            let h = layer
+                .self_attn
+                .forward_multi(&h, &self.rope, &lens, &mut kvs)?;
+            x = (x + h)?;
+            let h = layer.post_attention_layernorm.forward(&x)?;
+            x = (&x + layer.mlp.forward(&h)?)?;
+        }
+        // Only the last row of each sequence needs the output projection.
+        let last: Vec<u32> = lens
+            .iter()
+            .scan(0u32, |end, &n| {
+                *end += n as u32;
+                Some(*end - 1)
+            })
+            .collect();
+        let last = Tensor::new(last.as_slice(), &Device::Cpu)?;
+        let x = self.norm.forward(&x.index_select(&last, 1)?)?;
+        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
+    }
+
+    /// Checks token ids and embeds them: (1, n, hidden) in f32.
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        Ok(self
+            .embed_tokens
+            .embedding(&ids)?
+            .to_dtype(DType::F32)?
+            .unsqueeze(0)?)
+    }
+
+    /// Runs every block over `tokens` (at most one micro-batch) after the cache; returns
+    /// the residual stream (1, n, hidden) before the final norm.
+    fn hidden(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
         let index_pos = cache.seq_len();
         let seq_len = tokens.len();
         if seq_len == 0 {
@@ -198,23 +301,8 @@ impl Llama {
                 cache.n_ctx
             )));
         }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.config.vocab_size
-            )));
-        }
+        let mut x = self.embed(tokens)?;
         let dev = Device::Cpu;
-        let ids = Tensor::new(tokens, &dev)?;
-        // (1, seq_len, hidden)
-        let mut x = self
-            .embed_tokens
-            .embedding(&ids)?
-            .to_dtype(DType::F32)?
-            .unsqueeze(0)?;
         let mask = if seq_len > 1 {
             Some(causal_mask(seq_len, index_pos, &dev)?)
         } else {
@@ -229,9 +317,6 @@ impl Llama {
             let h = layer.post_attention_layernorm.forward(&x)?;
             x = (&x + layer.mlp.forward(&h)?)?;
         }
-        let n_out = n_out.clamp(1, seq_len);
-        let x = x.narrow(1, seq_len - n_out, n_out)?;
-        let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
+        Ok(x)
     }
 }

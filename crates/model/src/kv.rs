@@ -1,0 +1,119 @@
+//! The keys and values of one attention layer for one sequence. Unlike candle's
+//! `KvCache` it can be cut back to a shorter prefix, which is what lets a server reuse the
+//! cached prompt prefix a new request shares with an earlier one.
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+
+/// Keys and values shaped (1, n_kv_head, positions, head_dim), allocated at full capacity
+/// on first use.
+#[derive(Debug, Clone)]
+pub struct LayerKv {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+    capacity: usize,
+}
+
+/// The sequence axis of the cached tensors.
+const SEQ_DIM: usize = 2;
+
+impl LayerKv {
+    /// An empty store for `capacity` positions.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            k: None,
+            v: None,
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps the first `len` positions (no-op when already shorter). The memory stays
+    /// allocated for the positions that follow.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Forgets every position and frees the memory.
+    pub fn reset(&mut self) {
+        *self = Self::new(self.capacity);
+    }
+
+    /// Appends `k` and `v` (1, n_kv_head, n, head_dim); returns every position held so far.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = k.dim(SEQ_DIM)?;
+        if self.len + n > self.capacity {
+            return Err(Error::Input(format!(
+                "{} positions exceed the KV cache of {}",
+                self.len + n,
+                self.capacity
+            )));
+        }
+        let k_all = Self::store(&mut self.k, k, self.capacity)?;
+        let v_all = Self::store(&mut self.v, v, self.capacity)?;
+        k_all.slice_set(k, SEQ_DIM, self.len)?;
+        v_all.slice_set(v, SEQ_DIM, self.len)?;
+        self.len += n;
+        Ok((
+            k_all.narrow(SEQ_DIM, 0, self.len)?,
+            v_all.narrow(SEQ_DIM, 0, self.len)?,
+        ))
+    }
+
+    fn store(slot: &mut Option<Tensor>, like: &Tensor, capacity: usize) -> Result<Tensor> {
+        if let Some(t) = slot {
+            return Ok(t.clone());
+        }
+        let mut shape = like.dims().to_vec();
+        shape[SEQ_DIM] = capacity;
+        let t = Tensor::zeros(shape, like.dtype(), like.device())?;
+        *slot = Some(t.clone());
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn rows(start: f32, n: usize) -> Tensor {
+        let data: Vec<f32> = (0..n * 2).map(|i| start + i as f32).collect();
+        Tensor::from_vec(data, (1, 1, n, 2), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn append_truncate_and_overwrite() {
+        let mut kv = LayerKv::new(4);
+        kv.append(&rows(0.0, 3), &rows(100.0, 3)).unwrap();
+        kv.truncate(1);
+        let (k, v) = kv.append(&rows(50.0, 2), &rows(150.0, 2)).unwrap();
+        assert_eq!(kv.len(), 3);
+        let k: Vec<f32> = k.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(k, [0.0, 1.0, 50.0, 51.0, 52.0, 53.0]);
+        let v: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(v, [100.0, 101.0, 150.0, 151.0, 152.0, 153.0]);
+    }
+
+    #[test]
+    fn overflow_is_an_error_and_keeps_the_contents() {
+        let mut kv = LayerKv::new(2);
+        kv.append(&rows(0.0, 2), &rows(0.0, 2)).unwrap();
+        assert!(kv.append(&rows(9.0, 1), &rows(9.0, 1)).is_err());
+        assert_eq!(kv.len(), 2);
+        kv.reset();
+        assert!(kv.is_empty());
+    }
+}
