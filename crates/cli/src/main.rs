@@ -33,6 +33,8 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Quantize a GGUF model (llama-quantize's job): the same as `convert IN OUT.gguf`.
     Quantize(cmd::convert::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API, with a chat page at /.
+    Serve(cmd::serve::Args),
     /// Measure prompt processing and generation speed, as llama-bench does.
     Bench(cmd::bench::Args),
 }
@@ -55,6 +57,7 @@ fn main() {
         Command::Convert(a) => cmd::convert::run(a),
         Command::Quantize(a) => cmd::convert::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

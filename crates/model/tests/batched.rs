@@ -133,3 +133,34 @@ fn hidden_states_cover_every_token() {
     assert_eq!(h.dims(), [3, m.config.hidden_size]);
     assert!(m.hidden_states(&[], &mut m.new_cache(4)).is_err());
 }
+
+/// Timing of one batched decode step at 1, 4 and 16 sequences (not a test of speed:
+/// `cargo test --release -p ferrollama-model --test batched -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn decode_step_timing() {
+    let m = model();
+    for n in [1usize, 4, 16] {
+        let mut caches: Vec<_> = (0..n)
+            .map(|i| {
+                let mut c = m.new_cache(256);
+                let p: Vec<u32> = (0..40).map(|t| (t * 7 + i as u32) % 1000 + 10).collect();
+                m.forward(&p, &mut c, 1).unwrap();
+                c
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let steps = 10;
+        for s in 0..steps {
+            let toks: Vec<[u32; 1]> = (0..n).map(|i| [(s * 13 + i as u32) % 900 + 20]).collect();
+            let seqs: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
+            let mut refs: Vec<_> = caches.iter_mut().collect();
+            m.forward_multi(&seqs, &mut refs).unwrap();
+        }
+        let ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        println!(
+            "{n:>2} sequences: {ms:.1} ms/step, {:.0} tok/s",
+            n as f64 * 1e3 / ms
+        );
+    }
+}

@@ -6,4 +6,5 @@ pub mod convert;
 pub mod generate;
 pub mod info;
 pub mod perplexity;
+pub mod serve;
 pub mod tokenize;

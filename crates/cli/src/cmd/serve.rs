@@ -1,0 +1,92 @@
+//! `ferrollama serve`: the OpenAI-compatible HTTP server and chat page.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{bail, Context, Result};
+use ferrollama_server::{serve, ServeOptions, Served};
+
+use crate::args::ModelArgs;
+use crate::load::load;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A GGUF file or Hugging Face directory; the default model is fetched on first use.
+    #[arg(short, long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Address to listen on; loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port (0: any free port; the one chosen is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on the API (also from FERROLLAMA_API_KEY).
+    #[arg(long, env = "FERROLLAMA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests generated together in one batch.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Context positions shared by the parallel slots, as llama-server's -c (default: the
+    /// model's context, at most 4096).
+    #[arg(short = 'c', long)]
+    pub ctx: Option<usize>,
+    /// Requests that may wait for a free slot; beyond them the server answers 503.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Most tokens one request may generate (default: its slot's context).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 2 << 20)]
+    pub max_body: usize,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let parallel = a.parallel;
+    if parallel == 0 || parallel > 256 {
+        bail!("--parallel must be between 1 and 256");
+    }
+    // Each slot holds ctx / parallel positions; the model's position tables need only that.
+    let per_slot = a.ctx.map(|c| c / parallel);
+    if per_slot == Some(0) {
+        bail!(
+            "--ctx {} is too small for {parallel} parallel slots",
+            a.ctx.unwrap_or(0)
+        );
+    }
+    let m = load(&ModelArgs {
+        model: a.model.clone(),
+        ctx: per_slot,
+    })?;
+    let ctx = a.ctx.unwrap_or(m.n_ctx);
+    let model_id = m
+        .path
+        .file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let opts = ServeOptions {
+        addr: SocketAddr::new(a.host, a.port),
+        api_key: a.api_key,
+        parallel,
+        ctx,
+        queue: a.queue,
+        max_tokens: a.max_tokens.unwrap_or(ctx / parallel),
+        body_limit: a.max_body,
+        model_id,
+    };
+    if !a.host.is_loopback() && opts.api_key.is_none() {
+        eprintln!("warning: listening on {} without --api-key", a.host);
+    }
+    eprintln!(
+        "{}: {parallel} slots of {} tokens",
+        m.path.display(),
+        ctx / parallel
+    );
+    serve(
+        Served {
+            model: m.model,
+            tokenizer: m.tokenizer,
+            chat_template: m.chat_template,
+        },
+        opts,
+    )
+    .with_context(|| format!("serving on {}:{}", a.host, a.port))
+}

@@ -1,0 +1,124 @@
+//! Errors as OpenAI's API returns them: a status code and
+//! `{"error": {"message", "type", "param", "code"}}`, which its clients turn into typed
+//! exceptions (BadRequestError, AuthenticationError, ...).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400: the request is malformed or asks for something impossible.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    /// 400 about one parameter.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            param: Some(param.into()),
+            code: Some("invalid_value"),
+            ..Self::bad_request(message)
+        }
+    }
+
+    /// 400: the prompt does not fit the context.
+    pub fn context_exceeded(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            param: Some(param.into()),
+            code: Some("context_length_exceeded"),
+            ..Self::bad_request(message)
+        }
+    }
+
+    /// 401: missing or wrong API key.
+    pub fn unauthorized() -> Self {
+        Self {
+            code: Some("invalid_api_key"),
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "missing or incorrect API key (send it as 'Authorization: Bearer KEY')",
+            )
+        }
+    }
+
+    /// 404: no such route.
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("no route for {path}"),
+        )
+    }
+
+    /// 413: the body is over the limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than this server's limit of {limit} bytes"),
+        )
+    }
+
+    /// 503: the queue is full; try again shortly.
+    pub fn busy() -> Self {
+        Self {
+            code: Some("server_busy"),
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the server is at capacity; retry shortly",
+            )
+        }
+    }
+
+    /// 500: the model failed on a valid request.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    /// The JSON body, also sent as an SSE event when a stream fails midway.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}

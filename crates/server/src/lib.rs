@@ -1,0 +1,136 @@
+//! An OpenAI-compatible HTTP server for a loaded model: chat and text completions
+//! (streamed over server-sent events or whole), embeddings, models, health and Prometheus
+//! metrics, a chat page at `/`, with continuous batching behind them (see [`engine`]).
+
+pub mod engine;
+pub mod error;
+pub mod generation;
+pub mod metrics;
+pub mod request;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ferrollama_generate::ChatFormat;
+use ferrollama_model::Llama;
+use ferrollama_tokenizer::Tokenizer;
+
+use crate::engine::EngineConfig;
+use crate::metrics::Metrics;
+use crate::routes::AppState;
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    pub api_key: Option<String>,
+    /// Requests generated together; each gets `ctx / parallel` positions, as in llama-server.
+    pub parallel: usize,
+    /// Context shared out among the slots.
+    pub ctx: usize,
+    /// Requests that may wait for a slot before new ones get 503.
+    pub queue: usize,
+    /// Most tokens one request may generate.
+    pub max_tokens: usize,
+    /// Largest request body in bytes.
+    pub body_limit: usize,
+    /// Name reported by /v1/models.
+    pub model_id: String,
+}
+
+/// The model and what comes with it.
+pub struct Served {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
+}
+
+/// Serves until Ctrl-C or SIGTERM; then stops accepting connections and lets the streams
+/// in flight finish. Prints `listening on http://ADDR` to stderr once the port is bound
+/// (with port 0, the port the system chose).
+pub fn serve(served: Served, opts: ServeOptions) -> std::io::Result<()> {
+    let listener = std::net::TcpListener::bind(opts.addr)?;
+    serve_listener(served, opts, listener)
+}
+
+/// [`serve`] on a socket already bound (tests bind port 0 and read the port first).
+pub fn serve_listener(
+    served: Served,
+    opts: ServeOptions,
+    listener: std::net::TcpListener,
+) -> std::io::Result<()> {
+    let parallel = opts.parallel.max(1);
+    let n_ctx_slot = opts.ctx / parallel;
+    if n_ctx_slot < 2 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a context of {} shared by {parallel} slots leaves too little for each",
+                opts.ctx
+            ),
+        ));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let hidden_size = served.model.config.hidden_size;
+    let tokenizer = Arc::new(served.tokenizer);
+    let engine = engine::start(
+        Arc::new(served.model),
+        tokenizer.clone(),
+        EngineConfig {
+            parallel,
+            n_ctx_slot,
+            queue: opts.queue,
+        },
+        metrics.clone(),
+    )?;
+    let app = Arc::new(AppState {
+        engine,
+        tokenizer,
+        chat: ChatFormat::for_model(served.chat_template.as_deref()),
+        model_id: opts.model_id.clone(),
+        api_key: opts.api_key.clone().filter(|k| !k.is_empty()),
+        max_tokens: opts.max_tokens,
+        body_limit: opts.body_limit,
+        hidden_size,
+        metrics,
+        started: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    listener.set_nonblocking(true)?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        eprintln!("listening on http://{}", listener.local_addr()?);
+        axum::serve(listener, routes::router(app))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,362 @@
+//! The HTTP surface: routes, the API key check, request metrics and the handlers that
+//! turn OpenAI-shaped requests into engine work.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use ferrollama_generate::{ChatFormat, Message};
+use ferrollama_tokenizer::Tokenizer;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::engine::{EmbedJob, EngineHandle, Work};
+use crate::error::ApiError;
+use crate::generation::{self, Kind};
+use crate::metrics::Metrics;
+use crate::request::{self, ChatRequest, CompletionRequest, EmbeddingRequest, Prompt};
+
+/// What every handler shares.
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat: ChatFormat,
+    pub model_id: String,
+    pub api_key: Option<String>,
+    /// Most tokens one request may generate.
+    pub max_tokens: usize,
+    pub body_limit: usize,
+    pub hidden_size: usize,
+    pub metrics: Arc<Metrics>,
+    pub started: u64,
+}
+
+pub type App = Arc<AppState>;
+
+/// The chat page, served at `/`.
+const PAGE: &str = include_str!("../static/index.html");
+
+/// Every route, with the key check, the body limit and request metrics.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), check_key))
+        .layer(DefaultBodyLimit::max(app.body_limit))
+        .layer(middleware::from_fn_with_state(app.clone(), record))
+        .with_state(app)
+}
+
+/// Compares without stopping at the first differing byte, so the time taken does not
+/// tell an attacker how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+async fn check_key(State(app): State<App>, req: Request, next: Next) -> Response {
+    let open = matches!(req.uri().path(), "/" | "/health");
+    if let (Some(key), false) = (&app.api_key, open) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn record(State(app): State<App>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let endpoint = match path.as_str() {
+        "/"
+        | "/health"
+        | "/metrics"
+        | "/v1/models"
+        | "/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/embeddings" => path,
+        _ => "other".into(),
+    };
+    let start = Instant::now();
+    let response = next.run(req).await;
+    app.metrics
+        .request(&endpoint, response.status().as_u16(), start.elapsed());
+    response
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}
+
+async fn models(State(app): State<App>) -> Json<serde_json::Value> {
+    Json(json!({"object": "list", "data": [{
+        "id": app.model_id,
+        "object": "model",
+        "created": app.started,
+        "owned_by": "ferrollama",
+    }]}))
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(uri.path())
+}
+
+/// The body, or the right error for one that could not be read (too large, cut off).
+fn body(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(app.body_limit),
+        _ => ApiError::bad_request(format!("could not read the request body: {e}")),
+    })
+}
+
+async fn chat(State(app): State<App>, raw: Result<Bytes, BytesRejection>) -> Response {
+    match chat_inner(&app, raw).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn chat_inner(app: &App, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let req: ChatRequest = request::parse(&body(app, raw)?)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "messages must not be empty",
+        ));
+    }
+    let messages = req
+        .messages
+        .iter()
+        .map(|m| Ok(Message::new(&m.role, &m.text()?)))
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let prompt = app
+        .chat
+        .encode(&messages, &app.tokenizer)
+        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+    let n = req.sampling.n()?;
+    let top_logprobs = match req.logprobs {
+        Some(true) => Some(request::top_logprobs(req.top_logprobs, "top_logprobs")?),
+        _ => None,
+    };
+    let params = (0..n)
+        .map(|i| req.sampling.params(app.max_tokens, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    generation::run(
+        app,
+        generation::Request {
+            kind: Kind::Chat,
+            prompt_tokens: prompt.len(),
+            prompts: vec![prompt; n],
+            params,
+            top_logprobs,
+            echo: Vec::new(),
+            stream: req.stream.unwrap_or(false),
+            include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        },
+    )
+    .await
+}
+
+/// Token ids of a prompt or embedding input: texts get the model's BOS (when it adds
+/// one) and special tokens parsed, as llama-server does; ids are taken as given.
+fn prompt_tokens(tok: &Tokenizer, p: Prompt, param: &str) -> Result<Vec<Vec<u32>>, ApiError> {
+    let encode = |t: &str| tok.encode(t, true, true);
+    let out = match p {
+        Prompt::Text(t) => vec![encode(&t)],
+        Prompt::Texts(v) => v.iter().map(|t| encode(t)).collect(),
+        Prompt::Tokens(ids) => vec![ids],
+        Prompt::TokenLists(v) => v,
+    };
+    if out.is_empty() || out.iter().any(Vec::is_empty) {
+        return Err(ApiError::invalid_param(
+            param,
+            format!("{param} must not be empty"),
+        ));
+    }
+    let vocab = tok.vocab_size() as u32;
+    if out.iter().flatten().any(|&id| id >= vocab) {
+        return Err(ApiError::invalid_param(
+            param,
+            format!("token ids must be below the vocabulary size {vocab}"),
+        ));
+    }
+    Ok(out)
+}
+
+async fn completions(State(app): State<App>, raw: Result<Bytes, BytesRejection>) -> Response {
+    match completions_inner(&app, raw).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions_inner(
+    app: &App,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = request::parse(&body(app, raw)?)?;
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid_param(
+            "suffix",
+            "suffix (insertion) is not supported",
+        ));
+    }
+    let echo = req.echo.unwrap_or(false);
+    let top_logprobs = req
+        .logprobs
+        .map(|n| request::top_logprobs(Some(n), "logprobs"))
+        .transpose()?;
+    if echo && top_logprobs.is_some() {
+        return Err(ApiError::invalid_param(
+            "echo",
+            "echo together with logprobs is not supported",
+        ));
+    }
+    let prompts = prompt_tokens(&app.tokenizer, req.prompt, "prompt")?;
+    let n = req.sampling.n()?;
+    let (mut all, mut params, mut echoes) = (Vec::new(), Vec::new(), Vec::new());
+    for p in &prompts {
+        for i in 0..n {
+            params.push(req.sampling.params(app.max_tokens, i)?);
+            all.push(p.clone());
+            echoes.push(if echo {
+                app.tokenizer.decode_lossy(p, true).unwrap_or_default()
+            } else {
+                String::new()
+            });
+        }
+    }
+    generation::run(
+        app,
+        generation::Request {
+            kind: Kind::Completion,
+            prompt_tokens: prompts.iter().map(Vec::len).sum(),
+            prompts: all,
+            params,
+            top_logprobs,
+            echo: echoes,
+            stream: req.stream.unwrap_or(false),
+            include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        },
+    )
+    .await
+}
+
+async fn embeddings(State(app): State<App>, raw: Result<Bytes, BytesRejection>) -> Response {
+    match embeddings_inner(&app, raw).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn embeddings_inner(
+    app: &App,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: EmbeddingRequest = request::parse(&body(app, raw)?)?;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "encoding_format",
+                format!("encoding_format must be 'float' or 'base64', got '{other}'"),
+            ))
+        }
+    };
+    if let Some(d) = req.dimensions.filter(|&d| d as usize != app.hidden_size) {
+        return Err(ApiError::invalid_param(
+            "dimensions",
+            format!(
+                "this model's embeddings have {} dimensions, not {d}",
+                app.hidden_size
+            ),
+        ));
+    }
+    let inputs = prompt_tokens(&app.tokenizer, req.input, "input")?;
+    if let Some(long) = inputs.iter().find(|i| i.len() > app.engine.n_ctx_slot) {
+        return Err(ApiError::context_exceeded(
+            "input",
+            format!(
+                "an input has {} tokens, more than this server's context per request of {}",
+                long.len(),
+                app.engine.n_ctx_slot
+            ),
+        ));
+    }
+    let total: usize = inputs.iter().map(Vec::len).sum();
+    let (reply, answer) = oneshot::channel();
+    app.engine
+        .submit(Work::Embed(EmbedJob { inputs, reply }))
+        .map_err(|_| ApiError::busy())?;
+    let vectors = answer
+        .await
+        .map_err(|_| ApiError::internal("the engine stopped"))?
+        .map_err(ApiError::internal)?;
+    let data: Vec<_> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": app.model_id,
+        "usage": {"prompt_tokens": total, "total_tokens": total},
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn key_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

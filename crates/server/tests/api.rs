@@ -1,0 +1,566 @@
+//! The server on the default model, over real HTTP on loopback: answers, streams, batching,
+//! the prefix cache, limits and every kind of bad request (each a 4xx with an
+//! OpenAI-shaped error, after which the server keeps serving).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use ferrollama_gguf::GgufFile;
+use ferrollama_model::{Config, GgufWeights, Llama};
+use ferrollama_server::{serve_listener, ServeOptions, Served};
+use ferrollama_tokenizer::Tokenizer;
+use serde_json::{json, Value};
+
+struct Opts {
+    parallel: usize,
+    ctx: usize,
+    queue: usize,
+    key: Option<&'static str>,
+}
+
+/// Starts a server on a free port in a background thread.
+fn start(o: Opts) -> SocketAddr {
+    let path = ferrollama_assets::default_model().unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let config = Config::from_gguf(&file).unwrap();
+    let model = Llama::load(&GgufWeights::new(&file), config, o.ctx / o.parallel).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&file.header).unwrap();
+    let chat_template = file
+        .header
+        .get_str("tokenizer.chat_template")
+        .ok()
+        .map(String::from);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = ServeOptions {
+        addr,
+        api_key: o.key.map(String::from),
+        parallel: o.parallel,
+        ctx: o.ctx,
+        queue: o.queue,
+        max_tokens: 256,
+        body_limit: 64 * 1024,
+        model_id: "smollm2".into(),
+    };
+    let served = Served {
+        model,
+        tokenizer,
+        chat_template,
+    };
+    std::thread::spawn(move || serve_listener(served, opts, listener).unwrap());
+    addr
+}
+
+/// The server most tests share: 4 slots of 512 tokens.
+fn shared() -> SocketAddr {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| {
+        start(Opts {
+            parallel: 4,
+            ctx: 2048,
+            queue: 64,
+            key: None,
+        })
+    })
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The `data:` payloads of an event stream.
+    fn events(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.body)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: ").map(String::from))
+            .collect()
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; reads the whole answer (chunked bodies
+/// are de-chunked).
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req += &format!("{h}\r\n");
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let headers = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = headers[9..12].parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 4 + n..];
+    }
+    out
+}
+
+fn post(addr: SocketAddr, path: &str, body: &Value) -> Reply {
+    http(
+        addr,
+        "POST",
+        path,
+        &["Content-Type: application/json"],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn chat_body(content: &str, max_tokens: usize) -> Value {
+    json!({"model": "x", "messages": [{"role": "user", "content": content}],
+           "max_tokens": max_tokens, "temperature": 0})
+}
+
+fn assert_error(r: &Reply, status: u16, needle: &str) {
+    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    let e = &r.json()["error"];
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    assert!(e["type"].is_string());
+}
+
+#[test]
+fn models_health_and_metrics() {
+    let a = shared();
+    let m = http(a, "GET", "/v1/models", &[], b"").json();
+    assert_eq!(m["data"][0]["id"], "smollm2");
+    assert_eq!(http(a, "GET", "/health", &[], b"").status, 200);
+    let page = http(a, "GET", "/", &[], b"");
+    assert!(String::from_utf8_lossy(&page.body).contains("<html"));
+    post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 2}),
+    );
+    let text = String::from_utf8(http(a, "GET", "/metrics", &[], b"").body).unwrap();
+    for name in [
+        "ferrollama_queue_depth",
+        "ferrollama_generated_tokens_total",
+        "ferrollama_time_to_first_token_seconds_bucket",
+        "ferrollama_requests_total{endpoint=\"/v1/completions\",status=\"200\"}",
+    ] {
+        assert!(text.contains(name), "{name} missing from\n{text}");
+    }
+}
+
+#[test]
+fn greedy_chat_is_reproducible_and_streams_the_same_text() {
+    let a = shared();
+    let body = chat_body("What is the capital of France?", 24);
+    let one = post(a, "/v1/chat/completions", &body).json();
+    let two = post(a, "/v1/chat/completions", &body).json();
+    let text = one["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!text.is_empty());
+    assert_eq!(text, two["choices"][0]["message"]["content"]);
+    let u = &one["usage"];
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+    );
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let r = post(a, "/v1/chat/completions", &streamed);
+    assert!(r.headers.contains("text/event-stream"), "{}", r.headers);
+    let events = r.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks.len() > 3);
+    let joined: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(joined, text);
+    let finish = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert_eq!(
+        finish.collect::<Vec<_>>(),
+        [one["choices"][0]["finish_reason"].as_str().unwrap()]
+    );
+    let last = &chunks.last().unwrap()["usage"];
+    for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(last[k], one["usage"][k]);
+    }
+}
+
+#[test]
+fn concurrent_requests_batch_and_each_gets_its_own_answer() {
+    let a = shared();
+    let prompts: Vec<String> = (0..6)
+        .map(|i| format!("{}, {}, {}, {},", i, i + 1, i + 2, i + 3))
+        .collect();
+    let alone: Vec<Value> = prompts
+        .iter()
+        .map(|p| {
+            post(
+                a,
+                "/v1/completions",
+                &json!({"prompt": p, "max_tokens": 6, "temperature": 0}),
+            )
+            .json()
+        })
+        .collect();
+    let together: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                s.spawn(move || {
+                    post(
+                        a,
+                        "/v1/completions",
+                        &json!({"prompt": p, "max_tokens": 6, "temperature": 0}),
+                    )
+                    .json()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (x, y) in alone.iter().zip(&together) {
+        assert_eq!(x["choices"][0]["text"], y["choices"][0]["text"]);
+    }
+}
+
+#[test]
+fn completions_take_lists_n_logprobs_and_stop() {
+    let a = shared();
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": ["1, 2, 3,", "a, b, c,"], "n": 2, "max_tokens": 8, "seed": 5,
+                "logprobs": 3, "stop": [", 7"]}),
+    )
+    .json();
+    let choices = r["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    for c in choices {
+        let lp = &c["logprobs"];
+        let n = lp["tokens"].as_array().unwrap().len();
+        assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), n);
+        assert!(lp["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.as_f64().unwrap() <= 0.0));
+        assert!(lp["top_logprobs"].as_array().unwrap().iter().all(|m| m
+            .as_object()
+            .unwrap()
+            .len()
+            == 3));
+        assert!(!c["text"].as_str().unwrap().contains(", 7"));
+    }
+    let chat = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+                "logprobs": true, "top_logprobs": 2, "temperature": 0}),
+    )
+    .json();
+    let content = chat["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert!(!content.is_empty());
+    for t in content {
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(t["token"], top[0]["token"]);
+    }
+}
+
+#[test]
+fn embeddings_are_normalised_and_rank_similar_texts_closer() {
+    let a = shared();
+    let texts = [
+        "The cat sat on the mat.",
+        "A cat was sitting on a rug.",
+        "Quarterly revenue grew by 4 percent.",
+    ];
+    let r = post(a, "/v1/embeddings", &json!({"input": texts})).json();
+    let vecs: Vec<Vec<f64>> = r["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
+    for v in &vecs {
+        assert!((dot(v, v) - 1.0).abs() < 1e-4);
+    }
+    assert!(dot(&vecs[0], &vecs[1]) > dot(&vecs[0], &vecs[2]));
+    let b64 = post(
+        a,
+        "/v1/embeddings",
+        &json!({"input": texts[0], "encoding_format": "base64"}),
+    )
+    .json();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f64> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+        .collect();
+    assert_eq!(floats.len(), vecs[0].len());
+    assert!(floats
+        .iter()
+        .zip(&vecs[0])
+        .all(|(x, y)| (x - y).abs() < 1e-6));
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
+    let a = shared();
+    let raw = |body: &[u8]| http(a, "POST", "/v1/chat/completions", &[], body);
+    assert_error(&raw(b"{not json"), 400, "not valid JSON");
+    assert_error(&raw(br#"{"messages": "hi"}"#), 400, "wrong type");
+    assert_error(
+        &raw(br#"{"messages": [{"role": "user", "content": 5}]}"#),
+        400,
+        "",
+    );
+    assert_error(
+        &raw(b"{\"messages\": [{\"role\": \"user\", \"content\": \"\xff\"}]}"),
+        400,
+        "",
+    );
+    assert_error(&raw(br#"{"messages": []}"#), 400, "empty");
+    assert_error(
+        &raw(br#"{"messages": [{"role":"user","content":"x"}], "temperature": -1}"#),
+        400,
+        "temperature",
+    );
+    assert_error(
+        &raw(br#"{"messages": [{"role":"user","content":"x"}], "n": 99}"#),
+        400,
+        "n must",
+    );
+    assert_error(&raw(&vec![b' '; 70 * 1024]), 413, "limit");
+    let long = "word ".repeat(700);
+    let r = post(a, "/v1/chat/completions", &chat_body(&long, 4));
+    assert_error(&r, 400, "context per request is 512");
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+    assert_error(
+        &post(a, "/v1/completions", &json!({"prompt": [99999999]})),
+        400,
+        "vocabulary",
+    );
+    assert_error(
+        &post(a, "/v1/completions", &json!({"prompt": ""})),
+        400,
+        "empty",
+    );
+    assert_error(
+        &post(
+            a,
+            "/v1/embeddings",
+            &json!({"input": "x", "encoding_format": "hex"}),
+        ),
+        400,
+        "encoding_format",
+    );
+    assert_error(&http(a, "GET", "/v2/nothing", &[], b""), 404, "no route");
+    // Unknown fields are ignored, and the server still answers.
+    let ok = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+                "user": "u", "response_format": {"type": "text"}, "tools_future_field": [1]}),
+    );
+    assert_eq!(ok.status, 200);
+}
+
+#[test]
+fn prefix_cache_reuses_a_shared_prompt() {
+    let a = start(Opts {
+        parallel: 1,
+        ctx: 256,
+        queue: 4,
+        key: None,
+    });
+    let ask = |q: &str| {
+        post(
+            a,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "system", "content": "You are a terse assistant who answers in one word."},
+                                 {"role": "user", "content": q}], "max_tokens": 3}),
+        )
+        .json()["usage"]
+            .clone()
+    };
+    let first = ask("Capital of Italy?");
+    assert_eq!(first["prompt_tokens_details"]["cached_tokens"], 0);
+    // Another question after the same system prompt: the system part is reused.
+    let second = ask("Capital of Spain?");
+    let cached = second["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(cached >= 15, "{second}");
+    assert!(cached < second["prompt_tokens"].as_u64().unwrap());
+    // The same request again: all but the last prompt token.
+    let third = ask("Capital of Spain?");
+    assert_eq!(
+        third["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        Some(third["prompt_tokens"].as_u64().unwrap() - 1)
+    );
+}
+
+#[test]
+fn api_key_is_required_when_set() {
+    let a = start(Opts {
+        parallel: 1,
+        ctx: 256,
+        queue: 4,
+        key: Some("s3cret"),
+    });
+    assert_error(&http(a, "GET", "/v1/models", &[], b""), 401, "API key");
+    assert_error(
+        &http(
+            a,
+            "GET",
+            "/v1/models",
+            &["Authorization: Bearer wrong"],
+            b"",
+        ),
+        401,
+        "API key",
+    );
+    assert_error(
+        &http(a, "GET", "/metrics", &["Authorization: Basic s3cret"], b""),
+        401,
+        "API key",
+    );
+    assert_eq!(
+        http(
+            a,
+            "GET",
+            "/v1/models",
+            &["Authorization: Bearer s3cret"],
+            b""
+        )
+        .status,
+        200
+    );
+    assert_eq!(http(a, "GET", "/health", &[], b"").status, 200);
+}
+
+/// Reads an event stream until its first chunk arrives, and returns the open connection.
+fn open_stream(addr: SocketAddr, max_tokens: usize) -> TcpStream {
+    let body = json!({"prompt": "Once upon a time", "max_tokens": max_tokens, "stream": true,
+                      "ignore_eos": true})
+    .to_string();
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = String::from_utf8(http(addr, "GET", "/metrics", &[], b"").body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn full_queue_answers_503_and_a_dropped_client_frees_its_slot() {
+    let a = start(Opts {
+        parallel: 1,
+        ctx: 512,
+        queue: 1,
+        key: None,
+    });
+    // One request holds the only slot; a second waits in the one queue place.
+    let holder = open_stream(a, 400);
+    let waiting = std::thread::spawn(move || {
+        post(
+            a,
+            "/v1/completions",
+            &json!({"prompt": "Hi", "max_tokens": 2}),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(a, "ferrollama_queue_depth") < 1.0 {
+        assert!(Instant::now() < deadline, "the second request never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 2}),
+    );
+    assert_error(&refused, 503, "capacity");
+    assert!(refused
+        .headers
+        .to_ascii_lowercase()
+        .contains("retry-after: 1"));
+    // The client holding the slot hangs up: its generation stops long before 400 tokens
+    // and the waiting request runs.
+    drop(holder);
+    let started = Instant::now();
+    assert_eq!(waiting.join().unwrap().status, 200);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(metric(a, "ferrollama_cancelled_total"), 1.0);
+}
