@@ -2,6 +2,7 @@
 //! quantized to 8 bits (as ggml does), chosen at run time by CPU features, each beside a
 //! plain scalar reference that the tests compare it with.
 
+pub mod attention;
 pub mod matmul;
 pub mod q4_1;
 pub mod q8_1;

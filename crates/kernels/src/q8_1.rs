@@ -28,6 +28,16 @@ impl Default for BlockQ8_1 {
     }
 }
 
+/// Rounds half to even for |x| <= 2^22 (here |x| <= 127): adding 1.5 * 2^23 leaves no
+/// fraction bits, so the FPU's default rounding (to nearest, ties to even) does the work.
+/// `f32::round_ties_even` compiles to a call to `rintf` without SSE4.1, which cost 7 % of
+/// a batched decode step.
+#[inline(always)]
+fn round_ties_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
+}
+
 /// Quantizes `x` (a multiple of 32 long) into `out` (x.len() / 32 blocks). Rounds half to
 /// even, as ggml's AVX path does.
 pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
@@ -38,7 +48,7 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in block.qs.iter_mut().zip(xs) {
-            let r = (v * id).round_ties_even() as i32;
+            let r = round_ties_even_small(v * id) as i32;
             *q = r as i8;
             sum += r;
         }
@@ -50,6 +60,19 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn magic_rounding_equals_round_ties_even() {
+        let mut xs: Vec<f32> = (-2540..=2540).map(|i| i as f32 / 20.0).collect();
+        xs.extend([
+            0.5, -0.5, 1.5, -1.5, 2.5, 126.5, -126.5, 127.0, 0.49999997, -0.0,
+        ]);
+        xs.extend((0..1000).map(|i| ((i * 7919) % 25400) as f32 / 99.7 - 127.0));
+        for x in xs {
+            assert_eq!(round_ties_even_small(x), x.round_ties_even(), "{x}");
+        }
+        assert!(round_ties_even_small(f32::NAN).is_nan());
+    }
 
     #[test]
     fn quantizes_to_within_half_a_step() {

@@ -1,7 +1,8 @@
 //! Multi-head self-attention with grouped-query heads (Ainslie et al. 2023): each KV head
 //! serves `n_rep` consecutive query heads, as in llama.cpp's broadcast.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
+use ferrollama_kernels::attention::{decode_attention, Heads};
 
 use crate::config::Config;
 use crate::error::Result;
@@ -116,6 +117,9 @@ impl Attention {
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b_sz, seq_len, _) = q.dims3()?;
+        if (b_sz, seq_len) == (1, 1) {
+            return self.attend_one(q, k, v, rope, index_pos, cache);
+        }
         let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             // (b, seq_len, n * head_dim) -> (b, n, seq_len, head_dim)
@@ -164,6 +168,39 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((b_sz, seq_len, n_head * head_dim))?;
         Ok(out)
+    }
+}
+
+impl Attention {
+    /// [`Self::attend`] for one new token: RoPE and the cache append stay tensor
+    /// operations; scores, softmax and the weighted sum run fused in
+    /// [`decode_attention`].
+    fn attend_one(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        rope: &Rope,
+        index_pos: usize,
+        cache: &mut LayerKv,
+    ) -> Result<Tensor> {
+        let (n_head, n_kv_head, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        // (1, 1, n * hd) -> (1, n, 1, hd) is the same memory: no copy.
+        let q = rope.apply(&q.reshape((1, n_head, 1, hd))?, index_pos)?;
+        let k = rope.apply(&k.reshape((1, n_kv_head, 1, hd))?, index_pos)?;
+        let f16_round = |t: Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
+        cache.append(
+            &f16_round(k)?,
+            &f16_round(v.reshape((1, n_kv_head, 1, hd))?)?,
+        )?;
+        let q: Vec<f32> = f16_round(q)?.flatten_all()?.to_vec1()?;
+        let heads = Heads {
+            n_head,
+            n_kv_head,
+            head_dim: hd,
+        };
+        let out = cache.with_data(|k, v, len, cap| decode_attention(heads, &q, k, v, len, cap))?;
+        Ok(Tensor::from_vec(out, (1, 1, n_head * hd), &Device::Cpu)?)
     }
 }
 

@@ -2,7 +2,7 @@
 //! `KvCache` it can be cut back to a shorter prefix, which is what lets a server reuse the
 //! cached prompt prefix a new request shares with an earlier one.
 
-use candle_core::Tensor;
+use candle_core::{Storage, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -70,6 +70,24 @@ impl LayerKv {
             k_all.narrow(SEQ_DIM, 0, self.len)?,
             v_all.narrow(SEQ_DIM, 0, self.len)?,
         ))
+    }
+
+    /// Calls `f` with the cached keys and values as f32 slices laid out
+    /// (n_kv_head, capacity, head_dim), the number of positions held, and the capacity.
+    pub fn with_data<R>(&self, f: impl FnOnce(&[f32], &[f32], usize, usize) -> R) -> Result<R> {
+        let (Some(k), Some(v)) = (&self.k, &self.v) else {
+            return Err(Error::Input("the KV cache is empty".into()));
+        };
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        match (&*ks, &*vs) {
+            (Storage::Cpu(kc), Storage::Cpu(vc)) => {
+                let kd = &kc.as_slice::<f32>()?[kl.start_offset()..];
+                let vd = &vc.as_slice::<f32>()?[vl.start_offset()..];
+                Ok(f(kd, vd, self.len, self.capacity))
+            }
+            _ => Err(Error::Input("the KV cache is not in CPU memory".into())),
+        }
     }
 
     fn store(slot: &mut Option<Tensor>, like: &Tensor, capacity: usize) -> Result<Tensor> {
