@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod matmul;
 pub mod q4_1;
+pub mod q8_0;
 pub mod q8_1;
 
-pub use matmul::matmul_q4_1;
+pub use matmul::{matmul, matmul_q4_1, WeightFormat};

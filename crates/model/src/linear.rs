@@ -1,5 +1,7 @@
-//! A projection y = x W^T whose weights stay as stored. Q4_1 goes through our own kernel
-//! (candle's Q4_1 dot product has no SIMD path); every other type through candle's QMatMul.
+//! A projection y = x W^T whose weights stay as stored. Q4_1 and Q8_0 go through our own
+//! kernels (candle's Q4_1 dot product has no SIMD path, and its Q8_0 product was a fifth of
+//! a batched decode step for the output projection alone); every other type through
+//! candle's QMatMul.
 //! f16/bf16 weights are kept in f16 and multiplied with f16 activations, as llama.cpp does.
 
 use std::sync::Arc;
@@ -7,18 +9,22 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
+use ferrollama_kernels::WeightFormat;
+
 use crate::error::{Error, Result};
 use crate::weights::WeightSource;
 
 /// Weights of one projection.
 pub enum Linear {
     Candle(QMatMul),
-    Q4_1(Arc<Q4_1Matrix>),
+    Quant(Arc<QuantMatrix>),
 }
 
-/// Q4_1 weight rows for [`ferrollama_kernels::matmul_q4_1`].
-pub struct Q4_1Matrix {
-    data: Vec<u8>,
+/// Q4_1 or Q8_0 weight rows for [`ferrollama_kernels::matmul`], read in place from the
+/// tensor (shared with the embedding when the output projection is tied to it).
+pub struct QuantMatrix {
+    tensor: Arc<QTensor>,
+    format: WeightFormat,
     /// Output features (rows).
     n: usize,
     /// Input features.
@@ -42,31 +48,34 @@ impl Linear {
 
     /// Wraps a weight tensor of shape (n, k).
     pub fn from_qtensor(q: QTensor) -> Result<Self> {
-        Ok(match q.dtype() {
-            GgmlDType::Q4_1 => {
-                let (n, k) = q.shape().dims2()?;
-                Self::Q4_1(Arc::new(Q4_1Matrix {
-                    data: q.data()?.into_owned(),
-                    n,
-                    k,
-                }))
-            }
-            GgmlDType::F16 | GgmlDType::BF16 => {
-                Self::Candle(QMatMul::TensorF16(q.dequantize_f16(&q.device())?))
-            }
-            _ => Self::Candle(QMatMul::from_qtensor(q)?),
-        })
+        Self::from_arc(Arc::new(q))
     }
 
     /// Wraps a shared tensor (the tied embedding used as output projection).
     pub fn from_arc(q: Arc<QTensor>) -> Result<Self> {
-        match q.dtype() {
-            GgmlDType::Q4_1 | GgmlDType::F16 | GgmlDType::BF16 => Self::from_qtensor(QTensor::new(
-                candle_core::quantized::QStorage::from_data(q.data()?, &q.device(), q.dtype())?,
-                q.shape().clone(),
-            )?),
-            _ => Ok(Self::Candle(QMatMul::from_arc(q)?)),
+        let format = match q.dtype() {
+            GgmlDType::Q4_1 => WeightFormat::Q4_1,
+            GgmlDType::Q8_0 => WeightFormat::Q8_0,
+            GgmlDType::F16 | GgmlDType::BF16 => {
+                return Ok(Self::Candle(QMatMul::TensorF16(
+                    q.dequantize_f16(&q.device())?,
+                )))
+            }
+            _ => return Ok(Self::Candle(QMatMul::from_arc(q)?)),
+        };
+        let (n, k) = q.shape().dims2()?;
+        if k % 32 != 0 || q.data()?.len() != n * k / 32 * format.block_bytes() {
+            return Err(Error::Input(format!(
+                "a {format:?} weight of shape ({n}, {k}) holds {} bytes",
+                q.data()?.len()
+            )));
         }
+        Ok(Self::Quant(Arc::new(QuantMatrix {
+            tensor: q,
+            format,
+            n,
+            k,
+        })))
     }
 }
 
@@ -74,14 +83,14 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Candle(m) => m.forward(x),
-            Self::Q4_1(m) => x.contiguous()?.apply_op1_no_bwd(m.as_ref()),
+            Self::Quant(m) => x.contiguous()?.apply_op1_no_bwd(m.as_ref()),
         }
     }
 }
 
-impl CustomOp1 for Q4_1Matrix {
+impl CustomOp1 for QuantMatrix {
     fn name(&self) -> &'static str {
-        "q4_1-matmul"
+        "quant-matmul"
     }
 
     fn cpu_fwd(
@@ -90,20 +99,24 @@ impl CustomOp1 for Q4_1Matrix {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(all) = storage else {
-            candle_core::bail!("q4_1 matmul expects f32 activations")
+            candle_core::bail!("quantized matmul expects f32 activations")
         };
         let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("q4_1 matmul expects contiguous activations".into())
+            candle_core::Error::Msg("quantized matmul expects contiguous activations".into())
         })?;
         let x = &all[start..end];
         let dims = layout.shape().dims();
         let k = *dims.last().unwrap_or(&0);
         if k != self.k {
-            candle_core::bail!("q4_1 matmul: input width {k}, weights expect {}", self.k)
+            candle_core::bail!(
+                "quantized matmul: input width {k}, weights expect {}",
+                self.k
+            )
         }
         let m = x.len() / k.max(1);
         let mut y = vec![0f32; m * self.n];
-        ferrollama_kernels::matmul_q4_1(&self.data, self.n, self.k, x, m, &mut y);
+        let w = self.tensor.data()?;
+        ferrollama_kernels::matmul(self.format, &w, self.n, self.k, x, m, &mut y);
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
             *last = self.n;

@@ -140,7 +140,11 @@ fn hidden_states_cover_every_token() {
 #[ignore]
 fn decode_step_timing() {
     let m = model();
-    for n in [1usize, 4, 16] {
+    let sizes: Vec<usize> = std::env::var("DECODE_SEQS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 16]);
+    for n in sizes {
         let mut caches: Vec<_> = (0..n)
             .map(|i| {
                 let mut c = m.new_cache(256);
@@ -150,14 +154,17 @@ fn decode_step_timing() {
             })
             .collect();
         let start = std::time::Instant::now();
-        let steps = 10;
+        let steps = std::env::var("DECODE_STEPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10u32);
         for s in 0..steps {
             let toks: Vec<[u32; 1]> = (0..n).map(|i| [(s * 13 + i as u32) % 900 + 20]).collect();
             let seqs: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
             let mut refs: Vec<_> = caches.iter_mut().collect();
             m.forward_multi(&seqs, &mut refs).unwrap();
         }
-        let ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        let ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(steps);
         println!(
             "{n:>2} sequences: {ms:.1} ms/step, {:.0} tok/s",
             n as f64 * 1e3 / ms
