@@ -47,6 +47,14 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // The forward pass runs on rayon's threads, and glibc gives each thread that allocates
+    // its own heap arena, each keeping freed memory: peak RSS of `bench` on the default model
+    // went from 209 to 248 MiB. Two arenas keep it at 209 MiB at no measurable speed cost.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Chat(a) => cmd::chat::run(a),
