@@ -3,12 +3,12 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use ferrollama_kernels::attention::{decode_attention, Heads};
+use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::Result;
 use crate::kv::LayerKv;
 use crate::linear::Linear;
-use crate::mask::causal_mask;
 use crate::rope::Rope;
 use crate::weights::WeightSource;
 
@@ -43,18 +43,16 @@ impl Attention {
     }
 
     /// `x` (1, seq_len, hidden) at positions index_pos.. -> (1, seq_len, hidden); appends
-    /// the new keys and values to `cache`. `mask` is (seq_len, index_pos + seq_len) or
-    /// `None` for a single query, which may see every cached key.
+    /// the new keys and values to `cache`. Query row i sees positions up to index_pos + i.
     pub fn forward(
         &self,
         x: &Tensor,
         rope: &Rope,
         index_pos: usize,
         cache: &mut LayerKv,
-        mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (q, k, v) = self.project(x)?;
-        let out = self.attend(q, k, v, rope, index_pos, cache, mask)?;
+        let out = self.attend(q, k, v, rope, index_pos, cache)?;
         Ok(self.o_proj.forward(&out)?)
     }
 
@@ -75,20 +73,7 @@ impl Attention {
         for (&n, cache) in lens.iter().zip(caches.iter_mut()) {
             let rows = |t: &Tensor| t.narrow(1, offset, n);
             let pos = cache.len();
-            let mask = if n > 1 {
-                Some(causal_mask(n, pos, x.device())?)
-            } else {
-                None
-            };
-            outs.push(self.attend(
-                rows(&q)?,
-                rows(&k)?,
-                rows(&v)?,
-                rope,
-                pos,
-                cache,
-                mask.as_ref(),
-            )?);
+            outs.push(self.attend(rows(&q)?, rows(&k)?, rows(&v)?, rope, pos, cache)?);
             offset += n;
         }
         Ok(self.o_proj.forward(&Tensor::cat(&outs, 1)?)?)
@@ -103,9 +88,16 @@ impl Attention {
         ))
     }
 
-    /// Attention of projected queries over the cache plus the new keys and values; returns
-    /// (1, seq_len, n_head * head_dim), before the output projection.
-    #[allow(clippy::too_many_arguments)]
+    /// Attention of projected queries (1, seq_len, n_head * head_dim) over the cache plus
+    /// the new keys and values; returns (1, seq_len, n_head * head_dim), before the output
+    /// projection. RoPE and the cache append are tensor operations; scores, softmax and the
+    /// weighted sum run fused in [`decode_attention`], one query row at a time, so a row's
+    /// result does not depend on how many rows came with it: a prompt read back from a
+    /// prefix cache continues exactly as one computed whole.
+    ///
+    /// llama.cpp keeps K and V in f16 and multiplies them with Q and the attention
+    /// probabilities rounded to f16; rounding at the same places keeps our activations
+    /// closest to its own.
     fn attend(
         &self,
         q: Tensor,
@@ -114,118 +106,51 @@ impl Attention {
         rope: &Rope,
         index_pos: usize,
         cache: &mut LayerKv,
-        mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (b_sz, seq_len, _) = q.dims3()?;
-        if (b_sz, seq_len) == (1, 1) {
-            return self.attend_one(q, k, v, rope, index_pos, cache);
-        }
-        let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            // (b, seq_len, n * head_dim) -> (b, n, seq_len, head_dim)
-            Ok(t.reshape((b_sz, seq_len, n, head_dim))?
+        let (_, seq_len, _) = q.dims3()?;
+        let (n_head, n_kv_head, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        // (1, seq_len, n * hd) -> (1, n, seq_len, hd), as RoPE and the cache want them; for
+        // a single token that is a reshape, no copy.
+        let by_head = |t: Tensor, n: usize| -> Result<Tensor> {
+            if seq_len == 1 {
+                return Ok(t.reshape((1, n, 1, hd))?);
+            }
+            Ok(t.reshape((1, seq_len, n, hd))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = rope.apply(&heads(q, n_head)?, index_pos)?;
-        let k = rope.apply(&heads(k, n_kv_head)?, index_pos)?;
-        let v = heads(v, n_kv_head)?;
-        // llama.cpp keeps K and V in f16 and multiplies them with Q and the attention
-        // probabilities rounded to f16; rounding at the same places keeps our activations
-        // closest to its own (on the f16 model: max logit difference 0.025, from 0.031).
-        let k = k.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
-        let v = v.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
-        // (b, n_kv_head, kv_len, head_dim)
-        let (k, v) = cache.append(&k, &v)?;
-        let kv_len = k.dim(2)?;
-
-        // Group the query heads by the KV head they share, so one matmul serves each group:
-        // (b, n_kv_head, n_rep * seq_len, head_dim).
-        let n_rep = n_head / n_kv_head;
-        let q = q.to_dtype(DType::F16)?.to_dtype(DType::F32)?.reshape((
-            b_sz,
-            n_kv_head,
-            n_rep * seq_len,
-            head_dim,
-        ))?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        // (b, n_kv_head, n_rep * seq_len, kv_len)
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores
-                .reshape((b_sz, n_kv_head, n_rep, seq_len, kv_len))?
-                .broadcast_add(m)?
-                .reshape((b_sz, n_kv_head, n_rep * seq_len, kv_len))?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?
-            .to_dtype(DType::F16)?
-            .to_dtype(DType::F32)?;
-        // (b, n_kv_head, n_rep * seq_len, head_dim) -> (b, seq_len, n_head * head_dim)
-        let out = probs.matmul(&v.contiguous()?)?;
-        let out = out
-            .reshape((b_sz, n_head, seq_len, head_dim))?
-            .transpose(1, 2)?
-            .reshape((b_sz, seq_len, n_head * head_dim))?;
-        Ok(out)
-    }
-}
-
-impl Attention {
-    /// [`Self::attend`] for one new token: RoPE and the cache append stay tensor
-    /// operations; scores, softmax and the weighted sum run fused in
-    /// [`decode_attention`].
-    fn attend_one(
-        &self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        rope: &Rope,
-        index_pos: usize,
-        cache: &mut LayerKv,
-    ) -> Result<Tensor> {
-        let (n_head, n_kv_head, hd) = (self.n_head, self.n_kv_head, self.head_dim);
-        // (1, 1, n * hd) -> (1, n, 1, hd) is the same memory: no copy.
-        let q = rope.apply(&q.reshape((1, n_head, 1, hd))?, index_pos)?;
-        let k = rope.apply(&k.reshape((1, n_kv_head, 1, hd))?, index_pos)?;
         let f16_round = |t: Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
-        cache.append(
-            &f16_round(k)?,
-            &f16_round(v.reshape((1, n_kv_head, 1, hd))?)?,
-        )?;
-        let q: Vec<f32> = f16_round(q)?.flatten_all()?.to_vec1()?;
+        let q = rope.apply(&by_head(q, n_head)?, index_pos)?;
+        let k = rope.apply(&by_head(k, n_kv_head)?, index_pos)?;
+        cache.append(&f16_round(k)?, &f16_round(by_head(v, n_kv_head)?)?)?;
+        // Back to one row of n_head * hd per query.
+        let q = f16_round(q)?;
+        let q = if seq_len == 1 {
+            q
+        } else {
+            q.transpose(1, 2)?.contiguous()?
+        };
+        let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
         let heads = Heads {
             n_head,
             n_kv_head,
             head_dim: hd,
         };
-        let out = cache.with_data(|k, v, len, cap| decode_attention(heads, &q, k, v, len, cap))?;
-        Ok(Tensor::from_vec(out, (1, 1, n_head * hd), &Device::Cpu)?)
+        let width = n_head * hd;
+        let mut out = vec![0f32; seq_len * width];
+        let attend_row = |k: &[f32], v: &[f32], cap: usize, i: usize, row: &mut [f32]| {
+            let q_i = &q[i * width..(i + 1) * width];
+            row.copy_from_slice(&decode_attention(heads, q_i, k, v, index_pos + i + 1, cap));
+        };
+        cache.with_data(|k, v, _, cap| {
+            if seq_len == 1 {
+                attend_row(k, v, cap, 0, &mut out);
+            } else {
+                out.par_chunks_mut(width)
+                    .enumerate()
+                    .for_each(|(i, row)| attend_row(k, v, cap, i, row));
+            }
+        })?;
+        Ok(Tensor::from_vec(out, (1, seq_len, width), &Device::Cpu)?)
     }
-}
-
-/// Plain reference attention for one head group (tests): `q` rows attend causally.
-pub fn attention_reference(
-    q: &[Vec<f32>],
-    k: &[Vec<f32>],
-    v: &[Vec<f32>],
-    index_pos: usize,
-) -> Vec<Vec<f32>> {
-    let scale = 1.0 / (q[0].len() as f32).sqrt();
-    q.iter()
-        .enumerate()
-        .map(|(i, qi)| {
-            let visible = index_pos + i + 1;
-            let s: Vec<f32> = k[..visible]
-                .iter()
-                .map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale)
-                .collect();
-            let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
-            let z: f32 = e.iter().sum();
-            (0..v[0].len())
-                .map(|d| e.iter().zip(v).map(|(p, vj)| p * vj[d]).sum::<f32>() / z)
-                .collect()
-        })
-        .collect()
 }

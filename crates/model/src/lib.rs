@@ -10,7 +10,6 @@ pub mod hf;
 pub mod kv;
 pub mod linear;
 pub mod llama;
-pub mod mask;
 pub mod mlp;
 pub mod rope;
 pub mod weights;

@@ -12,7 +12,6 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kv::LayerKv;
 use crate::linear::Linear;
-use crate::mask::causal_mask;
 use crate::mlp::Mlp;
 use crate::rope::Rope;
 use crate::weights::WeightSource;
@@ -327,17 +326,9 @@ impl Llama {
             )));
         }
         let mut x = self.embed(tokens)?;
-        let dev = Device::Cpu;
-        let mask = if seq_len > 1 {
-            Some(causal_mask(seq_len, index_pos, &dev)?)
-        } else {
-            None
-        };
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = layer.input_layernorm.forward(&x)?;
-            let h = layer
-                .self_attn
-                .forward(&h, &self.rope, index_pos, kv, mask.as_ref())?;
+            let h = layer.self_attn.forward(&h, &self.rope, index_pos, kv)?;
             x = (x + h)?;
             let h = layer.post_attention_layernorm.forward(&x)?;
             x = (&x + layer.mlp.forward(&h)?)?;
