@@ -179,6 +179,37 @@ pub struct ChatRequest {
     #[serde(default)]
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    pub response_format: Option<ResponseFormat>,
+    pub tools: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl ChatRequest {
+    /// Features a client relies on (JSON output, tool calls) are refused rather than
+    /// silently ignored, so that the client learns it cannot have them.
+    pub fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        if let Some(f) = self.response_format.as_ref().filter(|f| f.kind != "text") {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                format!(
+                    "response_format '{}' is not supported (only 'text')",
+                    f.kind
+                ),
+            ));
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(ApiError::invalid_param(
+                "tools",
+                "tool calls are not supported",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `prompt` or `input`: text(s) or token ids.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -55,6 +55,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), check_key))
         .layer(DefaultBodyLimit::max(app.body_limit))
         .layer(middleware::from_fn_with_state(app.clone(), record))
@@ -134,6 +135,10 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(uri.path())
 }
 
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}
+
 /// The body, or the right error for one that could not be read (too large, cut off).
 fn body(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e.status() {
@@ -151,6 +156,7 @@ async fn chat(State(app): State<App>, raw: Result<Bytes, BytesRejection>) -> Res
 
 async fn chat_inner(app: &App, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: ChatRequest = request::parse(&body(app, raw)?)?;
+    req.refuse_unsupported()?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",

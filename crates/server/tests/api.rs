@@ -411,6 +411,28 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         "encoding_format",
     );
     assert_error(&http(a, "GET", "/v2/nothing", &[], b""), 404, "no route");
+    assert_error(
+        &http(a, "GET", "/v1/chat/completions", &[], b""),
+        405,
+        "does not accept GET",
+    );
+    let unsupported = |extra: Value| {
+        let mut b = chat_body("Hi", 2);
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        post(a, "/v1/chat/completions", &b)
+    };
+    assert_error(
+        &unsupported(json!({"response_format": {"type": "json_object"}})),
+        400,
+        "not supported",
+    );
+    assert_error(
+        &unsupported(json!({"tools": [{"type": "function"}]})),
+        400,
+        "tool calls",
+    );
     // Unknown fields are ignored, and the server still answers.
     let ok = post(
         a,
