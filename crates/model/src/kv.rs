@@ -72,6 +72,27 @@ impl LayerKv {
         ))
     }
 
+    /// Appends positions `self.len()..upto` of `src`, which holds the same tokens there
+    /// (a shared prompt prefix): a copy instead of a computation.
+    pub fn extend_from(&mut self, src: &LayerKv, upto: usize) -> Result<()> {
+        let from = self.len;
+        if upto <= from {
+            return Ok(());
+        }
+        let (Some(k), Some(v)) = (&src.k, &src.v) else {
+            return Err(Error::Input("copying from an empty KV cache".into()));
+        };
+        if upto > src.len {
+            return Err(Error::Input(format!(
+                "copying {upto} positions from a KV cache holding {}",
+                src.len
+            )));
+        }
+        let part = |t: &Tensor| t.narrow(SEQ_DIM, from, upto - from)?.contiguous();
+        self.append(&part(k)?, &part(v)?)?;
+        Ok(())
+    }
+
     /// Calls `f` with the cached keys and values as f32 slices laid out
     /// (n_kv_head, capacity, head_dim), the number of positions held, and the capacity.
     pub fn with_data<R>(&self, f: impl FnOnce(&[f32], &[f32], usize, usize) -> R) -> Result<R> {
@@ -123,6 +144,30 @@ mod tests {
         assert_eq!(k, [0.0, 1.0, 50.0, 51.0, 52.0, 53.0]);
         let v: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(v, [100.0, 101.0, 150.0, 151.0, 152.0, 153.0]);
+    }
+
+    #[test]
+    fn extend_from_copies_a_shared_prefix() {
+        let mut a = LayerKv::new(4);
+        a.append(&rows(0.0, 3), &rows(100.0, 3)).unwrap();
+        let mut b = LayerKv::new(4);
+        b.append(&rows(0.0, 1), &rows(100.0, 1)).unwrap();
+        b.extend_from(&a, 3).unwrap();
+        assert_eq!(b.len(), 3);
+        let (k, _) = b.append(&rows(7.0, 1), &rows(7.0, 1)).unwrap();
+        let k: Vec<f32> = k.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(k, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 8.0]);
+        assert!(
+            b.extend_from(&a, 2).is_ok(),
+            "nothing to copy below its own length"
+        );
+        assert_eq!(b.len(), 4);
+        let mut c = LayerKv::new(8);
+        assert!(
+            c.extend_from(&a, 4).is_err(),
+            "beyond what the source holds"
+        );
+        assert!(c.extend_from(&LayerKv::new(2), 1).is_err());
     }
 
     #[test]

@@ -77,7 +77,9 @@ pub struct Llama {
     pub config: Config,
 }
 
-/// The KV cache of one sequence, sized for a context of `n_ctx` tokens.
+/// The KV cache of one sequence, sized for a context of `n_ctx` tokens. Cloning shares
+/// the memory until either side appends (a cheap handle, for copying a prefix).
+#[derive(Clone)]
 pub struct Cache {
     layers: Vec<LayerKv>,
     n_ctx: usize,
@@ -97,6 +99,21 @@ impl Cache {
     /// Forgets every token and frees the memory.
     pub fn reset(&mut self) {
         self.layers.iter_mut().for_each(LayerKv::reset);
+    }
+
+    /// Takes positions `seq_len()..upto` from `src`, a cache of a sequence with the same
+    /// tokens up to `upto`: the keys and values are copied, not computed again.
+    pub fn extend_from(&mut self, src: &Cache, upto: usize) -> Result<()> {
+        if upto > self.n_ctx {
+            return Err(Error::Input(format!(
+                "{upto} positions exceed the context of {}",
+                self.n_ctx
+            )));
+        }
+        for (dst, s) in self.layers.iter_mut().zip(&src.layers) {
+            dst.extend_from(s, upto)?;
+        }
+        Ok(())
     }
 
     /// Keeps the first `len` tokens, so that a sequence sharing them continues from there.

@@ -134,6 +134,18 @@ pub fn start(
     })
 }
 
+/// Shared prompt tokens worth waiting a step for instead of computing them again.
+const MIN_SHARED: usize = 4;
+
+/// `task.prompt[from..upto]` of the slot's task (empty when it has none).
+fn task_prompt_range(slot: &Slot, from: usize, upto: usize) -> Vec<u32> {
+    slot.task
+        .as_ref()
+        .and_then(|t| t.prompt.get(from..upto))
+        .map(<[u32]>::to_vec)
+        .unwrap_or_default()
+}
+
 struct Slot {
     cache: Cache,
     /// The tokens `cache` holds, in order.
@@ -276,8 +288,47 @@ impl Engine {
         }
     }
 
+    /// Copies into each slot still reading its prompt the longest run of it that another
+    /// slot has already computed (a system prompt, a shared document), so that a burst of
+    /// requests with one system prompt computes it once, not once per slot.
+    fn share_prefixes(&mut self) {
+        for i in 0..self.slots.len() {
+            let Some(task) = &self.slots[i].task else {
+                continue;
+            };
+            if task.next.is_some() {
+                continue;
+            }
+            let have = self.slots[i].history.len();
+            // The prompt's last token is always computed: its logits are needed.
+            let limit = task.prompt.len() - 1;
+            let best = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(j, s)| (j, common_prefix(&s.history, &task.prompt).min(limit)))
+                .max_by_key(|&(_, n)| n);
+            let Some((j, upto)) = best.filter(|&(_, n)| n > have) else {
+                continue;
+            };
+            let src = self.slots[j].cache.clone();
+            let slot = &mut self.slots[i];
+            if slot.cache.extend_from(&src, upto).is_err() {
+                continue;
+            }
+            let copied = task_prompt_range(slot, have, upto);
+            slot.history.extend_from_slice(&copied);
+            if let Some(task) = slot.task.as_mut() {
+                task.cached_tokens += copied.len();
+            }
+            self.metrics.prompt_tokens(0, copied.len());
+        }
+    }
+
     /// One batched forward over every busy slot, then sampling for those whose prompt is in.
     fn step(&mut self) {
+        self.share_prefixes();
         // Decoding slots take one token each; prompts share what is left of the micro-batch.
         let decoding = self
             .slots
@@ -290,8 +341,21 @@ impl Engine {
             let Some(task) = &slot.task else { continue };
             if let Some(t) = task.next {
                 inputs.push((i, vec![t]));
-            } else if budget > 0 {
-                let from = slot.history.len();
+                continue;
+            }
+            let from = slot.history.len();
+            // A prompt whose next tokens another slot computes in this step waits one step
+            // and then copies them (share_prefixes).
+            let covered = inputs.iter().any(|(k, fed)| {
+                let other = &self.slots[*k];
+                other.task.as_ref().is_some_and(|t| {
+                    t.next.is_none()
+                        && other.history.len() <= from
+                        && common_prefix(&t.prompt[..other.history.len() + fed.len()], &task.prompt)
+                            >= from + MIN_SHARED
+                })
+            });
+            if budget > 0 && !covered {
                 let n = task.prompt_left(&slot.history).min(budget);
                 budget -= n;
                 inputs.push((i, task.prompt[from..from + n].to_vec()));

@@ -479,6 +479,63 @@ fn prefix_cache_reuses_a_shared_prompt() {
 }
 
 #[test]
+fn a_burst_sharing_a_system_prompt_computes_it_once() {
+    let a = start(Opts {
+        parallel: 4,
+        ctx: 1024,
+        queue: 8,
+        key: None,
+    });
+    let system = "You are a careful assistant. Answer every question in one short sentence, \
+                  without lists, and never mention that you are an assistant.";
+    let body = |q: &str| {
+        json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}],
+               "max_tokens": 8, "temperature": 0})
+    };
+    let questions = [
+        "Why is the sky blue?",
+        "What is rain?",
+        "Who wrote Hamlet?",
+        "What is 2+2?",
+    ];
+    let together: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = questions
+            .iter()
+            .map(|q| s.spawn(move || post(a, "/v1/chat/completions", &body(q)).json()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let cached: Vec<u64> = together
+        .iter()
+        .map(|r| {
+            r["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    // All four arrived in a burst: at most one computed the system prompt; the others
+    // copied it (the system part alone is over 25 tokens).
+    assert!(
+        cached.iter().filter(|&&c| c >= 25).count() >= 3,
+        "cached {cached:?}"
+    );
+    // Copied or computed, the answers are the ones each question gets alone.
+    let fresh = start(Opts {
+        parallel: 1,
+        ctx: 256,
+        queue: 8,
+        key: None,
+    });
+    for (q, r) in questions.iter().zip(&together) {
+        let alone = post(fresh, "/v1/chat/completions", &body(q)).json();
+        assert_eq!(
+            alone["choices"][0]["message"], r["choices"][0]["message"],
+            "{q}"
+        );
+    }
+}
+
+#[test]
 fn api_key_is_required_when_set() {
     let a = start(Opts {
         parallel: 1,
