@@ -45,44 +45,15 @@ else
     server=("$bin" serve --port 0 ${SERVE_ARGS:-})
 fi
 
-log=$(mktemp "${TMPDIR:-/tmp}/ferrollama-serve.XXXXXX")
-pid=
-cleanup() {
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    rm -f "$log"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/serve-lib.sh
+. scripts/serve-lib.sh
 trap 'exit 130' INT TERM
-
 echo "test-chat-page: starting ${server[*]}" >&2
-"${server[@]}" </dev/null >/dev/null 2>"$log" &
-pid=$!
-
-url=
-for _ in $(seq 1 1200); do       # 120 s in 0.1 s steps
-    url=$(sed -n 's#.*listening on \(http://127\.0\.0\.1:[0-9][0-9]*\).*#\1#p' "$log" | head -n1)
-    [ -n "$url" ] && break
-    if ! kill -0 "$pid" 2>/dev/null; then
-        echo "test-chat-page: server exited before listening; its stderr:" >&2
-        cat "$log" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if [ -z "$url" ]; then
-    echo "test-chat-page: no 'listening on http://127.0.0.1:PORT' line within 120 s; stderr so far:" >&2
-    cat "$log" >&2
-    exit 1
-fi
+start_server "${server[@]}"
+url=$serve_url
 echo "test-chat-page: server at $url" >&2
 
 status=0
 SERVER_URL=$url node tests/browser/chat_page.mjs || status=$?
-if [ "$status" != 0 ]; then
-    echo "test-chat-page: server stderr (last 40 lines):" >&2
-    tail -n 40 "$log" >&2
-fi
+[ "$status" = 0 ] || server_tail
 exit "$status"

@@ -25,39 +25,14 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$venv/requirements.txt"; then
 fi
 
 key=test-key
-log=$(mktemp -t ferrollama-serve.XXXXXX.log)
+# shellcheck source=scripts/serve-lib.sh
+. "$repo/scripts/serve-lib.sh"
 # shellcheck disable=SC2086 # SERVE_ARGS is split on purpose
-"$bin" serve --port 0 --api-key "$key" ${SERVE_ARGS:-} 2>"$log" &
-pid=$!
-cleanup() {
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    rm -f "$log"
-}
-trap cleanup EXIT
-
-url=
-for _ in $(seq 1 240); do
-    url=$(grep -o -m1 'listening on http://[^ ]*' "$log" | sed 's/^listening on //' || true)
-    [ -n "$url" ] && break
-    if ! kill -0 "$pid" 2>/dev/null; then
-        echo "ferrollama serve exited before listening; its stderr:" >&2
-        cat "$log" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
-if [ -z "$url" ]; then
-    echo "ferrollama serve printed no 'listening on' line within 120 s; its stderr:" >&2
-    cat "$log" >&2
-    exit 1
-fi
+start_server "$bin" serve --port 0 --api-key "$key" ${SERVE_ARGS:-}
+url=$serve_url
 
 status=0
 OPENAI_BASE_URL=${url%/}/v1 OPENAI_API_KEY=$key FERROLLAMA_EXPECT_AUTH=1 \
     "$venv/bin/python" "$repo/tests/openai/test_openai_client.py" "$@" || status=$?
-if [ "$status" -ne 0 ]; then
-    echo "--- last 40 lines of the server's stderr ---" >&2
-    tail -n 40 "$log" >&2
-fi
+[ "$status" -eq 0 ] || server_tail
 exit "$status"

@@ -145,22 +145,31 @@ mod avx2 {
         hsum(acc) + sum_m
     }
 
-    /// Four activation rows per pass over the weights; four independent accumulators.
-    /// Each row sees the same operations in the same order as in [`vec_dot`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn vec_dot_x4(w: &[u8], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut sum_m = [0f32; 4];
-        for (b, block) in w.chunks_exact(BLOCK_BYTES).enumerate() {
-            let (d, m, q4) = unpack(block);
-            for j in 0..4 {
-                let xb = &xs[j][b];
-                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), products(q4, xb), acc[j]);
-                sum_m[j] += m * xb.s;
+    /// Defines a four-row dot product over `$products`, compiled for `$features`: four
+    /// activation rows per pass over the weights, four independent accumulators, each row
+    /// seeing the same operations in the same order as in [`vec_dot`].
+    macro_rules! four_row_dot {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $products:ident) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(w: &[u8], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut sum_m = [0f32; 4];
+                for (b, block) in w.chunks_exact(BLOCK_BYTES).enumerate() {
+                    let (d, m, q4) = unpack(block);
+                    for j in 0..4 {
+                        let xb = &xs[j][b];
+                        let p = $products(q4, xb);
+                        acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), p, acc[j]);
+                        sum_m[j] += m * xb.s;
+                    }
+                }
+                [0, 1, 2, 3].map(|j| hsum(acc[j]) + sum_m[j])
             }
-        }
-        [0, 1, 2, 3].map(|j| hsum(acc[j]) + sum_m[j])
+        };
     }
+
+    four_row_dot!(vec_dot_x4, "avx2,fma,f16c", products);
 
     /// [`products`] with one VPDPBUSD in place of VPMADDUBSW + VPMADDWD: the same
     /// integer sums (no i16 saturation is possible with 4-bit weights), one instruction less
@@ -172,21 +181,12 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), q4, q8))
     }
 
-    /// [`vec_dot_x4`] with [`products_vnni`]; bit-identical results.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub unsafe fn vec_dot_x4_vnni(w: &[u8], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut sum_m = [0f32; 4];
-        for (b, block) in w.chunks_exact(BLOCK_BYTES).enumerate() {
-            let (d, m, q4) = unpack(block);
-            for j in 0..4 {
-                let xb = &xs[j][b];
-                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), products_vnni(q4, xb), acc[j]);
-                sum_m[j] += m * xb.s;
-            }
-        }
-        [0, 1, 2, 3].map(|j| hsum(acc[j]) + sum_m[j])
-    }
+    four_row_dot!(
+        /// [`vec_dot_x4`] with [`products_vnni`]; bit-identical results.
+        vec_dot_x4_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        products_vnni
+    );
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn hsum(v: __m256) -> f32 {

@@ -147,14 +147,11 @@ fn body(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiErro
     })
 }
 
-async fn chat(State(app): State<App>, raw: Result<Bytes, BytesRejection>) -> Response {
-    match chat_inner(&app, raw).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn chat_inner(app: &App, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn chat(
+    State(app): State<App>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let app = &app;
     let req: ChatRequest = request::parse(&body(app, raw)?)?;
     req.refuse_unsupported()?;
     if req.messages.is_empty() {
@@ -222,17 +219,11 @@ fn prompt_tokens(tok: &Tokenizer, p: Prompt, param: &str) -> Result<Vec<Vec<u32>
     Ok(out)
 }
 
-async fn completions(State(app): State<App>, raw: Result<Bytes, BytesRejection>) -> Response {
-    match completions_inner(&app, raw).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn completions_inner(
-    app: &App,
+async fn completions(
+    State(app): State<App>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let app = &app;
     let req: CompletionRequest = request::parse(&body(app, raw)?)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid_param(
@@ -281,17 +272,11 @@ async fn completions_inner(
     .await
 }
 
-async fn embeddings(State(app): State<App>, raw: Result<Bytes, BytesRejection>) -> Response {
-    match embeddings_inner(&app, raw).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn embeddings_inner(
-    app: &App,
+async fn embeddings(
+    State(app): State<App>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let app = &app;
     let req: EmbeddingRequest = request::parse(&body(app, raw)?)?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
