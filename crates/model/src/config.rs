@@ -247,17 +247,33 @@ impl Config {
         embed + head + l * per_layer + h
     }
 
-    /// The Llama 2 shapes from the paper (Touvron et al. 2023, Table 1 and Appendix A.2.1).
+    /// The Llama 2 shapes from the paper (Touvron et al. 2023, Table 1 and Appendix A.2.1),
+    /// and small shapes for training on a CPU as llama2.c's TinyStories models have them
+    /// (`260k`, `15m`, `42m`, `110m`; their feed-forward width is llama2.c's rule,
+    /// 2/3 of 4 x hidden rounded up to a multiple of 4 for 260k and 32 for the others).
+    /// The small presets' vocabulary size is llama2.c's; a training run replaces it with
+    /// its tokenizer's.
     pub fn preset(name: &str) -> Option<Self> {
         let (hidden_size, intermediate_size, layers, heads, kv_heads) = match name {
             "llama2-7b" => (4096, 11008, 32, 32, 32),
             "llama2-13b" => (5120, 13824, 40, 40, 40),
             "llama2-34b" => (8192, 22016, 48, 64, 8),
             "llama2-70b" => (8192, 28672, 80, 64, 8),
+            "260k" => (64, 172, 5, 8, 4),
+            "15m" => (288, 768, 6, 6, 6),
+            "42m" => (512, 1376, 8, 8, 8),
+            "110m" => (768, 2048, 12, 12, 12),
             _ => return None,
         };
+        let small = !name.starts_with("llama2-");
+        let (vocab_size, context) = match name {
+            "260k" => (512, 512),
+            "15m" => (32000, 256),
+            _ if small => (32000, 1024),
+            _ => (32000, 4096),
+        };
         Some(Self {
-            vocab_size: 32000,
+            vocab_size,
             hidden_size,
             intermediate_size,
             num_hidden_layers: layers,
@@ -268,13 +284,23 @@ impl Config {
             rope_theta: 10000.0,
             rope_scaling_factor: 1.0,
             rope_freq_factors: None,
-            max_position_embeddings: 4096,
-            tie_word_embeddings: false,
+            max_position_embeddings: context,
+            // llama2.c ties the small models' head to the embedding; Llama 2 does not.
+            tie_word_embeddings: small,
         })
     }
 
     /// Names accepted by [`Config::preset`].
-    pub const PRESETS: [&'static str; 4] = ["llama2-7b", "llama2-13b", "llama2-34b", "llama2-70b"];
+    pub const PRESETS: [&'static str; 8] = [
+        "llama2-7b",
+        "llama2-13b",
+        "llama2-34b",
+        "llama2-70b",
+        "260k",
+        "15m",
+        "42m",
+        "110m",
+    ];
 }
 
 #[cfg(test)]
@@ -295,6 +321,20 @@ mod tests {
         assert!((billions("llama2-7b") - 6.74).abs() < 0.01);
         assert!((billions("llama2-13b") - 13.02).abs() < 0.01);
         assert!((billions("llama2-70b") - 68.98).abs() < 0.01);
+        // llama2.c's stories models: 260K, 15M, 42M and 110M parameters.
+        let millions = |n: &str| Config::preset(n).unwrap().num_parameters() as f64 / 1e6;
+        assert!(
+            (millions("260k") - 0.26).abs() < 0.01,
+            "{}",
+            millions("260k")
+        );
+        assert!((millions("15m") - 15.2).abs() < 0.1, "{}", millions("15m"));
+        assert!((millions("42m") - 41.7).abs() < 0.3, "{}", millions("42m"));
+        assert!(
+            (millions("110m") - 110.0).abs() < 1.5,
+            "{}",
+            millions("110m")
+        );
         for n in Config::PRESETS {
             Config::preset(n).unwrap().check().unwrap();
         }

@@ -54,6 +54,9 @@ pub enum Error {
     /// The tokenizer cannot be written as a SentencePiece `tokenizer.model`.
     #[error("cannot write a SentencePiece tokenizer.model: {0}")]
     SpmExport(String),
+    /// Learning a vocabulary cannot start: no text, or a size too small.
+    #[error("tokenizer training: {0}")]
+    Training(String),
 }
 
 /// Result with this crate's [`Error`].

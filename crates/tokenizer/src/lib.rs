@@ -9,6 +9,7 @@ pub mod error;
 pub mod hf_json;
 pub mod pretokenize;
 pub mod tokenizer;
+pub mod train;
 pub mod unicode;
 pub mod vocab;
 

@@ -1,0 +1,333 @@
+//! The Llama decoder as a differentiable function of its weights, for training: the same
+//! layer order and Hugging Face tensor names as `ferrollama_model::Llama`, built from
+//! candle's basic operations so that candle's autograd differentiates it. RoPE rotates
+//! halves of each head, as Hugging Face checkpoints store Q and K; the inference loader
+//! permutes those rows, so an exported model runs unchanged there (the parity test in
+//! `tests/parity.rs` holds the two together).
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use ferrollama_model::Config;
+
+use crate::error::{Error, Result};
+
+/// A Llama whose weights are candle variables, named as in a Hugging Face checkpoint.
+pub struct TrainModel {
+    pub config: Config,
+    /// Every trainable tensor by name; the map's order is the order gradients are
+    /// reduced and the optimizer visits them, so results do not depend on hashing.
+    params: BTreeMap<String, Var>,
+    /// (seq_len, head_dim): the cosine and sine of each position's angles, each half
+    /// of a head rotated by the same frequencies.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Standard deviation of the initial weights (GPT-2's, as llama2.c and nanoGPT use).
+const INIT_STD: f64 = 0.02;
+
+impl TrainModel {
+    /// A model of shape `config` with weights drawn from N(0, 0.02) by a ChaCha RNG seeded
+    /// with `seed` (the output projections of attention and the MLP, which add to the
+    /// residual stream, scaled down by sqrt(2 * layers), as GPT-2 does); norms start at 1.
+    pub fn init(config: Config, seed: u64, max_seq: usize) -> Result<Self> {
+        config.check().map_err(Error::Config)?;
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let residual_std = INIT_STD / (2.0 * config.num_hidden_layers as f64).sqrt();
+        let mut params = BTreeMap::new();
+        for (name, shape) in param_shapes(&config) {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if name.ends_with("norm.weight") {
+                vec![1.0; n]
+            } else {
+                let std = if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+                    residual_std
+                } else {
+                    INIT_STD
+                };
+                normal_samples(&mut rng, n, std)
+            };
+            let t = Tensor::from_vec(data, shape, &Device::Cpu)?;
+            params.insert(name, Var::from_tensor(&t)?);
+        }
+        Self::with_params(config, params, max_seq)
+    }
+
+    /// A model with the given weights, which must be exactly the tensors `config` calls for.
+    pub fn from_tensors(
+        config: Config,
+        tensors: BTreeMap<String, Tensor>,
+        max_seq: usize,
+    ) -> Result<Self> {
+        config.check().map_err(Error::Config)?;
+        let mut params = BTreeMap::new();
+        let mut tensors = tensors;
+        for (name, shape) in param_shapes(&config) {
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| Error::Config(format!("weights lack tensor `{name}`")))?;
+            if t.dims() != shape.as_slice() {
+                return Err(Error::Config(format!(
+                    "tensor `{name}` has shape {:?}, the model needs {shape:?}",
+                    t.dims()
+                )));
+            }
+            params.insert(name, Var::from_tensor(&t.to_dtype(DType::F32)?)?);
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(Error::Config(format!(
+                "weights hold tensor `{extra}`, which this model shape has no place for"
+            )));
+        }
+        Self::with_params(config, params, max_seq)
+    }
+
+    fn with_params(config: Config, params: BTreeMap<String, Var>, max_seq: usize) -> Result<Self> {
+        let (cos, sin) = rope_tables(&config, max_seq)?;
+        Ok(Self {
+            config,
+            params,
+            cos,
+            sin,
+        })
+    }
+
+    /// Trainable tensors in their fixed order.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &Var)> {
+        self.params.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_parameters(&self) -> usize {
+        self.params.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// The longest sequence the RoPE tables cover.
+    pub fn max_seq(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    fn p(&self, name: &str) -> Result<&Tensor> {
+        self.params
+            .get(name)
+            .map(|v| v.as_tensor())
+            .ok_or_else(|| Error::Config(format!("model has no tensor `{name}`")))
+    }
+
+    /// Logits (b, t, vocab) for token ids (b, t), causal attention within each row.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        if t > self.max_seq() {
+            return Err(Error::Config(format!(
+                "sequence of {t} tokens is longer than the model's {} positions",
+                self.max_seq()
+            )));
+        }
+        let cfg = &self.config;
+        // (b * t, hidden)
+        let mut x = self
+            .p("model.embed_tokens.weight")?
+            .index_select(&tokens.flatten_all()?, 0)?;
+        let mask = causal_mask(t)?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        for l in 0..cfg.num_hidden_layers {
+            let pre = format!("model.layers.{l}");
+            let n = rms_norm(
+                &x,
+                self.p(&format!("{pre}.input_layernorm.weight"))?,
+                cfg.rms_norm_eps,
+            )?;
+            let a = self.attention(&n, &pre, b, t, &mask, &cos, &sin)?;
+            x = (x + a)?;
+            let n = rms_norm(
+                &x,
+                self.p(&format!("{pre}.post_attention_layernorm.weight"))?,
+                cfg.rms_norm_eps,
+            )?;
+            let gate = linear(&n, self.p(&format!("{pre}.mlp.gate_proj.weight"))?)?;
+            let up = linear(&n, self.p(&format!("{pre}.mlp.up_proj.weight"))?)?;
+            let m = linear(
+                &(gate.silu()? * up)?,
+                self.p(&format!("{pre}.mlp.down_proj.weight"))?,
+            )?;
+            x = (x + m)?;
+        }
+        let x = rms_norm(&x, self.p("model.norm.weight")?, cfg.rms_norm_eps)?;
+        let head = if cfg.tie_word_embeddings {
+            self.p("model.embed_tokens.weight")?
+        } else {
+            self.p("lm_head.weight")?
+        };
+        Ok(linear(&x, head)?.reshape((b, t, cfg.vocab_size))?)
+    }
+
+    /// Self-attention of one layer on normed rows `x` (b * t, h), grouped-query heads.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        x: &Tensor,
+        pre: &str,
+        b: usize,
+        t: usize,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        // (b, heads, t, hd)
+        let heads = |w: &str, n: usize| -> Result<Tensor> {
+            let y = linear(x, self.p(&format!("{pre}.self_attn.{w}.weight"))?)?;
+            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = rope(&heads("q_proj", nh)?, cos, sin)?;
+        let k = repeat_kv(&rope(&heads("k_proj", nkv)?, cos, sin)?, nh / nkv)?;
+        let v = repeat_kv(&heads("v_proj", nkv)?, nh / nkv)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        // (b, nh, t, t)
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs = softmax_last(&scores)?;
+        // (b, nh, t, hd) -> (b * t, nh * hd)
+        let y = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b * t, nh * hd))?;
+        linear(&y, self.p(&format!("{pre}.self_attn.o_proj.weight"))?)
+    }
+}
+
+/// Names and shapes (rows, columns as stored: out x in) of the weights of `cfg`.
+pub fn param_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
+    let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let q = cfg.num_attention_heads * cfg.head_dim;
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    let mut out = vec![
+        (
+            "model.embed_tokens.weight".to_string(),
+            vec![cfg.vocab_size, h],
+        ),
+        ("model.norm.weight".to_string(), vec![h]),
+    ];
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
+    }
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        out.extend([
+            (format!("{p}.input_layernorm.weight"), vec![h]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![h]),
+            (format!("{p}.self_attn.q_proj.weight"), vec![q, h]),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
+            (format!("{p}.self_attn.o_proj.weight"), vec![h, q]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![f, h]),
+            (format!("{p}.mlp.up_proj.weight"), vec![f, h]),
+            (format!("{p}.mlp.down_proj.weight"), vec![h, f]),
+        ]);
+    }
+    out
+}
+
+/// x (n, in) times w (out, in) transposed: (n, out).
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.matmul(&w.t()?)?)
+}
+
+/// RMSNorm over the last dimension, then the learned gain.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv_rms)?.broadcast_mul(w)?)
+}
+
+/// Softmax over the last dimension. The row maximum is subtracted for range only; it is
+/// detached because softmax does not depend on it, which spares autograd its path.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// (t, t): 0 on and below the diagonal, -inf above, so no position sees a later one.
+fn causal_mask(t: usize) -> Result<Tensor> {
+    let m: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(m, (t, t), &Device::Cpu)?)
+}
+
+/// Cosine and sine tables (max_seq, head_dim), halves repeated, for rotate-half RoPE.
+fn rope_tables(cfg: &Config, max_seq: usize) -> Result<(Tensor, Tensor)> {
+    let hd = cfg.head_dim;
+    let half = hd / 2;
+    let mut cos = Vec::with_capacity(max_seq * hd);
+    let mut sin = Vec::with_capacity(max_seq * hd);
+    for pos in 0..max_seq {
+        let row: Vec<f32> = (0..half)
+            .map(|i| {
+                let inv = 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / hd as f32);
+                pos as f32 / cfg.rope_scaling_factor * inv
+            })
+            .collect();
+        for _ in 0..2 {
+            cos.extend(row.iter().map(|a| a.cos()));
+            sin.extend(row.iter().map(|a| a.sin()));
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (max_seq, hd), &Device::Cpu)?,
+        Tensor::from_vec(sin, (max_seq, hd), &Device::Cpu)?,
+    ))
+}
+
+/// Rotates x (b, heads, t, hd): x * cos + rotate_half(x) * sin, where rotate_half maps
+/// the halves (x1, x2) to (-x2, x1).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// (b, nkv, t, hd) -> (b, nkv * n_rep, t, hd), each KV head repeated for its query heads.
+fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, nkv, t, hd) = x.dims4()?;
+    Ok(Tensor::cat(&vec![x; n_rep], 2)?.reshape((b, nkv * n_rep, t, hd))?)
+}
+
+/// `n` samples of N(0, std) by the Box-Muller transform, in a fixed order.
+fn normal_samples(rng: &mut ChaCha20Rng, n: usize, std: f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+        let u2: f64 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let a = std::f64::consts::TAU * u2;
+        out.push((r * a.cos()) as f32);
+        if out.len() < n {
+            out.push((r * a.sin()) as f32);
+        }
+    }
+    out
+}
+
+/// Mean cross-entropy of logits (n, vocab) against target ids (n).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
+    Ok((log_z - picked)?.mean_all()?)
+}

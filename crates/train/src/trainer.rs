@@ -1,0 +1,386 @@
+//! The pretraining loop, shaped like llm.c's `train_gpt2.c` main: for each step, the
+//! micro-batches' forward, loss and backward with gradients summed, clipping, the AdamW
+//! update at the scheduled rate; validation and checkpoints at intervals; one JSON line
+//! of metrics per step. The run directory holds everything needed to resume it exactly.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+
+use ferrollama_tokenizer::Tokenizer;
+
+use crate::checkpoint::{self, LoopState};
+use crate::config::TrainConfig;
+use crate::data::{Batches, Corpus};
+use crate::error::{io, Error, Result};
+use crate::model::{cross_entropy, TrainModel};
+use crate::optim::{clip_grad_norm, AdamW};
+use crate::schedule::CosineSchedule;
+
+/// One optimizer step's figures, as written to `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepMetrics {
+    /// Optimizer steps done, counting this one.
+    pub step: u64,
+    /// Mean training loss over the step's tokens (nats).
+    pub loss: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    /// Training tokens consumed so far.
+    pub tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_ppl: Option<f64>,
+}
+
+/// What the loop reports as it goes, for a progress display.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// The run is about to take its first step (`start_step` > 0 when resumed).
+    Started {
+        start_step: u64,
+        total_steps: u64,
+        parameters: usize,
+        train_tokens: usize,
+        val_tokens: usize,
+    },
+    Step(&'a StepMetrics),
+    Checkpoint(&'a Path),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Steps done in all (including those before a resume).
+    pub steps: u64,
+    pub last: Option<StepMetrics>,
+    /// Whether the stop flag ended the run before its last step.
+    pub stopped: bool,
+}
+
+/// Paths inside a run directory.
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+}
+
+/// The pieces of a run, built once.
+pub struct Trainer<'a> {
+    pub config: TrainConfig,
+    pub model: TrainModel,
+    pub optimizer: AdamW,
+    corpus: Corpus,
+    run: RunDir,
+    tokenizer: &'a Tokenizer,
+    state: LoopState,
+}
+
+impl<'a> Trainer<'a> {
+    /// Sets up a run in `out`: tokenizes the data (cached under `data_cache`), and either
+    /// initialises the model from the seed or, with `resume`, restores the last checkpoint.
+    pub fn new(
+        config: TrainConfig,
+        tokenizer: &'a Tokenizer,
+        out: &Path,
+        data_cache: &Path,
+        resume: bool,
+    ) -> Result<Self> {
+        config.check()?;
+        let run = RunDir {
+            root: out.to_path_buf(),
+        };
+        std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+        let corpus = Corpus::prepare(&config.data, tokenizer, data_cache)?;
+        let shape = config.model_config(tokenizer.vocab_size())?;
+        let digest = config.settings_digest();
+        let saved = if resume {
+            checkpoint::load_latest(&run.checkpoints())?
+        } else {
+            None
+        };
+        let (model, optimizer, state) = match saved {
+            Some(ck) => {
+                if ck.state.settings != digest {
+                    return Err(Error::Config(format!(
+                        "{}: the checkpoint was made with other settings (digest {}, now {digest}); resume with the run's own config.toml and flags",
+                        ck.dir.display(),
+                        ck.state.settings
+                    )));
+                }
+                let model = TrainModel::from_tensors(shape, ck.weights, config.seq_len)?;
+                let mut opt = AdamW::new(config.optim.clone(), &model);
+                opt.load_state(&model, &ck.optimizer, ck.state.step)?;
+                (model, opt, ck.state)
+            }
+            None => {
+                let model = TrainModel::init(shape, config.seed, config.seq_len)?;
+                let opt = AdamW::new(config.optim.clone(), &model);
+                let state = LoopState {
+                    step: 0,
+                    sequences: 0,
+                    tokens: 0,
+                    seed: config.seed,
+                    settings: digest,
+                };
+                (model, opt, state)
+            }
+        };
+        let text = toml::to_string_pretty(&config)
+            .map_err(|e| Error::Config(format!("encoding the config: {e}")))?;
+        checkpoint::write_synced(&run.config(), text.as_bytes())?;
+        keep_metrics_through(&run.metrics(), state.step)?;
+        Ok(Self {
+            config,
+            model,
+            optimizer,
+            corpus,
+            run,
+            tokenizer,
+            state,
+        })
+    }
+
+    /// The tokenizer the run trains with.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        self.tokenizer
+    }
+
+    /// Steps done so far.
+    pub fn step(&self) -> u64 {
+        self.state.step
+    }
+
+    /// Runs until the configured step count or until `stop` is set (then a checkpoint
+    /// is written at the step reached, so nothing is lost).
+    pub fn run(&mut self, stop: &AtomicBool, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
+        let cfg = self.config.clone();
+        let accumulation = cfg.accumulation()?;
+        let schedule = CosineSchedule {
+            peak: cfg.lr,
+            warmup: cfg.warmup,
+            total: cfg.steps,
+            min_ratio: cfg.min_lr_ratio,
+        };
+        let mut train = Batches::new(&self.corpus.train, cfg.seq_len, cfg.seed)?;
+        let val = Batches::new(&self.corpus.val, cfg.seq_len, cfg.seed).ok();
+        on_event(Event::Started {
+            start_step: self.state.step,
+            total_steps: cfg.steps,
+            parameters: self.model.num_parameters(),
+            train_tokens: self.corpus.train.len(),
+            val_tokens: self.corpus.val.len(),
+        });
+        let mut metrics_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.run.metrics())
+            .map_err(|e| io(&self.run.metrics(), e))?;
+        let mut last = None;
+        let mut stopped = false;
+        while self.state.step < cfg.steps {
+            if stop.load(Ordering::Relaxed) {
+                stopped = true;
+                break;
+            }
+            let started = Instant::now();
+            let lr = schedule.lr(self.state.step);
+            let mut grads: Vec<Vec<f32>> = self
+                .model
+                .params()
+                .map(|(_, v)| vec![0.0; v.elem_count()])
+                .collect();
+            let mut loss_sum = 0.0f64;
+            for _ in 0..accumulation {
+                let (inputs, targets) = micro_batch(
+                    &mut train,
+                    self.state.sequences,
+                    cfg.micro_batch,
+                    cfg.seq_len,
+                )?;
+                self.state.sequences += cfg.micro_batch as u64;
+                let loss = self.loss(&inputs, &targets)?;
+                loss_sum += loss.to_scalar::<f32>()? as f64;
+                let scaled = (loss / accumulation as f64)?;
+                let store = scaled.backward()?;
+                for (acc, (name, var)) in grads.iter_mut().zip(self.model.params()) {
+                    let g = store
+                        .get(var.as_tensor())
+                        .ok_or_else(|| Error::Config(format!("no gradient reached `{name}`")))?;
+                    for (a, x) in acc.iter_mut().zip(g.flatten_all()?.to_vec1::<f32>()?) {
+                        *a += x;
+                    }
+                }
+            }
+            let loss = loss_sum / accumulation as f64;
+            if !loss.is_finite() {
+                return Err(Error::Config(format!(
+                    "loss became {loss} at step {}; lower --lr or raise --warmup (the last checkpoint is intact)",
+                    self.state.step + 1
+                )));
+            }
+            let grad_norm = if cfg.grad_clip > 0.0 {
+                clip_grad_norm(&mut grads, cfg.grad_clip)
+            } else {
+                clip_grad_norm(&mut grads, f64::INFINITY)
+            };
+            self.optimizer.step(&self.model, &grads, lr)?;
+            self.state.step += 1;
+            self.state.tokens += cfg.batch_tokens as u64;
+            let step = self.state.step;
+            let elapsed = started.elapsed().as_secs_f64();
+            let mut m = StepMetrics {
+                step,
+                loss,
+                lr,
+                grad_norm,
+                tokens_per_s: cfg.batch_tokens as f64 / elapsed.max(1e-9),
+                tokens: self.state.tokens,
+                val_loss: None,
+                val_ppl: None,
+            };
+            let last_step = step == cfg.steps;
+            if let Some(val) = &val {
+                if last_step || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
+                    let v = self.validation_loss(val)?;
+                    m.val_loss = Some(v);
+                    m.val_ppl = Some(v.exp());
+                }
+            }
+            let line = serde_json::to_string(&m)
+                .map_err(|e| Error::Config(format!("encoding metrics: {e}")))?;
+            writeln!(metrics_file, "{line}").map_err(|e| io(&self.run.metrics(), e))?;
+            on_event(Event::Step(&m));
+            last = Some(m);
+            if last_step || step.is_multiple_of(cfg.checkpoint_every) {
+                metrics_file
+                    .sync_all()
+                    .map_err(|e| io(&self.run.metrics(), e))?;
+                let dir = self.save_checkpoint()?;
+                on_event(Event::Checkpoint(&dir));
+            }
+        }
+        if stopped && last.is_some() {
+            metrics_file
+                .sync_all()
+                .map_err(|e| io(&self.run.metrics(), e))?;
+            let dir = self.save_checkpoint()?;
+            on_event(Event::Checkpoint(&dir));
+        }
+        Ok(Summary {
+            steps: self.state.step,
+            last,
+            stopped,
+        })
+    }
+
+    /// Mean next-token loss of `inputs` (b * t ids) against `targets`.
+    fn loss(&self, inputs: &[u32], targets: &[u32]) -> Result<Tensor> {
+        let t = self.config.seq_len;
+        let b = inputs.len() / t;
+        let x = Tensor::from_slice(inputs, (b, t), &Device::Cpu)?;
+        let y = Tensor::from_slice(targets, b * t, &Device::Cpu)?;
+        let logits = self.model.forward(&x)?;
+        cross_entropy(&logits.reshape((b * t, ()))?, &y)
+    }
+
+    /// Mean loss over the first `eval_sequences` validation sequences (all, if fewer).
+    pub fn validation_loss(&self, val: &Batches) -> Result<f64> {
+        let n = self
+            .config
+            .eval_sequences
+            .min(val.sequences_per_epoch())
+            .max(1);
+        let mut total = 0.0;
+        let mut i = 0;
+        while i < n {
+            let b = self.config.micro_batch.min(n - i);
+            let (mut xs, mut ys) = (Vec::new(), Vec::new());
+            for j in i..i + b {
+                let (x, y) = val.in_order(j)?;
+                xs.extend(x);
+                ys.extend(y);
+            }
+            total += self.loss(&xs, &ys)?.detach().to_scalar::<f32>()? as f64 * b as f64;
+            i += b;
+        }
+        Ok(total / n as f64)
+    }
+
+    /// Writes a checkpoint of the current step.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let weights = self
+            .model
+            .params()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .collect();
+        checkpoint::save(
+            &self.run.checkpoints(),
+            &weights,
+            &self.optimizer.state_tensors(&self.model)?,
+            &self.state,
+            self.config.keep_checkpoints,
+        )
+    }
+}
+
+/// `count` consecutive sequences of the run's order from `start`, flattened.
+fn micro_batch(
+    batches: &mut Batches,
+    start: u64,
+    count: usize,
+    seq_len: usize,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let mut xs = Vec::with_capacity(count * seq_len);
+    let mut ys = Vec::with_capacity(count * seq_len);
+    for i in 0..count as u64 {
+        let (x, y) = batches.sequence(start + i)?;
+        xs.extend(x);
+        ys.extend(y);
+    }
+    Ok((xs, ys))
+}
+
+/// Drops metric lines of steps after `step` (written after the checkpoint a run resumes
+/// from), so the file tells one history. A fresh run (`step` 0) starts an empty file.
+fn keep_metrics_through(path: &Path, step: u64) -> Result<()> {
+    let kept = match std::fs::File::open(path) {
+        Ok(f) => {
+            let mut kept = String::new();
+            for line in BufReader::new(f).lines() {
+                let line = line.map_err(|e| io(path, e))?;
+                let s = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
+                if s.is_some_and(|s| s <= step) {
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
+            }
+            kept
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(path, e)),
+    };
+    let tmp = path.with_extension("jsonl.tmp");
+    checkpoint::write_synced(&tmp, kept.as_bytes())?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}

@@ -1,0 +1,95 @@
+//! The training model and the inference model are one model: weights exported from
+//! training (Hugging Face directory and GGUF) give the inference path the same logits.
+
+use candle_core::{Device, Tensor};
+use ferrollama_gguf::{GgmlType, GgufFile};
+use ferrollama_model::hf::HfWeights;
+use ferrollama_model::{Config, GgufWeights, Llama, WeightSource};
+use ferrollama_train::export::export;
+use ferrollama_train::TrainModel;
+
+mod common;
+
+fn inference_logits(w: &dyn WeightSource, cfg: Config, tokens: &[u32]) -> Vec<f32> {
+    let model = Llama::load(w, cfg, 64).unwrap();
+    let mut cache = model.new_cache(64);
+    model
+        .forward(tokens, &mut cache, tokens.len())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn exported_weights_compute_the_training_logits() {
+    let tok = common::tokenizer();
+    let mut cfg = Config::preset("260k").unwrap();
+    cfg.vocab_size = tok.vocab_size();
+    let init = TrainModel::init(cfg.clone(), 3, 64).unwrap();
+    // Weights five times the initial scale, so attention (and a RoPE layout mistake)
+    // moves the logits by far more than the tolerance.
+    let scaled = init
+        .params()
+        .map(|(n, v)| {
+            let t = v.as_tensor();
+            (
+                n.to_string(),
+                if t.rank() == 2 {
+                    (t * 5.0).unwrap()
+                } else {
+                    t.clone()
+                },
+            )
+        })
+        .collect();
+    let model = TrainModel::from_tensors(cfg.clone(), scaled, 64).unwrap();
+    let mut tokens: Vec<u32> = tok.encode(&common::documents(1)[0], true, false);
+    tokens.truncate(48);
+    let x = Tensor::from_slice(&tokens, (1, tokens.len()), &Device::Cpu).unwrap();
+    let train: Vec<f32> = model
+        .forward(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+
+    let dir = common::tmp("parity");
+    let (hf, gguf) = export(&model, &tok, &dir, GgmlType::F32).unwrap();
+    let via_hf = inference_logits(
+        &HfWeights::open(&hf, cfg.clone()).unwrap(),
+        cfg.clone(),
+        &tokens,
+    );
+    let file = GgufFile::open(&gguf).unwrap();
+    let via_gguf = inference_logits(
+        &GgufWeights::new(&file),
+        Config::from_gguf(&file).unwrap(),
+        &tokens,
+    );
+    let max_diff = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let scale = train.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
+    let (d_hf, d_gguf) = (max_diff(&train, &via_hf), max_diff(&train, &via_gguf));
+    eprintln!("max |logit| {scale:.4}, maxdiff hf {d_hf:.2e}, gguf {d_gguf:.2e}");
+    // The inference path rounds attention probabilities to f16, as llama.cpp does, so the
+    // two agree to about 1e-4 of the logits' range rather than to f32 precision.
+    let tol = 1e-3 * scale.max(1.0);
+    assert!(
+        d_hf < tol && d_gguf < tol,
+        "hf {d_hf}, gguf {d_gguf}, tolerance {tol}"
+    );
+    // The exported GGUF carries the tokenizer.
+    let back = ferrollama_tokenizer::Tokenizer::from_gguf(&file.header).unwrap();
+    assert_eq!(
+        back.encode("the fox", true, false),
+        tok.encode("the fox", true, false)
+    );
+}
