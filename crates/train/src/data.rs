@@ -177,6 +177,52 @@ impl Corpus {
     }
 }
 
+/// The documents of `cfg`'s files in order, stopping once `max_bytes` of text are read:
+/// the sample a vocabulary is learned from (SentencePiece's `input_sentence_size`).
+pub fn read_documents(cfg: &DataConfig, max_bytes: usize) -> Result<Vec<String>> {
+    let mut docs = Vec::new();
+    let mut bytes = 0usize;
+    for file in list_files(&cfg.paths)? {
+        if bytes >= max_bytes {
+            break;
+        }
+        for_each_document(cfg, &file, |doc| {
+            if bytes < max_bytes {
+                bytes += doc.len();
+                docs.push(doc);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(docs)
+}
+
+/// Entropy in nats of the shard's token frequencies: the loss of a model that knows
+/// only how common each token is, the baseline a trained model must beat.
+pub fn unigram_entropy(shard: &Shard, vocab_size: usize) -> Result<f64> {
+    let mut counts = vec![0u64; vocab_size];
+    const CHUNK: usize = 1 << 20;
+    let mut start = 0;
+    while start < shard.len() {
+        let n = CHUNK.min(shard.len() - start);
+        for id in shard.tokens(start, n)? {
+            if let Some(c) = counts.get_mut(id as usize) {
+                *c += 1;
+            }
+        }
+        start += n;
+    }
+    let total = counts.iter().sum::<u64>() as f64;
+    Ok(counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / total;
+            -p * p.ln()
+        })
+        .sum())
+}
+
 /// Every file named or under a named directory, in a stable order.
 fn list_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {

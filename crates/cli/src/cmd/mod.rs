@@ -8,3 +8,4 @@ pub mod info;
 pub mod perplexity;
 pub mod serve;
 pub mod tokenize;
+pub mod train;
