@@ -11,6 +11,7 @@ pub mod error;
 pub mod export;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod schedule;
 pub mod tokenizer_file;
 pub mod trainer;

@@ -275,6 +275,7 @@ impl<'a> Trainer<'a> {
                     .sync_all()
                     .map_err(|e| io(&self.run.metrics(), e))?;
                 let dir = self.save_checkpoint()?;
+                self.plot()?;
                 on_event(Event::Checkpoint(&dir));
             }
         }
@@ -283,6 +284,7 @@ impl<'a> Trainer<'a> {
                 .sync_all()
                 .map_err(|e| io(&self.run.metrics(), e))?;
             let dir = self.save_checkpoint()?;
+            self.plot()?;
             on_event(Event::Checkpoint(&dir));
         }
         Ok(Summary {
@@ -323,6 +325,17 @@ impl<'a> Trainer<'a> {
             i += b;
         }
         Ok(total / n as f64)
+    }
+
+    /// Redraws `loss.svg` and `loss.png` from `metrics.jsonl`.
+    pub fn plot(&self) -> Result<()> {
+        let path = self.run.metrics();
+        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+        let metrics: Vec<StepMetrics> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        crate::plot::plot_losses(&metrics, &self.run.root)
     }
 
     /// Writes a checkpoint of the current step.
