@@ -338,6 +338,46 @@ impl<'a> Trainer<'a> {
         crate::plot::plot_losses(&metrics, &self.run.root)
     }
 
+    /// Writes what a reference implementation needs to replay the first `steps` steps:
+    /// `init.safetensors` (the weights now, before any step) and `batches.safetensors`
+    /// (`inputs` and `targets`, i64, shaped (steps, accumulation, micro_batch, seq_len)).
+    /// Only before the first step.
+    pub fn dump_reference(&self, dir: &Path, steps: u64) -> Result<()> {
+        if self.state.step != 0 {
+            return Err(Error::Config(
+                "the reference dump is made before the first step; start a fresh run".into(),
+            ));
+        }
+        let cfg = &self.config;
+        let accumulation = cfg.accumulation()?;
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let weights = self
+            .model
+            .params()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .collect();
+        checkpoint::save_tensors(&dir.join("init.safetensors"), &weights)?;
+        let mut train = Batches::new(&self.corpus.train, cfg.seq_len, cfg.seed)?;
+        let per_step = accumulation * cfg.micro_batch;
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for i in 0..steps * per_step as u64 {
+            let (x, y) = train.sequence(i)?;
+            xs.extend(x.into_iter().map(i64::from));
+            ys.extend(y.into_iter().map(i64::from));
+        }
+        let shape = (steps as usize, accumulation, cfg.micro_batch, cfg.seq_len);
+        let mut batches = std::collections::BTreeMap::new();
+        batches.insert(
+            "inputs".to_string(),
+            Tensor::from_vec(xs, shape, &Device::Cpu)?,
+        );
+        batches.insert(
+            "targets".to_string(),
+            Tensor::from_vec(ys, shape, &Device::Cpu)?,
+        );
+        checkpoint::save_tensors(&dir.join("batches.safetensors"), &batches)
+    }
+
     /// Writes a checkpoint of the current step.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let weights = self

@@ -98,6 +98,10 @@ pub struct Args {
     /// Weight type of the exported GGUF: f32, f16, q8_0, q4_0, q4_1.
     #[arg(long, default_value = "f32")]
     pub gguf_type: String,
+    /// Also write the initial weights and the first N steps' batches into OUT/reference/,
+    /// for the PyTorch reference (benches/train_reference.py).
+    #[arg(long, value_name = "N")]
+    pub dump_reference: Option<u64>,
 }
 
 /// Set by SIGINT/SIGTERM: the loop checkpoints and stops at the end of the step.
@@ -174,6 +178,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     let cache = ferrollama_assets::models_dir().join("token-shards");
     let mut trainer = Trainer::new(cfg.clone(), &tokenizer, &a.out, &cache, a.resume)?;
+    if let Some(n) = a.dump_reference {
+        trainer.dump_reference(&a.out.join("reference"), n)?;
+    }
     let bar = ProgressBar::new(cfg.steps);
     bar.set_style(
         ProgressStyle::with_template(
