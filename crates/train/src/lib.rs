@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod fused;
 pub mod model;
 pub mod optim;
 pub mod plot;

@@ -14,6 +14,7 @@ use rand_chacha::ChaCha20Rng;
 use ferrollama_model::Config;
 
 use crate::error::{Error, Result};
+use crate::fused::{CausalAttention, CrossEntropy};
 
 /// A Llama whose weights are candle variables, named as in a Hugging Face checkpoint.
 pub struct TrainModel {
@@ -132,7 +133,6 @@ impl TrainModel {
         let mut x = self
             .p("model.embed_tokens.weight")?
             .index_select(&tokens.flatten_all()?, 0)?;
-        let mask = causal_mask(t)?;
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
         for l in 0..cfg.num_hidden_layers {
@@ -142,7 +142,7 @@ impl TrainModel {
                 self.p(&format!("{pre}.input_layernorm.weight"))?,
                 cfg.rms_norm_eps,
             )?;
-            let a = self.attention(&n, &pre, b, t, &mask, &cos, &sin)?;
+            let a = self.attention(&n, &pre, b, t, &cos, &sin)?;
             x = (x + a)?;
             let n = rms_norm(
                 &x,
@@ -174,7 +174,6 @@ impl TrainModel {
         pre: &str,
         b: usize,
         t: usize,
-        mask: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor> {
@@ -190,15 +189,12 @@ impl TrainModel {
             Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let q = rope(&heads("q_proj", nh)?, cos, sin)?;
-        let k = repeat_kv(&rope(&heads("k_proj", nkv)?, cos, sin)?, nh / nkv)?;
-        let v = repeat_kv(&heads("v_proj", nkv)?, nh / nkv)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        // (b, nh, t, t)
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = softmax_last(&scores)?;
+        let k = rope(&heads("k_proj", nkv)?, cos, sin)?;
+        let v = heads("v_proj", nkv)?;
+        let scale = 1.0 / (hd as f32).sqrt();
         // (b, nh, t, hd) -> (b * t, nh * hd)
-        let y = probs
-            .matmul(&v)?
+        let y = q
+            .apply_op3(&k, &v, CausalAttention { scale })?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
         linear(&y, self.p(&format!("{pre}.self_attn.o_proj.weight"))?)
@@ -248,22 +244,6 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.broadcast_mul(&inv_rms)?.broadcast_mul(w)?)
 }
 
-/// Softmax over the last dimension. The row maximum is subtracted for range only; it is
-/// detached because softmax does not depend on it, which spares autograd its path.
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-/// (t, t): 0 on and below the diagonal, -inf above, so no position sees a later one.
-fn causal_mask(t: usize) -> Result<Tensor> {
-    let m: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(m, (t, t), &Device::Cpu)?)
-}
-
 /// Cosine and sine tables (max_seq, head_dim), halves repeated, for rotate-half RoPE.
 fn rope_tables(cfg: &Config, max_seq: usize) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim;
@@ -298,15 +278,6 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
-/// (b, nkv, t, hd) -> (b, nkv * n_rep, t, hd), each KV head repeated for its query heads.
-fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, nkv, t, hd) = x.dims4()?;
-    Ok(Tensor::cat(&vec![x; n_rep], 2)?.reshape((b, nkv * n_rep, t, hd))?)
-}
-
 /// `n` samples of N(0, std) by the Box-Muller transform, in a fixed order.
 fn normal_samples(rng: &mut ChaCha20Rng, n: usize, std: f64) -> Vec<f32> {
     let mut out = Vec::with_capacity(n);
@@ -325,9 +296,5 @@ fn normal_samples(rng: &mut ChaCha20Rng, n: usize, std: f64) -> Vec<f32> {
 
 /// Mean cross-entropy of logits (n, vocab) against target ids (n).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok((log_z - picked)?.mean_all()?)
+    Ok(logits.contiguous()?.apply_op2(targets, CrossEntropy)?)
 }
