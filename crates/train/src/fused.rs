@@ -67,7 +67,7 @@ pub fn exp_in_place(xs: &mut [f32]) {
         y = y * r + 8.333_452e-3;
         y = y * r + 4.166_579_6e-2;
         y = y * r + 1.666_666_5e-1;
-        y = y * r + 5.000_000_1e-1;
+        y = y * r + 0.5;
         y = y * r * r + r + 1.0;
         let pow2 = f32::from_bits(((n as i32 + 127) as u32) << 23);
         *v = y * pow2;
@@ -543,7 +543,12 @@ mod tests {
     #[test]
     fn fused_attention_matches_the_composed_one_forward_and_backward() {
         // Odd sizes, GQA with 3 query heads per KV head.
-        for &(b, h, hkv, t, d) in &[(2, 6, 2, 7, 5), (1, 4, 4, 13, 8), (3, 2, 1, 1, 3)] {
+        for &(b, h, hkv, t, d) in &[
+            (2, 6, 2, 7, 5),
+            (1, 4, 4, 13, 8),
+            (3, 2, 1, 1, 3),
+            (1, 2, 2, 70, 48),
+        ] {
             let q = Var::from_tensor(&random(&[b, h, t, d], 1)).unwrap();
             let k = Var::from_tensor(&random(&[b, hkv, t, d], 2)).unwrap();
             let v = Var::from_tensor(&random(&[b, hkv, t, d], 3)).unwrap();
@@ -570,7 +575,7 @@ mod tests {
             for x in [&q, &k, &v] {
                 let diff = max_diff(gf.get(x).unwrap(), gr.get(x).unwrap());
                 assert!(
-                    diff < 1e-4,
+                    diff < 2e-6,
                     "shape ({b}, {h}, {hkv}, {t}, {d}): grad diff {diff}"
                 );
             }
