@@ -389,17 +389,62 @@ impl CustomOp3 for CausalAttention {
 }
 
 /// Mean softmax cross-entropy of logits (n, vocab) against u32 targets (n): a scalar.
-#[derive(Debug, Clone, Copy)]
-pub struct CrossEntropy;
+/// The forward pass keeps each row's log-sum-exp for the backward pass.
+#[derive(Debug, Default)]
+pub struct CrossEntropy {
+    lse: std::sync::Mutex<Vec<f32>>,
+}
 
-/// Row maximum and log of the sum of exp(x - max); `scratch` holds the row's terms.
-#[inline]
-fn log_sum_exp(row: &[f32], scratch: &mut Vec<f32>) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+/// max(row) + ln(sum(exp(row - max))); `scratch` holds the terms.
+#[inline(always)]
+fn log_sum_exp_body(row: &[f32], scratch: &mut Vec<f32>) -> f32 {
+    let m = max(row);
     scratch.clear();
-    scratch.extend(row.iter().map(|&x| x - max));
+    scratch.extend(row.iter().map(|&x| x - m));
     exp_in_place(scratch);
-    (max, scratch.iter().sum::<f32>().ln())
+    m + sum(scratch).ln()
+}
+
+/// d = exp(row - lse) * g: the softmax scaled by the incoming gradient.
+#[inline(always)]
+fn softmax_scaled_body(row: &[f32], lse: f32, g: f32, d: &mut [f32]) {
+    for (di, &x) in d.iter_mut().zip(row) {
+        *di = x - lse;
+    }
+    exp_in_place(d);
+    for di in d.iter_mut() {
+        *di *= g;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn log_sum_exp_avx2(row: &[f32], scratch: &mut Vec<f32>) -> f32 {
+    log_sum_exp_body(row, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_scaled_avx2(row: &[f32], lse: f32, g: f32, d: &mut [f32]) {
+    softmax_scaled_body(row, lse, g, d)
+}
+
+fn log_sum_exp(row: &[f32], scratch: &mut Vec<f32>) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { log_sum_exp_avx2(row, scratch) };
+    }
+    log_sum_exp_body(row, scratch)
+}
+
+fn softmax_scaled(row: &[f32], lse: f32, g: f32, d: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { softmax_scaled_avx2(row, lse, g, d) };
+    }
+    softmax_scaled_body(row, lse, g, d)
 }
 
 fn targets_of(s: &CpuStorage, l: &Layout) -> candle_core::Result<Vec<u32>> {
@@ -438,16 +483,18 @@ impl CustomOp2 for CrossEntropy {
                 y.len()
             );
         }
-        let per_row: Vec<f32> = x
+        let lse: Vec<f32> = x
             .par_chunks(vocab)
-            .zip(&y)
-            .map_init(Vec::new, |scratch, (row, &t)| {
-                let (max, lse) = log_sum_exp(row, scratch);
-                max + lse - row[t as usize]
-            })
+            .map_init(Vec::new, |scratch, row| log_sum_exp(row, scratch))
             .collect();
         // Summed in row order, in f64, so the loss does not depend on the thread count.
-        let mean = per_row.iter().map(|&l| l as f64).sum::<f64>() / n.max(1) as f64;
+        let total: f64 = lse
+            .iter()
+            .zip(x.chunks(vocab).zip(&y))
+            .map(|(&l, (row, &t))| (l - row[t as usize]) as f64)
+            .sum();
+        let mean = total / n.max(1) as f64;
+        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = lse;
         Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
     }
 
@@ -462,20 +509,16 @@ impl CustomOp2 for CrossEntropy {
         let g = grad.to_scalar::<f32>()? / n.max(1) as f32;
         let x = logits.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let y = targets.to_vec1::<u32>()?;
+        let lse = self.lse.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if lse.len() != n {
+            candle_core::bail!("cross-entropy: backward without its forward pass");
+        }
         let mut dx = vec![0.0f32; x.len()];
         dx.par_chunks_mut(vocab)
             .zip(x.par_chunks(vocab))
-            .zip(&y)
-            .for_each_init(Vec::new, |scratch, ((d, row), &t)| {
-                let (max, lse) = log_sum_exp(row, scratch);
-                let shift = max + lse;
-                for (di, &xi) in d.iter_mut().zip(row) {
-                    *di = xi - shift;
-                }
-                exp_in_place(d);
-                for di in d.iter_mut() {
-                    *di *= g;
-                }
+            .zip(y.par_iter().zip(&lse))
+            .for_each(|((d, row), (&t, &l))| {
+                softmax_scaled(row, l, g, d);
                 d[t as usize] -= g;
             });
         Ok((
@@ -610,7 +653,7 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        let fused = logits.apply_op2(&targets, CrossEntropy).unwrap();
+        let fused = logits.apply_op2(&targets, CrossEntropy::default()).unwrap();
         let m = logits.max_keepdim(D::Minus1).unwrap().detach();
         let sh = logits.broadcast_sub(&m).unwrap();
         let lz = sh
@@ -628,6 +671,6 @@ mod tests {
         assert!(max_diff(gf.get(&logits).unwrap(), gr.get(&logits).unwrap()) < 1e-6);
         // A target outside the vocabulary is an error, not a panic.
         let bad = Tensor::from_vec(vec![31u32; 9], 9, &Device::Cpu).unwrap();
-        assert!(logits.apply_op2(&bad, CrossEntropy).is_err());
+        assert!(logits.apply_op2(&bad, CrossEntropy::default()).is_err());
     }
 }

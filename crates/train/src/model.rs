@@ -296,5 +296,7 @@ fn normal_samples(rng: &mut ChaCha20Rng, n: usize, std: f64) -> Vec<f32> {
 
 /// Mean cross-entropy of logits (n, vocab) against target ids (n).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    Ok(logits.contiguous()?.apply_op2(targets, CrossEntropy)?)
+    Ok(logits
+        .contiguous()?
+        .apply_op2(targets, CrossEntropy::default())?)
 }
