@@ -258,6 +258,45 @@ mod avx2 {
     }
 }
 
+/// [`head_forward`] in its fastest build for this CPU.
+fn head_forward_best(
+    q: &[f32],
+    kt: &[f32],
+    vt: &[f32],
+    o: &mut [f32],
+    t: usize,
+    d: usize,
+    scale: f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2::head_forward(q, kt, vt, o, t, d, scale) };
+    }
+    head_forward(q, kt, vt, o, t, d, scale)
+}
+
+/// [`group_backward`] in its fastest build for this CPU.
+#[allow(clippy::too_many_arguments)]
+fn group_backward_best(
+    q: &[f32],
+    go: &[f32],
+    kt: &[f32],
+    vt: &[f32],
+    dq: &mut [f32],
+    dkt: &mut [f32],
+    dvt: &mut [f32],
+    dims: (usize, usize, usize),
+    scale: f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2::group_backward(q, go, kt, vt, dq, dkt, dvt, dims, scale) };
+    }
+    group_backward(q, go, kt, vt, dq, dkt, dvt, dims, scale)
+}
+
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -298,12 +337,7 @@ impl CustomOp3 for CausalAttention {
             let g = bi * hkv + hi / n_rep;
             let (kt, vt) = (&kts[g], &vts[g]);
             let q = &q[bh * t * d..(bh + 1) * t * d];
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                return unsafe { avx2::head_forward(q, kt, vt, o, t, d, scale) };
-            }
-            head_forward(q, kt, vt, o, t, d, scale)
+            head_forward_best(q, kt, vt, o, t, d, scale)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -334,48 +368,10 @@ impl CustomOp3 for CausalAttention {
                 let qs = g * n_rep * t * d..(g + 1) * n_rep * t * d;
                 let (kt, vt) = (transpose(&kd[kv.clone()], t, d), transpose(&vd[kv], t, d));
                 let (mut dkt, mut dvt) = (vec![0.0f32; t * d], vec![0.0f32; t * d]);
-                let args = (&qd[qs.clone()], &gd[qs]);
-                #[cfg(target_arch = "x86_64")]
-                if has_avx2() {
-                    // SAFETY: the CPU has AVX2 and FMA (checked above).
-                    unsafe {
-                        avx2::group_backward(
-                            args.0,
-                            args.1,
-                            &kt,
-                            &vt,
-                            dq,
-                            &mut dkt,
-                            &mut dvt,
-                            (n_rep, t, d),
-                            scale,
-                        )
-                    };
-                } else {
-                    group_backward(
-                        args.0,
-                        args.1,
-                        &kt,
-                        &vt,
-                        dq,
-                        &mut dkt,
-                        &mut dvt,
-                        (n_rep, t, d),
-                        scale,
-                    );
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                group_backward(
-                    args.0,
-                    args.1,
-                    &kt,
-                    &vt,
-                    dq,
-                    &mut dkt,
-                    &mut dvt,
-                    (n_rep, t, d),
-                    scale,
-                );
+                let (q, go) = (&qd[qs.clone()], &gd[qs]);
+                let (kt, vt) = (&kt[..], &vt[..]);
+                let dims = (n_rep, t, d);
+                group_backward_best(q, go, kt, vt, dq, &mut dkt, &mut dvt, dims, scale);
                 dk.copy_from_slice(&transpose(&dkt, d, t));
                 dv.copy_from_slice(&transpose(&dvt, d, t));
             });

@@ -123,6 +123,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn draws_curves_without_a_font() {
+        // As on a machine with none of FONTS: no text at all, but the curves.
+        let dir =
+            std::env::temp_dir().join(format!("ferrollama-plot-nofont-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = |step, loss| StepMetrics {
+            step,
+            loss,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            tokens_per_s: 1.0,
+            tokens: step,
+            val_loss: Some(loss),
+            val_ppl: None,
+        };
+        let path = dir.join("nofont.svg");
+        draw(
+            SVGBackend::new(&path, (300, 200)).into_drawing_area(),
+            &[m(1, 3.0), m(2, 2.0)],
+            false,
+        )
+        .unwrap();
+        let png = dir.join("nofont.png");
+        draw(
+            BitMapBackend::new(&png, (300, 200)).into_drawing_area(),
+            &[m(1, 3.0), m(2, 2.0)],
+            false,
+        )
+        .unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("polyline"));
+    }
+
+    #[test]
     fn writes_an_svg_and_a_png() {
         let dir = std::env::temp_dir().join(format!("ferrollama-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -271,21 +271,11 @@ impl<'a> Trainer<'a> {
             on_event(Event::Step(&m));
             last = Some(m);
             if last_step || step.is_multiple_of(cfg.checkpoint_every) {
-                metrics_file
-                    .sync_all()
-                    .map_err(|e| io(&self.run.metrics(), e))?;
-                let dir = self.save_checkpoint()?;
-                self.plot()?;
-                on_event(Event::Checkpoint(&dir));
+                self.checkpoint(&metrics_file, on_event)?;
             }
         }
         if stopped && last.is_some() {
-            metrics_file
-                .sync_all()
-                .map_err(|e| io(&self.run.metrics(), e))?;
-            let dir = self.save_checkpoint()?;
-            self.plot()?;
-            on_event(Event::Checkpoint(&dir));
+            self.checkpoint(&metrics_file, on_event)?;
         }
         Ok(Summary {
             steps: self.state.step,
@@ -325,6 +315,15 @@ impl<'a> Trainer<'a> {
             i += b;
         }
         Ok(total / n as f64)
+    }
+
+    /// Makes the metrics so far durable, writes a checkpoint and redraws the plots.
+    fn checkpoint(&self, metrics: &std::fs::File, on_event: &mut dyn FnMut(Event)) -> Result<()> {
+        metrics.sync_all().map_err(|e| io(&self.run.metrics(), e))?;
+        let dir = self.save_checkpoint()?;
+        self.plot()?;
+        on_event(Event::Checkpoint(&dir));
+        Ok(())
     }
 
     /// Redraws `loss.svg` and `loss.png` from `metrics.jsonl`.
