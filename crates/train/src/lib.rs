@@ -13,6 +13,7 @@ pub mod fused;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod sample;
 pub mod schedule;
 pub mod tokenizer_file;
 pub mod trainer;

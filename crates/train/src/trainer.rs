@@ -53,8 +53,17 @@ pub enum Event<'a> {
         val_tokens: usize,
     },
     Step(&'a StepMetrics),
+    /// Text sampled from the model at an evaluation step.
+    Sample {
+        step: u64,
+        text: &'a str,
+    },
     Checkpoint(&'a Path),
 }
+
+/// The start of the text sampled at evaluations, and its length in tokens.
+const SAMPLE_PROMPT: &str = "The";
+const SAMPLE_TOKENS: usize = 48;
 
 /// How a run ended.
 #[derive(Debug, Clone)]
@@ -269,6 +278,17 @@ impl<'a> Trainer<'a> {
                 .map_err(|e| Error::Config(format!("encoding metrics: {e}")))?;
             writeln!(metrics_file, "{line}").map_err(|e| io(&self.run.metrics(), e))?;
             on_event(Event::Step(&m));
+            if m.val_loss.is_some() {
+                let text = crate::sample::sample_text(
+                    &self.model,
+                    self.tokenizer,
+                    SAMPLE_PROMPT,
+                    SAMPLE_TOKENS,
+                    0.8,
+                    cfg.seed ^ step,
+                )?;
+                on_event(Event::Sample { step, text: &text });
+            }
             last = Some(m);
             if last_step || step.is_multiple_of(cfg.checkpoint_every) {
                 self.checkpoint(&metrics_file, on_event)?;

@@ -223,6 +223,7 @@ pub fn run(a: Args) -> Result<()> {
                 ));
             }
         }
+        Event::Sample { step, text } => say(format!("step {step} sample: {text:?}")),
         Event::Checkpoint(dir) => say(format!("checkpoint {}", dir.display())),
         _ => {}
     })?;
