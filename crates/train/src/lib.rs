@@ -5,6 +5,7 @@
 //! for bit; the result exports to GGUF and a Hugging Face directory.
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod error;

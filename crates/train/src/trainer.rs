@@ -14,6 +14,7 @@ use candle_core::{Device, Tensor};
 use ferrollama_tokenizer::Tokenizer;
 
 use crate::checkpoint::{self, LoopState};
+use crate::collective::{Collective, Solo};
 use crate::config::TrainConfig;
 use crate::data::{Batches, Corpus};
 use crate::error::{io, Error, Result};
@@ -101,6 +102,7 @@ pub struct Trainer<'a> {
     run: RunDir,
     tokenizer: &'a Tokenizer,
     state: LoopState,
+    group: &'a dyn Collective,
 }
 
 impl<'a> Trainer<'a> {
@@ -113,12 +115,43 @@ impl<'a> Trainer<'a> {
         data_cache: &Path,
         resume: bool,
     ) -> Result<Self> {
+        Self::new_in_group(config, tokenizer, out, data_cache, resume, &Solo)
+    }
+
+    /// As [`Trainer::new`], as one rank of `group`: every rank must call it with the same
+    /// settings. Rank 0 tokenizes the data into the cache first and alone writes the run
+    /// directory; every rank reads the checkpoint it resumes from, so across machines
+    /// `out` and `data_cache` must be shared (or copied) directories.
+    pub fn new_in_group(
+        config: TrainConfig,
+        tokenizer: &'a Tokenizer,
+        out: &Path,
+        data_cache: &Path,
+        resume: bool,
+        group: &'a dyn Collective,
+    ) -> Result<Self> {
         config.check()?;
+        let accumulation = config.accumulation()?;
+        if !accumulation.is_multiple_of(group.size()) {
+            return Err(Error::Config(format!(
+                "{accumulation} micro-batches per step do not divide among {} processes; choose batch_tokens = a multiple of seq_len x micro_batch x processes",
+                group.size()
+            )));
+        }
         let run = RunDir {
             root: out.to_path_buf(),
         };
         std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
-        let corpus = Corpus::prepare(&config.data, tokenizer, data_cache)?;
+        // The shard cache is written by one process: a second one renaming its own copy
+        // into place would fail.
+        let corpus = if group.is_leader() {
+            let corpus = Corpus::prepare(&config.data, tokenizer, data_cache);
+            group.barrier()?;
+            corpus?
+        } else {
+            group.barrier()?;
+            Corpus::prepare(&config.data, tokenizer, data_cache)?
+        };
         let shape = config.model_config(tokenizer.vocab_size())?;
         let digest = config.settings_digest();
         let saved = if resume {
@@ -153,10 +186,12 @@ impl<'a> Trainer<'a> {
                 (model, opt, state)
             }
         };
-        let text = toml::to_string_pretty(&config)
-            .map_err(|e| Error::Config(format!("encoding the config: {e}")))?;
-        checkpoint::write_synced(&run.config(), text.as_bytes())?;
-        keep_metrics_through(&run.metrics(), state.step)?;
+        if group.is_leader() {
+            let text = toml::to_string_pretty(&config)
+                .map_err(|e| Error::Config(format!("encoding the config: {e}")))?;
+            checkpoint::write_synced(&run.config(), text.as_bytes())?;
+            keep_metrics_through(&run.metrics(), state.step)?;
+        }
         Ok(Self {
             config,
             model,
@@ -165,6 +200,7 @@ impl<'a> Trainer<'a> {
             run,
             tokenizer,
             state,
+            group,
         })
     }
 
@@ -198,53 +234,82 @@ impl<'a> Trainer<'a> {
             train_tokens: self.corpus.train.len(),
             val_tokens: self.corpus.val.len(),
         });
-        let mut metrics_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.run.metrics())
-            .map_err(|e| io(&self.run.metrics(), e))?;
+        let leader = self.group.is_leader();
+        let mut metrics_file = if leader {
+            let path = self.run.metrics();
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io(&path, e))?;
+            Some(f)
+        } else {
+            None
+        };
+        // This rank's share of each step: micro-batches [first, first + share).
+        let share = accumulation / self.group.size();
+        let first = self.group.rank() * share;
+        let sizes: Vec<usize> = self.model.params().map(|(_, v)| v.elem_count()).collect();
+        let total: usize = sizes.iter().sum();
+        // Gradients, then the loss sum and the stop votes, reduced in one call.
+        let mut sums = vec![0.0f64; total + 2];
         let mut last = None;
         let mut stopped = false;
+        let mut saved_at = self.state.step;
         while self.state.step < cfg.steps {
-            if stop.load(Ordering::Relaxed) {
+            // Alone, a stop request ends the run before the next step; in a group the
+            // ranks vote with the step's sums so that they all stop after the same step.
+            if self.group.size() == 1 && stop.load(Ordering::Relaxed) {
                 stopped = true;
                 break;
             }
             let started = Instant::now();
             let lr = schedule.lr(self.state.step);
-            let mut grads: Vec<Vec<f32>> = self
-                .model
-                .params()
-                .map(|(_, v)| vec![0.0; v.elem_count()])
-                .collect();
-            let mut loss_sum = 0.0f64;
-            for _ in 0..accumulation {
+            sums.fill(0.0);
+            for j in first..first + share {
                 let (inputs, targets) = micro_batch(
                     &mut train,
-                    self.state.sequences,
+                    self.state.sequences + (j * cfg.micro_batch) as u64,
                     cfg.micro_batch,
                     cfg.seq_len,
                 )?;
-                self.state.sequences += cfg.micro_batch as u64;
                 let loss = self.loss(&inputs, &targets)?;
-                loss_sum += loss.to_scalar::<f32>()? as f64;
+                sums[total] += loss.to_scalar::<f32>()? as f64;
                 let scaled = (loss / accumulation as f64)?;
                 let store = scaled.backward()?;
-                for (acc, (name, var)) in grads.iter_mut().zip(self.model.params()) {
+                let mut offset = 0;
+                for (name, var) in self.model.params() {
                     let g = store
                         .get(var.as_tensor())
                         .ok_or_else(|| Error::Config(format!("no gradient reached `{name}`")))?;
-                    for (a, x) in acc.iter_mut().zip(g.flatten_all()?.to_vec1::<f32>()?) {
-                        *a += x;
+                    let g = g.flatten_all()?.to_vec1::<f32>()?;
+                    for (a, x) in sums[offset..offset + g.len()].iter_mut().zip(g) {
+                        *a += x as f64;
                     }
+                    offset += var.elem_count();
                 }
             }
-            let loss = loss_sum / accumulation as f64;
+            sums[total + 1] = f64::from(u8::from(stop.load(Ordering::Relaxed)));
+            self.group.all_reduce_sum(&mut sums)?;
+            self.state.sequences += (accumulation * cfg.micro_batch) as u64;
+            let loss = sums[total] / accumulation as f64;
+            let stop_voted = sums[total + 1] > 0.0;
             if !loss.is_finite() {
                 return Err(Error::Config(format!(
                     "loss became {loss} at step {}; lower --lr or raise --warmup (the last checkpoint is intact)",
                     self.state.step + 1
                 )));
+            }
+            let mut grads = Vec::with_capacity(sizes.len());
+            let mut offset = 0;
+            for &n in &sizes {
+                grads.push(
+                    sums[offset..offset + n]
+                        .iter()
+                        .map(|&x| x as f32)
+                        .collect::<Vec<f32>>(),
+                );
+                offset += n;
             }
             let grad_norm = if cfg.grad_clip > 0.0 {
                 clip_grad_norm(&mut grads, cfg.grad_clip)
@@ -267,35 +332,46 @@ impl<'a> Trainer<'a> {
                 val_ppl: None,
             };
             let last_step = step == cfg.steps;
-            if let Some(val) = &val {
-                if last_step || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
-                    let v = self.validation_loss(val)?;
-                    m.val_loss = Some(v);
-                    m.val_ppl = Some(v.exp());
+            // Evaluation, metrics and checkpoints are the leader's; the other ranks go on
+            // to the next step and wait for it in the all-reduce.
+            if let (Some(metrics_file), true) = (&mut metrics_file, leader) {
+                if let Some(val) = &val {
+                    if last_step || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
+                        let v = self.validation_loss(val)?;
+                        m.val_loss = Some(v);
+                        m.val_ppl = Some(v.exp());
+                    }
+                }
+                let line = serde_json::to_string(&m)
+                    .map_err(|e| Error::Config(format!("encoding metrics: {e}")))?;
+                writeln!(metrics_file, "{line}").map_err(|e| io(&self.run.metrics(), e))?;
+                on_event(Event::Step(&m));
+                if m.val_loss.is_some() {
+                    let text = crate::sample::sample_text(
+                        &self.model,
+                        self.tokenizer,
+                        SAMPLE_PROMPT,
+                        SAMPLE_TOKENS,
+                        0.8,
+                        cfg.seed ^ step,
+                    )?;
+                    on_event(Event::Sample { step, text: &text });
+                }
+                if last_step || step.is_multiple_of(cfg.checkpoint_every) {
+                    self.checkpoint(metrics_file, on_event)?;
+                    saved_at = step;
                 }
             }
-            let line = serde_json::to_string(&m)
-                .map_err(|e| Error::Config(format!("encoding metrics: {e}")))?;
-            writeln!(metrics_file, "{line}").map_err(|e| io(&self.run.metrics(), e))?;
-            on_event(Event::Step(&m));
-            if m.val_loss.is_some() {
-                let text = crate::sample::sample_text(
-                    &self.model,
-                    self.tokenizer,
-                    SAMPLE_PROMPT,
-                    SAMPLE_TOKENS,
-                    0.8,
-                    cfg.seed ^ step,
-                )?;
-                on_event(Event::Sample { step, text: &text });
-            }
             last = Some(m);
-            if last_step || step.is_multiple_of(cfg.checkpoint_every) {
-                self.checkpoint(&metrics_file, on_event)?;
+            if stop_voted && !last_step {
+                stopped = true;
+                break;
             }
         }
-        if stopped && last.is_some() {
-            self.checkpoint(&metrics_file, on_event)?;
+        if stopped && saved_at != self.state.step {
+            if let Some(f) = &metrics_file {
+                self.checkpoint(f, on_event)?;
+            }
         }
         Ok(Summary {
             steps: self.state.step,

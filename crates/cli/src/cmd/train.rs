@@ -10,6 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use ferrollama_gguf::GgmlType;
 use ferrollama_tokenizer::train::{train_spm_bpe, TrainerOptions};
 use ferrollama_tokenizer::Tokenizer;
+use ferrollama_train::collective::{Collective, Solo};
 use ferrollama_train::data::{read_documents, unigram_entropy, Corpus, DataConfig};
 use ferrollama_train::tokenizer_file::load_tokenizer;
 use ferrollama_train::{Event, TrainConfig, Trainer};
@@ -139,6 +140,9 @@ pub fn run(a: Args) -> Result<()> {
     let gguf_type = GgmlType::from_name(&a.gguf_type)
         .ok_or_else(|| anyhow!("unknown type `{}`", a.gguf_type))?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let group = process_group()?;
+    let group = &*group;
+    let leader = group.is_leader();
     if let Some(t) = &a.tokenizer {
         cfg.tokenizer = Some(t.clone());
     }
@@ -148,7 +152,11 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => {
             let path = a.out.join("tokenizer.json");
-            let tok = if path.exists() {
+            // One rank learns the vocabulary; the others read what it wrote.
+            if !leader {
+                group.barrier()?;
+            }
+            let tok = if path.exists() || !leader {
                 load_tokenizer(&path)?
             } else {
                 let size = match a.vocab_size {
@@ -161,6 +169,9 @@ pub fn run(a: Args) -> Result<()> {
                 };
                 learn_tokenizer(&cfg.data, size, &a.out)?
             };
+            if leader {
+                group.barrier()?;
+            }
             cfg.tokenizer = Some(path);
             tok
         }
@@ -177,11 +188,24 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let cache = ferrollama_assets::models_dir().join("token-shards");
-    let mut trainer = Trainer::new(cfg.clone(), &tokenizer, &a.out, &cache, a.resume)?;
-    if let Some(n) = a.dump_reference {
+    let mut trainer =
+        Trainer::new_in_group(cfg.clone(), &tokenizer, &a.out, &cache, a.resume, group)?;
+    if let (Some(n), true) = (a.dump_reference, leader) {
         trainer.dump_reference(&a.out.join("reference"), n)?;
     }
-    let bar = ProgressBar::new(cfg.steps);
+    if group.size() > 1 && leader {
+        eprintln!(
+            "data parallel: {} processes, {} micro-batches of {} sequences each per step",
+            group.size(),
+            cfg.accumulation()? / group.size(),
+            cfg.micro_batch
+        );
+    }
+    let bar = if leader {
+        ProgressBar::new(cfg.steps)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
@@ -190,7 +214,11 @@ pub fn run(a: Args) -> Result<()> {
     );
     bar.enable_steady_tick(Duration::from_millis(500));
     // Lines above the bar; printed even when stderr is not a terminal (the bar is not).
-    let say = |line: String| bar.suspend(|| eprintln!("{line}"));
+    let say = |line: String| {
+        if leader {
+            bar.suspend(|| eprintln!("{line}"))
+        }
+    };
     let summary = trainer.run(&STOP, &mut |e| match e {
         Event::Started {
             start_step,
@@ -228,6 +256,9 @@ pub fn run(a: Args) -> Result<()> {
         _ => {}
     })?;
     bar.finish_and_clear();
+    if !leader {
+        return Ok(());
+    }
     if summary.stopped {
         eprintln!(
             "stopped at step {}; `--resume` with the same settings continues it",
@@ -249,6 +280,30 @@ pub fn run(a: Args) -> Result<()> {
         ferrollama_train::export::export(&trainer.model, &tokenizer, &a.out, gguf_type)?;
     println!("exported {} and {}", gguf.display(), hf.display());
     Ok(())
+}
+
+/// The processes training together: the MPI world when started by `mpirun` in a build
+/// with the `mpi` feature, else this process alone.
+fn process_group() -> Result<Box<dyn Collective>> {
+    // OpenMPI's and MPICH's launchers say how many processes they started.
+    let under_mpirun = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().any(|v| {
+        std::env::var(v)
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| n > 1)
+    });
+    if under_mpirun {
+        #[cfg(feature = "mpi")]
+        {
+            let world = ferrollama_train::collective::MpiWorld::init()?;
+            return Ok(Box::new(world));
+        }
+        #[cfg(not(feature = "mpi"))]
+        anyhow::bail!(
+            "started by mpirun, but this ferrollama was built without MPI; build it with `cargo build --release -p ferrollama --features mpi`"
+        );
+    }
+    Ok(Box::new(Solo))
 }
 
 /// Training allocates and frees the same large activation and gradient buffers every
