@@ -413,6 +413,38 @@ fn softmax_scaled_body(row: &[f32], lse: f32, g: f32, d: &mut [f32]) {
     }
 }
 
+/// Replaces `row` with its softmax and returns its log-sum-exp.
+#[inline(always)]
+fn softmax_in_place_body(row: &mut [f32]) -> f32 {
+    let m = max(row);
+    for x in row.iter_mut() {
+        *x -= m;
+    }
+    exp_in_place(row);
+    let s = sum(row);
+    let inv = 1.0 / s;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+    m + s.ln()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_in_place_avx2(row: &mut [f32]) -> f32 {
+    softmax_in_place_body(row)
+}
+
+/// Replaces `row` with its softmax and returns its log-sum-exp.
+pub(crate) fn softmax_in_place(row: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { softmax_in_place_avx2(row) };
+    }
+    softmax_in_place_body(row)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn log_sum_exp_avx2(row: &[f32], scratch: &mut Vec<f32>) -> f32 {

@@ -122,6 +122,30 @@ impl TrainModel {
     /// Logits (b, t, vocab) for token ids (b, t), causal attention within each row.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
+        let x = self.final_hidden(tokens)?;
+        Ok(linear(&x, self.head()?)?.reshape((b, t, self.config.vocab_size))?)
+    }
+
+    /// Mean next-token loss of token ids (b, t) against `targets` (b * t ids), with the
+    /// output projection and the cross-entropy fused (`head_loss`): the same value as
+    /// `cross_entropy` of `forward`, without keeping the logits.
+    pub fn loss(&self, tokens: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        let x = self.final_hidden(tokens)?;
+        Ok(crate::head_loss::head_loss(&x, self.head()?, targets)?)
+    }
+
+    /// The output projection's weights (the embedding when tied).
+    fn head(&self) -> Result<&Tensor> {
+        if self.config.tie_word_embeddings {
+            self.p("model.embed_tokens.weight")
+        } else {
+            self.p("lm_head.weight")
+        }
+    }
+
+    /// The normed last hidden states (b * t, hidden) for token ids (b, t).
+    fn final_hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
         if t > self.max_seq() {
             return Err(Error::Config(format!(
                 "sequence of {t} tokens is longer than the model's {} positions",
@@ -157,13 +181,7 @@ impl TrainModel {
             )?;
             x = (x + m)?;
         }
-        let x = rms_norm(&x, self.p("model.norm.weight")?, cfg.rms_norm_eps)?;
-        let head = if cfg.tie_word_embeddings {
-            self.p("model.embed_tokens.weight")?
-        } else {
-            self.p("lm_head.weight")?
-        };
-        Ok(linear(&x, head)?.reshape((b, t, cfg.vocab_size))?)
+        rms_norm(&x, self.p("model.norm.weight")?, cfg.rms_norm_eps)
     }
 
     /// Self-attention of one layer on normed rows `x` (b * t, h), grouped-query heads.
@@ -235,13 +253,12 @@ pub fn param_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
 
 /// x (n, in) times w (out, in) transposed: (n, out).
 fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    Ok(x.matmul(&w.t()?)?)
+    Ok(crate::matmul::linear(x, w)?)
 }
 
 /// RMSNorm over the last dimension, then the learned gain.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&inv_rms)?.broadcast_mul(w)?)
+    Ok(crate::norm::rms_norm(x, w, eps)?)
 }
 
 /// Cosine and sine tables (max_seq, head_dim), halves repeated, for rotate-half RoPE.

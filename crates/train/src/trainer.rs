@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 use ferrollama_tokenizer::Tokenizer;
 
@@ -18,7 +19,7 @@ use crate::collective::{Collective, Solo};
 use crate::config::TrainConfig;
 use crate::data::{Batches, Corpus};
 use crate::error::{io, Error, Result};
-use crate::model::{cross_entropy, TrainModel};
+use crate::model::TrainModel;
 use crate::optim::{clip_grad_norm, AdamW};
 use crate::schedule::CosineSchedule;
 
@@ -283,9 +284,10 @@ impl<'a> Trainer<'a> {
                         .get(var.as_tensor())
                         .ok_or_else(|| Error::Config(format!("no gradient reached `{name}`")))?;
                     let g = g.flatten_all()?.to_vec1::<f32>()?;
-                    for (a, x) in sums[offset..offset + g.len()].iter_mut().zip(g) {
-                        *a += x as f64;
-                    }
+                    sums[offset..offset + g.len()]
+                        .par_chunks_mut(1 << 14)
+                        .zip(g.par_chunks(1 << 14))
+                        .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, &x)| *a += x as f64));
                     offset += var.elem_count();
                 }
             }
@@ -305,7 +307,7 @@ impl<'a> Trainer<'a> {
             for &n in &sizes {
                 grads.push(
                     sums[offset..offset + n]
-                        .iter()
+                        .par_iter()
                         .map(|&x| x as f32)
                         .collect::<Vec<f32>>(),
                 );
@@ -385,9 +387,7 @@ impl<'a> Trainer<'a> {
         let t = self.config.seq_len;
         let b = inputs.len() / t;
         let x = Tensor::from_slice(inputs, (b, t), &Device::Cpu)?;
-        let y = Tensor::from_slice(targets, b * t, &Device::Cpu)?;
-        let logits = self.model.forward(&x)?;
-        cross_entropy(&logits.reshape((b * t, ()))?, &y)
+        self.model.loss(&x, targets)
     }
 
     /// Mean loss over the first `eval_sequences` validation sequences (all, if fewer).
