@@ -9,7 +9,7 @@ weights and batches, to check ferrollama's per-step losses and to compare speed.
 Reads RUN/config.toml (the hyper-parameters), RUN/hf/config.json or the preset shape
 from RUN/reference/init.safetensors, RUN/reference/batches.safetensors, and
 RUN/metrics.jsonl. Prints a JSON object and a table. Install torch into a cache venv
-outside the repo (`bash benches/train_reference.sh` does it).
+outside the repo (the README, "Training", gives the pip command).
 
 The model is written here from the Llama 2 paper (RMSNorm before attention and the MLP,
 SwiGLU, rotate-half RoPE as Hugging Face checkpoints store Q/K, grouped-query attention),

@@ -20,6 +20,10 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
     }
 }
 
+/// Heads at least this wide go through `attention_gemm` (matrix products); narrower ones
+/// (the 260k preset's 8) through the row loops below, which were faster for them.
+const GEMM_HEAD_DIM: usize = 32;
+
 /// Causal self-attention softmax(q kᵀ * scale + mask) v with grouped-query heads:
 /// q (b, heads, t, d), k and v (b, heads / n_rep, t, d); query head h reads KV head
 /// h / n_rep.
@@ -328,10 +332,21 @@ impl CustomOp3 for CausalAttention {
             f32_slice(s3, l3, "v")?,
         );
         let n_rep = h / hkv;
+        let scale = self.scale;
+        if d >= GEMM_HEAD_DIM {
+            let mut out = vec![0.0f32; q.len()];
+            out.par_chunks_mut(t * d).enumerate().for_each(|(bh, o)| {
+                let (bi, hi) = (bh / h, bh % h);
+                let g = (bi * hkv + hi / n_rep) * t * d;
+                let q = &q[bh * t * d..(bh + 1) * t * d];
+                let (k, v) = (&k[g..g + t * d], &v[g..g + t * d]);
+                crate::attention_gemm::head_forward(q, k, v, o, t, d, scale);
+            });
+            return Ok((CpuStorage::F32(out), l1.shape().clone()));
+        }
         let kts: Vec<Vec<f32>> = k.par_chunks(t * d).map(|k| transpose(k, t, d)).collect();
         let vts: Vec<Vec<f32>> = v.par_chunks(t * d).map(|v| transpose(v, t, d)).collect();
         let mut out = vec![0.0f32; q.len()];
-        let scale = self.scale;
         out.par_chunks_mut(t * d).enumerate().for_each(|(bh, o)| {
             let (bi, hi) = (bh / h, bh % h);
             let g = bi * hkv + hi / n_rep;
@@ -366,6 +381,13 @@ impl CustomOp3 for CausalAttention {
             .for_each(|(g, ((dq, dk), dv))| {
                 let kv = g * t * d..(g + 1) * t * d;
                 let qs = g * n_rep * t * d..(g + 1) * n_rep * t * d;
+                if d >= GEMM_HEAD_DIM {
+                    let (k, v) = (&kd[kv.clone()], &vd[kv]);
+                    let (q, go) = (&qd[qs.clone()], &gd[qs]);
+                    let dims = (n_rep, t, d);
+                    crate::attention_gemm::group_backward(q, go, k, v, dq, dk, dv, dims, scale);
+                    return;
+                }
                 let (kt, vt) = (transpose(&kd[kv.clone()], t, d), transpose(&vd[kv], t, d));
                 let (mut dkt, mut dvt) = (vec![0.0f32; t * d], vec![0.0f32; t * d]);
                 let (q, go) = (&qd[qs.clone()], &gd[qs]);
@@ -619,6 +641,7 @@ mod tests {
             (1, 4, 4, 13, 8),
             (3, 2, 1, 1, 3),
             (1, 2, 2, 70, 48),
+            (2, 6, 2, 150, 32),
         ] {
             let q = Var::from_tensor(&random(&[b, h, t, d], 1)).unwrap();
             let k = Var::from_tensor(&random(&[b, hkv, t, d], 2)).unwrap();

@@ -4,6 +4,7 @@
 //! tokenized once into memory-mapped shards; runs checkpoint atomically and resume bit
 //! for bit; the result exports to GGUF and a Hugging Face directory.
 
+pub mod attention_gemm;
 pub mod checkpoint;
 pub mod collective;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod optim;
 pub mod plot;
 pub mod sample;
 pub mod schedule;
+pub mod swiglu;
 pub mod tokenizer_file;
 pub mod trainer;
 

@@ -176,7 +176,7 @@ impl TrainModel {
             let gate = linear(&n, self.p(&format!("{pre}.mlp.gate_proj.weight"))?)?;
             let up = linear(&n, self.p(&format!("{pre}.mlp.up_proj.weight"))?)?;
             let m = linear(
-                &(gate.silu()? * up)?,
+                &crate::swiglu::swiglu(&gate, &up)?,
                 self.p(&format!("{pre}.mlp.down_proj.weight"))?,
             )?;
             x = (x + m)?;
