@@ -18,6 +18,7 @@ pub mod model;
 pub mod norm;
 pub mod optim;
 pub mod plot;
+pub mod rope;
 pub mod sample;
 pub mod schedule;
 pub mod swiglu;

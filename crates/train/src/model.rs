@@ -6,8 +6,9 @@
 //! `tests/parity.rs` holds the two together).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -22,10 +23,10 @@ pub struct TrainModel {
     /// Every trainable tensor by name; the map's order is the order gradients are
     /// reduced and the optimizer visits them, so results do not depend on hashing.
     params: BTreeMap<String, Var>,
-    /// (seq_len, head_dim): the cosine and sine of each position's angles, each half
-    /// of a head rotated by the same frequencies.
-    cos: Tensor,
-    sin: Tensor,
+    /// (seq_len, head_dim), position-major: the cosine and sine of each position's
+    /// angles, each half of a head rotated by the same frequencies.
+    cos_table: Arc<Vec<f32>>,
+    sin_table: Arc<Vec<f32>>,
 }
 
 /// Standard deviation of the initial weights (GPT-2's, as llama2.c and nanoGPT use).
@@ -88,12 +89,13 @@ impl TrainModel {
     }
 
     fn with_params(config: Config, params: BTreeMap<String, Var>, max_seq: usize) -> Result<Self> {
-        let (cos, sin) = rope_tables(&config, max_seq)?;
+        let (cos, sin) = rope_tables(&config, max_seq);
+        let (cos_table, sin_table) = (Arc::new(cos), Arc::new(sin));
         Ok(Self {
             config,
             params,
-            cos,
-            sin,
+            cos_table,
+            sin_table,
         })
     }
 
@@ -109,7 +111,7 @@ impl TrainModel {
 
     /// The longest sequence the RoPE tables cover.
     pub fn max_seq(&self) -> usize {
-        self.cos.dims()[0]
+        self.cos_table.len() / self.config.head_dim.max(1)
     }
 
     fn p(&self, name: &str) -> Result<&Tensor> {
@@ -157,8 +159,6 @@ impl TrainModel {
         let mut x = self
             .p("model.embed_tokens.weight")?
             .index_select(&tokens.flatten_all()?, 0)?;
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
         for l in 0..cfg.num_hidden_layers {
             let pre = format!("model.layers.{l}");
             let n = rms_norm(
@@ -166,7 +166,7 @@ impl TrainModel {
                 self.p(&format!("{pre}.input_layernorm.weight"))?,
                 cfg.rms_norm_eps,
             )?;
-            let a = self.attention(&n, &pre, b, t, &cos, &sin)?;
+            let a = self.attention(&n, &pre, b, t)?;
             x = (x + a)?;
             let n = rms_norm(
                 &x,
@@ -186,15 +186,7 @@ impl TrainModel {
 
     /// Self-attention of one layer on normed rows `x` (b * t, h), grouped-query heads.
     #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        x: &Tensor,
-        pre: &str,
-        b: usize,
-        t: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-    ) -> Result<Tensor> {
+    fn attention(&self, x: &Tensor, pre: &str, b: usize, t: usize) -> Result<Tensor> {
         let cfg = &self.config;
         let (nh, nkv, hd) = (
             cfg.num_attention_heads,
@@ -206,8 +198,19 @@ impl TrainModel {
             let y = linear(x, self.p(&format!("{pre}.self_attn.{w}.weight"))?)?;
             Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = rope(&heads("q_proj", nh)?, cos, sin)?;
-        let k = rope(&heads("k_proj", nkv)?, cos, sin)?;
+        let rotated = |w: &str, n: usize| -> Result<Tensor> {
+            let y = linear(x, self.p(&format!("{pre}.self_attn.{w}.weight"))?)?;
+            let op = crate::rope::RopeHeads {
+                batch: b,
+                heads: n,
+                d: hd,
+                cos: self.cos_table.clone(),
+                sin: self.sin_table.clone(),
+            };
+            Ok(op.apply(&y)?)
+        };
+        let q = rotated("q_proj", nh)?;
+        let k = rotated("k_proj", nkv)?;
         let v = heads("v_proj", nkv)?;
         let scale = 1.0 / (hd as f32).sqrt();
         // (b, nh, t, hd) -> (b * t, nh * hd)
@@ -262,7 +265,7 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Cosine and sine tables (max_seq, head_dim), halves repeated, for rotate-half RoPE.
-fn rope_tables(cfg: &Config, max_seq: usize) -> Result<(Tensor, Tensor)> {
+fn rope_tables(cfg: &Config, max_seq: usize) -> (Vec<f32>, Vec<f32>) {
     let hd = cfg.head_dim;
     let half = hd / 2;
     let mut cos = Vec::with_capacity(max_seq * hd);
@@ -279,20 +282,7 @@ fn rope_tables(cfg: &Config, max_seq: usize) -> Result<(Tensor, Tensor)> {
             sin.extend(row.iter().map(|a| a.sin()));
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (max_seq, hd), &Device::Cpu)?,
-        Tensor::from_vec(sin, (max_seq, hd), &Device::Cpu)?,
-    ))
-}
-
-/// Rotates x (b, heads, t, hd): x * cos + rotate_half(x) * sin, where rotate_half maps
-/// the halves (x1, x2) to (-x2, x1).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+    (cos, sin)
 }
 
 /// `n` samples of N(0, std) by the Box-Muller transform, in a fixed order.
