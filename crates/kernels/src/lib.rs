@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod matmul;
+pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
 pub mod q8_1;

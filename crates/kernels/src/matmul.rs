@@ -1,4 +1,5 @@
-//! Quantized matrix products: y (m, n) = x (m, k) . W^T for W (n, k) stored as Q4_1 rows.
+//! Quantized matrix products: y (m, n) = x (m, k) . W^T for W (n, k) stored as Q4_0, Q4_1
+//! or Q8_0 rows.
 //! Activations are quantized to Q8_1 once per call; output rows are split across the
 //! rayon pool in fixed chunks, and each dot product is summed in a fixed order, so results
 //! do not depend on the thread count.
@@ -6,11 +7,12 @@
 use rayon::prelude::*;
 
 use crate::q8_1::{quantize_row_q8_1, BlockQ8_1, QK};
-use crate::{q4_1, q8_0};
+use crate::{q4_0, q4_1, q8_0};
 
 /// A weight format with 32-value blocks dotted with 8-bit activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
+    Q4_0,
     Q4_1,
     Q8_0,
 }
@@ -19,6 +21,7 @@ impl WeightFormat {
     /// Bytes per block of 32 weights.
     pub fn block_bytes(self) -> usize {
         match self {
+            Self::Q4_0 => q4_0::BLOCK_BYTES,
             Self::Q4_1 => q4_1::BLOCK_BYTES,
             Self::Q8_0 => q8_0::BLOCK_BYTES,
         }
@@ -26,6 +29,7 @@ impl WeightFormat {
 
     fn dot(self, w: &[u8], x: &[BlockQ8_1]) -> f32 {
         match self {
+            Self::Q4_0 => q4_0::vec_dot(w, x),
             Self::Q4_1 => q4_1::vec_dot(w, x),
             Self::Q8_0 => q8_0::vec_dot(w, x),
         }
@@ -33,6 +37,7 @@ impl WeightFormat {
 
     fn dot_x4(self, w: &[u8], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
         match self {
+            Self::Q4_0 => q4_0::vec_dot_x4(w, xs),
             Self::Q4_1 => q4_1::vec_dot_x4(w, xs),
             Self::Q8_0 => q8_0::vec_dot_x4(w, xs),
         }
@@ -119,6 +124,7 @@ mod tests {
                     .to_le_bytes()
                     .to_vec();
                 match format {
+                    WeightFormat::Q4_0 => b.extend((0..16).map(|_| rng.random::<u8>())),
                     WeightFormat::Q4_1 => {
                         b.extend(half::f16::from_f32(rng.random_range(-0.5..0.0)).to_le_bytes());
                         b.extend((0..16).map(|_| rng.random::<u8>()));
@@ -133,7 +139,7 @@ mod tests {
     #[test]
     fn matmul_matches_row_by_row_reference() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
+        for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
             for &(n, k, m) in &[
                 (1, 32, 1),
                 (37, 64, 1),
@@ -153,6 +159,7 @@ mod tests {
                     for o in 0..n {
                         let row = &w[o * rb..(o + 1) * rb];
                         let want = match format {
+                            WeightFormat::Q4_0 => q4_0::vec_dot_ref(row, &xq),
                             WeightFormat::Q4_1 => q4_1::vec_dot_ref(row, &xq),
                             WeightFormat::Q8_0 => q8_0::vec_dot_ref(row, &xq),
                         };

@@ -1,4 +1,4 @@
-//! A projection y = x W^T whose weights stay as stored. Q4_1 and Q8_0 go through our own
+//! A projection y = x W^T whose weights stay as stored. Q4_0, Q4_1 and Q8_0 go through our own
 //! kernels (candle's Q4_1 dot product has no SIMD path, and its Q8_0 product was a fifth of
 //! a batched decode step for the output projection alone); every other type through
 //! candle's QMatMul.
@@ -20,7 +20,7 @@ pub enum Linear {
     Quant(Arc<QuantMatrix>),
 }
 
-/// Q4_1 or Q8_0 weight rows for [`ferrollama_kernels::matmul`], read in place from the
+/// Q4_0, Q4_1 or Q8_0 weight rows for [`ferrollama_kernels::matmul`], read in place from the
 /// tensor (shared with the embedding when the output projection is tied to it).
 pub struct QuantMatrix {
     tensor: Arc<QTensor>,
@@ -54,6 +54,7 @@ impl Linear {
     /// Wraps a shared tensor (the tied embedding used as output projection).
     pub fn from_arc(q: Arc<QTensor>) -> Result<Self> {
         let format = match q.dtype() {
+            GgmlDType::Q4_0 => WeightFormat::Q4_0,
             GgmlDType::Q4_1 => WeightFormat::Q4_1,
             GgmlDType::Q8_0 => WeightFormat::Q8_0,
             GgmlDType::F16 | GgmlDType::BF16 => {
