@@ -4,9 +4,11 @@
 
 pub mod attention;
 pub mod matmul;
+pub mod packed;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
 pub mod q8_1;
 
 pub use matmul::{matmul, matmul_q4_1, WeightFormat};
+pub use packed::PackedMatrix;

@@ -15,6 +15,8 @@ pub struct BlockQ8_1 {
     pub d: f32,
     /// d * sum(qs), rounded through f16.
     pub s: f32,
+    /// sum(qs), exact: the packed Q4_0 kernel subtracts 8 * sum from unsigned nibble sums.
+    pub sum: i32,
     pub qs: [i8; QK],
 }
 
@@ -23,6 +25,7 @@ impl Default for BlockQ8_1 {
         Self {
             d: 0.0,
             s: 0.0,
+            sum: 0,
             qs: [0; QK],
         }
     }
@@ -54,6 +57,7 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         }
         block.d = f16::from_f32(d).to_f32();
         block.s = f16::from_f32(d * sum as f32).to_f32();
+        block.sum = sum;
     }
 }
 
@@ -87,6 +91,7 @@ mod tests {
             }
             let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
             assert!((b.s - b.d * sum as f32).abs() <= b.s.abs() * 1e-3 + 1e-3);
+            assert_eq!(b.sum, sum);
         }
     }
 

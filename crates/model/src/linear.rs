@@ -1,7 +1,7 @@
-//! A projection y = x W^T whose weights stay as stored. Q4_0, Q4_1 and Q8_0 go through our own
-//! kernels (candle's Q4_1 dot product has no SIMD path, and its Q8_0 product was a fifth of
-//! a batched decode step for the output projection alone); every other type through
-//! candle's QMatMul.
+//! A projection y = x W^T. Q4_0, Q4_1 and Q8_0 weights are repacked eight rows at a time at
+//! load and go through our own kernels (candle's Q4_1 dot product has no SIMD path, and its
+//! Q8_0 product was a fifth of a batched decode step for the output projection alone);
+//! every other type through candle's QMatMul.
 //! f16/bf16 weights are kept in f16 and multiplied with f16 activations, as llama.cpp does.
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
-use ferrollama_kernels::WeightFormat;
+use ferrollama_kernels::{PackedMatrix, WeightFormat};
 
 use crate::error::{Error, Result};
 use crate::weights::WeightSource;
@@ -20,15 +20,22 @@ pub enum Linear {
     Quant(Arc<QuantMatrix>),
 }
 
-/// Q4_0, Q4_1 or Q8_0 weight rows for [`ferrollama_kernels::matmul`], read in place from the
-/// tensor (shared with the embedding when the output projection is tied to it).
+/// Q4_0, Q4_1 or Q8_0 weights in the kernels' interleaved layout (shared with the embedding
+/// when the output projection is tied to it: the embedding reads its rows from here).
 pub struct QuantMatrix {
-    tensor: Arc<QTensor>,
-    format: WeightFormat,
-    /// Output features (rows).
-    n: usize,
-    /// Input features.
-    k: usize,
+    packed: PackedMatrix,
+}
+
+impl QuantMatrix {
+    /// Row `r` (< n) dequantized into `out` (k values).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        self.packed.dequantize_row(r, out)
+    }
+
+    /// (output rows, input width).
+    pub fn shape(&self) -> (usize, usize) {
+        self.packed.shape()
+    }
 }
 
 impl Linear {
@@ -65,18 +72,9 @@ impl Linear {
             _ => return Ok(Self::Candle(QMatMul::from_arc(q)?)),
         };
         let (n, k) = q.shape().dims2()?;
-        if k % 32 != 0 || q.data()?.len() != n * k / 32 * format.block_bytes() {
-            return Err(Error::Input(format!(
-                "a {format:?} weight of shape ({n}, {k}) holds {} bytes",
-                q.data()?.len()
-            )));
-        }
-        Ok(Self::Quant(Arc::new(QuantMatrix {
-            tensor: q,
-            format,
-            n,
-            k,
-        })))
+        let packed = PackedMatrix::pack(format, &q.data()?, n, k)
+            .map_err(|e| Error::Input(e.to_string()))?;
+        Ok(Self::Quant(Arc::new(QuantMatrix { packed })))
     }
 }
 
@@ -107,20 +105,17 @@ impl CustomOp1 for QuantMatrix {
         })?;
         let x = &all[start..end];
         let dims = layout.shape().dims();
+        let (n, width) = self.packed.shape();
         let k = *dims.last().unwrap_or(&0);
-        if k != self.k {
-            candle_core::bail!(
-                "quantized matmul: input width {k}, weights expect {}",
-                self.k
-            )
+        if k != width {
+            candle_core::bail!("quantized matmul: input width {k}, weights expect {width}")
         }
         let m = x.len() / k.max(1);
-        let mut y = vec![0f32; m * self.n];
-        let w = self.tensor.data()?;
-        ferrollama_kernels::matmul(self.format, &w, self.n, self.k, x, m, &mut y);
+        let mut y = vec![0f32; m * n];
+        self.packed.matmul(x, m, &mut y);
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
-            *last = self.n;
+            *last = n;
         }
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }

@@ -11,7 +11,7 @@ use crate::attention::Attention;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kv::LayerKv;
-use crate::linear::Linear;
+use crate::linear::{Linear, QuantMatrix};
 use crate::mlp::Mlp;
 use crate::rope::Rope;
 use crate::weights::WeightSource;
@@ -67,9 +67,16 @@ struct DecoderLayer {
     mlp: Mlp,
 }
 
+/// The token embedding: its own tensor, or, when the output projection is tied to it and
+/// repacked for our kernels, that projection's rows (one copy of the weights, not two).
+enum Embedding {
+    Tensor(Arc<QTensor>),
+    Packed(Arc<QuantMatrix>),
+}
+
 /// A loaded Llama model. Immutable once loaded: per-sequence state lives in [`Cache`].
 pub struct Llama {
-    embed_tokens: Arc<QTensor>,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -142,7 +149,7 @@ impl Llama {
                 expected,
             });
         }
-        let embed_tokens = Arc::new(embed);
+        let embed = Arc::new(embed);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
@@ -162,10 +169,14 @@ impl Llama {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = if w.contains("lm_head.weight") {
-            Linear::load(w, "lm_head.weight", (config.vocab_size, config.hidden_size))?
+        let (lm_head, embed_tokens) = if w.contains("lm_head.weight") {
+            let head = Linear::load(w, "lm_head.weight", (config.vocab_size, config.hidden_size))?;
+            (head, Embedding::Tensor(embed))
         } else {
-            Linear::from_arc(embed_tokens.clone())?
+            match Linear::from_arc(embed.clone())? {
+                Linear::Quant(m) => (Linear::Quant(m.clone()), Embedding::Packed(m)),
+                head => (head, Embedding::Tensor(embed)),
+            }
         };
         let rope = Rope::new(
             config.head_dim,
@@ -319,12 +330,24 @@ impl Llama {
                 self.config.vocab_size
             )));
         }
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        Ok(self
-            .embed_tokens
-            .embedding(&ids)?
-            .to_dtype(DType::F32)?
-            .unsqueeze(0)?)
+        match &self.embed_tokens {
+            Embedding::Tensor(t) => {
+                let ids = Tensor::new(tokens, &Device::Cpu)?;
+                Ok(t.embedding(&ids)?.to_dtype(DType::F32)?.unsqueeze(0)?)
+            }
+            Embedding::Packed(m) => {
+                let hidden = m.shape().1;
+                let mut rows = vec![0f32; tokens.len() * hidden];
+                for (&t, row) in tokens.iter().zip(rows.chunks_exact_mut(hidden)) {
+                    m.dequantize_row(t as usize, row);
+                }
+                Ok(Tensor::from_vec(
+                    rows,
+                    (1, tokens.len(), hidden),
+                    &Device::Cpu,
+                )?)
+            }
+        }
     }
 
     /// Runs every block over `tokens` (at most one micro-batch) after the cache; returns

@@ -1,0 +1,589 @@
+//! Quantized weights repacked eight rows at a time, so that one 256-bit register holds the
+//! same four values of eight rows and its eight lanes are eight outputs.
+//!
+//! Row-major blocks (ggml's layout) make every dot product end in a horizontal sum and pay
+//! one scale multiply per row and block; the prompt path spent most of its time there and
+//! in re-reading activations from cache. Interleaved, one broadcast of four activation
+//! bytes meets eight rows in one `maddubs`, the eight rows' scales are one vector, and
+//! results are stored eight at a time (llama.cpp repacks Q4_0 the same way on AVX2).
+//!
+//! A packed block of eight rows holds their f16 scales (8 x 2 bytes), for Q4_1 their f16
+//! minimums (8 x 2 bytes), then the values in 32-byte groups: group g's lane r holds bytes
+//! 4g..4g+4 of row r's block (Q4_0/Q4_1: 16 nibble bytes, so 4 groups, the low nibbles
+//! being values 4g.. and the high ones 16 + 4g..; Q8_0: 32 bytes, so 8 groups). Rows past
+//! `n` in the last group are zero. The size equals the row-major one.
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::matmul::WeightFormat;
+use crate::q8_1::{quantize_row_q8_1, BlockQ8_1, QK};
+
+/// Rows interleaved in one packed block.
+pub const LANES: usize = 8;
+
+/// Output rows per parallel task when there is one activation row.
+const DECODE_GROUPS_PER_TASK: usize = 2;
+/// Activation rows and row groups per parallel task otherwise: the task's activations and
+/// weights stay in L2 while every 8 x 4 tile is computed.
+const TASK_ROWS: usize = 32;
+const TASK_GROUPS: usize = 8;
+
+impl WeightFormat {
+    /// Bytes of the scales (and minimums) that open a packed block.
+    fn header_bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => 2 * 2 * LANES,
+            Self::Q4_0 | Self::Q8_0 => 2 * LANES,
+        }
+    }
+
+    /// Bytes of one packed block of eight rows.
+    fn packed_block_bytes(self) -> usize {
+        LANES * self.block_bytes()
+    }
+
+    /// Byte offset of the 32 values (or 16 nibble bytes) inside a row-major block.
+    fn values_offset(self) -> usize {
+        self.block_bytes() - self.value_bytes()
+    }
+
+    /// Bytes of values in one row-major block.
+    fn value_bytes(self) -> usize {
+        match self {
+            Self::Q8_0 => QK,
+            Self::Q4_0 | Self::Q4_1 => QK / 2,
+        }
+    }
+}
+
+/// Why a row-major matrix could not be packed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackError(String);
+
+impl std::fmt::Display for PackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PackError {}
+
+/// An (n, k) weight matrix in the interleaved layout.
+pub struct PackedMatrix {
+    format: WeightFormat,
+    n: usize,
+    k: usize,
+    data: Vec<u8>,
+}
+
+impl PackedMatrix {
+    /// Repacks `rows`: n row-major rows of k / 32 blocks in `format`.
+    pub fn pack(format: WeightFormat, rows: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
+        let bb = format.block_bytes();
+        if k % QK != 0 || rows.len() != n * (k / QK) * bb {
+            return Err(PackError(format!(
+                "a {format:?} matrix of shape ({n}, {k}) cannot hold {} bytes",
+                rows.len()
+            )));
+        }
+        let blocks = k / QK;
+        let groups = n.div_ceil(LANES);
+        let pbb = format.packed_block_bytes();
+        let (header, values, vb) = (
+            format.header_bytes(),
+            format.values_offset(),
+            format.value_bytes(),
+        );
+        let mut data = vec![0u8; groups * blocks * pbb];
+        data.par_chunks_mut(blocks * pbb)
+            .enumerate()
+            .for_each(|(g, group)| {
+                for lane in 0..LANES.min(n - g * LANES) {
+                    let row = &rows[(g * LANES + lane) * blocks * bb..][..blocks * bb];
+                    for (src, dst) in row.chunks_exact(bb).zip(group.chunks_exact_mut(pbb)) {
+                        // Scale (and minimum), each an f16 in its own 16-byte row of lanes.
+                        for (h, pair) in src[..values].chunks_exact(2).enumerate() {
+                            dst[h * 2 * LANES + 2 * lane..][..2].copy_from_slice(pair);
+                        }
+                        for (q, four) in src[values..values + vb].chunks_exact(4).enumerate() {
+                            dst[header + 32 * q + 4 * lane..][..4].copy_from_slice(four);
+                        }
+                    }
+                }
+            });
+        Ok(Self { format, n, k, data })
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// (output rows, input width).
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Bytes held (the same as the row-major matrix, plus the last group's padding rows).
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    fn group(&self, g: usize) -> &[u8] {
+        let len = self.k / QK * self.format.packed_block_bytes();
+        &self.data[g * len..(g + 1) * len]
+    }
+
+    /// Row `r` dequantized into `out` (k values): the embedding lookup of a tied output
+    /// projection, and the plain reference for the tests. Panics if r >= n.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.n && out.len() == self.k);
+        let (format, lane) = (self.format, r % LANES);
+        let header = format.header_bytes();
+        for (block, out) in self
+            .group(r / LANES)
+            .chunks_exact(format.packed_block_bytes())
+            .zip(out.chunks_exact_mut(QK))
+        {
+            let half = |h: usize| {
+                f16::from_le_bytes([
+                    block[h * 2 * LANES + 2 * lane],
+                    block[h * 2 * LANES + 2 * lane + 1],
+                ])
+                .to_f32()
+            };
+            let d = half(0);
+            let q = values(format, &block[header..], lane);
+            for (o, &q) in out.iter_mut().zip(&q) {
+                *o = match format {
+                    WeightFormat::Q4_0 => d * (q - 8) as f32,
+                    WeightFormat::Q4_1 => d * q as f32 + half(1),
+                    WeightFormat::Q8_0 => d * q as f32,
+                };
+            }
+        }
+    }
+
+    /// `y[t * n + o] = dot(W[o], x[t])` for m activation rows x (m, k); y is (m, n).
+    /// Panics if the sizes disagree; callers check shapes first.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        assert!(x.len() == m * k && y.len() == m * n);
+        let blocks = k / QK;
+        let mut xq = vec![BlockQ8_1::default(); m * blocks];
+        xq.par_chunks_mut(blocks)
+            .zip(x.par_chunks_exact(k))
+            .for_each(|(q, row)| quantize_row_q8_1(row, q));
+        let x_row = |t: usize| &xq[t * blocks..(t + 1) * blocks];
+        let groups = n.div_ceil(LANES);
+        if m == 1 {
+            y.par_chunks_mut(DECODE_GROUPS_PER_TASK * LANES)
+                .enumerate()
+                .for_each(|(c, out)| {
+                    for (i, out) in out.chunks_mut(LANES).enumerate() {
+                        let g = c * DECODE_GROUPS_PER_TASK + i;
+                        let [sums] = tile(self.format, self.group(g), [x_row(0)]);
+                        out.copy_from_slice(&sums[..out.len()]);
+                    }
+                });
+            return;
+        }
+        // Tasks own rectangles of y: TASK_ROWS activation rows by TASK_GROUPS row groups.
+        let out = SharedOut(y.as_mut_ptr());
+        let row_tasks = m.div_ceil(TASK_ROWS);
+        let group_tasks = groups.div_ceil(TASK_GROUPS);
+        (0..row_tasks * group_tasks)
+            .into_par_iter()
+            .for_each(|task| {
+                let (rt, gt) = (task / group_tasks, task % group_tasks);
+                let rows = rt * TASK_ROWS..(m.min((rt + 1) * TASK_ROWS));
+                for g in gt * TASK_GROUPS..groups.min((gt + 1) * TASK_GROUPS) {
+                    let w = self.group(g);
+                    let cols = g * LANES..n.min((g + 1) * LANES);
+                    let write = |t: usize, sums: &[f32; LANES]| {
+                        // SAFETY: y holds m * n values and (t, cols) lies inside; tasks write
+                        // disjoint rectangles and y outlives the parallel loop.
+                        unsafe { out.write(t * n + cols.start, &sums[..cols.len()]) }
+                    };
+                    let mut t = rows.start;
+                    while t + 4 <= rows.end {
+                        let sums = tile(
+                            self.format,
+                            w,
+                            [x_row(t), x_row(t + 1), x_row(t + 2), x_row(t + 3)],
+                        );
+                        for (j, s) in sums.iter().enumerate() {
+                            write(t + j, s);
+                        }
+                        t += 4;
+                    }
+                    for t in t..rows.end {
+                        write(t, &tile(self.format, w, [x_row(t)])[0]);
+                    }
+                }
+            });
+    }
+}
+
+/// The output matrix, written by parallel tasks in disjoint rectangles.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: tasks write disjoint parts only (see `PackedMatrix::matmul`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `at..at + values.len()` must lie inside the output and no other task may touch it.
+    unsafe fn write(self, at: usize, values: &[f32]) {
+        std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), values.len());
+    }
+}
+
+/// The 32 stored values of lane `lane` in one packed block's value bytes: nibbles 0..15
+/// (Q4_0, Q4_1) or signed bytes (Q8_0).
+fn values(format: WeightFormat, v: &[u8], lane: usize) -> [i32; QK] {
+    let mut q = [0i32; QK];
+    for g in 0..format.value_bytes() / 4 {
+        for j in 0..4 {
+            let byte = v[32 * g + 4 * lane + j];
+            match format {
+                WeightFormat::Q8_0 => q[4 * g + j] = i32::from(byte as i8),
+                WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+                    q[4 * g + j] = i32::from(byte & 0x0F);
+                    q[16 + 4 * g + j] = i32::from(byte >> 4);
+                }
+            }
+        }
+    }
+    q
+}
+
+/// Dot products of one packed row group (8 rows) with R activation rows: out[j][lane].
+fn tile<const R: usize>(
+    format: WeightFormat,
+    w: &[u8],
+    xs: [&[BlockQ8_1]; R],
+) -> [[f32; LANES]; R] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::q4_1::avx2_available() {
+            // SAFETY: the CPU supports AVX2, FMA and F16C (checked above).
+            return unsafe {
+                match format {
+                    WeightFormat::Q4_0 => avx2::tile::<Q4_0, R>(w, xs),
+                    WeightFormat::Q4_1 => avx2::tile::<Q4_1, R>(w, xs),
+                    WeightFormat::Q8_0 => avx2::tile::<Q8_0, R>(w, xs),
+                }
+            };
+        }
+    }
+    xs.map(|x| tile_ref(format, w, x))
+}
+
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q8_0: u8 = 2;
+
+/// Plain reference: one packed row group against one activation row, block by block as
+/// the SIMD kernel sums (exact integer sums, then the scales).
+pub(crate) fn tile_ref(format: WeightFormat, w: &[u8], x: &[BlockQ8_1]) -> [f32; LANES] {
+    let header = format.header_bytes();
+    let mut acc = [0f32; LANES];
+    for (block, xb) in w.chunks_exact(format.packed_block_bytes()).zip(x) {
+        for (lane, acc) in acc.iter_mut().enumerate() {
+            let half = |h: usize| {
+                f16::from_le_bytes([
+                    block[h * 2 * LANES + 2 * lane],
+                    block[h * 2 * LANES + 2 * lane + 1],
+                ])
+                .to_f32()
+            };
+            let q = values(format, &block[header..], lane);
+            let mut sumi: i32 = q.iter().zip(&xb.qs).map(|(&q, &a)| q * i32::from(a)).sum();
+            if format == WeightFormat::Q4_0 {
+                sumi -= 8 * xb.sum;
+            }
+            *acc += half(0) * xb.d * sumi as f32;
+            if format == WeightFormat::Q4_1 {
+                *acc += half(1) * xb.s;
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Q4_0, Q4_1, Q8_0};
+    use crate::matmul::WeightFormat;
+    use crate::q8_1::BlockQ8_1;
+
+    /// Four activation bytes starting at `at`, in every 32-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn broadcast4(xb: &BlockQ8_1, at: usize) -> __m256i {
+        _mm256_set1_epi32(std::ptr::read_unaligned(
+            xb.qs.as_ptr().add(at) as *const i32
+        ))
+    }
+
+    /// Sums of one group of 8 rows against R activation rows, block by block: per block,
+    /// exact integer sums in 8 lanes (one per row), then scaled as in [`super::tile_ref`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile<const F: u8, const R: usize>(
+        w: &[u8],
+        xs: [&[BlockQ8_1]; R],
+    ) -> [[f32; 8]; R] {
+        let format = match F {
+            Q4_0 => WeightFormat::Q4_0,
+            Q4_1 => WeightFormat::Q4_1,
+            _ => WeightFormat::Q8_0,
+        };
+        let (pbb, header) = (format.packed_block_bytes(), format.header_bytes());
+        let blocks = w.len() / pbb;
+        debug_assert!(xs.iter().all(|x| x.len() >= blocks));
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..blocks {
+            let block = w.as_ptr().add(b * pbb);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
+            let v = block.add(header);
+            let mut sumi = [_mm256_setzero_si256(); R];
+            if F == Q8_0 {
+                for g in 0..8 {
+                    let q = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
+                    let abs = _mm256_sign_epi8(q, q);
+                    for j in 0..R {
+                        let x = _mm256_sign_epi8(broadcast4(&xs[j][b], 4 * g), q);
+                        // At most 2 * 128 * 127 per i16 lane: no saturation.
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(abs, x), ones);
+                        sumi[j] = _mm256_add_epi32(sumi[j], p);
+                    }
+                }
+            } else {
+                // Nibbles 0..15 times bytes up to 127 in magnitude: 8 pair sums of at most
+                // 2 * 15 * 127 each fit an i16 lane, so the sums stay in i16 until madd.
+                let mut s16 = [_mm256_setzero_si256(); R];
+                for g in 0..4 {
+                    let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
+                    let lo = _mm256_and_si256(raw, low);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    for j in 0..R {
+                        let xb = &xs[j][b];
+                        let p = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, broadcast4(xb, 4 * g)),
+                            _mm256_maddubs_epi16(hi, broadcast4(xb, 16 + 4 * g)),
+                        );
+                        s16[j] = _mm256_add_epi16(s16[j], p);
+                    }
+                }
+                for j in 0..R {
+                    sumi[j] = _mm256_madd_epi16(s16[j], ones);
+                    if F == Q4_0 {
+                        sumi[j] = _mm256_sub_epi32(sumi[j], _mm256_set1_epi32(8 * xs[j][b].sum));
+                    }
+                }
+            }
+            for j in 0..R {
+                let xb = &xs[j][b];
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
+                acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sumi[j]), acc[j]);
+                if F == Q4_1 {
+                    let m = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
+                    acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb.s), acc[j]);
+                }
+            }
+        }
+        let mut out = [[0f32; 8]; R];
+        for j in 0..R {
+            _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::{q4_0, q4_1, q8_0};
+
+    /// Random row-major weights in `format`: n rows of k / 32 blocks, with extreme values.
+    fn weights(rng: &mut impl Rng, format: WeightFormat, n: usize, k: usize) -> Vec<u8> {
+        (0..n * k / QK)
+            .flat_map(|i| {
+                let mut b = f16::from_f32(rng.random_range(0.0..0.1))
+                    .to_le_bytes()
+                    .to_vec();
+                if format == WeightFormat::Q4_1 {
+                    b.extend(f16::from_f32(rng.random_range(-0.5..0.0)).to_le_bytes());
+                }
+                let extreme = i % 7 == 0;
+                b.extend((0..format.value_bytes()).map(|j| match (extreme, format) {
+                    (true, WeightFormat::Q8_0) => [0x80, 0x7F][j % 2],
+                    (true, _) => [0xFF, 0x00][j % 2],
+                    _ => rng.random::<u8>(),
+                }));
+                b
+            })
+            .collect()
+    }
+
+    fn row_dot_ref(format: WeightFormat, row: &[u8], x: &[BlockQ8_1]) -> f32 {
+        match format {
+            WeightFormat::Q4_0 => q4_0::vec_dot_ref(row, x),
+            WeightFormat::Q4_1 => q4_1::vec_dot_ref(row, x),
+            WeightFormat::Q8_0 => q8_0::vec_dot_ref(row, x),
+        }
+    }
+
+    fn activations(rng: &mut impl Rng, m: usize, k: usize) -> Vec<f32> {
+        (0..m * k)
+            .map(|i| match i % 11 {
+                0 => 0.0,
+                1 => 1e4,
+                _ => rng.random_range(-2.0..2.0),
+            })
+            .collect()
+    }
+
+    const FORMATS: [WeightFormat; 3] = [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
+
+    #[test]
+    fn packing_keeps_every_row() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for format in FORMATS {
+            for &(n, k) in &[(1, 32), (8, 64), (13, 96), (17, 32)] {
+                let w = weights(&mut rng, format, n, k);
+                let p = PackedMatrix::pack(format, &w, n, k).unwrap();
+                assert_eq!(p.bytes(), n.div_ceil(8) * 8 * k / 32 * format.block_bytes());
+                let rb = k / QK * format.block_bytes();
+                let mut row = vec![0f32; k];
+                for r in 0..n {
+                    p.dequantize_row(r, &mut row);
+                    // Dotting the dequantized row with one-hot activations would go through
+                    // quantization; compare with the row-major values directly instead.
+                    let want = dequantize_row_major(format, &w[r * rb..(r + 1) * rb]);
+                    assert_eq!(row, want, "{format:?} ({n},{k}) row {r}");
+                }
+            }
+        }
+    }
+
+    fn dequantize_row_major(format: WeightFormat, row: &[u8]) -> Vec<f32> {
+        let mut out = Vec::new();
+        for b in row.chunks_exact(format.block_bytes()) {
+            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            let v = &b[format.values_offset()..];
+            let q: Vec<i32> = match format {
+                WeightFormat::Q8_0 => v.iter().map(|&x| i32::from(x as i8)).collect(),
+                _ => v
+                    .iter()
+                    .map(|&x| i32::from(x & 15))
+                    .chain(v.iter().map(|&x| i32::from(x >> 4)))
+                    .collect(),
+            };
+            out.extend(q.iter().map(|&q| match format {
+                WeightFormat::Q4_0 => d * (q - 8) as f32,
+                WeightFormat::Q4_1 => d * q as f32 + f16::from_le_bytes([b[2], b[3]]).to_f32(),
+                WeightFormat::Q8_0 => d * q as f32,
+            }));
+        }
+        out
+    }
+
+    #[test]
+    fn rejects_a_wrong_size() {
+        assert!(PackedMatrix::pack(WeightFormat::Q4_0, &[0; 17], 1, 32).is_err());
+        assert!(PackedMatrix::pack(WeightFormat::Q8_0, &[0; 34], 1, 33).is_err());
+    }
+
+    #[test]
+    fn simd_tile_matches_plain_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        for format in FORMATS {
+            for &k in &[32, 96, 576] {
+                let w = weights(&mut rng, format, 8, k);
+                let p = PackedMatrix::pack(format, &w, 8, k).unwrap();
+                let xs: Vec<Vec<BlockQ8_1>> = (0..4)
+                    .map(|_| {
+                        let mut q = vec![BlockQ8_1::default(); k / QK];
+                        quantize_row_q8_1(&activations(&mut rng, 1, k), &mut q);
+                        q
+                    })
+                    .collect();
+                let four = tile(format, p.group(0), [&xs[0][..], &xs[1], &xs[2], &xs[3]]);
+                for (j, x) in xs.iter().enumerate() {
+                    let want = tile_ref(format, p.group(0), x);
+                    let [one] = tile(format, p.group(0), [&x[..]]);
+                    // Four rows at once are the same operations per row as one.
+                    assert_eq!(one, four[j]);
+                    for lane in 0..LANES {
+                        let tol = 1e-5 * want[lane].abs().max(1.0);
+                        assert!(
+                            (one[lane] - want[lane]).abs() <= tol,
+                            "{format:?} {k} {lane}: {one:?} vs {want:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_matches_row_by_row_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for format in FORMATS {
+            for &(n, k, m) in &[
+                (1, 32, 1),
+                (37, 64, 1),
+                (50, 96, 3),
+                (17, 576, 9),
+                (40, 64, 37),
+                (8, 32, 70),
+            ] {
+                let w = weights(&mut rng, format, n, k);
+                let p = PackedMatrix::pack(format, &w, n, k).unwrap();
+                let x = activations(&mut rng, m, k);
+                let mut y = vec![f32::NAN; m * n];
+                p.matmul(&x, m, &mut y);
+                let rb = k / QK * format.block_bytes();
+                for t in 0..m {
+                    let mut xq = vec![BlockQ8_1::default(); k / QK];
+                    quantize_row_q8_1(&x[t * k..(t + 1) * k], &mut xq);
+                    for o in 0..n {
+                        let want = row_dot_ref(format, &w[o * rb..(o + 1) * rb], &xq);
+                        let got = y[t * n + o];
+                        assert!(
+                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                            "{format:?} ({n},{k},{m}) [{t},{o}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_batch() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        for format in FORMATS {
+            let (n, k, m) = (24, 128, 41);
+            let p = PackedMatrix::pack(format, &weights(&mut rng, format, n, k), n, k).unwrap();
+            let x = activations(&mut rng, m, k);
+            let mut all = vec![0f32; m * n];
+            p.matmul(&x, m, &mut all);
+            for t in [0, 5, 40] {
+                let mut one = vec![0f32; n];
+                p.matmul(&x[t * k..(t + 1) * k], 1, &mut one);
+                assert_eq!(one, all[t * n..(t + 1) * n], "{format:?} row {t}");
+            }
+        }
+    }
+}
