@@ -27,32 +27,62 @@ pub fn decode_attention(
     len: usize,
     cap: usize,
 ) -> Vec<f32> {
+    let mut out = vec![0f32; h.n_head * h.head_dim];
+    decode_attention_into(h, q, k, v, len, cap, &mut out);
+    out
+}
+
+/// [`decode_attention`] into `out` (n_head * head_dim values).
+pub fn decode_attention_into(
+    h: Heads,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    len: usize,
+    cap: usize,
+    out: &mut [f32],
+) {
     let hd = h.head_dim;
-    let n_rep = h.n_head / h.n_kv_head.max(1);
+    let n_rep = (h.n_head / h.n_kv_head.max(1)).max(1);
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; h.n_head * hd];
     let mut scores = vec![0f32; len];
     for (head, out_h) in out.chunks_exact_mut(hd).enumerate() {
-        let g = head / n_rep.max(1);
+        let g = head / n_rep;
+        let rows = g * cap * hd..(g * cap + len) * hd;
+        let (k, v) = (&k[rows.clone()], &v[rows]);
         let q_h = &q[head * hd..(head + 1) * hd];
-        let row = |t: usize| (g * cap + t) * hd..(g * cap + t + 1) * hd;
-        for (t, s) in scores.iter_mut().enumerate() {
-            *s = dot(q_h, &k[row(t)]) * scale;
-        }
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for (t, &e) in scores.iter().enumerate() {
-            let p = f16::from_f32(e / sum).to_f32();
-            for (o, &x) in out_h.iter_mut().zip(&v[row(t)]) {
-                *o += p * x;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if hd % 8 == 0 && crate::q4_1::avx2_available() {
+                // SAFETY: the CPU supports AVX2, FMA and F16C (checked above); k and v
+                // hold len rows of hd values, hd a multiple of 8.
+                unsafe { avx2::attend_head(q_h, k, v, scale, &mut scores, out_h) };
+                continue;
             }
         }
+        attend_head(q_h, k, v, scale, &mut scores, out_h);
     }
-    out
+}
+
+/// One head, portable: `k` and `v` hold scores.len() rows of q.len() values.
+fn attend_head(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    let hd = q.len();
+    for (s, k_t) in scores.iter_mut().zip(k.chunks_exact(hd)) {
+        *s = dot(q, k_t) * scale;
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    for (&e, v_t) in scores.iter().zip(v.chunks_exact(hd)) {
+        let p = f16::from_f32(e / sum).to_f32();
+        for (o, &x) in out.iter_mut().zip(v_t) {
+            *o += p * x;
+        }
+    }
 }
 
 /// A dot product with eight independent partial sums, which the compiler turns into
@@ -73,6 +103,141 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// e^x for x <= 0, 8 lanes: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by Cephes'
+    /// degree-5 polynomial, 2^n put into the exponent bits. Within 2 ulp of `f32::exp`;
+    /// below -87.3 (where e^x leaves the normal range) it gives about 1e-38, not 0, which
+    /// no softmax sum notices.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_nonpositive(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        // ln 2 in two parts, so n * ln2_hi is exact.
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let e_r = _mm256_add_ps(
+            _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+            _mm256_set1_ps(1.0),
+        );
+        let two_n = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        ));
+        _mm256_mul_ps(e_r, two_n)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Scores of `N` keys (rows `k`, `k + hd`, ...), each chunk by chunk into its own 8
+    /// lanes, then [`hsum`]: a key sees the same operations alone or with others.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn key_scores<const N: usize>(q: *const f32, k: *const f32, hd: usize) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for c in (0..hd).step_by(8) {
+            let qc = _mm256_loadu_ps(q.add(c));
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.add(j * hd + c)), *acc);
+            }
+        }
+        acc.map(|a| hsum(a))
+    }
+
+    /// [`super::attend_head`] with 8-lane vectors; `q.len()` is a multiple of 8.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn attend_head(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (hd, len) = (q.len(), scores.len());
+        debug_assert!(hd % 8 == 0 && k.len() >= len * hd && v.len() >= len * hd);
+        let (qp, kp) = (q.as_ptr(), k.as_ptr());
+        // Eight keys at a time: eight independent accumulator chains.
+        let mut t = 0;
+        while t + 8 <= len {
+            let s = key_scores::<8>(qp, kp.add(t * hd), hd);
+            for (j, s) in s.iter().enumerate() {
+                scores[t + j] = s * scale;
+            }
+            t += 8;
+        }
+        for t in t..len {
+            scores[t] = key_scores::<1>(qp, kp.add(t * hd), hd)[0] * scale;
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // Exponentials 8 at a time, summed in 8 lanes; probabilities rounded to f16.
+        let mut sums = _mm256_setzero_ps();
+        let chunks = len / 8 * 8;
+        let vmax = _mm256_set1_ps(max);
+        for t in (0..chunks).step_by(8) {
+            let e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores.as_ptr().add(t)), vmax));
+            _mm256_storeu_ps(scores.as_mut_ptr().add(t), e);
+            sums = _mm256_add_ps(sums, e);
+        }
+        let mut tail = [f32::NEG_INFINITY; 8];
+        tail[..len - chunks].copy_from_slice(&scores[chunks..]);
+        let e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), vmax));
+        _mm256_storeu_ps(tail.as_mut_ptr(), e);
+        // Lanes past len held -inf, clamped to -87.3: zero them before they join the sum.
+        for x in &mut tail[len - chunks..] {
+            *x = 0.0;
+        }
+        scores[chunks..].copy_from_slice(&tail[..len - chunks]);
+        let sum = hsum(_mm256_add_ps(sums, _mm256_loadu_ps(tail.as_ptr())));
+        let vsum = _mm256_set1_ps(sum);
+        for t in (0..chunks).step_by(8) {
+            let p = _mm256_div_ps(_mm256_loadu_ps(scores.as_ptr().add(t)), vsum);
+            let p = _mm256_cvtph_ps(_mm256_cvtps_ph(p, _MM_FROUND_TO_NEAREST_INT));
+            _mm256_storeu_ps(scores.as_mut_ptr().add(t), p);
+        }
+        for s in &mut scores[chunks..] {
+            *s = half::f16::from_f32(*s / sum).to_f32();
+        }
+        // Weighted sum of values, one 8-lane accumulator per chunk of the head.
+        let vp = v.as_ptr();
+        for c in (0..hd).step_by(64) {
+            let width = (hd - c).min(64) / 8;
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (t, &p) in scores.iter().enumerate() {
+                let p = _mm256_set1_ps(p);
+                for (j, acc) in acc.iter_mut().enumerate().take(width) {
+                    *acc = _mm256_fmadd_ps(p, _mm256_loadu_ps(vp.add(t * hd + c + 8 * j)), *acc);
+                }
+            }
+            for (j, acc) in acc.iter().enumerate().take(width) {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * j), *acc);
+            }
+        }
+    }
 }
 
 /// Plain reference: the textbook formula per head, in f64 (tests).
@@ -127,6 +292,8 @@ mod tests {
             (4, 1, 12, 5, 9, 4.0),
             (8, 8, 7, 100, 100, 0.01),
             (6, 2, 64, 3, 10, 30.0),
+            (9, 3, 64, 300, 301, 2.0),
+            (2, 2, 16, 17, 17, 1.0),
         ] {
             let h = Heads {
                 n_head,
@@ -144,6 +311,64 @@ mod tests {
                     (a - b).abs() <= 2e-3 * (1.0 + b.abs()),
                     "{n_head}/{len} #{i}: {a} vs {b}"
                 );
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_within_two_ulp() {
+        if !crate::q4_1::avx2_available() {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let xs: Vec<f32> = (0..=100_000)
+            .map(|i| -(i as f32) * 87.0 / 100_000.0)
+            .collect();
+        for x in xs.chunks_exact(8) {
+            let mut got = [0f32; 8];
+            // SAFETY: AVX2 and FMA are present (checked above).
+            unsafe {
+                let e = avx2::exp_nonpositive(_mm256_loadu_ps(x.as_ptr()));
+                _mm256_storeu_ps(got.as_mut_ptr(), e);
+            }
+            for (&x, &g) in x.iter().zip(&got) {
+                let want = x.exp();
+                let ulps = (g.to_bits() as i64 - want.to_bits() as i64).abs();
+                assert!(ulps <= 2, "exp({x}) = {g}, want {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn simd_heads_match_portable_heads() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        for &(hd, len, scale) in &[
+            (8, 1, 1.0),
+            (64, 37, 3.0),
+            (64, 8, 0.1),
+            (32, 200, 10.0),
+            (128, 9, 1.0),
+        ] {
+            let q = random(&mut rng, hd, scale);
+            let k = random(&mut rng, len * hd, scale);
+            let v = random(&mut rng, len * hd, 1.0);
+            let (mut s1, mut s2) = (vec![0f32; len], vec![0f32; len]);
+            let (mut o1, mut o2) = (vec![0f32; hd], vec![0f32; hd]);
+            let sc = 1.0 / (hd as f32).sqrt();
+            attend_head(&q, &k, &v, sc, &mut s1, &mut o1);
+            #[cfg(target_arch = "x86_64")]
+            if crate::q4_1::avx2_available() {
+                // SAFETY: AVX2, FMA and F16C are present; hd is a multiple of 8.
+                unsafe { avx2::attend_head(&q, &k, &v, sc, &mut s2, &mut o2) };
+                for (a, b) in o1.iter().zip(&o2) {
+                    // Sums in another order, exp within 2 ulp: a probability may round to
+                    // the neighbouring f16 (2^-11 relative).
+                    assert!(
+                        (a - b).abs() <= 1e-3 * (1.0 + a.abs()),
+                        "{hd}/{len}: {a} vs {b}"
+                    );
+                }
             }
         }
     }

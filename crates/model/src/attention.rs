@@ -2,7 +2,7 @@
 //! serves `n_rep` consecutive query heads, as in llama.cpp's broadcast.
 
 use candle_core::{DType, Device, Module, Tensor};
-use ferrollama_kernels::attention::{decode_attention, Heads};
+use ferrollama_kernels::attention::{decode_attention_into, Heads};
 use rayon::prelude::*;
 
 use crate::config::Config;
@@ -91,7 +91,7 @@ impl Attention {
     /// Attention of projected queries (1, seq_len, n_head * head_dim) over the cache plus
     /// the new keys and values; returns (1, seq_len, n_head * head_dim), before the output
     /// projection. RoPE and the cache append are tensor operations; scores, softmax and the
-    /// weighted sum run fused in [`decode_attention`], one query row at a time, so a row's
+    /// weighted sum run fused in [`decode_attention_into`], one query row at a time, so a row's
     /// result does not depend on how many rows came with it: a prompt read back from a
     /// prefix cache continues exactly as one computed whole.
     ///
@@ -140,7 +140,7 @@ impl Attention {
         let mut out = vec![0f32; seq_len * width];
         let attend_row = |k: &[f32], v: &[f32], cap: usize, i: usize, row: &mut [f32]| {
             let q_i = &q[i * width..(i + 1) * width];
-            row.copy_from_slice(&decode_attention(heads, q_i, k, v, index_pos + i + 1, cap));
+            decode_attention_into(heads, q_i, k, v, index_pos + i + 1, cap, row);
         };
         cache.with_data(|k, v, _, cap| {
             if seq_len == 1 {
