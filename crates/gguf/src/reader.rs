@@ -88,6 +88,24 @@ impl GgufFile {
         &self.mmap[start..start + info.size as usize]
     }
 
+    /// Drops the pages of one tensor from this process's resident memory once a loader has
+    /// copied it: they stay in the page cache and are read again if touched, but the file
+    /// no longer counts twice (mapped and copied) toward the peak RSS. Advisory; a failure
+    /// changes nothing but memory use.
+    pub fn release(&self, info: &TensorInfo) {
+        let page = 4096;
+        let start = (self.header.data_offset + info.offset) as usize;
+        let (from, to) = (start.div_ceil(page) * page, (start + info.size as usize) / page * page);
+        if to > from {
+            // SAFETY: the map is shared and read-only, so dropping pages loses nothing: a later
+            // read faults them back in from the file.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
+            };
+        }
+    }
+
     /// The bytes of the tensor with this name.
     pub fn tensor(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
         let info = self.header.tensor_info(name)?;

@@ -45,9 +45,23 @@ fn round_ties_even_small(x: f32) -> f32 {
 /// even, as ggml's AVX path does.
 pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     debug_assert_eq!(x.len(), out.len() * QK);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::q4_1::avx2_available() {
+            for (block, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+                // SAFETY: the CPU supports AVX2 (checked above); xs holds 32 values.
+                unsafe { avx2::quantize_block(xs, block) };
+            }
+            return;
+        }
+    }
+    quantize_row_q8_1_ref(x, out)
+}
+
+/// Plain reference for [`quantize_row_q8_1`]; the SIMD path gives the same bits.
+pub fn quantize_row_q8_1_ref(x: &[f32], out: &mut [BlockQ8_1]) {
     for (block, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in block.qs.iter_mut().zip(xs) {
@@ -55,9 +69,60 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
             *q = r as i8;
             sum += r;
         }
-        block.d = f16::from_f32(d).to_f32();
-        block.s = f16::from_f32(d * sum as f32).to_f32();
-        block.sum = sum;
+        set_scales(block, amax, sum);
+    }
+}
+
+fn set_scales(block: &mut BlockQ8_1, amax: f32, sum: i32) {
+    let d = amax / 127.0;
+    block.d = f16::from_f32(d).to_f32();
+    block.s = f16::from_f32(d * sum as f32).to_f32();
+    block.sum = sum;
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::BlockQ8_1;
+
+    /// One block: |x| max, x * 127 / max rounded half to even (the rounding mode of
+    /// `_mm256_round_ps` and of the reference's magic addition), packed to bytes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_block(xs: &[f32], block: &mut BlockQ8_1) {
+        debug_assert_eq!(xs.len(), 32);
+        let p = xs.as_ptr();
+        let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for v in v {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let q = v.map(|v| {
+            _mm256_cvttps_epi32(_mm256_round_ps(
+                _mm256_mul_ps(v, id),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            ))
+        });
+        let total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let t4 = _mm_add_epi32(
+            _mm256_castsi256_si128(total),
+            _mm256_extracti128_si256(total, 1),
+        );
+        let t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0b01_00_11_10));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0b10_11_00_01)));
+        // Packing works within 128-bit halves; the permutation restores the order.
+        let bytes = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(block.qs.as_mut_ptr() as *mut __m256i, bytes);
+        super::set_scales(block, amax, sum);
     }
 }
 
@@ -92,6 +157,34 @@ mod tests {
             let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
             assert!((b.s - b.d * sum as f32).abs() <= b.s.abs() * 1e-3 + 1e-3);
             assert_eq!(b.sum, sum);
+        }
+    }
+
+    #[test]
+    fn simd_quantization_equals_the_reference_bit_for_bit() {
+        // Random values, exact ties after scaling (k + 0.5 with amax 127), zeros, a block
+        // holding -128's neighbour, tiny and huge magnitudes.
+        let mut x: Vec<f32> = (0..32 * 50)
+            .map(|i| (((i * 7919) % 2001) as f32 - 1000.0) / 37.0)
+            .collect();
+        x[..32].copy_from_slice(&std::array::from_fn::<f32, 32, _>(|i| {
+            if i == 0 {
+                127.0
+            } else {
+                (i as f32 - 16.0) + 0.5
+            }
+        }));
+        x[32..64].fill(0.0);
+        x[64..96].iter_mut().for_each(|v| *v *= 1e-30);
+        x[96..128].iter_mut().for_each(|v| *v *= 1e30);
+        let (mut a, mut b) = (
+            vec![BlockQ8_1::default(); 50],
+            vec![BlockQ8_1::default(); 50],
+        );
+        quantize_row_q8_1(&x, &mut a);
+        quantize_row_q8_1_ref(&x, &mut b);
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!((a.d, a.s, a.sum, a.qs), (b.d, b.s, b.sum, b.qs));
         }
     }
 

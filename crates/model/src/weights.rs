@@ -47,7 +47,9 @@ impl WeightSource for GgufWeights<'_> {
                 info.ggml_type
             ),
         })?;
-        qtensor_from_bytes(bytes, dtype, info.shape(), &name)
+        let tensor = qtensor_from_bytes(bytes, dtype, info.shape(), &name)?;
+        self.file.release(info);
+        Ok(tensor)
     }
 
     fn contains(&self, hf_name: &str) -> bool {
