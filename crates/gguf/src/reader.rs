@@ -95,13 +95,19 @@ impl GgufFile {
     pub fn release(&self, info: &TensorInfo) {
         let page = 4096;
         let start = (self.header.data_offset + info.offset) as usize;
-        let (from, to) = (start.div_ceil(page) * page, (start + info.size as usize) / page * page);
+        let (from, to) = (
+            start.div_ceil(page) * page,
+            (start + info.size as usize) / page * page,
+        );
         if to > from {
             // SAFETY: the map is shared and read-only, so dropping pages loses nothing: a later
             // read faults them back in from the file.
             let _ = unsafe {
-                self.mmap
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    from,
+                    to - from,
+                )
             };
         }
     }

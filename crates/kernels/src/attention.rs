@@ -53,7 +53,7 @@ pub fn decode_attention_into(
         let q_h = &q[head * hd..(head + 1) * hd];
         #[cfg(target_arch = "x86_64")]
         {
-            if hd % 8 == 0 && crate::q4_1::avx2_available() {
+            if hd.is_multiple_of(8) && crate::avx2_available() {
                 // SAFETY: the CPU supports AVX2, FMA and F16C (checked above); k and v
                 // hold len rows of hd values, hd a multiple of 8.
                 unsafe { avx2::attend_head(q_h, k, v, scale, &mut scores, out_h) };
@@ -318,7 +318,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vector_exp_is_within_two_ulp() {
-        if !crate::q4_1::avx2_available() {
+        if !crate::avx2_available() {
             return;
         }
         use std::arch::x86_64::*;
@@ -358,7 +358,7 @@ mod tests {
             let sc = 1.0 / (hd as f32).sqrt();
             attend_head(&q, &k, &v, sc, &mut s1, &mut o1);
             #[cfg(target_arch = "x86_64")]
-            if crate::q4_1::avx2_available() {
+            if crate::avx2_available() {
                 // SAFETY: AVX2, FMA and F16C are present; hd is a multiple of 8.
                 unsafe { avx2::attend_head(&q, &k, &v, sc, &mut s2, &mut o2) };
                 for (a, b) in o1.iter().zip(&o2) {

@@ -1,14 +1,27 @@
-//! CPU kernels that must be faster than candle's: quantized dot products with activations
-//! quantized to 8 bits (as ggml does), chosen at run time by CPU features, each beside a
-//! plain scalar reference that the tests compare it with.
+//! CPU kernels that must be faster than candle's: quantized matrix products on weights
+//! repacked eight rows at a time with activations quantized to 8 bits (as ggml does), and
+//! attention over the KV cache; chosen at run time by CPU features, each beside a plain
+//! scalar reference that the tests compare it with.
 
 pub mod attention;
-pub mod matmul;
+pub mod format;
 pub mod packed;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
 pub mod q8_1;
 
-pub use matmul::{matmul, matmul_q4_1, WeightFormat};
+pub use format::WeightFormat;
 pub use packed::PackedMatrix;
+
+/// Whether the AVX2 + FMA + F16C kernels can run here (checked once).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_available() -> bool {
+    use std::sync::OnceLock;
+    static YES: OnceLock<bool> = OnceLock::new();
+    *YES.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}

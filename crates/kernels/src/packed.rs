@@ -16,7 +16,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use crate::matmul::WeightFormat;
+use crate::format::WeightFormat;
 use crate::q8_1::{quantize_row_q8_1, BlockQ8_1, QK};
 
 /// Rows interleaved in one packed block.
@@ -81,7 +81,7 @@ impl PackedMatrix {
     /// Repacks `rows`: n row-major rows of k / 32 blocks in `format`.
     pub fn pack(format: WeightFormat, rows: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
         let bb = format.block_bytes();
-        if k % QK != 0 || rows.len() != n * (k / QK) * bb {
+        if !k.is_multiple_of(QK) || rows.len() != n * (k / QK) * bb {
             return Err(PackError(format!(
                 "a {format:?} matrix of shape ({n}, {k}) cannot hold {} bytes",
                 rows.len()
@@ -268,7 +268,7 @@ fn tile<const R: usize>(
 ) -> [[f32; LANES]; R] {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::q4_1::avx2_available() {
+        if crate::avx2_available() {
             // SAFETY: the CPU supports AVX2, FMA and F16C (checked above).
             return unsafe {
                 match format {
@@ -319,7 +319,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Q4_0, Q4_1, Q8_0};
-    use crate::matmul::WeightFormat;
+    use crate::format::WeightFormat;
     use crate::q8_1::BlockQ8_1;
 
     /// Four activation bytes starting at `at`, in every 32-bit lane.

@@ -1,10 +1,11 @@
 //! Q4_0 weights (ggml `block_q4_0`: f16 scale d, 16 bytes of nibbles; value j is
 //! d * (q_j - 8), low nibbles holding values 0..16 and high nibbles 16..32) dotted with
 //! 8-bit activations: sum = d_w * d_x * sum((q_w - 8) * q_x), in integers, as ggml does
-//! (not through the Q8_1 block sum, which is rounded to f16). The kernels are Q8_0's with
-//! the nibbles widened to signed bytes (`crate::q8_0`).
+//! (not through the Q8_1 block sum, which is rounded to f16). The plain reference is Q8_0's
+//! with the nibbles widened to signed bytes (`crate::q8_0`); the fast kernels work on
+//! repacked rows (`crate::packed`).
 
-use crate::q8_0::{block_bytes, dot, dot_ref, dot_x4};
+use crate::q8_0::{block_bytes, dot_ref};
 use crate::q8_1::BlockQ8_1;
 
 /// Bytes per Q4_0 block.
@@ -13,16 +14,6 @@ pub const BLOCK_BYTES: usize = block_bytes(true);
 /// Plain reference: the dot product of one row of Q4_0 blocks with 8-bit activations.
 pub fn vec_dot_ref(w: &[u8], x: &[BlockQ8_1]) -> f32 {
     dot_ref::<true>(w, x)
-}
-
-/// The fastest dot product this CPU supports (AVX2 + FMA + F16C, else the reference).
-pub fn vec_dot(w: &[u8], x: &[BlockQ8_1]) -> f32 {
-    dot::<true>(w, x)
-}
-
-/// Dot products of one weight row with four activation rows in one pass over the row.
-pub fn vec_dot_x4(w: &[u8], xs: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-    dot_x4::<true>(w, xs)
 }
 
 #[cfg(test)]
@@ -54,27 +45,6 @@ mod tests {
         let mut q = vec![BlockQ8_1::default(); blocks];
         quantize_row_q8_1(&x, &mut q);
         q
-    }
-
-    #[test]
-    fn simd_matches_reference_and_four_rows_match_one() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        for &(blocks, scale) in &[(1, 1.0), (3, 0.01), (18, 2.0), (37, 100.0), (5, 6e4)] {
-            let w = weights(&mut rng, blocks, scale);
-            let rows: Vec<Vec<BlockQ8_1>> = (0..4)
-                .map(|r| activations(&mut rng, blocks, if r == 3 { 0.0 } else { 3.0 }))
-                .collect();
-            let four = vec_dot_x4(&w, [&rows[0], &rows[1], &rows[2], &rows[3]]);
-            for (r, x) in rows.iter().enumerate() {
-                let want = vec_dot_ref(&w, x);
-                let one = vec_dot(&w, x);
-                assert!(
-                    (one - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                    "{blocks}: {one} vs {want}"
-                );
-                assert_eq!(one, four[r], "{blocks} blocks, row {r}");
-            }
-        }
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     debug_assert_eq!(x.len(), out.len() * QK);
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::q4_1::avx2_available() {
+        if crate::avx2_available() {
             for (block, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
                 // SAFETY: the CPU supports AVX2 (checked above); xs holds 32 values.
                 unsafe { avx2::quantize_block(xs, block) };
