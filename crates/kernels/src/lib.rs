@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod format;
 pub mod packed;
+pub mod packed_f16;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
@@ -13,6 +14,7 @@ pub mod q8_1;
 
 pub use format::WeightFormat;
 pub use packed::PackedMatrix;
+pub use packed_f16::PackedF16;
 
 /// Whether the AVX2 + FMA + F16C kernels can run here (checked once).
 #[cfg(target_arch = "x86_64")]

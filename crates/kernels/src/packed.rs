@@ -69,6 +69,12 @@ impl std::fmt::Display for PackError {
 
 impl std::error::Error for PackError {}
 
+impl PackError {
+    pub(crate) fn new(msg: String) -> Self {
+        Self(msg)
+    }
+}
+
 /// An (n, k) weight matrix in the interleaved layout.
 pub struct PackedMatrix {
     format: WeightFormat,
@@ -82,7 +88,7 @@ impl PackedMatrix {
     pub fn pack(format: WeightFormat, rows: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
         let bb = format.block_bytes();
         if !k.is_multiple_of(QK) || rows.len() != n * (k / QK) * bb {
-            return Err(PackError(format!(
+            return Err(PackError::new(format!(
                 "a {format:?} matrix of shape ({n}, {k}) cannot hold {} bytes",
                 rows.len()
             )));
@@ -175,54 +181,76 @@ impl PackedMatrix {
             .zip(x.par_chunks_exact(k))
             .for_each(|(q, row)| quantize_row_q8_1(row, q));
         let x_row = |t: usize| &xq[t * blocks..(t + 1) * blocks];
-        let groups = n.div_ceil(LANES);
-        if m == 1 {
-            y.par_chunks_mut(DECODE_GROUPS_PER_TASK * LANES)
-                .enumerate()
-                .for_each(|(c, out)| {
-                    for (i, out) in out.chunks_mut(LANES).enumerate() {
-                        let g = c * DECODE_GROUPS_PER_TASK + i;
-                        let [sums] = tile(self.format, self.group(g), [x_row(0)]);
-                        out.copy_from_slice(&sums[..out.len()]);
-                    }
-                });
-            return;
-        }
-        // Tasks own rectangles of y: TASK_ROWS activation rows by TASK_GROUPS row groups.
-        let out = SharedOut(y.as_mut_ptr());
-        let row_tasks = m.div_ceil(TASK_ROWS);
-        let group_tasks = groups.div_ceil(TASK_GROUPS);
-        (0..row_tasks * group_tasks)
-            .into_par_iter()
-            .for_each(|task| {
-                let (rt, gt) = (task / group_tasks, task % group_tasks);
-                let rows = rt * TASK_ROWS..(m.min((rt + 1) * TASK_ROWS));
-                for g in gt * TASK_GROUPS..groups.min((gt + 1) * TASK_GROUPS) {
-                    let w = self.group(g);
-                    let cols = g * LANES..n.min((g + 1) * LANES);
-                    let write = |t: usize, sums: &[f32; LANES]| {
-                        // SAFETY: y holds m * n values and (t, cols) lies inside; tasks write
-                        // disjoint rectangles and y outlives the parallel loop.
-                        unsafe { out.write(t * n + cols.start, &sums[..cols.len()]) }
-                    };
-                    let mut t = rows.start;
-                    while t + 4 <= rows.end {
-                        let sums = tile(
-                            self.format,
-                            w,
-                            [x_row(t), x_row(t + 1), x_row(t + 2), x_row(t + 3)],
-                        );
-                        for (j, s) in sums.iter().enumerate() {
-                            write(t + j, s);
-                        }
-                        t += 4;
-                    }
-                    for t in t..rows.end {
-                        write(t, &tile(self.format, w, [x_row(t)])[0]);
-                    }
+        for_each_tile(n, m, y, |g, t, out| {
+            let w = self.group(g);
+            match out {
+                [o] => *o = tile(self.format, w, [x_row(t)])[0],
+                [o0, o1, o2, o3] => {
+                    [*o0, *o1, *o2, *o3] = tile(
+                        self.format,
+                        w,
+                        [x_row(t), x_row(t + 1), x_row(t + 2), x_row(t + 3)],
+                    )
+                }
+                _ => unreachable!("tiles are one or four rows"),
+            }
+        });
+    }
+}
+
+/// Runs `tile(g, t, out)` over the whole (m, n) output y: `out` (one or four entries) gets
+/// the W outputs of row group g for activation rows t.. (columns past n dropped).
+/// One activation row: tasks of DECODE_GROUPS_PER_TASK groups. Otherwise tasks own
+/// rectangles of TASK_ROWS activation rows by TASK_GROUPS groups, in tiles of 4 rows (the
+/// last 1-3 rows one at a time), so a task's weights and activations stay in L2. Kernels
+/// compute each row alike in a tile of one or four, so results do not depend on m.
+pub(crate) fn for_each_tile<const W: usize>(
+    n: usize,
+    m: usize,
+    y: &mut [f32],
+    tile: impl Fn(usize, usize, &mut [[f32; W]]) + Sync,
+) {
+    assert_eq!(y.len(), m * n);
+    let groups = n.div_ceil(W);
+    if m == 1 {
+        y.par_chunks_mut(DECODE_GROUPS_PER_TASK * W)
+            .enumerate()
+            .for_each(|(c, out)| {
+                for (i, out) in out.chunks_mut(W).enumerate() {
+                    let mut sums = [[0f32; W]; 1];
+                    tile(c * DECODE_GROUPS_PER_TASK + i, 0, &mut sums);
+                    out.copy_from_slice(&sums[0][..out.len()]);
                 }
             });
+        return;
     }
+    let out = SharedOut(y.as_mut_ptr());
+    let row_tasks = m.div_ceil(TASK_ROWS);
+    let group_tasks = groups.div_ceil(TASK_GROUPS);
+    (0..row_tasks * group_tasks)
+        .into_par_iter()
+        .for_each(|task| {
+            let (rt, gt) = (task / group_tasks, task % group_tasks);
+            let rows = rt * TASK_ROWS..(m.min((rt + 1) * TASK_ROWS));
+            for g in gt * TASK_GROUPS..groups.min((gt + 1) * TASK_GROUPS) {
+                let cols = g * W..n.min((g + 1) * W);
+                let write = |t: usize, sums: &[f32; W]| {
+                    // SAFETY: y holds m * n values and (t, cols) lies inside; tasks write
+                    // disjoint rectangles and y outlives the parallel loop.
+                    unsafe { out.write(t * n + cols.start, &sums[..cols.len()]) }
+                };
+                let mut t = rows.start;
+                while t < rows.end {
+                    let count = if t + 4 <= rows.end { 4 } else { 1 };
+                    let mut sums = [[0f32; W]; 4];
+                    tile(g, t, &mut sums[..count]);
+                    for (j, s) in sums[..count].iter().enumerate() {
+                        write(t + j, s);
+                    }
+                    t += count;
+                }
+            }
+        });
 }
 
 /// The output matrix, written by parallel tasks in disjoint rectangles.

@@ -1,7 +1,8 @@
-//! A projection y = x W^T. Q4_0, Q4_1 and Q8_0 weights are repacked eight rows at a time at
-//! load and go through our own kernels (candle's Q4_1 dot product has no SIMD path, and its
-//! Q8_0 product was a fifth of a batched decode step for the output projection alone);
-//! every other type through candle's QMatMul.
+//! A projection y = x W^T. Q4_0, Q4_1, Q8_0 and f16 weights are repacked eight rows at a
+//! time at load and go through our own kernels (candle's Q4_1 dot product has no SIMD path,
+//! its Q8_0 product was a fifth of a batched decode step for the output projection alone,
+//! and its f16 product ran at half llama.cpp's speed); every other type (the K-quants)
+//! through candle's QMatMul.
 //! f16/bf16 weights are kept in f16 and multiplied with f16 activations, as llama.cpp does.
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
-use ferrollama_kernels::{PackedMatrix, WeightFormat};
+use ferrollama_kernels::{PackedF16, PackedMatrix, WeightFormat};
 
 use crate::error::{Error, Result};
 use crate::weights::WeightSource;
@@ -20,21 +21,35 @@ pub enum Linear {
     Quant(Arc<QuantMatrix>),
 }
 
-/// Q4_0, Q4_1 or Q8_0 weights in the kernels' interleaved layout (shared with the embedding
-/// when the output projection is tied to it: the embedding reads its rows from here).
-pub struct QuantMatrix {
-    packed: PackedMatrix,
+/// Q4_0, Q4_1, Q8_0 or f16 weights in the kernels' interleaved layout (shared with the
+/// embedding when the output projection is tied to it: the embedding reads its rows here).
+pub enum QuantMatrix {
+    Blocks(PackedMatrix),
+    F16(PackedF16),
 }
 
 impl QuantMatrix {
     /// Row `r` (< n) dequantized into `out` (k values).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        self.packed.dequantize_row(r, out)
+        match self {
+            Self::Blocks(p) => p.dequantize_row(r, out),
+            Self::F16(p) => p.dequantize_row(r, out),
+        }
     }
 
     /// (output rows, input width).
     pub fn shape(&self) -> (usize, usize) {
-        self.packed.shape()
+        match self {
+            Self::Blocks(p) => p.shape(),
+            Self::F16(p) => p.shape(),
+        }
+    }
+
+    fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        match self {
+            Self::Blocks(p) => p.matmul(x, m, y),
+            Self::F16(p) => p.matmul(x, m, y),
+        }
     }
 }
 
@@ -60,21 +75,31 @@ impl Linear {
 
     /// Wraps a shared tensor (the tied embedding used as output projection).
     pub fn from_arc(q: Arc<QTensor>) -> Result<Self> {
+        let (n, k) = q.shape().dims2()?;
         let format = match q.dtype() {
             GgmlDType::Q4_0 => WeightFormat::Q4_0,
             GgmlDType::Q4_1 => WeightFormat::Q4_1,
             GgmlDType::Q8_0 => WeightFormat::Q8_0,
             GgmlDType::F16 | GgmlDType::BF16 => {
-                return Ok(Self::Candle(QMatMul::TensorF16(
-                    q.dequantize_f16(&q.device())?,
-                )))
+                let packed = if q.dtype() == GgmlDType::F16 {
+                    PackedF16::pack(&q.data()?, n, k)
+                } else {
+                    let f16s = q.dequantize_f16(&q.device())?.flatten_all()?;
+                    let bytes: Vec<u8> = f16s
+                        .to_vec1::<half::f16>()?
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect();
+                    PackedF16::pack(&bytes, n, k)
+                };
+                let packed = packed.map_err(|e| Error::Input(e.to_string()))?;
+                return Ok(Self::Quant(Arc::new(QuantMatrix::F16(packed))));
             }
             _ => return Ok(Self::Candle(QMatMul::from_arc(q)?)),
         };
-        let (n, k) = q.shape().dims2()?;
         let packed = PackedMatrix::pack(format, &q.data()?, n, k)
             .map_err(|e| Error::Input(e.to_string()))?;
-        Ok(Self::Quant(Arc::new(QuantMatrix { packed })))
+        Ok(Self::Quant(Arc::new(QuantMatrix::Blocks(packed))))
     }
 }
 
@@ -105,14 +130,14 @@ impl CustomOp1 for QuantMatrix {
         })?;
         let x = &all[start..end];
         let dims = layout.shape().dims();
-        let (n, width) = self.packed.shape();
+        let (n, width) = self.shape();
         let k = *dims.last().unwrap_or(&0);
         if k != width {
             candle_core::bail!("quantized matmul: input width {k}, weights expect {width}")
         }
         let m = x.len() / k.max(1);
         let mut y = vec![0f32; m * n];
-        self.packed.matmul(x, m, &mut y);
+        self.matmul(x, m, &mut y);
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
             *last = n;
