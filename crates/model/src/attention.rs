@@ -8,15 +8,14 @@ use rayon::prelude::*;
 use crate::config::Config;
 use crate::error::Result;
 use crate::kv::LayerKv;
-use crate::linear::Linear;
+use crate::linear::{Linear, Stacked};
 use crate::rope::Rope;
 use crate::weights::WeightSource;
 
 /// Attention weights of one block.
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q_proj, k_proj and v_proj, stacked.
+    qkv: Stacked,
     o_proj: Linear,
     n_head: usize,
     n_kv_head: usize,
@@ -31,10 +30,9 @@ impl Attention {
             cfg.num_attention_heads * cfg.head_dim,
             cfg.num_key_value_heads * cfg.head_dim,
         );
+        let names = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{prefix}.{p}.weight"));
         Ok(Self {
-            q_proj: Linear::load(w, &format!("{prefix}.q_proj.weight"), (q, h))?,
-            k_proj: Linear::load(w, &format!("{prefix}.k_proj.weight"), (kv, h))?,
-            v_proj: Linear::load(w, &format!("{prefix}.v_proj.weight"), (kv, h))?,
+            qkv: Stacked::load(w, &names, &[q, kv, kv], h)?,
             o_proj: Linear::load(w, &format!("{prefix}.o_proj.weight"), (h, q))?,
             n_head: cfg.num_attention_heads,
             n_kv_head: cfg.num_key_value_heads,
@@ -81,11 +79,12 @@ impl Attention {
 
     /// Q, K and V projections, each (1, seq_len, heads * head_dim).
     fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        Ok((
-            self.q_proj.forward(x)?,
-            self.k_proj.forward(x)?,
-            self.v_proj.forward(x)?,
-        ))
+        match <[Tensor; 3]>::try_from(self.qkv.forward(x)?) {
+            Ok([q, k, v]) => Ok((q, k, v)),
+            Err(_) => Err(crate::error::Error::Input(
+                "Q/K/V projection lost a part".into(),
+            )),
+        }
     }
 
     /// Attention of projected queries (1, seq_len, n_head * head_dim) over the cache plus

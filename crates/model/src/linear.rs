@@ -145,3 +145,106 @@ impl CustomOp1 for QuantMatrix {
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
 }
+
+/// Several projections of the same input (Q, K and V; gate and up), computed as one product
+/// when their weights share a packed format: stacked row-wise, the input is quantized once
+/// and the threads start once per step instead of once per projection. Each output row is
+/// computed exactly as the separate projection would compute it.
+pub struct Stacked {
+    /// Output width of each part, in order.
+    widths: Vec<usize>,
+    inner: StackedInner,
+}
+
+enum StackedInner {
+    One(Linear),
+    Separate(Vec<Linear>),
+}
+
+impl Stacked {
+    /// Loads the weights `names`, of shapes (widths[i], k).
+    pub fn load(
+        w: &dyn WeightSource,
+        names: &[String],
+        widths: &[usize],
+        k: usize,
+    ) -> Result<Self> {
+        let mut parts = Vec::with_capacity(names.len());
+        for (name, &n) in names.iter().zip(widths) {
+            let q = w.get(name)?;
+            if q.shape().dims() != [n, k] {
+                return Err(Error::Shape {
+                    file: w.file().to_string(),
+                    name: name.clone(),
+                    found: q.shape().dims().to_vec(),
+                    expected: vec![n, k],
+                });
+            }
+            parts.push(q);
+        }
+        let dtype = parts[0].dtype();
+        let stackable = matches!(
+            dtype,
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::F16
+        ) && parts.iter().all(|q| q.dtype() == dtype);
+        let inner = if stackable {
+            let mut bytes = Vec::new();
+            for q in &parts {
+                bytes.extend_from_slice(&q.data()?);
+            }
+            drop(parts);
+            let n: usize = widths.iter().sum();
+            let matrix = match dtype {
+                GgmlDType::F16 => PackedF16::pack(&bytes, n, k).map(QuantMatrix::F16),
+                GgmlDType::Q4_0 => {
+                    PackedMatrix::pack(WeightFormat::Q4_0, &bytes, n, k).map(QuantMatrix::Blocks)
+                }
+                GgmlDType::Q4_1 => {
+                    PackedMatrix::pack(WeightFormat::Q4_1, &bytes, n, k).map(QuantMatrix::Blocks)
+                }
+                _ => PackedMatrix::pack(WeightFormat::Q8_0, &bytes, n, k).map(QuantMatrix::Blocks),
+            }
+            .map_err(|e| Error::Input(e.to_string()))?;
+            StackedInner::One(Linear::Quant(Arc::new(matrix)))
+        } else {
+            StackedInner::Separate(
+                parts
+                    .into_iter()
+                    .map(Linear::from_qtensor)
+                    .collect::<Result<_>>()?,
+            )
+        };
+        Ok(Self {
+            widths: widths.to_vec(),
+            inner,
+        })
+    }
+
+    /// All parts side by side, (.., sum of widths), when they were stacked into one product.
+    pub fn forward_stacked(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        match &self.inner {
+            StackedInner::One(linear) => Ok(Some(linear.forward(x)?)),
+            StackedInner::Separate(_) => Ok(None),
+        }
+    }
+
+    /// The projections of `x` (.., k): one tensor (.., widths[i]) per part.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match &self.inner {
+            StackedInner::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+            StackedInner::One(linear) => {
+                let y = linear.forward(x)?;
+                let last = y.rank() - 1;
+                let mut at = 0;
+                self.widths
+                    .iter()
+                    .map(|&n| {
+                        let part = y.narrow(last, at, n)?.contiguous();
+                        at += n;
+                        part
+                    })
+                    .collect()
+            }
+        }
+    }
+}

@@ -1,16 +1,17 @@
 //! The SwiGLU feed-forward layer (Shazeer 2020): down(silu(gate(x)) * up(x)).
 
-use candle_core::{Module, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::linear::Linear;
+use crate::linear::{Linear, Stacked};
 use crate::weights::WeightSource;
 
 /// Feed-forward weights of one block.
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate_proj and up_proj, stacked.
+    gate_up: Stacked,
     down_proj: Linear,
 }
 
@@ -18,9 +19,12 @@ impl Mlp {
     /// Loads `{prefix}.gate_proj` and friends.
     pub fn load(w: &dyn WeightSource, prefix: &str, cfg: &Config) -> Result<Self> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let names = [
+            format!("{prefix}.gate_proj.weight"),
+            format!("{prefix}.up_proj.weight"),
+        ];
         Ok(Self {
-            gate_proj: Linear::load(w, &format!("{prefix}.gate_proj.weight"), (f, h))?,
-            up_proj: Linear::load(w, &format!("{prefix}.up_proj.weight"), (f, h))?,
+            gate_up: Stacked::load(w, &names, &[f, f], h)?,
             down_proj: Linear::load(w, &format!("{prefix}.down_proj.weight"), (h, f))?,
         })
     }
@@ -28,8 +32,86 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate * up)?)
+        if let Some(both) = self.gate_up.forward_stacked(x)? {
+            return self.down_proj.forward(&both.apply_op1_no_bwd(&SwiGlu)?);
+        }
+        let [gate, up]: [Tensor; 2] = self
+            .gate_up
+            .forward(x)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("gate/up projection lost a part".into()))?;
+        self.down_proj.forward(&(gate.silu()? * up)?)
+    }
+}
+
+/// silu(gate) * up from the stacked gate/up output (.., 2f) -> (.., f), in one pass and
+/// without splitting it into two tensors first; silu(x) = x / (1 + e^-x) as candle computes
+/// it, so the result equals the unstacked path's.
+struct SwiGlu;
+
+impl CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(all) = storage else {
+            candle_core::bail!("swiglu expects f32")
+        };
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("swiglu expects a contiguous input".into()))?;
+        let mut dims = layout.shape().dims().to_vec();
+        let Some(last) = dims.last_mut().filter(|w| **w % 2 == 0 && **w > 0) else {
+            candle_core::bail!("swiglu expects an even last dimension")
+        };
+        let f = *last / 2;
+        *last = f;
+        let y = &all[start..end];
+        let mut out = vec![0f32; y.len() / 2];
+        let row = |(o, y): (&mut [f32], &[f32])| {
+            for ((o, &g), &u) in o.iter_mut().zip(&y[..f]).zip(&y[f..]) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        };
+        if out.len() > f {
+            out.par_chunks_mut(f).zip(y.par_chunks(2 * f)).for_each(row);
+        } else {
+            out.chunks_mut(f).zip(y.chunks(2 * f)).for_each(row);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::SwiGlu;
+
+    #[test]
+    fn stacked_swiglu_equals_silu_times_up() {
+        let y: Vec<f32> = (0..3 * 10)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7)
+            .collect();
+        let y = Tensor::from_vec(y, (1, 3, 10), &Device::Cpu).unwrap();
+        let got = y.apply_op1_no_bwd(&SwiGlu).unwrap();
+        let gate = y.narrow(2, 0, 5).unwrap();
+        let up = y.narrow(2, 5, 5).unwrap();
+        let want = (gate.silu().unwrap() * up).unwrap();
+        assert_eq!(got.dims(), &[1, 3, 5]);
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            got.flatten_all().unwrap().to_vec1().unwrap(),
+            want.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(a, b);
+        assert!(Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu)
+            .unwrap()
+            .apply_op1_no_bwd(&SwiGlu)
+            .is_err());
     }
 }
