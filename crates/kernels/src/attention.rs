@@ -7,6 +7,7 @@
 //! stored), and the softmax probabilities are rounded to f16 before they weight the values.
 
 use half::f16;
+use rayon::prelude::*;
 
 /// Shapes of one layer's attention.
 #[derive(Debug, Clone, Copy)]
@@ -45,8 +46,8 @@ pub fn decode_attention_into(
     let hd = h.head_dim;
     let n_rep = (h.n_head / h.n_kv_head.max(1)).max(1);
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores = vec![0f32; len];
-    for (head, out_h) in out.chunks_exact_mut(hd).enumerate() {
+    let head = |head: usize, out_h: &mut [f32], scores: &mut Vec<f32>| {
+        scores.resize(len, 0.0);
         let g = head / n_rep;
         let rows = g * cap * hd..(g * cap + len) * hd;
         let (k, v) = (&k[rows.clone()], &v[rows]);
@@ -56,13 +57,28 @@ pub fn decode_attention_into(
             if hd.is_multiple_of(8) && crate::avx2_available() {
                 // SAFETY: the CPU supports AVX2, FMA and F16C (checked above); k and v
                 // hold len rows of hd values, hd a multiple of 8.
-                unsafe { avx2::attend_head(q_h, k, v, scale, &mut scores, out_h) };
-                continue;
+                unsafe { avx2::attend_head(q_h, k, v, scale, scores, out_h) };
+                return;
             }
         }
-        attend_head(q_h, k, v, scale, &mut scores, out_h);
+        attend_head(q_h, k, v, scale, scores, out_h);
+    };
+    // Heads are independent: over a long cache (a decode step late in a conversation) they
+    // are shared among threads; a head's result is the same either way.
+    if len * h.n_head >= PARALLEL_HEADS_FROM {
+        out.par_chunks_exact_mut(hd)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (i, out_h)| head(i, out_h, scores));
+    } else {
+        let mut scores = Vec::with_capacity(len);
+        for (i, out_h) in out.chunks_exact_mut(hd).enumerate() {
+            head(i, out_h, &mut scores);
+        }
     }
 }
+
+/// Keys times heads from which one query row's heads run in parallel.
+const PARALLEL_HEADS_FROM: usize = 4096;
 
 /// One head, portable: `k` and `v` hold scores.len() rows of q.len() values.
 fn attend_head(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
@@ -294,6 +310,7 @@ mod tests {
             (6, 2, 64, 3, 10, 30.0),
             (9, 3, 64, 300, 301, 2.0),
             (2, 2, 16, 17, 17, 1.0),
+            (9, 3, 64, 1000, 1000, 1.0),
         ] {
             let h = Heads {
                 n_head,
@@ -370,6 +387,46 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn heads_in_parallel_equal_heads_one_by_one() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let (n_head, n_kv_head, hd, len, cap) = (6, 2, 64, 900, 1000);
+        assert!(len * n_head >= PARALLEL_HEADS_FROM);
+        let q = random(&mut rng, n_head * hd, 1.0);
+        let k = random(&mut rng, n_kv_head * cap * hd, 1.0);
+        let v = random(&mut rng, n_kv_head * cap * hd, 1.0);
+        let all = decode_attention(
+            Heads {
+                n_head,
+                n_kv_head,
+                head_dim: hd,
+            },
+            &q,
+            &k,
+            &v,
+            len,
+            cap,
+        );
+        for head in 0..n_head {
+            let g = head / (n_head / n_kv_head);
+            let one = Heads {
+                n_head: 1,
+                n_kv_head: 1,
+                head_dim: hd,
+            };
+            let kv = g * cap * hd..(g + 1) * cap * hd;
+            let alone = decode_attention(
+                one,
+                &q[head * hd..(head + 1) * hd],
+                &k[kv.clone()],
+                &v[kv],
+                len,
+                cap,
+            );
+            assert_eq!(alone, all[head * hd..(head + 1) * hd], "head {head}");
         }
     }
 

@@ -177,9 +177,13 @@ impl PackedMatrix {
         assert!(x.len() == m * k && y.len() == m * n);
         let blocks = k / QK;
         let mut xq = vec![BlockQ8_1::default(); m * blocks];
-        xq.par_chunks_mut(blocks)
-            .zip(x.par_chunks_exact(k))
-            .for_each(|(q, row)| quantize_row_q8_1(row, q));
+        if m == 1 {
+            quantize_row_q8_1(x, &mut xq);
+        } else {
+            xq.par_chunks_mut(blocks)
+                .zip(x.par_chunks_exact(k))
+                .for_each(|(q, row)| quantize_row_q8_1(row, q));
+        }
         let x_row = |t: usize| &xq[t * blocks..(t + 1) * blocks];
         for_each_tile(n, m, y, |g, t, out| {
             let w = self.group(g);

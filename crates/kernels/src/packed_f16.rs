@@ -72,7 +72,11 @@ impl PackedF16 {
         let k = self.k;
         assert!(x.len() == m * k && y.len() == m * self.n);
         let mut xh = x.to_vec();
-        xh.par_chunks_mut(k).for_each(round_to_f16);
+        if m == 1 {
+            round_to_f16(&mut xh);
+        } else {
+            xh.par_chunks_mut(k).for_each(round_to_f16);
+        }
         let x_row = |t: usize| &xh[t * k..(t + 1) * k];
         for_each_tile(self.n, m, y, |g, t, out| {
             let w = self.group(g);
