@@ -132,7 +132,9 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn exp_nonpositive(x: __m256) -> __m256 {
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
+        // max_ps returns its second operand when either is NaN: a NaN score stays NaN, as
+        // in the portable path, instead of becoming a tiny weight.
+        let x = _mm256_max_ps(_mm256_set1_ps(-87.3), x);
         let n = _mm256_round_ps(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,

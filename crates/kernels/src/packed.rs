@@ -261,7 +261,7 @@ pub(crate) fn for_each_tile<const W: usize>(
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
 
-// SAFETY: tasks write disjoint parts only (see `PackedMatrix::matmul`).
+// SAFETY: tasks write disjoint parts only (see `for_each_tile`).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 

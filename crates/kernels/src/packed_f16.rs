@@ -20,7 +20,7 @@ const LANES: usize = 16;
 pub struct PackedF16 {
     n: usize,
     k: usize,
-    /// f16 bits: group g, input i, lane r at (g * k + i) * 8 + r.
+    /// f16 bits: group g, input i, lane r at (g * k + i) * 16 + r.
     data: Vec<u16>,
 }
 
@@ -111,9 +111,11 @@ fn round_to_f16(x: &mut [f32]) {
 fn tile<const R: usize>(w: &[u16], xs: [&[f32]; R]) -> [[f32; LANES]; R] {
     #[cfg(target_arch = "x86_64")]
     {
+        // The kernel reads activations unchecked: every row must be as long as the group.
+        assert!(xs.iter().all(|x| x.len() * LANES == w.len()));
         if crate::avx2_available() {
             // SAFETY: the CPU supports AVX2, FMA and F16C (checked above); w holds
-            // xs[j].len() * 8 values.
+            // xs[j].len() * 16 values (asserted above).
             return unsafe { avx2::tile(w, xs) };
         }
     }

@@ -62,6 +62,9 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
 pub fn quantize_row_q8_1_ref(x: &[f32], out: &mut [BlockQ8_1]) {
     for (block, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if degenerate(block, amax, xs.iter().any(|v| v.is_nan())) {
+            continue;
+        }
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in block.qs.iter_mut().zip(xs) {
@@ -71,6 +74,28 @@ pub fn quantize_row_q8_1_ref(x: &[f32], out: &mut [BlockQ8_1]) {
         }
         set_scales(block, amax, sum);
     }
+}
+
+/// Blocks that cannot be scaled into [-127, 127]: one holding NaN or an infinity gets a NaN
+/// scale, so every product with it is NaN (the fault shows instead of hiding), and one whose
+/// largest magnitude is so small that 127 / amax overflows gets zero values (its f16 scale
+/// is zero anyway). Returns whether the block was one of these and is now filled in.
+fn degenerate(block: &mut BlockQ8_1, amax: f32, has_nan: bool) -> bool {
+    if has_nan || !amax.is_finite() {
+        *block = BlockQ8_1 {
+            d: f32::NAN,
+            s: f32::NAN,
+            sum: 0,
+            qs: [0; QK],
+        };
+        return true;
+    }
+    if amax != 0.0 && !(127.0 / amax).is_finite() {
+        block.qs = [0; QK];
+        set_scales(block, amax, 0);
+        return true;
+    }
+    false
 }
 
 fn set_scales(block: &mut BlockQ8_1, amax: f32, sum: i32) {
@@ -95,12 +120,19 @@ mod avx2 {
         let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
         let sign = _mm256_set1_ps(-0.0);
         let mut m = _mm256_setzero_ps();
+        let mut nan = _mm256_setzero_ps();
         for v in v {
-            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+            // max_ps returns its second operand when either is NaN: NaNs are skipped here,
+            // as f32::max skips them, and counted apart.
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
         }
         let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        if super::degenerate(block, amax, _mm256_movemask_ps(nan) != 0) {
+            return;
+        }
         let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
         let q = v.map(|v| {
             _mm256_cvttps_epi32(_mm256_round_ps(
@@ -177,15 +209,30 @@ mod tests {
         x[32..64].fill(0.0);
         x[64..96].iter_mut().for_each(|v| *v *= 1e-30);
         x[96..128].iter_mut().for_each(|v| *v *= 1e30);
+        // Degenerate blocks: NaN first and last, an infinity, values too small to scale.
+        x[128] = f32::NAN;
+        x[191] = f32::NAN;
+        x[200] = f32::NEG_INFINITY;
+        x[224..256].fill(0.0);
+        x[224] = 1e-38;
+        x[225] = -2e-39;
         let (mut a, mut b) = (
             vec![BlockQ8_1::default(); 50],
             vec![BlockQ8_1::default(); 50],
         );
         quantize_row_q8_1(&x, &mut a);
         quantize_row_q8_1_ref(&x, &mut b);
-        for (a, b) in a.iter().zip(&b) {
-            assert_eq!((a.d, a.s, a.sum, a.qs), (b.d, b.s, b.sum, b.qs));
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            // NaN != NaN: compare the bits of the scales.
+            assert_eq!(
+                (a.d.to_bits(), a.s.to_bits(), a.sum, a.qs),
+                (b.d.to_bits(), b.s.to_bits(), b.sum, b.qs),
+                "block {i}"
+            );
+            assert!(a.qs.iter().all(|&q| q >= -127), "block {i}");
         }
+        assert!(a[4].d.is_nan() && a[5].d.is_nan() && a[6].d.is_nan());
+        assert_eq!((a[7].qs, a[7].sum, a[7].d), ([0; QK], 0, 0.0));
     }
 
     #[test]
