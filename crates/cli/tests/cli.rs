@@ -66,9 +66,18 @@ fn generate_json_is_greedy_and_reproducible() {
         j["prompt_ids"],
         serde_json::json!([504, 3575, 282, 4649, 314])
     );
-    // llama.cpp's greedy continuation (greedy_q4_1.jsonl) begins 7042 30 198 198 504 1797.
-    assert_eq!(j["ids"], serde_json::json!([7042, 30, 198, 198, 504, 1797]));
-    assert_eq!(j["text"], " Paris.\n\nThe United");
+    // llama.cpp's greedy continuation (greedy_q4_1.jsonl) begins 7042 30 198 198 504 1797;
+    // at that sixth step its own top two, 1797 " United" and 2988 " answer", are 0.26 apart,
+    // a near tie for Q4_1 (whose logits differ from llama.cpp's by 0.37 on average, see
+    // crates/model/tests/reference.rs), so either is accepted there.
+    let ids: Vec<u32> = serde_json::from_value(j["ids"].clone()).unwrap();
+    assert_eq!(ids[..5], [7042, 30, 198, 198, 504]);
+    assert!([1797, 2988].contains(&ids[5]), "{ids:?}");
+    let text = j["text"].as_str().unwrap();
+    assert!(
+        [" Paris.\n\nThe United", " Paris.\n\nThe answer"].contains(&text),
+        "{text:?}"
+    );
     let again: serde_json::Value = serde_json::from_str(&stdout(&run(&args))).unwrap();
     assert_eq!((&again["ids"], &again["text"]), (&j["ids"], &j["text"]));
 }
