@@ -193,7 +193,7 @@ fn bench_json_has_llama_bench_records() {
 #[test]
 fn every_weight_type_quantizes_loads_and_answers() {
     // Rows of 576 are not whole 256-blocks, so k-quant files hold k-quants only where
-    // rows allow (the 1536-wide down projections) and f16 elsewhere, as llama-quantize.
+    // rows allow (the 1536-wide down projections) and llama-quantize's fallback elsewhere.
     let model = ferrollama_assets::default_model().unwrap();
     for ty in [
         "q4_0", "q5_0", "q5_1", "q8_0", "q4_K", "q5_K", "q6_K", "bf16",
@@ -215,6 +215,19 @@ fn every_weight_type_quantizes_loads_and_answers() {
             "{ty}: {}",
             info["tensor_types"]
         );
+        let fallback = match ty {
+            "q4_K" => Some("q5_0"),
+            "q5_K" => Some("q5_1"),
+            "q6_K" => Some("q8_0"),
+            _ => None,
+        };
+        if let Some(f) = fallback {
+            let types = &info["tensor_types"];
+            assert!(
+                types.get(f).is_some() && types.get("f16").is_none(),
+                "{ty}: {types}"
+            );
+        }
         let g = run(&[
             "generate",
             "--model",

@@ -7,14 +7,19 @@ pub mod attention;
 pub mod format;
 pub mod packed;
 pub mod packed_f16;
+pub mod packed_k;
 pub mod q4_0;
 pub mod q4_1;
+pub mod q4_k;
+pub mod q6_k;
 pub mod q8_0;
 pub mod q8_1;
+pub mod q8_k;
 
 pub use format::WeightFormat;
 pub use packed::PackedMatrix;
 pub use packed_f16::PackedF16;
+pub use packed_k::{KFormat, PackedKMatrix};
 
 /// Whether the AVX2 + FMA + F16C kernels can run here (checked once).
 #[cfg(target_arch = "x86_64")]

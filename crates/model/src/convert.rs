@@ -73,7 +73,9 @@ pub fn requantize(
 /// The type llama-quantize gives a tensor when the file's type is `target`: vectors stay
 /// f32; the output projection (or the token embedding standing in for it) keeps more bits
 /// (q6_K, or q8_0 when its rows are not whole 256-blocks) under 4- and 5-bit targets;
-/// rows that are not whole blocks of the target fall back to f16.
+/// rows that are not whole 256-blocks fall back as llama-quantize's `tensor_type_fallback`
+/// does (q2_K, q3_K -> q4_0; q4_K -> q5_0; q5_K -> q5_1; q6_K -> q8_0), and rows that are
+/// not whole blocks of that either to f16.
 pub fn tensor_type(gguf_name: &str, dims: &[u64], target: GgmlType, has_output: bool) -> GgmlType {
     if dims.len() < 2 {
         return GgmlType::F32;
@@ -92,10 +94,21 @@ pub fn tensor_type(gguf_name: &str, dims: &[u64], target: GgmlType, has_output: 
     } else {
         target
     };
-    if dims[0] % wanted.block_size() as u64 != 0 {
-        GgmlType::F16
+    let fits = |t: GgmlType| dims[0] % t.block_size() as u64 == 0;
+    if fits(wanted) {
+        return wanted;
+    }
+    let fallback = match wanted {
+        GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
+        GgmlType::Q4K => GgmlType::Q5_0,
+        GgmlType::Q5K => GgmlType::Q5_1,
+        GgmlType::Q6K => GgmlType::Q8_0,
+        _ => GgmlType::F16,
+    };
+    if fits(fallback) {
+        fallback
     } else {
-        wanted
+        GgmlType::F16
     }
 }
 

@@ -1,8 +1,9 @@
-//! A projection y = x W^T. Q4_0, Q4_1, Q8_0 and f16 weights are repacked eight rows at a
-//! time at load and go through our own kernels (candle's Q4_1 dot product has no SIMD path,
-//! its Q8_0 product was a fifth of a batched decode step for the output projection alone,
-//! and its f16 product ran at half llama.cpp's speed); every other type (the K-quants)
-//! through candle's QMatMul.
+//! A projection y = x W^T. Q4_0, Q4_1, Q8_0, Q4_K, Q6_K and f16 weights are repacked eight
+//! rows at a time at load and go through our own kernels (candle's Q4_1 dot product has no
+//! SIMD path, its Q8_0 product was a fifth of a batched decode step for the output
+//! projection alone, its K-quant products work row by row, and its f16 product ran at half
+//! llama.cpp's speed); every other type (Q5_0, Q5_1, Q2_K, Q3_K, Q5_K...) through candle's
+//! QMatMul.
 //! f16/bf16 weights are kept in f16 and multiplied with f16 activations, as llama.cpp does.
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
-use ferrollama_kernels::{PackedF16, PackedMatrix, WeightFormat};
+use ferrollama_kernels::{KFormat, PackedF16, PackedKMatrix, PackedMatrix, WeightFormat};
 
 use crate::error::{Error, Result};
 use crate::weights::WeightSource;
@@ -21,10 +22,12 @@ pub enum Linear {
     Quant(Arc<QuantMatrix>),
 }
 
-/// Q4_0, Q4_1, Q8_0 or f16 weights in the kernels' interleaved layout (shared with the
-/// embedding when the output projection is tied to it: the embedding reads its rows here).
+/// Q4_0, Q4_1, Q8_0, Q4_K, Q6_K or f16 weights in the kernels' interleaved layout (shared
+/// with the embedding when the output projection is tied to it: the embedding reads its
+/// rows here).
 pub enum QuantMatrix {
     Blocks(PackedMatrix),
+    K(PackedKMatrix),
     F16(PackedF16),
 }
 
@@ -33,6 +36,7 @@ impl QuantMatrix {
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         match self {
             Self::Blocks(p) => p.dequantize_row(r, out),
+            Self::K(p) => p.dequantize_row(r, out),
             Self::F16(p) => p.dequantize_row(r, out),
         }
     }
@@ -41,6 +45,7 @@ impl QuantMatrix {
     pub fn shape(&self) -> (usize, usize) {
         match self {
             Self::Blocks(p) => p.shape(),
+            Self::K(p) => p.shape(),
             Self::F16(p) => p.shape(),
         }
     }
@@ -48,6 +53,7 @@ impl QuantMatrix {
     fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
         match self {
             Self::Blocks(p) => p.matmul(x, m, y),
+            Self::K(p) => p.matmul(x, m, y),
             Self::F16(p) => p.matmul(x, m, y),
         }
     }
@@ -80,6 +86,10 @@ impl Linear {
             GgmlDType::Q4_0 => WeightFormat::Q4_0,
             GgmlDType::Q4_1 => WeightFormat::Q4_1,
             GgmlDType::Q8_0 => WeightFormat::Q8_0,
+            GgmlDType::Q4K | GgmlDType::Q6K => {
+                let packed = pack_k(q.dtype(), &q.data()?, n, k)?;
+                return Ok(Self::Quant(Arc::new(packed)));
+            }
             GgmlDType::F16 | GgmlDType::BF16 => {
                 let packed = if q.dtype() == GgmlDType::F16 {
                     PackedF16::pack(&q.data()?, n, k)
@@ -101,6 +111,18 @@ impl Linear {
             .map_err(|e| Error::Input(e.to_string()))?;
         Ok(Self::Quant(Arc::new(QuantMatrix::Blocks(packed))))
     }
+}
+
+/// Repacks row-major Q4_K or Q6_K bytes of an (n, k) matrix.
+fn pack_k(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Result<QuantMatrix> {
+    let format = if dtype == GgmlDType::Q4K {
+        KFormat::Q4K
+    } else {
+        KFormat::Q6K
+    };
+    PackedKMatrix::pack(format, bytes, n, k)
+        .map(QuantMatrix::K)
+        .map_err(|e| Error::Input(e.to_string()))
 }
 
 impl Module for Linear {
@@ -185,7 +207,12 @@ impl Stacked {
         let dtype = parts[0].dtype();
         let stackable = matches!(
             dtype,
-            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::F16
+            GgmlDType::Q4_0
+                | GgmlDType::Q4_1
+                | GgmlDType::Q8_0
+                | GgmlDType::Q4K
+                | GgmlDType::Q6K
+                | GgmlDType::F16
         ) && parts.iter().all(|q| q.dtype() == dtype);
         let inner = if stackable {
             let mut bytes = Vec::new();
@@ -195,6 +222,7 @@ impl Stacked {
             drop(parts);
             let n: usize = widths.iter().sum();
             let matrix = match dtype {
+                GgmlDType::Q4K | GgmlDType::Q6K => Ok(pack_k(dtype, &bytes, n, k)?),
                 GgmlDType::F16 => PackedF16::pack(&bytes, n, k).map(QuantMatrix::F16),
                 GgmlDType::Q4_0 => {
                     PackedMatrix::pack(WeightFormat::Q4_0, &bytes, n, k).map(QuantMatrix::Blocks)
