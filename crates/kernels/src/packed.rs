@@ -11,7 +11,10 @@
 //! minimums (8 x 2 bytes), then the values in 32-byte groups: group g's lane r holds bytes
 //! 4g..4g+4 of row r's block (Q4_0/Q4_1: 16 nibble bytes, so 4 groups, the low nibbles
 //! being values 4g.. and the high ones 16 + 4g..; Q8_0: 32 bytes, so 8 groups). Rows past
-//! `n` in the last group are zero. The size equals the row-major one.
+//! `n` in the last group are zero. Q5_0 and Q5_1 are stored as Q4_0 and Q4_1, followed by
+//! one more group holding the fifth bits: byte b of lane r holds, in bit g, the fifth bit
+//! of value 4g + b and in bit 4 + g that of value 16 + 4g + b. The size equals the
+//! row-major one.
 
 use half::f16;
 use rayon::prelude::*;
@@ -33,14 +36,24 @@ impl WeightFormat {
     /// Bytes of the scales (and minimums) that open a packed block.
     fn header_bytes(self) -> usize {
         match self {
-            Self::Q4_1 => 2 * 2 * LANES,
-            Self::Q4_0 | Self::Q8_0 => 2 * LANES,
+            Self::Q4_1 | Self::Q5_1 => 2 * 2 * LANES,
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => 2 * LANES,
         }
     }
 
     /// Bytes of one packed block of eight rows.
     fn packed_block_bytes(self) -> usize {
         LANES * self.block_bytes()
+    }
+
+    /// Bytes of the f16 scale (and minimum) that open a row-major block.
+    fn scale_bytes(self) -> usize {
+        self.header_bytes() / LANES
+    }
+
+    /// Whether values have a fifth bit (stored after the nibble groups when packed).
+    fn has_high_bits(self) -> bool {
+        matches!(self, Self::Q5_0 | Self::Q5_1)
     }
 
     /// Byte offset of the 32 values (or 16 nibble bytes) inside a row-major block.
@@ -52,7 +65,7 @@ impl WeightFormat {
     fn value_bytes(self) -> usize {
         match self {
             Self::Q8_0 => QK,
-            Self::Q4_0 | Self::Q4_1 => QK / 2,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 => QK / 2,
         }
     }
 }
@@ -96,10 +109,11 @@ impl PackedMatrix {
         let blocks = k / QK;
         let groups = n.div_ceil(LANES);
         let pbb = format.packed_block_bytes();
-        let (header, values, vb) = (
+        let (header, values, vb, sb) = (
             format.header_bytes(),
             format.values_offset(),
             format.value_bytes(),
+            format.scale_bytes(),
         );
         let mut data = vec![0u8; groups * blocks * pbb];
         data.par_chunks_mut(blocks * pbb)
@@ -109,11 +123,25 @@ impl PackedMatrix {
                     let row = &rows[(g * LANES + lane) * blocks * bb..][..blocks * bb];
                     for (src, dst) in row.chunks_exact(bb).zip(group.chunks_exact_mut(pbb)) {
                         // Scale (and minimum), each an f16 in its own 16-byte row of lanes.
-                        for (h, pair) in src[..values].chunks_exact(2).enumerate() {
+                        for (h, pair) in src[..sb].chunks_exact(2).enumerate() {
                             dst[h * 2 * LANES + 2 * lane..][..2].copy_from_slice(pair);
                         }
                         for (q, four) in src[values..values + vb].chunks_exact(4).enumerate() {
                             dst[header + 32 * q + 4 * lane..][..4].copy_from_slice(four);
+                        }
+                        if format.has_high_bits() {
+                            let qh = u32::from_le_bytes([
+                                src[sb],
+                                src[sb + 1],
+                                src[sb + 2],
+                                src[sb + 3],
+                            ]);
+                            let bit = |i: usize| ((qh >> i) & 1) as u8;
+                            for b in 0..4 {
+                                dst[header + 128 + 4 * lane + b] = (0..4)
+                                    .map(|g| bit(4 * g + b) << g | bit(16 + 4 * g + b) << (4 + g))
+                                    .sum();
+                            }
                         }
                     }
                 }
@@ -163,7 +191,8 @@ impl PackedMatrix {
             for (o, &q) in out.iter_mut().zip(&q) {
                 *o = match format {
                     WeightFormat::Q4_0 => d * (q - 8) as f32,
-                    WeightFormat::Q4_1 => d * q as f32 + half(1),
+                    WeightFormat::Q5_0 => d * (q - 16) as f32,
+                    WeightFormat::Q4_1 | WeightFormat::Q5_1 => d * q as f32 + half(1),
                     WeightFormat::Q8_0 => d * q as f32,
                 };
             }
@@ -274,7 +303,7 @@ impl SharedOut {
 }
 
 /// The 32 stored values of lane `lane` in one packed block's value bytes: nibbles 0..15
-/// (Q4_0, Q4_1) or signed bytes (Q8_0).
+/// (Q4_0, Q4_1), 5-bit values 0..31 (Q5_0, Q5_1) or signed bytes (Q8_0).
 fn values(format: WeightFormat, v: &[u8], lane: usize) -> [i32; QK] {
     let mut q = [0i32; QK];
     for g in 0..format.value_bytes() / 4 {
@@ -282,9 +311,14 @@ fn values(format: WeightFormat, v: &[u8], lane: usize) -> [i32; QK] {
             let byte = v[32 * g + 4 * lane + j];
             match format {
                 WeightFormat::Q8_0 => q[4 * g + j] = i32::from(byte as i8),
-                WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+                _ => {
                     q[4 * g + j] = i32::from(byte & 0x0F);
                     q[16 + 4 * g + j] = i32::from(byte >> 4);
+                    if format.has_high_bits() {
+                        let high = v[128 + 4 * lane + j];
+                        q[4 * g + j] |= i32::from((high >> g) & 1) << 4;
+                        q[16 + 4 * g + j] |= i32::from((high >> (4 + g)) & 1) << 4;
+                    }
                 }
             }
         }
@@ -306,6 +340,8 @@ fn tile<const R: usize>(
                 match format {
                     WeightFormat::Q4_0 => avx2::tile::<Q4_0, R>(w, xs),
                     WeightFormat::Q4_1 => avx2::tile::<Q4_1, R>(w, xs),
+                    WeightFormat::Q5_0 => avx2::tile::<Q5_0, R>(w, xs),
+                    WeightFormat::Q5_1 => avx2::tile::<Q5_1, R>(w, xs),
                     WeightFormat::Q8_0 => avx2::tile::<Q8_0, R>(w, xs),
                 }
             };
@@ -317,6 +353,8 @@ fn tile<const R: usize>(
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
 const Q8_0: u8 = 2;
+const Q5_0: u8 = 3;
+const Q5_1: u8 = 4;
 
 /// Plain reference: one packed row group against one activation row, block by block as
 /// the SIMD kernel sums (exact integer sums, then the scales).
@@ -334,11 +372,13 @@ pub(crate) fn tile_ref(format: WeightFormat, w: &[u8], x: &[BlockQ8_1]) -> [f32;
             };
             let q = values(format, &block[header..], lane);
             let mut sumi: i32 = q.iter().zip(&xb.qs).map(|(&q, &a)| q * i32::from(a)).sum();
-            if format == WeightFormat::Q4_0 {
-                sumi -= 8 * xb.sum;
+            match format {
+                WeightFormat::Q4_0 => sumi -= 8 * xb.sum,
+                WeightFormat::Q5_0 => sumi -= 16 * xb.sum,
+                _ => {}
             }
             *acc += half(0) * xb.d * sumi as f32;
-            if format == WeightFormat::Q4_1 {
+            if matches!(format, WeightFormat::Q4_1 | WeightFormat::Q5_1) {
                 *acc += half(1) * xb.s;
             }
         }
@@ -350,7 +390,7 @@ pub(crate) fn tile_ref(format: WeightFormat, w: &[u8], x: &[BlockQ8_1]) -> [f32;
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Q4_0, Q4_1, Q8_0};
+    use super::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
     use crate::format::WeightFormat;
     use crate::q8_1::BlockQ8_1;
 
@@ -373,13 +413,17 @@ mod avx2 {
         let format = match F {
             Q4_0 => WeightFormat::Q4_0,
             Q4_1 => WeightFormat::Q4_1,
+            Q5_0 => WeightFormat::Q5_0,
+            Q5_1 => WeightFormat::Q5_1,
             _ => WeightFormat::Q8_0,
         };
+        let five = F == Q5_0 || F == Q5_1;
         let (pbb, header) = (format.packed_block_bytes(), format.header_bytes());
         let blocks = w.len() / pbb;
         debug_assert!(xs.iter().all(|x| x.len() >= blocks));
         let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(0x0F);
+        let fifth = _mm256_set1_epi8(0x10);
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..blocks {
             let block = w.as_ptr().add(b * pbb);
@@ -400,11 +444,28 @@ mod avx2 {
             } else {
                 // Nibbles 0..15 times bytes up to 127 in magnitude: 8 pair sums of at most
                 // 2 * 15 * 127 each fit an i16 lane, so the sums stay in i16 until madd.
+                // 5-bit values (up to 31) go to i32 after every 4 pair sums instead.
                 let mut s16 = [_mm256_setzero_si256(); R];
+                let high = if five {
+                    _mm256_loadu_si256(v.add(128) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
                 for g in 0..4 {
                     let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
-                    let lo = _mm256_and_si256(raw, low);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    let mut lo = _mm256_and_si256(raw, low);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    if five {
+                        // Bits g and 4 + g of each byte, moved to bit 4.
+                        let (to_lo, to_hi) = match g {
+                            0 => (_mm256_slli_epi16(high, 4), high),
+                            1 => (_mm256_slli_epi16(high, 3), _mm256_srli_epi16(high, 1)),
+                            2 => (_mm256_slli_epi16(high, 2), _mm256_srli_epi16(high, 2)),
+                            _ => (_mm256_slli_epi16(high, 1), _mm256_srli_epi16(high, 3)),
+                        };
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
+                    }
                     for j in 0..R {
                         let xb = &xs[j][b];
                         let p = _mm256_add_epi16(
@@ -413,11 +474,20 @@ mod avx2 {
                         );
                         s16[j] = _mm256_add_epi16(s16[j], p);
                     }
+                    if five && g == 1 {
+                        for j in 0..R {
+                            sumi[j] = _mm256_madd_epi16(s16[j], ones);
+                            s16[j] = _mm256_setzero_si256();
+                        }
+                    }
                 }
                 for j in 0..R {
-                    sumi[j] = _mm256_madd_epi16(s16[j], ones);
+                    sumi[j] = _mm256_add_epi32(sumi[j], _mm256_madd_epi16(s16[j], ones));
                     if F == Q4_0 {
                         sumi[j] = _mm256_sub_epi32(sumi[j], _mm256_set1_epi32(8 * xs[j][b].sum));
+                    }
+                    if F == Q5_0 {
+                        sumi[j] = _mm256_sub_epi32(sumi[j], _mm256_set1_epi32(16 * xs[j][b].sum));
                     }
                 }
             }
@@ -425,7 +495,7 @@ mod avx2 {
                 let xb = &xs[j][b];
                 let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
                 acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sumi[j]), acc[j]);
-                if F == Q4_1 {
+                if F == Q4_1 || F == Q5_1 {
                     let m = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
                     acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb.s), acc[j]);
                 }
@@ -444,7 +514,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::{q4_0, q4_1, q8_0};
+    use crate::{q4_0, q4_1, q5, q8_0};
 
     /// Random row-major weights in `format`: n rows of k / 32 blocks, with extreme values.
     fn weights(rng: &mut impl Rng, format: WeightFormat, n: usize, k: usize) -> Vec<u8> {
@@ -453,13 +523,17 @@ mod tests {
                 let mut b = f16::from_f32(rng.random_range(0.0..0.1))
                     .to_le_bytes()
                     .to_vec();
-                if format == WeightFormat::Q4_1 {
+                if format.scale_bytes() == 4 {
                     b.extend(f16::from_f32(rng.random_range(-0.5..0.0)).to_le_bytes());
                 }
+                // Every seventh block extreme: bytes -128/127 (Q8_0), or all values at the
+                // top (every bit set: 15 or 31, the largest sums) or at 0.
                 let extreme = i % 7 == 0;
-                b.extend((0..format.value_bytes()).map(|j| match (extreme, format) {
+                let top = i % 14 == 0;
+                let len = format.block_bytes() - format.scale_bytes();
+                b.extend((0..len).map(|j| match (extreme, format) {
                     (true, WeightFormat::Q8_0) => [0x80, 0x7F][j % 2],
-                    (true, _) => [0xFF, 0x00][j % 2],
+                    (true, _) => [0x00, 0xFF][usize::from(top)],
                     _ => rng.random::<u8>(),
                 }));
                 b
@@ -469,6 +543,8 @@ mod tests {
 
     fn row_dot_ref(format: WeightFormat, row: &[u8], x: &[BlockQ8_1]) -> f32 {
         match format {
+            WeightFormat::Q5_0 => q5::vec_dot_ref_q5_0(row, x),
+            WeightFormat::Q5_1 => q5::vec_dot_ref_q5_1(row, x),
             WeightFormat::Q4_0 => q4_0::vec_dot_ref(row, x),
             WeightFormat::Q4_1 => q4_1::vec_dot_ref(row, x),
             WeightFormat::Q8_0 => q8_0::vec_dot_ref(row, x),
@@ -477,15 +553,23 @@ mod tests {
 
     fn activations(rng: &mut impl Rng, m: usize, k: usize) -> Vec<f32> {
         (0..m * k)
-            .map(|i| match i % 11 {
-                0 => 0.0,
-                1 => 1e4,
+            .map(|i| match (i / QK % 5, i % 11) {
+                // Every fifth block constant: all its bytes 127, the largest sums.
+                (3, _) => 1.5,
+                (_, 0) => 0.0,
+                (_, 1) => 1e4,
                 _ => rng.random_range(-2.0..2.0),
             })
             .collect()
     }
 
-    const FORMATS: [WeightFormat; 3] = [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
+    const FORMATS: [WeightFormat; 5] = [
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q5_0,
+        WeightFormat::Q5_1,
+        WeightFormat::Q8_0,
+    ];
 
     #[test]
     fn packing_keeps_every_row() {
@@ -511,6 +595,12 @@ mod tests {
     fn dequantize_row_major(format: WeightFormat, row: &[u8]) -> Vec<f32> {
         let mut out = Vec::new();
         for b in row.chunks_exact(format.block_bytes()) {
+            if format.has_high_bits() {
+                let mut block = [0f32; QK];
+                q5::dequantize_block(b, format == WeightFormat::Q5_1, &mut block);
+                out.extend(block);
+                continue;
+            }
             let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
             let v = &b[format.values_offset()..];
             let q: Vec<i32> = match format {
@@ -525,6 +615,7 @@ mod tests {
                 WeightFormat::Q4_0 => d * (q - 8) as f32,
                 WeightFormat::Q4_1 => d * q as f32 + f16::from_le_bytes([b[2], b[3]]).to_f32(),
                 WeightFormat::Q8_0 => d * q as f32,
+                WeightFormat::Q5_0 | WeightFormat::Q5_1 => unreachable!("dequantized above"),
             }));
         }
         out

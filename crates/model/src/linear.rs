@@ -1,9 +1,9 @@
-//! A projection y = x W^T. Q4_0, Q4_1, Q8_0, Q4_K, Q6_K and f16 weights are repacked eight
+//! A projection y = x W^T. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K and f16 weights are
+//! repacked eight
 //! rows at a time at load and go through our own kernels (candle's Q4_1 dot product has no
 //! SIMD path, its Q8_0 product was a fifth of a batched decode step for the output
 //! projection alone, its K-quant products work row by row, and its f16 product ran at half
-//! llama.cpp's speed); every other type (Q5_0, Q5_1, Q2_K, Q3_K, Q5_K...) through candle's
-//! QMatMul.
+//! llama.cpp's speed); every other type (Q2_K, Q3_K, Q5_K...) through candle's QMatMul.
 //! f16/bf16 weights are kept in f16 and multiplied with f16 activations, as llama.cpp does.
 
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub enum Linear {
     Quant(Arc<QuantMatrix>),
 }
 
-/// Q4_0, Q4_1, Q8_0, Q4_K, Q6_K or f16 weights in the kernels' interleaved layout (shared
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K or f16 weights in the kernels' interleaved layout (shared
 /// with the embedding when the output projection is tied to it: the embedding reads its
 /// rows here).
 pub enum QuantMatrix {
@@ -82,13 +82,15 @@ impl Linear {
     /// Wraps a shared tensor (the tied embedding used as output projection).
     pub fn from_arc(q: Arc<QTensor>) -> Result<Self> {
         let (n, k) = q.shape().dims2()?;
-        let format = match q.dtype() {
-            GgmlDType::Q4_0 => WeightFormat::Q4_0,
-            GgmlDType::Q4_1 => WeightFormat::Q4_1,
-            GgmlDType::Q8_0 => WeightFormat::Q8_0,
+        if let Some(format) = block_format(q.dtype()) {
+            let packed = PackedMatrix::pack(format, &q.data()?, n, k)
+                .map_err(|e| Error::Input(e.to_string()))?;
+            return Ok(Self::Quant(Arc::new(QuantMatrix::Blocks(packed))));
+        }
+        match q.dtype() {
             GgmlDType::Q4K | GgmlDType::Q6K => {
                 let packed = pack_k(q.dtype(), &q.data()?, n, k)?;
-                return Ok(Self::Quant(Arc::new(packed)));
+                Ok(Self::Quant(Arc::new(packed)))
             }
             GgmlDType::F16 | GgmlDType::BF16 => {
                 let packed = if q.dtype() == GgmlDType::F16 {
@@ -103,14 +105,23 @@ impl Linear {
                     PackedF16::pack(&bytes, n, k)
                 };
                 let packed = packed.map_err(|e| Error::Input(e.to_string()))?;
-                return Ok(Self::Quant(Arc::new(QuantMatrix::F16(packed))));
+                Ok(Self::Quant(Arc::new(QuantMatrix::F16(packed))))
             }
-            _ => return Ok(Self::Candle(QMatMul::from_arc(q)?)),
-        };
-        let packed = PackedMatrix::pack(format, &q.data()?, n, k)
-            .map_err(|e| Error::Input(e.to_string()))?;
-        Ok(Self::Quant(Arc::new(QuantMatrix::Blocks(packed))))
+            _ => Ok(Self::Candle(QMatMul::from_arc(q)?)),
+        }
     }
+}
+
+/// Our 32-value block format for a ggml type, if we have one.
+fn block_format(dtype: GgmlDType) -> Option<WeightFormat> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => WeightFormat::Q4_0,
+        GgmlDType::Q4_1 => WeightFormat::Q4_1,
+        GgmlDType::Q5_0 => WeightFormat::Q5_0,
+        GgmlDType::Q5_1 => WeightFormat::Q5_1,
+        GgmlDType::Q8_0 => WeightFormat::Q8_0,
+        _ => return None,
+    })
 }
 
 /// Repacks row-major Q4_K or Q6_K bytes of an (n, k) matrix.
@@ -209,6 +220,8 @@ impl Stacked {
             dtype,
             GgmlDType::Q4_0
                 | GgmlDType::Q4_1
+                | GgmlDType::Q5_0
+                | GgmlDType::Q5_1
                 | GgmlDType::Q8_0
                 | GgmlDType::Q4K
                 | GgmlDType::Q6K
@@ -224,13 +237,12 @@ impl Stacked {
             let matrix = match dtype {
                 GgmlDType::Q4K | GgmlDType::Q6K => Ok(pack_k(dtype, &bytes, n, k)?),
                 GgmlDType::F16 => PackedF16::pack(&bytes, n, k).map(QuantMatrix::F16),
-                GgmlDType::Q4_0 => {
-                    PackedMatrix::pack(WeightFormat::Q4_0, &bytes, n, k).map(QuantMatrix::Blocks)
-                }
-                GgmlDType::Q4_1 => {
-                    PackedMatrix::pack(WeightFormat::Q4_1, &bytes, n, k).map(QuantMatrix::Blocks)
-                }
-                _ => PackedMatrix::pack(WeightFormat::Q8_0, &bytes, n, k).map(QuantMatrix::Blocks),
+                _ => match block_format(dtype) {
+                    Some(format) => {
+                        PackedMatrix::pack(format, &bytes, n, k).map(QuantMatrix::Blocks)
+                    }
+                    None => unreachable!("{dtype:?} is not stackable"),
+                },
             }
             .map_err(|e| Error::Input(e.to_string()))?;
             StackedInner::One(Linear::Quant(Arc::new(matrix)))

@@ -1,7 +1,7 @@
-//! Our Q4_K and Q6_K projections (repacked, 8-bit activations as ggml's Q8_K) against
-//! candle's own K-quant product on the same quantized tensor, and against a dense f32
-//! product with the dequantized weights: an independent reading of ggml's block layouts
-//! (candle's), on real weights of the default model re-quantized by candle.
+//! Our Q5_0, Q5_1, Q4_K and Q6_K projections (repacked, 8-bit activations as ggml's) against
+//! candle's own product on the same quantized tensor, and against a dense f32 product with
+//! the dequantized weights: an independent reading of ggml's block layouts (candle's), on
+//! real weights of the default model re-quantized by candle.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -21,7 +21,7 @@ fn values(t: &Tensor) -> Vec<f32> {
 }
 
 #[test]
-fn k_quant_projections_match_candle_and_the_dense_product() {
+fn requantized_projections_match_candle_and_the_dense_product() {
     let file = GgufFile::open(ferrollama_assets::default_model().unwrap()).unwrap();
     let w = GgufWeights::new(&file);
     // down_proj is (576, 1536): rows of whole 256-value blocks.
@@ -31,7 +31,12 @@ fn k_quant_projections_match_candle_and_the_dense_product() {
         .dequantize(&Device::Cpu)
         .unwrap();
     let (n, k) = dense.dims2().unwrap();
-    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+    for dtype in [
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+    ] {
         let q = QTensor::quantize(&dense, dtype).unwrap();
         let deq = q.dequantize(&Device::Cpu).unwrap();
         let ours = Linear::from_qtensor(QTensor::quantize(&dense, dtype).unwrap()).unwrap();
@@ -51,9 +56,12 @@ fn k_quant_projections_match_candle_and_the_dense_product() {
             let (vs_candle, vs_exact) = (max_abs_diff(&got, &candle), max_abs_diff(&got, &exact));
             println!("{dtype:?} m={m}: vs candle {vs_candle}, vs dense {vs_exact}, scale {scale}");
             // Same arithmetic as candle up to summation order (and ties in rounding the
-            // activations); the 8-bit activations alone keep us within 2 % of dense.
+            // activations), except that candle rounds Q5_1's activation sums s = d * sum
+            // through f16 as f16(sum) * f16(d), where ggml (and we) round d * sum once;
+            // the 8-bit activations alone keep us within 2 % of dense.
+            let tol = if dtype == GgmlDType::Q5_1 { 5e-4 } else { 1e-4 };
             assert!(
-                vs_candle <= 1e-4 * scale,
+                vs_candle <= tol * scale,
                 "{dtype:?} m={m}: {vs_candle} vs {scale}"
             );
             assert!(
