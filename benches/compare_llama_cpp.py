@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Side-by-side speed of ferrollama and llama.cpp on the same GGUF files, same machine.
 
-For the default model (Q4_1) and its q8_0, q4_0 and f16 variants (made with
-`ferrollama quantize`), it alternates the two runtimes, A B A B, for --pairs pairs, each
+For the default model (Q4_1) and its q8_0, q4_0, f16, q4_K and q6_K variants (made with
+`ferrollama quantize`; the K-quant files hold K-quants where rows are whole 256-blocks and
+llama-quantize's fallback, q5_0 or q8_0, elsewhere), it alternates the two runtimes, A B A B, for --pairs pairs, each
 run measuring pp (one batched forward over a 512-token prompt) and tg (128 single-token
 steps) with --threads threads after a warm-up, and prints the median ferrollama/llama.cpp
 ratio of the pairs and each side's peak RSS, plus tg as a fraction of the memory-bandwidth
@@ -10,7 +11,7 @@ ceiling (bandwidth / bytes of weights read per token). llama.cpp comes from PyPI
 llama-cpp-python, built from source with this CPU's features into a cache venv (several
 minutes the first time). Not run by CI.
 
-    python3 benches/compare_llama_cpp.py [--pairs 5] [--threads 2] [--types q4_1,q8_0,q4_0,f16]
+    python3 benches/compare_llama_cpp.py [--pairs 5] [--threads 2] [--types q4_1,q8_0,q4_0,f16,q4_K,q6_K]
 """
 
 import argparse
@@ -115,7 +116,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--types", default="q4_1,q8_0,q4_0,f16")
+    ap.add_argument("--types", default="q4_1,q8_0,q4_0,f16,q4_K,q6_K")
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
     ap.add_argument("--out", type=pathlib.Path, default=REPO / "benches/results")
