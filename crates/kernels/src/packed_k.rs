@@ -1,4 +1,4 @@
-//! K-quant weights (Q4_K, Q6_K) repacked eight rows at a time, as `crate::packed` does for
+//! K-quant weights (Q4_K, Q5_K, Q6_K) repacked eight rows at a time, as `crate::packed` does for
 //! the 32-value formats, dotted with Q8_K activations. candle's K-quant products work row
 //! by row and end every dot product in a horizontal sum; here one `maddubs` meets eight
 //! rows and the per-sub-block scales are applied to eight rows by one `madd`.
@@ -9,6 +9,9 @@
 //!   sub-block 2 i + s of row r; then 4 chunks of 64 values, each 8 groups of 32 bytes
 //!   whose lane r holds 4 bytes of row r's ggml nibbles (low nibbles: sub-block 2 c,
 //!   values 4 g..4 g + 4; high nibbles: sub-block 2 c + 1, same positions).
+//! - Q5_K (1440 bytes): Q4_K's packed block, then 8 groups of 32 bytes whose lane r holds 4
+//!   bytes of row r's ggml `qh` (bytes 4 g..4 g + 4: the fifth bits of group g's values, bit
+//!   2 c for the low nibbles of chunk c and 2 c + 1 for the high ones).
 //! - Q6_K (1680 bytes): the rows' f16 d (16 bytes), the 16 signed scales per row in pairs as
 //!   above (128), then 8 units of 32 values (192 bytes each): 4 groups of nibble bytes (low
 //!   4 bits of values 4 g + b and 16 + 4 g + b) and 2 groups of high bits (group h's byte
@@ -19,12 +22,13 @@ use rayon::prelude::*;
 
 use crate::packed::{for_each_tile, PackError, LANES};
 use crate::q8_k::{quantize_row_q8_k, BlockQ8K, QK_K};
-use crate::{q4_k, q6_k};
+use crate::{q4_k, q5_k, q6_k};
 
 /// A K-quant weight format with its own kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KFormat {
     Q4K,
+    Q5K,
     Q6K,
 }
 
@@ -33,13 +37,15 @@ impl KFormat {
     pub fn block_bytes(self) -> usize {
         match self {
             Self::Q4K => q4_k::BLOCK_BYTES,
+            Self::Q5K => q5_k::BLOCK_BYTES,
             Self::Q6K => q6_k::BLOCK_BYTES,
         }
     }
 
     fn packed_block_bytes(self) -> usize {
         match self {
-            Self::Q4K => Q4K_VALUES + 4 * 256,
+            Self::Q4K => Q5K_HIGH,
+            Self::Q5K => Q5K_HIGH + 256,
             Self::Q6K => Q6K_VALUES + 8 * Q6K_UNIT,
         }
     }
@@ -50,6 +56,8 @@ const Q4K_DMIN: usize = 16;
 const Q4K_SCALES: usize = 32;
 const Q4K_MINS: usize = 96;
 const Q4K_VALUES: usize = 160;
+/// Where Q5_K's fifth bits follow the Q4_K part.
+const Q5K_HIGH: usize = Q4K_VALUES + 4 * 256;
 /// Offsets inside a packed Q6_K block, and the bytes of one unit of 32 values.
 const Q6K_SCALES: usize = 16;
 const Q6K_VALUES: usize = 144;
@@ -89,6 +97,7 @@ impl PackedKMatrix {
                     for (src, dst) in row.chunks_exact(bb).zip(group.chunks_exact_mut(pbb)) {
                         match format {
                             KFormat::Q4K => pack_q4k(src, dst, lane),
+                            KFormat::Q5K => pack_q5k(src, dst, lane),
                             KFormat::Q6K => pack_q6k(src, dst, lane),
                         }
                     }
@@ -179,6 +188,18 @@ fn pack_q4k(src: &[u8], dst: &mut [u8], lane: usize) {
     }
 }
 
+/// Q5_K: the Q4_K part from the same fields (qh sits between the scales and the nibbles),
+/// then qh in 4-byte lanes.
+fn pack_q5k(src: &[u8], dst: &mut [u8], lane: usize) {
+    let mut as_q4k = [0u8; q4_k::BLOCK_BYTES];
+    as_q4k[..16].copy_from_slice(&src[..16]);
+    as_q4k[16..].copy_from_slice(&src[48..q5_k::BLOCK_BYTES]);
+    pack_q4k(&as_q4k, dst, lane);
+    for (g, four) in src[16..48].chunks_exact(4).enumerate() {
+        dst[Q5K_HIGH + 32 * g + 4 * lane..][..4].copy_from_slice(four);
+    }
+}
+
 fn pack_q6k(src: &[u8], dst: &mut [u8], lane: usize) {
     dst[2 * lane..2 * lane + 2].copy_from_slice(&src[208..210]);
     for (j, &sc) in src[192..208].iter().enumerate() {
@@ -200,7 +221,7 @@ fn pack_q6k(src: &[u8], dst: &mut [u8], lane: usize) {
 
 /// One row's values and scales read back from a packed block.
 enum LaneValues {
-    /// d, dmin, scales, minimums, nibbles.
+    /// d, dmin, scales, minimums, values (Q4_K nibbles or Q5_K five-bit values).
     Q4K(f32, f32, [u8; 8], [u8; 8], [u8; QK_K]),
     /// d, scales, six-bit values (0..64).
     Q6K(f32, [i8; 16], [u8; QK_K]),
@@ -210,7 +231,7 @@ impl LaneValues {
     fn read(format: KFormat, block: &[u8], lane: usize) -> Self {
         let half = |at: usize| f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
         match format {
-            KFormat::Q4K => {
+            KFormat::Q4K | KFormat::Q5K => {
                 let mut q = [0u8; QK_K];
                 for c in 0..4 {
                     for g in 0..8 {
@@ -218,6 +239,11 @@ impl LaneValues {
                             let byte = block[Q4K_VALUES + 256 * c + 32 * g + 4 * lane + b];
                             q[64 * c + 4 * g + b] = byte & 0x0F;
                             q[64 * c + 32 + 4 * g + b] = byte >> 4;
+                            if format == KFormat::Q5K {
+                                let qh = block[Q5K_HIGH + 32 * g + 4 * lane + b];
+                                q[64 * c + 4 * g + b] |= ((qh >> (2 * c)) & 1) << 4;
+                                q[64 * c + 32 + 4 * g + b] |= ((qh >> (2 * c + 1)) & 1) << 4;
+                            }
                         }
                     }
                 }
@@ -308,7 +334,8 @@ fn tile<const R: usize>(format: KFormat, w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f3
             // SAFETY: the CPU supports AVX2, FMA and F16C (checked above).
             return unsafe {
                 match format {
-                    KFormat::Q4K => avx2::tile_q4k::<R>(w, xs),
+                    KFormat::Q4K => avx2::tile_q4k::<false, R>(w, xs),
+                    KFormat::Q5K => avx2::tile_q4k::<true, R>(w, xs),
                     KFormat::Q6K => avx2::tile_q6k::<R>(w, xs),
                 }
             };
@@ -364,9 +391,15 @@ mod avx2 {
         }
     }
 
+    /// Q4_K, or Q5_K when FIVE: the same sums with a fifth bit added to every value.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile_q4k<const R: usize>(w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
-        let pbb = KFormat::Q4K.packed_block_bytes();
+    pub unsafe fn tile_q4k<const FIVE: bool, const R: usize>(
+        w: &[u8],
+        xs: [&[BlockQ8K]; R],
+    ) -> [[f32; 8]; R] {
+        let format = if FIVE { KFormat::Q5K } else { KFormat::Q4K };
+        let pbb = format.packed_block_bytes();
+        let fifth = _mm256_set1_epi8(0x10);
         let blocks = w.len() / pbb;
         debug_assert!(xs.iter().all(|x| x.len() >= blocks));
         let low = _mm256_set1_epi8(0x0F);
@@ -377,14 +410,29 @@ mod avx2 {
             let mut summ = [_mm256_setzero_si256(); R];
             for c in 0..4 {
                 let v = block.add(Q4K_VALUES + 256 * c);
+                let scales = pair_u8(block.add(Q4K_SCALES + 16 * c));
+                let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
                 // Nibbles up to 15 times bytes up to 127: 8 groups of pair sums stay below
-                // 8 * 2 * 15 * 127 = 30480, inside i16.
+                // 8 * 2 * 15 * 127 = 30480, inside i16. Five-bit values (up to 31) go to
+                // i32 after every 4 groups instead.
                 let mut s_lo = [_mm256_setzero_si256(); R];
                 let mut s_hi = [_mm256_setzero_si256(); R];
                 for g in 0..8 {
                     let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
-                    let lo = _mm256_and_si256(raw, low);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    let mut lo = _mm256_and_si256(raw, low);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    if FIVE {
+                        // Bits 2c and 2c + 1 of each qh byte, moved to bit 4.
+                        let h = _mm256_loadu_si256(block.add(Q5K_HIGH + 32 * g) as *const __m256i);
+                        let (to_lo, to_hi) = match c {
+                            0 => (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 3)),
+                            1 => (_mm256_slli_epi16(h, 2), _mm256_slli_epi16(h, 1)),
+                            2 => (h, _mm256_srli_epi16(h, 1)),
+                            _ => (_mm256_srli_epi16(h, 2), _mm256_srli_epi16(h, 3)),
+                        };
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
+                    }
                     for j in 0..R {
                         let xb = &xs[j][b];
                         let at = 64 * c + 4 * g;
@@ -395,10 +443,19 @@ mod avx2 {
                             _mm256_maddubs_epi16(hi, broadcast4(xb, at + 32)),
                         );
                     }
+                    if FIVE && g == 3 {
+                        for j in 0..R {
+                            let p = _mm256_add_epi32(
+                                _mm256_madd_epi16(s_lo[j], sc_lo),
+                                _mm256_madd_epi16(s_hi[j], sc_hi),
+                            );
+                            sumi[j] = _mm256_add_epi32(sumi[j], p);
+                            s_lo[j] = _mm256_setzero_si256();
+                            s_hi[j] = _mm256_setzero_si256();
+                        }
+                    }
                 }
-                let scales = pair_u8(block.add(Q4K_SCALES + 16 * c));
                 let mins = pair_u8(block.add(Q4K_MINS + 16 * c));
-                let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
                 for j in 0..R {
                     let p = _mm256_add_epi32(
                         _mm256_madd_epi16(s_lo[j], sc_lo),
@@ -520,19 +577,19 @@ mod tests {
     fn weights(rng: &mut impl Rng, format: KFormat, n: usize, k: usize) -> Vec<u8> {
         let mut w = Vec::new();
         for i in 0..n * k / QK_K {
-            let extreme = i % 5 == 0;
-            let byte = |rng: &mut dyn rand::RngCore, j: usize| {
-                if extreme {
-                    [0xFF, 0x00, 0x80][j % 3]
-                } else {
-                    rng.random::<u8>()
-                }
+            // Every fifth block extreme: alternately every bit set (all values and scales
+            // at their top: the largest sums) and a mix of 0xFF, 0x00, 0x80 bytes.
+            let (extreme, top) = (i % 5 == 0, i % 10 == 0);
+            let byte = |rng: &mut dyn rand::RngCore, j: usize| match (extreme, top) {
+                (true, true) => 0xFF,
+                (true, false) => [0xFF, 0x00, 0x80][j % 3],
+                _ => rng.random::<u8>(),
             };
             match format {
-                KFormat::Q4K => {
+                KFormat::Q4K | KFormat::Q5K => {
                     w.extend(f16::from_f32(rng.random_range(0.0..0.01)).to_le_bytes());
                     w.extend(f16::from_f32(rng.random_range(0.0..0.01)).to_le_bytes());
-                    for j in 0..140 {
+                    for j in 4..format.block_bytes() {
                         w.push(byte(rng, j));
                     }
                 }
@@ -549,9 +606,11 @@ mod tests {
 
     fn activations(rng: &mut impl Rng, m: usize, k: usize) -> Vec<f32> {
         (0..m * k)
-            .map(|i| match i % 11 {
-                0 => 0.0,
-                1 => 1e4,
+            .map(|i| match (i / QK_K % 3, i % 11) {
+                // Every third block constant: all its bytes 127, the largest sums.
+                (1, _) => 1.5,
+                (_, 0) => 0.0,
+                (_, 1) => 1e4,
                 _ => rng.random_range(-2.0..2.0),
             })
             .collect()
@@ -560,11 +619,12 @@ mod tests {
     fn row_dot_ref(format: KFormat, row: &[u8], x: &[BlockQ8K]) -> f32 {
         match format {
             KFormat::Q4K => q4_k::vec_dot_ref(row, x),
+            KFormat::Q5K => q5_k::vec_dot_ref(row, x),
             KFormat::Q6K => q6_k::vec_dot_ref(row, x),
         }
     }
 
-    const FORMATS: [KFormat; 2] = [KFormat::Q4K, KFormat::Q6K];
+    const FORMATS: [KFormat; 3] = [KFormat::Q4K, KFormat::Q5K, KFormat::Q6K];
 
     #[test]
     fn packing_keeps_every_row() {
@@ -584,6 +644,7 @@ mod tests {
                     {
                         match format {
                             KFormat::Q4K => q4_k::dequantize_block(b, out),
+                            KFormat::Q5K => q5_k::dequantize_block(b, out),
                             KFormat::Q6K => q6_k::dequantize_block(b, out),
                         }
                     }

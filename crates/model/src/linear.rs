@@ -1,9 +1,8 @@
-//! A projection y = x W^T. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K and f16 weights are
-//! repacked eight
-//! rows at a time at load and go through our own kernels (candle's Q4_1 dot product has no
-//! SIMD path, its Q8_0 product was a fifth of a batched decode step for the output
-//! projection alone, its K-quant products work row by row, and its f16 product ran at half
-//! llama.cpp's speed); every other type (Q2_K, Q3_K, Q5_K...) through candle's QMatMul.
+//! A projection y = x W^T. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K and f16 weights
+//! are repacked eight rows at a time at load and go through our own kernels (candle's Q4_1
+//! dot product has no SIMD path, its Q8_0 product was a fifth of a batched decode step for
+//! the output projection alone, its K-quant products work row by row, and its f16 product
+//! ran at half llama.cpp's speed); every other type (Q2_K, Q3_K, ...) through candle's QMatMul.
 //! f16/bf16 weights are kept in f16 and multiplied with f16 activations, as llama.cpp does.
 
 use std::sync::Arc;
@@ -22,7 +21,7 @@ pub enum Linear {
     Quant(Arc<QuantMatrix>),
 }
 
-/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K or f16 weights in the kernels' interleaved layout (shared
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K or f16 weights in the kernels' interleaved layout (shared
 /// with the embedding when the output projection is tied to it: the embedding reads its
 /// rows here).
 pub enum QuantMatrix {
@@ -88,7 +87,7 @@ impl Linear {
             return Ok(Self::Quant(Arc::new(QuantMatrix::Blocks(packed))));
         }
         match q.dtype() {
-            GgmlDType::Q4K | GgmlDType::Q6K => {
+            GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {
                 let packed = pack_k(q.dtype(), &q.data()?, n, k)?;
                 Ok(Self::Quant(Arc::new(packed)))
             }
@@ -124,12 +123,12 @@ fn block_format(dtype: GgmlDType) -> Option<WeightFormat> {
     })
 }
 
-/// Repacks row-major Q4_K or Q6_K bytes of an (n, k) matrix.
+/// Repacks row-major Q4_K, Q5_K or Q6_K bytes of an (n, k) matrix.
 fn pack_k(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Result<QuantMatrix> {
-    let format = if dtype == GgmlDType::Q4K {
-        KFormat::Q4K
-    } else {
-        KFormat::Q6K
+    let format = match dtype {
+        GgmlDType::Q4K => KFormat::Q4K,
+        GgmlDType::Q5K => KFormat::Q5K,
+        _ => KFormat::Q6K,
     };
     PackedKMatrix::pack(format, bytes, n, k)
         .map(QuantMatrix::K)
@@ -224,6 +223,7 @@ impl Stacked {
                 | GgmlDType::Q5_1
                 | GgmlDType::Q8_0
                 | GgmlDType::Q4K
+                | GgmlDType::Q5K
                 | GgmlDType::Q6K
                 | GgmlDType::F16
         ) && parts.iter().all(|q| q.dtype() == dtype);
@@ -235,7 +235,9 @@ impl Stacked {
             drop(parts);
             let n: usize = widths.iter().sum();
             let matrix = match dtype {
-                GgmlDType::Q4K | GgmlDType::Q6K => Ok(pack_k(dtype, &bytes, n, k)?),
+                GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {
+                    Ok(pack_k(dtype, &bytes, n, k)?)
+                }
                 GgmlDType::F16 => PackedF16::pack(&bytes, n, k).map(QuantMatrix::F16),
                 _ => match block_format(dtype) {
                     Some(format) => {
