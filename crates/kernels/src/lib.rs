@@ -17,11 +17,13 @@ pub mod q6_k;
 pub mod q8_0;
 pub mod q8_1;
 pub mod q8_k;
+pub mod storage;
 
 pub use format::WeightFormat;
 pub use packed::PackedMatrix;
 pub use packed_f16::PackedF16;
 pub use packed_k::{KFormat, PackedKMatrix};
+pub use storage::{SharedBytes, Storage};
 
 /// Whether the AVX2 + FMA + F16C kernels can run here (checked once).
 #[cfg(target_arch = "x86_64")]

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use crate::format::WeightFormat;
 use crate::q8_1::{quantize_row_q8_1, BlockQ8_1, QK};
+use crate::storage::Storage;
 
 /// Rows interleaved in one packed block.
 pub const LANES: usize = 8;
@@ -93,7 +94,7 @@ pub struct PackedMatrix {
     format: WeightFormat,
     n: usize,
     k: usize,
-    data: Vec<u8>,
+    data: Storage,
 }
 
 impl PackedMatrix {
@@ -146,7 +147,39 @@ impl PackedMatrix {
                     }
                 }
             });
+        Ok(Self {
+            format,
+            n,
+            k,
+            data: Storage::Owned(data),
+        })
+    }
+
+    /// A matrix already in the packed layout (as [`Self::packed_bytes`] gave it).
+    pub fn from_packed(
+        format: WeightFormat,
+        n: usize,
+        k: usize,
+        data: Storage,
+    ) -> Result<Self, PackError> {
+        let expected = n.div_ceil(LANES) * (k / QK) * format.packed_block_bytes();
+        if !k.is_multiple_of(QK) || data.len() != expected {
+            return Err(PackError::new(format!(
+                "a packed {format:?} matrix of shape ({n}, {k}) has {expected} bytes, not {}",
+                data.len()
+            )));
+        }
         Ok(Self { format, n, k, data })
+    }
+
+    /// The packed layout's bytes.
+    pub fn packed_bytes(&self) -> &[u8] {
+        self.data.as_bytes()
+    }
+
+    /// Whether the bytes are a region of a shared buffer (a mapped cache file).
+    pub fn is_shared(&self) -> bool {
+        self.data.is_shared()
     }
 
     pub fn format(&self) -> WeightFormat {
@@ -165,7 +198,7 @@ impl PackedMatrix {
 
     fn group(&self, g: usize) -> &[u8] {
         let len = self.k / QK * self.format.packed_block_bytes();
-        &self.data[g * len..(g + 1) * len]
+        &self.data.as_bytes()[g * len..(g + 1) * len]
     }
 
     /// Row `r` dequantized into `out` (k values): the embedding lookup of a tied output

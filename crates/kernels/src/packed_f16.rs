@@ -12,6 +12,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::packed::{for_each_tile, PackError};
+use crate::storage::Storage;
 
 /// Rows interleaved in one group.
 const LANES: usize = 16;
@@ -21,7 +22,29 @@ pub struct PackedF16 {
     n: usize,
     k: usize,
     /// f16 bits: group g, input i, lane r at (g * k + i) * 16 + r.
-    data: Vec<u16>,
+    data: Halves,
+}
+
+/// The f16 bits, in memory or in a shared buffer (little-endian, 2-byte aligned).
+enum Halves {
+    Owned(Vec<u16>),
+    Shared(Storage),
+}
+
+impl Halves {
+    fn as_slice(&self) -> &[u16] {
+        match self {
+            Self::Owned(v) => v,
+            Self::Shared(s) => halves(s.as_bytes()).unwrap_or(&[]),
+        }
+    }
+}
+
+/// `bytes` read as u16s, if they are 2-byte aligned and whole.
+fn halves(bytes: &[u8]) -> Option<&[u16]> {
+    // SAFETY: every bit pattern is a valid u16; align_to only splits off unaligned ends.
+    let (head, mid, tail) = unsafe { bytes.align_to::<u16>() };
+    (head.is_empty() && tail.is_empty() && cfg!(target_endian = "little")).then_some(mid)
 }
 
 impl PackedF16 {
@@ -45,7 +68,40 @@ impl PackedF16 {
                     }
                 }
             });
-        Ok(Self { n, k, data })
+        Ok(Self {
+            n,
+            k,
+            data: Halves::Owned(data),
+        })
+    }
+
+    /// A matrix already in the packed layout (as [`Self::packed_bytes`] gave it): the
+    /// bytes must be 2-byte aligned.
+    pub fn from_packed(n: usize, k: usize, data: Storage) -> Result<Self, PackError> {
+        let expected = n.div_ceil(LANES) * k * LANES;
+        match halves(data.as_bytes()) {
+            Some(h) if h.len() == expected && k > 0 => Ok(Self {
+                n,
+                k,
+                data: Halves::Shared(data),
+            }),
+            _ => Err(PackError::new(format!(
+                "a packed f16 matrix of shape ({n}, {k}) has {expected} aligned halves, not {} bytes",
+                data.len()
+            ))),
+        }
+    }
+
+    /// The packed layout's bytes (little-endian f16).
+    pub fn packed_bytes(&self) -> &[u8] {
+        let h = self.data.as_slice();
+        // SAFETY: u8 has no alignment or validity requirement; the length is in bytes.
+        unsafe { std::slice::from_raw_parts(h.as_ptr() as *const u8, 2 * h.len()) }
+    }
+
+    /// Whether the bytes are a region of a shared buffer (a mapped cache file).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.data, Halves::Shared(_))
     }
 
     /// (output rows, input width).
@@ -54,7 +110,7 @@ impl PackedF16 {
     }
 
     fn group(&self, g: usize) -> &[u16] {
-        &self.data[g * self.k * LANES..(g + 1) * self.k * LANES]
+        &self.data.as_slice()[g * self.k * LANES..(g + 1) * self.k * LANES]
     }
 
     /// Row `r` as f32 into `out` (k values). Panics if r >= n.

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use crate::packed::{for_each_tile, PackError, LANES};
 use crate::q8_k::{quantize_row_q8_k, BlockQ8K, QK_K};
+use crate::storage::Storage;
 use crate::{q4_k, q5_k, q6_k};
 
 /// A K-quant weight format with its own kernels.
@@ -73,7 +74,7 @@ pub struct PackedKMatrix {
     format: KFormat,
     n: usize,
     k: usize,
-    data: Vec<u8>,
+    data: Storage,
 }
 
 impl PackedKMatrix {
@@ -103,7 +104,39 @@ impl PackedKMatrix {
                     }
                 }
             });
+        Ok(Self {
+            format,
+            n,
+            k,
+            data: Storage::Owned(data),
+        })
+    }
+
+    /// A matrix already in the packed layout (as [`Self::packed_bytes`] gave it).
+    pub fn from_packed(
+        format: KFormat,
+        n: usize,
+        k: usize,
+        data: Storage,
+    ) -> Result<Self, PackError> {
+        let expected = n.div_ceil(LANES) * (k / QK_K) * format.packed_block_bytes();
+        if !k.is_multiple_of(QK_K) || data.len() != expected {
+            return Err(PackError::new(format!(
+                "a packed {format:?} matrix of shape ({n}, {k}) has {expected} bytes, not {}",
+                data.len()
+            )));
+        }
         Ok(Self { format, n, k, data })
+    }
+
+    /// The packed layout's bytes.
+    pub fn packed_bytes(&self) -> &[u8] {
+        self.data.as_bytes()
+    }
+
+    /// Whether the bytes are a region of a shared buffer (a mapped cache file).
+    pub fn is_shared(&self) -> bool {
+        self.data.is_shared()
     }
 
     pub fn format(&self) -> KFormat {
@@ -122,7 +155,7 @@ impl PackedKMatrix {
 
     fn group(&self, g: usize) -> &[u8] {
         let len = self.k / QK_K * self.format.packed_block_bytes();
-        &self.data[g * len..(g + 1) * len]
+        &self.data.as_bytes()[g * len..(g + 1) * len]
     }
 
     /// Row `r` dequantized into `out` (k values). Panics if r >= n.
