@@ -13,6 +13,11 @@ pub struct ModelArgs {
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(short = 'c', long)]
     pub ctx: Option<usize>,
+    /// Repack a GGUF file's weights at every load instead of mapping the packed copy that
+    /// the first load writes to the cache (`$FERROLLAMA_HOME/packed`, or
+    /// `~/.cache/ferrollama/models/packed`).
+    #[arg(long)]
+    pub no_pack_cache: bool,
 }
 
 /// Sampling settings; the defaults are llama.cpp's.

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use ferrollama_generate::chat::template_from_tokenizer_config;
 use ferrollama_gguf::GgufFile;
 use ferrollama_model::hf::{config_from_hf, HfWeights};
+use ferrollama_model::pack_cache::{CacheState, PackCache};
 use ferrollama_model::{Config, GgufWeights, Llama};
 use ferrollama_tokenizer::Tokenizer;
 
@@ -86,8 +87,28 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         let config =
             Config::from_gguf(&file).with_context(|| format!("reading {}", path.display()))?;
         let n = n_ctx(&config);
-        let model = Llama::load(&GgufWeights::new(&file), config, n)
-            .with_context(|| format!("loading {}", path.display()))?;
+        let model = if args.no_pack_cache {
+            Llama::load(&GgufWeights::new(&file), config, n)
+        } else {
+            let cache = PackCache::open(&ferrollama_assets::models_dir().join("packed"), &path);
+            if let CacheState::Broken(why) = cache.state() {
+                eprintln!(
+                    "warning: ignoring {} ({why}); repacking",
+                    cache.path().display()
+                );
+            }
+            let model = Llama::load(&GgufWeights::with_pack_cache(&file, &cache), config, n);
+            if model.is_ok() {
+                if let Err(e) = cache.finish() {
+                    eprintln!(
+                        "warning: could not write the packed weights to {}: {e}",
+                        cache.path().display()
+                    );
+                }
+            }
+            model
+        }
+        .with_context(|| format!("loading {}", path.display()))?;
         let (tok, template) = gguf_tokenizer(&path, &file)?;
         (model, tok, template, n)
     };

@@ -252,3 +252,43 @@ fn every_weight_type_quantizes_loads_and_answers() {
         let _ = std::fs::remove_file(&out);
     }
 }
+
+#[test]
+fn packed_weights_cache_is_written_once_then_mapped_with_the_same_output() {
+    let model = ferrollama_assets::default_model().unwrap();
+    let home = tmp("pack-home");
+    let _ = std::fs::remove_dir_all(&home);
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--json",
+            "--temperature",
+            "0",
+            "-n",
+            "4",
+            "-p",
+            "The capital of France is",
+        ];
+        args.extend_from_slice(extra);
+        let o = bin().env("FERROLLAMA_HOME", &home).args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        (j["ids"].clone(), stderr(&o))
+    };
+    let (plain, _) = generate(&["--no-pack-cache"]);
+    assert!(!home.join("packed").exists(), "--no-pack-cache wrote a cache");
+    let (first, _) = generate(&[]);
+    let files: Vec<_> = std::fs::read_dir(home.join("packed")).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let (second, _) = generate(&[]);
+    assert_eq!((&first, &second), (&plain, &plain));
+    // A damaged file: a warning, the same answer, and a good file again.
+    std::fs::write(files[0].path(), b"FLPACK\x00\x01 and then nothing").unwrap();
+    let (third, err) = generate(&[]);
+    assert_eq!(third, plain);
+    assert!(err.contains("warning: ignoring") && err.contains("repacking"), "{err}");
+    assert!(std::fs::metadata(files[0].path()).unwrap().len() > 50 << 20);
+    let _ = std::fs::remove_dir_all(&home);
+}

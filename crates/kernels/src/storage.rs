@@ -98,9 +98,18 @@ mod tests {
             f(&mut y);
             y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         };
-        assert_eq!(run(&|y| q4.matmul(&x, m, y)), run(&|y| q4s.matmul(&x, m, y)));
-        assert_eq!(run(&|y| kq.matmul(&x, m, y)), run(&|y| kqs.matmul(&x, m, y)));
-        assert_eq!(run(&|y| hf.matmul(&x, m, y)), run(&|y| hfs.matmul(&x, m, y)));
+        assert_eq!(
+            run(&|y| q4.matmul(&x, m, y)),
+            run(&|y| q4s.matmul(&x, m, y))
+        );
+        assert_eq!(
+            run(&|y| kq.matmul(&x, m, y)),
+            run(&|y| kqs.matmul(&x, m, y))
+        );
+        assert_eq!(
+            run(&|y| hf.matmul(&x, m, y)),
+            run(&|y| hfs.matmul(&x, m, y))
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod kv;
 pub mod linear;
 pub mod llama;
 pub mod mlp;
+pub mod pack_cache;
 pub mod rope;
 pub mod weights;
 

@@ -61,6 +61,9 @@ impl QuantMatrix {
 impl Linear {
     /// Loads the weight `name`, which must have shape (n, k): n outputs, k inputs.
     pub fn load(w: &dyn WeightSource, name: &str, (n, k): (usize, usize)) -> Result<Self> {
+        if let Some(m) = cached(w, name, (n, k)) {
+            return Ok(Self::Quant(m));
+        }
         let q = w.get(name)?;
         if q.shape().dims() != [n, k] {
             return Err(Error::Shape {
@@ -70,7 +73,11 @@ impl Linear {
                 expected: vec![n, k],
             });
         }
-        Self::from_qtensor(q)
+        let linear = Self::from_qtensor(q)?;
+        if let Self::Quant(m) = &linear {
+            w.offer_packed(name, m);
+        }
+        Ok(linear)
     }
 
     /// Wraps a weight tensor of shape (n, k).
@@ -109,6 +116,16 @@ impl Linear {
             _ => Ok(Self::Candle(QMatMul::from_arc(q)?)),
         }
     }
+}
+
+/// The packed matrix `key` of shape (n, k) from the source's cache, if it has one of that
+/// shape (a cache of another shape is not this model's: ignored).
+pub(crate) fn cached(
+    w: &dyn WeightSource,
+    key: &str,
+    shape: (usize, usize),
+) -> Option<Arc<QuantMatrix>> {
+    w.packed(key).filter(|m| m.shape() == shape)
 }
 
 /// Our 32-value block format for a ggml type, if we have one.
@@ -201,6 +218,13 @@ impl Stacked {
         widths: &[usize],
         k: usize,
     ) -> Result<Self> {
+        let key = names.join("+");
+        if let Some(m) = cached(w, &key, (widths.iter().sum(), k)) {
+            return Ok(Self {
+                widths: widths.to_vec(),
+                inner: StackedInner::One(Linear::Quant(m)),
+            });
+        }
         let mut parts = Vec::with_capacity(names.len());
         for (name, &n) in names.iter().zip(widths) {
             let q = w.get(name)?;
@@ -247,7 +271,9 @@ impl Stacked {
                 },
             }
             .map_err(|e| Error::Input(e.to_string()))?;
-            StackedInner::One(Linear::Quant(Arc::new(matrix)))
+            let matrix = Arc::new(matrix);
+            w.offer_packed(&key, &matrix);
+            StackedInner::One(Linear::Quant(matrix))
         } else {
             StackedInner::Separate(
                 parts

@@ -139,17 +139,16 @@ impl Llama {
                 config.max_position_embeddings
             )));
         }
-        let embed = w.get("model.embed_tokens.weight")?;
-        let expected = vec![config.vocab_size, config.hidden_size];
-        if embed.shape().dims() != expected.as_slice() {
-            return Err(Error::Shape {
-                file: w.file().to_string(),
-                name: "model.embed_tokens.weight".into(),
-                found: embed.shape().dims().to_vec(),
-                expected,
-            });
-        }
-        let embed = Arc::new(embed);
+        let embed_name = "model.embed_tokens.weight";
+        let tied = !w.contains("lm_head.weight");
+        // A tied embedding packed in the source's cache: its tensor need not be read.
+        let cached = tied
+            .then(|| crate::linear::cached(w, embed_name, (config.vocab_size, config.hidden_size)))
+            .flatten();
+        let embed = match &cached {
+            Some(_) => None,
+            None => Some(Arc::new(Self::load_embedding(w, &config)?)),
+        };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
@@ -169,14 +168,21 @@ impl Llama {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let (lm_head, embed_tokens) = if w.contains("lm_head.weight") {
-            let head = Linear::load(w, "lm_head.weight", (config.vocab_size, config.hidden_size))?;
-            (head, Embedding::Tensor(embed))
-        } else {
-            match Linear::from_arc(embed.clone())? {
-                Linear::Quant(m) => (Linear::Quant(m.clone()), Embedding::Packed(m)),
-                head => (head, Embedding::Tensor(embed)),
+        let (lm_head, embed_tokens) = match (cached, embed) {
+            (Some(m), _) => (Linear::Quant(m.clone()), Embedding::Packed(m)),
+            (None, Some(embed)) if !tied => {
+                let head =
+                    Linear::load(w, "lm_head.weight", (config.vocab_size, config.hidden_size))?;
+                (head, Embedding::Tensor(embed))
             }
+            (None, Some(embed)) => match Linear::from_arc(embed.clone())? {
+                Linear::Quant(m) => {
+                    w.offer_packed(embed_name, &m);
+                    (Linear::Quant(m.clone()), Embedding::Packed(m))
+                }
+                head => (head, Embedding::Tensor(embed)),
+            },
+            (None, None) => unreachable!("the embedding is loaded when not cached"),
         };
         let rope = Rope::new(
             config.head_dim,
@@ -194,6 +200,21 @@ impl Llama {
             rope,
             config,
         })
+    }
+
+    /// The token embedding, checked against the configuration's shape.
+    fn load_embedding(w: &dyn WeightSource, config: &Config) -> Result<QTensor> {
+        let embed = w.get("model.embed_tokens.weight")?;
+        let expected = vec![config.vocab_size, config.hidden_size];
+        if embed.shape().dims() != expected.as_slice() {
+            return Err(Error::Shape {
+                file: w.file().to_string(),
+                name: "model.embed_tokens.weight".into(),
+                found: embed.shape().dims().to_vec(),
+                expected,
+            });
+        }
+        Ok(embed)
     }
 
     /// An empty cache for a context of `n_ctx` tokens (at most the RoPE table size).

@@ -2,12 +2,15 @@
 //! source maps them to its own layout. Quantized tensors stay quantized.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::Device;
 use ferrollama_gguf::{names, GgmlType, GgufFile};
 
 use crate::error::{Error, Result};
+use crate::linear::QuantMatrix;
+use crate::pack_cache::PackCache;
 
 /// A store of named weight tensors.
 pub trait WeightSource {
@@ -17,17 +20,33 @@ pub trait WeightSource {
     fn contains(&self, hf_name: &str) -> bool;
     /// The name of the file, for error messages.
     fn file(&self) -> &str;
+    /// A packed matrix kept from an earlier load (`key`: the weight's name, or the names
+    /// of stacked weights joined by `+`), if the source has a cache.
+    fn packed(&self, _key: &str) -> Option<Arc<QuantMatrix>> {
+        None
+    }
+    /// Hands a matrix packed during this load to the cache, if any.
+    fn offer_packed(&self, _key: &str, _m: &Arc<QuantMatrix>) {}
 }
 
 /// Weights read from a GGUF file.
 pub struct GgufWeights<'a> {
     pub file: &'a GgufFile,
+    cache: Option<&'a PackCache>,
 }
 
 impl<'a> GgufWeights<'a> {
     /// Weights of `file`, placed on the CPU.
     pub fn new(file: &'a GgufFile) -> Self {
-        Self { file }
+        Self { file, cache: None }
+    }
+
+    /// Weights of `file` whose packed matrices come from (or go to) `cache`.
+    pub fn with_pack_cache(file: &'a GgufFile, cache: &'a PackCache) -> Self {
+        Self {
+            file,
+            cache: Some(cache),
+        }
     }
 
     fn gguf_name(&self, hf_name: &str) -> Result<String> {
@@ -58,6 +77,16 @@ impl WeightSource for GgufWeights<'_> {
 
     fn file(&self) -> &str {
         &self.file.header.file
+    }
+
+    fn packed(&self, key: &str) -> Option<Arc<QuantMatrix>> {
+        self.cache?.get(key)
+    }
+
+    fn offer_packed(&self, key: &str, m: &Arc<QuantMatrix>) {
+        if let Some(c) = self.cache {
+            c.offer(key, m);
+        }
     }
 }
 

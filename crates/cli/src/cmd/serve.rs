@@ -29,6 +29,9 @@ pub struct Args {
     /// model's context, at most 4096).
     #[arg(short = 'c', long)]
     pub ctx: Option<usize>,
+    /// Repack the weights at load instead of mapping the cached packed copy.
+    #[arg(long)]
+    pub no_pack_cache: bool,
     /// Requests that may wait for a free slot; beyond them the server answers 503.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
@@ -56,6 +59,7 @@ pub fn run(a: Args) -> Result<()> {
     let m = load(&ModelArgs {
         model: a.model.clone(),
         ctx: per_slot,
+        no_pack_cache: a.no_pack_cache,
     })?;
     let ctx = a.ctx.unwrap_or(m.n_ctx);
     let model_id = m
