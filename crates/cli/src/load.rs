@@ -90,7 +90,11 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         let model = if args.no_pack_cache {
             Llama::load(&GgufWeights::new(&file), config, n)
         } else {
-            let cache = PackCache::open(&ferrollama_assets::models_dir().join("packed"), &path);
+            let cache = PackCache::open(
+                &ferrollama_assets::models_dir().join("packed"),
+                &path,
+                file.identity(),
+            );
             if let CacheState::Broken(why) = cache.state() {
                 eprintln!(
                     "warning: ignoring {} ({why}); repacking",

@@ -61,6 +61,7 @@ pub struct GgufFile {
     pub path: PathBuf,
     pub header: Gguf,
     mmap: memmap2::Mmap,
+    identity: String,
 }
 
 impl GgufFile {
@@ -78,7 +79,21 @@ impl GgufFile {
         // the same). Every offset is checked against the length seen at open.
         let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
         let header = Gguf::parse(&mmap, &file)?;
-        Ok(Self { path, header, mmap })
+        let identity = identity(&f.metadata().map_err(io)?);
+        Ok(Self {
+            path,
+            header,
+            mmap,
+            identity,
+        })
+    }
+
+    /// What identifies the file that was opened (read from the open handle, so a file
+    /// renamed into place afterwards does not take its name): size and modification time,
+    /// and on Unix device, inode and change time, which copying tools cannot preserve.
+    /// Caches derived from the file are keyed by it.
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// The bytes of one tensor.
@@ -485,4 +500,25 @@ pub fn tensor_size(dims: &[u64], ty: GgmlType) -> Option<u64> {
     let (&first, rest) = dims.split_first()?;
     let row = ty.row_bytes(first)?;
     rest.iter().try_fold(row, |acc, &d| acc.checked_mul(d))
+}
+
+fn identity(meta: &std::fs::Metadata) -> String {
+    let nanos = |t: std::io::Result<std::time::SystemTime>| {
+        t.ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos())
+    };
+    let mut id = format!("size {} mtime {}", meta.len(), nanos(meta.modified()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        id += &format!(
+            " dev {} ino {} ctime {}.{:09}",
+            meta.dev(),
+            meta.ino(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        );
+    }
+    id
 }

@@ -8,6 +8,7 @@ pub mod format;
 pub mod packed;
 pub mod packed_f16;
 pub mod packed_k;
+pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;

@@ -101,7 +101,8 @@ impl PackedMatrix {
     /// Repacks `rows`: n row-major rows of k / 32 blocks in `format`.
     pub fn pack(format: WeightFormat, rows: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
         let bb = format.block_bytes();
-        if !k.is_multiple_of(QK) || rows.len() != n * (k / QK) * bb {
+        let size = n.checked_mul(k / QK).and_then(|b| b.checked_mul(bb));
+        if k == 0 || !k.is_multiple_of(QK) || size != Some(rows.len()) {
             return Err(PackError::new(format!(
                 "a {format:?} matrix of shape ({n}, {k}) cannot hold {} bytes",
                 rows.len()
@@ -162,10 +163,13 @@ impl PackedMatrix {
         k: usize,
         data: Storage,
     ) -> Result<Self, PackError> {
-        let expected = n.div_ceil(LANES) * (k / QK) * format.packed_block_bytes();
-        if !k.is_multiple_of(QK) || data.len() != expected {
+        let expected = n
+            .div_ceil(LANES)
+            .checked_mul(k / QK)
+            .and_then(|b| b.checked_mul(format.packed_block_bytes()));
+        if k == 0 || !k.is_multiple_of(QK) || expected != Some(data.len()) {
             return Err(PackError::new(format!(
-                "a packed {format:?} matrix of shape ({n}, {k}) has {expected} bytes, not {}",
+                "a packed {format:?} matrix of shape ({n}, {k}) cannot have {} bytes",
                 data.len()
             )));
         }

@@ -40,18 +40,23 @@ impl Halves {
     }
 }
 
-/// `bytes` read as u16s, if they are 2-byte aligned and whole.
+/// `bytes` read as u16s, if they are 2-byte aligned and whole (and the CPU little-endian,
+/// as the file is).
 fn halves(bytes: &[u8]) -> Option<&[u16]> {
-    // SAFETY: every bit pattern is a valid u16; align_to only splits off unaligned ends.
-    let (head, mid, tail) = unsafe { bytes.align_to::<u16>() };
-    (head.is_empty() && tail.is_empty() && cfg!(target_endian = "little")).then_some(mid)
+    let aligned = bytes.as_ptr().align_offset(std::mem::align_of::<u16>()) == 0;
+    if !aligned || !bytes.len().is_multiple_of(2) || cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: the pointer is 2-byte aligned and the length whole (checked above); every bit
+    // pattern is a valid u16; the slice borrows `bytes`.
+    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const u16, bytes.len() / 2) })
 }
 
 impl PackedF16 {
     /// Repacks `rows`: n row-major rows of k f16 values, little-endian bytes as GGUF stores
     /// them.
     pub fn pack(rows: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
-        if rows.len() != 2 * n * k || k == 0 {
+        if n.checked_mul(k).and_then(|e| e.checked_mul(2)) != Some(rows.len()) || k == 0 {
             return Err(PackError::new(format!(
                 "an f16 matrix of shape ({n}, {k}) cannot hold {} bytes",
                 rows.len()
@@ -78,15 +83,19 @@ impl PackedF16 {
     /// A matrix already in the packed layout (as [`Self::packed_bytes`] gave it): the
     /// bytes must be 2-byte aligned.
     pub fn from_packed(n: usize, k: usize, data: Storage) -> Result<Self, PackError> {
-        let expected = n.div_ceil(LANES) * k * LANES;
+        let expected = n
+            .div_ceil(LANES)
+            .checked_mul(k)
+            .and_then(|e| e.checked_mul(LANES));
         match halves(data.as_bytes()) {
-            Some(h) if h.len() == expected && k > 0 => Ok(Self {
+            Some(h) if Some(h.len()) == expected && k > 0 => Ok(Self {
                 n,
                 k,
                 data: Halves::Shared(data),
             }),
             _ => Err(PackError::new(format!(
-                "a packed f16 matrix of shape ({n}, {k}) has {expected} aligned halves, not {} bytes",
+                "a packed f16 matrix of shape ({n}, {k}) cannot have {} bytes (or they are not \
+                 2-byte aligned)",
                 data.len()
             ))),
         }

@@ -1,4 +1,4 @@
-//! K-quant weights (Q4_K, Q5_K, Q6_K) repacked eight rows at a time, as `crate::packed` does for
+//! K-quant weights (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) repacked eight rows at a time, as `crate::packed` does for
 //! the 32-value formats, dotted with Q8_K activations. candle's K-quant products work row
 //! by row and end every dot product in a horizontal sum; here one `maddubs` meets eight
 //! rows and the per-sub-block scales are applied to eight rows by one `madd`.
@@ -16,6 +16,12 @@
 //!   above (128), then 8 units of 32 values (192 bytes each): 4 groups of nibble bytes (low
 //!   4 bits of values 4 g + b and 16 + 4 g + b) and 2 groups of high bits (group h's byte
 //!   holds, in bits 2 g, the top 2 bits of value 16 h + 4 g + b).
+//! - Q2_K (672 bytes) and Q3_K (912): the rows' f16 d (16 bytes), for Q2_K f16 dmin (16)
+//!   and the 16 scale bytes per row (scale | minimum << 4) in pairs as above (128), for Q3_K
+//!   the 16 signed scales (less 32) in pairs (128); then 8 units of 32 values: 2 groups of
+//!   the values' low 2 bits (group c's byte b of lane r holds, in bits 2 s, value
+//!   4 (4 c + s) + b of the unit) and for Q3_K one group of third bits (bit q: value
+//!   4 q + b).
 
 use half::f16;
 use rayon::prelude::*;
@@ -23,11 +29,13 @@ use rayon::prelude::*;
 use crate::packed::{for_each_tile, PackError, LANES};
 use crate::q8_k::{quantize_row_q8_k, BlockQ8K, QK_K};
 use crate::storage::Storage;
-use crate::{q4_k, q5_k, q6_k};
+use crate::{q3_k, q4_k, q5_k, q6_k};
 
 /// A K-quant weight format with its own kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KFormat {
+    Q2K,
+    Q3K,
     Q4K,
     Q5K,
     Q6K,
@@ -37,6 +45,8 @@ impl KFormat {
     /// Bytes per ggml block of 256 weights.
     pub fn block_bytes(self) -> usize {
         match self {
+            Self::Q2K => q3_k::BLOCK_BYTES_Q2_K,
+            Self::Q3K => q3_k::BLOCK_BYTES_Q3_K,
             Self::Q4K => q4_k::BLOCK_BYTES,
             Self::Q5K => q5_k::BLOCK_BYTES,
             Self::Q6K => q6_k::BLOCK_BYTES,
@@ -45,6 +55,8 @@ impl KFormat {
 
     fn packed_block_bytes(self) -> usize {
         match self {
+            Self::Q2K => Q2K_VALUES + 8 * 64,
+            Self::Q3K => Q3K_VALUES + 8 * Q3K_UNIT,
             Self::Q4K => Q5K_HIGH,
             Self::Q5K => Q5K_HIGH + 256,
             Self::Q6K => Q6K_VALUES + 8 * Q6K_UNIT,
@@ -63,6 +75,12 @@ const Q5K_HIGH: usize = Q4K_VALUES + 4 * 256;
 const Q6K_SCALES: usize = 16;
 const Q6K_VALUES: usize = 144;
 const Q6K_UNIT: usize = 192;
+/// Offsets inside packed Q2_K and Q3_K blocks.
+const Q2K_SCALES: usize = 32;
+const Q2K_VALUES: usize = 160;
+const Q3K_SCALES: usize = 16;
+const Q3K_VALUES: usize = 144;
+const Q3K_UNIT: usize = 96;
 
 /// Byte of sub-block j of lane r in a region of 8-bit values stored in pairs.
 fn paired(j: usize, lane: usize) -> usize {
@@ -81,7 +99,8 @@ impl PackedKMatrix {
     /// Repacks `rows`: n row-major rows of k / 256 ggml blocks in `format`.
     pub fn pack(format: KFormat, rows: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
         let bb = format.block_bytes();
-        if !k.is_multiple_of(QK_K) || rows.len() != n * (k / QK_K) * bb {
+        let size = n.checked_mul(k / QK_K).and_then(|b| b.checked_mul(bb));
+        if k == 0 || !k.is_multiple_of(QK_K) || size != Some(rows.len()) {
             return Err(PackError::new(format!(
                 "a {format:?} matrix of shape ({n}, {k}) cannot hold {} bytes",
                 rows.len()
@@ -97,6 +116,8 @@ impl PackedKMatrix {
                     let row = &rows[(g * LANES + lane) * blocks * bb..][..blocks * bb];
                     for (src, dst) in row.chunks_exact(bb).zip(group.chunks_exact_mut(pbb)) {
                         match format {
+                            KFormat::Q2K => pack_q2k(src, dst, lane),
+                            KFormat::Q3K => pack_q3k(src, dst, lane),
                             KFormat::Q4K => pack_q4k(src, dst, lane),
                             KFormat::Q5K => pack_q5k(src, dst, lane),
                             KFormat::Q6K => pack_q6k(src, dst, lane),
@@ -119,10 +140,13 @@ impl PackedKMatrix {
         k: usize,
         data: Storage,
     ) -> Result<Self, PackError> {
-        let expected = n.div_ceil(LANES) * (k / QK_K) * format.packed_block_bytes();
-        if !k.is_multiple_of(QK_K) || data.len() != expected {
+        let expected = n
+            .div_ceil(LANES)
+            .checked_mul(k / QK_K)
+            .and_then(|b| b.checked_mul(format.packed_block_bytes()));
+        if k == 0 || !k.is_multiple_of(QK_K) || expected != Some(data.len()) {
             return Err(PackError::new(format!(
-                "a packed {format:?} matrix of shape ({n}, {k}) has {expected} bytes, not {}",
+                "a packed {format:?} matrix of shape ({n}, {k}) cannot have {} bytes",
                 data.len()
             )));
         }
@@ -233,6 +257,48 @@ fn pack_q5k(src: &[u8], dst: &mut [u8], lane: usize) {
     }
 }
 
+/// Low 2 bits of a block's values (value order) into the packed units at `at`, `unit`
+/// bytes apart.
+fn pack_crumbs(q: &[u8; QK_K], dst: &mut [u8], at: usize, unit: usize, lane: usize) {
+    for u in 0..8 {
+        for c in 0..2 {
+            for s in 0..4 {
+                for b in 0..4 {
+                    let v = q[32 * u + 4 * (4 * c + s) + b] & 3;
+                    dst[at + unit * u + 32 * c + 4 * lane + b] |= v << (2 * s);
+                }
+            }
+        }
+    }
+}
+
+fn pack_q2k(src: &[u8], dst: &mut [u8], lane: usize) {
+    dst[2 * lane..2 * lane + 2].copy_from_slice(&src[80..82]);
+    dst[16 + 2 * lane..16 + 2 * lane + 2].copy_from_slice(&src[82..84]);
+    for (j, &sm) in src[..16].iter().enumerate() {
+        dst[Q2K_SCALES + paired(j, lane)] = sm;
+    }
+    let (_, _, _, _, q) = q3_k::q2_k_parts(src);
+    pack_crumbs(&q, dst, Q2K_VALUES, 64, lane);
+}
+
+fn pack_q3k(src: &[u8], dst: &mut [u8], lane: usize) {
+    dst[2 * lane..2 * lane + 2].copy_from_slice(&src[108..110]);
+    let (_, sc, q) = q3_k::q3_k_parts(src);
+    for (j, &sc) in sc.iter().enumerate() {
+        dst[Q3K_SCALES + paired(j, lane)] = sc as u8;
+    }
+    pack_crumbs(&q, dst, Q3K_VALUES, Q3K_UNIT, lane);
+    for u in 0..8 {
+        for quad in 0..8 {
+            for b in 0..4 {
+                let high = q[32 * u + 4 * quad + b] >> 2;
+                dst[Q3K_VALUES + Q3K_UNIT * u + 64 + 4 * lane + b] |= high << quad;
+            }
+        }
+    }
+}
+
 fn pack_q6k(src: &[u8], dst: &mut [u8], lane: usize) {
     dst[2 * lane..2 * lane + 2].copy_from_slice(&src[208..210]);
     for (j, &sc) in src[192..208].iter().enumerate() {
@@ -258,6 +324,10 @@ enum LaneValues {
     Q4K(f32, f32, [u8; 8], [u8; 8], [u8; QK_K]),
     /// d, scales, six-bit values (0..64).
     Q6K(f32, [i8; 16], [u8; QK_K]),
+    /// d, dmin, scales, minimums, two-bit values.
+    Q2K(f32, f32, [u8; 16], [u8; 16], [u8; QK_K]),
+    /// d, scales (less 32), three-bit values (0..8).
+    Q3K(f32, [i8; 16], [u8; QK_K]),
 }
 
 impl LaneValues {
@@ -288,6 +358,44 @@ impl LaneValues {
                     q,
                 )
             }
+            KFormat::Q2K | KFormat::Q3K => {
+                let (values, unit) = if format == KFormat::Q2K {
+                    (Q2K_VALUES, 64)
+                } else {
+                    (Q3K_VALUES, Q3K_UNIT)
+                };
+                let mut q = [0u8; QK_K];
+                for u in 0..8 {
+                    for quad in 0..8 {
+                        for b in 0..4 {
+                            let (c, s) = (quad / 4, quad % 4);
+                            let crumbs = block[values + unit * u + 32 * c + 4 * lane + b];
+                            let mut v = (crumbs >> (2 * s)) & 3;
+                            if format == KFormat::Q3K {
+                                let high = block[values + unit * u + 64 + 4 * lane + b];
+                                v |= ((high >> quad) & 1) << 2;
+                            }
+                            q[32 * u + 4 * quad + b] = v;
+                        }
+                    }
+                }
+                if format == KFormat::Q2K {
+                    let sm: [u8; 16] = std::array::from_fn(|j| block[Q2K_SCALES + paired(j, lane)]);
+                    Self::Q2K(
+                        half(2 * lane),
+                        half(16 + 2 * lane),
+                        sm.map(|b| b & 0x0F),
+                        sm.map(|b| b >> 4),
+                        q,
+                    )
+                } else {
+                    Self::Q3K(
+                        half(2 * lane),
+                        std::array::from_fn(|j| block[Q3K_SCALES + paired(j, lane)] as i8),
+                        q,
+                    )
+                }
+            }
             KFormat::Q6K => {
                 let mut q = [0u8; QK_K];
                 for u in 0..8 {
@@ -317,6 +425,10 @@ impl LaneValues {
                 d * f32::from(sc[i / 32]) * f32::from(q[i]) - dmin * f32::from(m[i / 32])
             }
             Self::Q6K(d, sc, q) => d * f32::from(sc[i / 16]) * (i32::from(q[i]) - 32) as f32,
+            Self::Q2K(d, dmin, sc, m, q) => {
+                d * f32::from(sc[i / 16]) * f32::from(q[i]) - dmin * f32::from(m[i / 16])
+            }
+            Self::Q3K(d, sc, q) => d * f32::from(sc[i / 16]) * (i32::from(q[i]) - 4) as f32,
         }
     }
 
@@ -341,6 +453,21 @@ impl LaneValues {
                 let mut sumi = 0i32;
                 for j in 0..16 {
                     sumi += i32::from(sc[j]) * (dot(q, 16 * j, 16) - 32 * i32::from(xb.bsums[j]));
+                }
+                xb.d * d * sumi as f32
+            }
+            Self::Q2K(d, dmin, sc, m, q) => {
+                let (mut sumi, mut summ) = (0i32, 0i32);
+                for j in 0..16 {
+                    sumi += i32::from(sc[j]) * dot(q, 16 * j, 16);
+                    summ += i32::from(m[j]) * i32::from(xb.bsums[j]);
+                }
+                xb.d * d * sumi as f32 - xb.d * dmin * summ as f32
+            }
+            Self::Q3K(d, sc, q) => {
+                let mut sumi = 0i32;
+                for j in 0..16 {
+                    sumi += i32::from(sc[j]) * (dot(q, 16 * j, 16) - 4 * i32::from(xb.bsums[j]));
                 }
                 xb.d * d * sumi as f32
             }
@@ -370,6 +497,8 @@ fn tile<const R: usize>(format: KFormat, w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f3
                     KFormat::Q4K => avx2::tile_q4k::<false, R>(w, xs),
                     KFormat::Q5K => avx2::tile_q4k::<true, R>(w, xs),
                     KFormat::Q6K => avx2::tile_q6k::<R>(w, xs),
+                    KFormat::Q2K => avx2::tile_q2k3k::<false, R>(w, xs),
+                    KFormat::Q3K => avx2::tile_q2k3k::<true, R>(w, xs),
                 }
             };
         }
@@ -589,6 +718,122 @@ mod avx2 {
         store(acc)
     }
 
+    /// Q2_K, or Q3_K when THREE.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_q2k3k<const THREE: bool, const R: usize>(
+        w: &[u8],
+        xs: [&[BlockQ8K]; R],
+    ) -> [[f32; 8]; R] {
+        let format = if THREE { KFormat::Q3K } else { KFormat::Q2K };
+        let (values, unit_bytes) = if THREE {
+            (Q3K_VALUES, Q3K_UNIT)
+        } else {
+            (Q2K_VALUES, 64)
+        };
+        let pbb = format.packed_block_bytes();
+        let blocks = w.len() / pbb;
+        debug_assert!(xs.iter().all(|x| x.len() >= blocks));
+        let two_bits = _mm256_set1_epi8(0x03);
+        let third = _mm256_set1_epi8(0x04);
+        let nibble16 = _mm256_set1_epi16(0x0F);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..blocks {
+            let block = w.as_ptr().add(b * pbb);
+            let mut sumi = [_mm256_setzero_si256(); R];
+            // Q2_K: sum(minimum x activation sums); Q3_K: sum(scale x activation sums),
+            // as the values are stored plus 4.
+            let mut side = [_mm256_setzero_si256(); R];
+            for u in 0..8 {
+                let scales = if THREE {
+                    pair_i8(block.add(Q3K_SCALES + 16 * u))
+                } else {
+                    let both = pair_u8(block.add(Q2K_SCALES + 16 * u));
+                    let mins = _mm256_srli_epi16(both, 4);
+                    for j in 0..R {
+                        let m = _mm256_madd_epi16(mins, broadcast_pair(&xs[j][b].bsums, 2 * u));
+                        side[j] = _mm256_add_epi32(side[j], m);
+                    }
+                    _mm256_and_si256(both, nibble16)
+                };
+                if THREE {
+                    for j in 0..R {
+                        let o = _mm256_madd_epi16(scales, broadcast_pair(&xs[j][b].bsums, 2 * u));
+                        side[j] = _mm256_add_epi32(side[j], o);
+                    }
+                }
+                let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
+                let unit = block.add(values + unit_bytes * u);
+                let crumbs = [
+                    _mm256_loadu_si256(unit as *const __m256i),
+                    _mm256_loadu_si256(unit.add(32) as *const __m256i),
+                ];
+                let high = if THREE {
+                    _mm256_loadu_si256(unit.add(64) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                // Values up to 7 times bytes up to 127: four quads of pair sums stay below
+                // 4 * 2 * 7 * 127 = 7112, inside i16.
+                let mut s_lo = [_mm256_setzero_si256(); R];
+                let mut s_hi = [_mm256_setzero_si256(); R];
+                for quad in 0..8 {
+                    let c = crumbs[quad / 4];
+                    let shifted = match quad % 4 {
+                        0 => c,
+                        1 => _mm256_srli_epi16(c, 2),
+                        2 => _mm256_srli_epi16(c, 4),
+                        _ => _mm256_srli_epi16(c, 6),
+                    };
+                    let mut v = _mm256_and_si256(shifted, two_bits);
+                    if THREE {
+                        // Bit `quad` of each byte, moved to bit 2.
+                        let moved = match quad {
+                            0 => _mm256_slli_epi16(high, 2),
+                            1 => _mm256_slli_epi16(high, 1),
+                            2 => high,
+                            3 => _mm256_srli_epi16(high, 1),
+                            4 => _mm256_srli_epi16(high, 2),
+                            5 => _mm256_srli_epi16(high, 3),
+                            6 => _mm256_srli_epi16(high, 4),
+                            _ => _mm256_srli_epi16(high, 5),
+                        };
+                        v = _mm256_or_si256(v, _mm256_and_si256(moved, third));
+                    }
+                    for j in 0..R {
+                        let p = _mm256_maddubs_epi16(v, broadcast4(&xs[j][b], 32 * u + 4 * quad));
+                        if quad < 4 {
+                            s_lo[j] = _mm256_add_epi16(s_lo[j], p);
+                        } else {
+                            s_hi[j] = _mm256_add_epi16(s_hi[j], p);
+                        }
+                    }
+                }
+                for j in 0..R {
+                    let p = _mm256_add_epi32(
+                        _mm256_madd_epi16(s_lo[j], sc_lo),
+                        _mm256_madd_epi16(s_hi[j], sc_hi),
+                    );
+                    sumi[j] = _mm256_add_epi32(sumi[j], p);
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
+            for j in 0..R {
+                let xd = _mm256_set1_ps(xs[j][b].d);
+                if THREE {
+                    let total = _mm256_sub_epi32(sumi[j], _mm256_slli_epi32(side[j], 2));
+                    let scale = _mm256_mul_ps(xd, d);
+                    acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[j]);
+                } else {
+                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
+                    let pos = _mm256_mul_ps(_mm256_mul_ps(xd, d), _mm256_cvtepi32_ps(sumi[j]));
+                    let neg = _mm256_mul_ps(_mm256_mul_ps(xd, dmin), _mm256_cvtepi32_ps(side[j]));
+                    acc[j] = _mm256_add_ps(acc[j], _mm256_sub_ps(pos, neg));
+                }
+            }
+        }
+        store(acc)
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn store<const R: usize>(acc: [__m256; R]) -> [[f32; 8]; R] {
@@ -619,6 +864,16 @@ mod tests {
                 _ => rng.random::<u8>(),
             };
             match format {
+                KFormat::Q2K | KFormat::Q3K => {
+                    let d_at = format.block_bytes() - if format == KFormat::Q2K { 4 } else { 2 };
+                    for j in 0..d_at {
+                        w.push(byte(rng, j));
+                    }
+                    w.extend(f16::from_f32(rng.random_range(0.0..0.01)).to_le_bytes());
+                    if format == KFormat::Q2K {
+                        w.extend(f16::from_f32(rng.random_range(0.0..0.01)).to_le_bytes());
+                    }
+                }
                 KFormat::Q4K | KFormat::Q5K => {
                     w.extend(f16::from_f32(rng.random_range(0.0..0.01)).to_le_bytes());
                     w.extend(f16::from_f32(rng.random_range(0.0..0.01)).to_le_bytes());
@@ -651,13 +906,21 @@ mod tests {
 
     fn row_dot_ref(format: KFormat, row: &[u8], x: &[BlockQ8K]) -> f32 {
         match format {
+            KFormat::Q2K => q3_k::vec_dot_ref_q2_k(row, x),
+            KFormat::Q3K => q3_k::vec_dot_ref_q3_k(row, x),
             KFormat::Q4K => q4_k::vec_dot_ref(row, x),
             KFormat::Q5K => q5_k::vec_dot_ref(row, x),
             KFormat::Q6K => q6_k::vec_dot_ref(row, x),
         }
     }
 
-    const FORMATS: [KFormat; 3] = [KFormat::Q4K, KFormat::Q5K, KFormat::Q6K];
+    const FORMATS: [KFormat; 5] = [
+        KFormat::Q2K,
+        KFormat::Q3K,
+        KFormat::Q4K,
+        KFormat::Q5K,
+        KFormat::Q6K,
+    ];
 
     #[test]
     fn packing_keeps_every_row() {
@@ -676,6 +939,8 @@ mod tests {
                         .zip(want.chunks_exact_mut(QK_K))
                     {
                         match format {
+                            KFormat::Q2K => q3_k::dequantize_block_q2_k(b, out),
+                            KFormat::Q3K => q3_k::dequantize_block_q3_k(b, out),
                             KFormat::Q4K => q4_k::dequantize_block(b, out),
                             KFormat::Q5K => q5_k::dequantize_block(b, out),
                             KFormat::Q6K => q6_k::dequantize_block(b, out),

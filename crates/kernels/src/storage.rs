@@ -124,5 +124,15 @@ mod tests {
         // f16: 16 rows x 2 inputs x 2 bytes, aligned or not.
         assert!(PackedF16::from_packed(1, 2, s(64..128)).is_ok());
         assert!(PackedF16::from_packed(1, 2, s(65..129)).is_err());
+        // Shapes whose sizes overflow, or an empty row width, are errors, not panics.
+        assert!(
+            PackedMatrix::from_packed(WeightFormat::Q8_0, usize::MAX, 1 << 40, s(64..64)).is_err()
+        );
+        assert!(PackedKMatrix::from_packed(KFormat::Q2K, usize::MAX, 1 << 40, s(64..64)).is_err());
+        assert!(PackedF16::from_packed(usize::MAX, usize::MAX, s(64..64)).is_err());
+        assert!(PackedMatrix::from_packed(WeightFormat::Q8_0, 8, 0, s(64..64)).is_err());
+        assert!(PackedMatrix::pack(WeightFormat::Q4_0, &[], 3, 0).is_err());
+        assert!(PackedKMatrix::pack(KFormat::Q4K, &[], 3, 0).is_err());
+        assert!(PackedMatrix::pack(WeightFormat::Q4_0, &[], usize::MAX, 1 << 40).is_err());
     }
 }

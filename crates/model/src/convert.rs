@@ -23,6 +23,8 @@ pub fn file_type(t: GgmlType) -> Option<u32> {
         GgmlType::Q5_0 => 8,
         GgmlType::Q5_1 => 9,
         GgmlType::Q2K => 10,
+        // Q3_K_S: the mostly-q3_K mix (our q3_K target is pure q3_K where rows allow).
+        GgmlType::Q3K => 11,
         GgmlType::Q4K => 15,
         GgmlType::Q5K => 17,
         GgmlType::Q6K => 18,

@@ -1,8 +1,8 @@
-//! A projection y = x W^T. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K and f16 weights
+//! A projection y = x W^T. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K to Q6_K and f16 weights
 //! are repacked eight rows at a time at load and go through our own kernels (candle's Q4_1
 //! dot product has no SIMD path, its Q8_0 product was a fifth of a batched decode step for
 //! the output projection alone, its K-quant products work row by row, and its f16 product
-//! ran at half llama.cpp's speed); every other type (Q2_K, Q3_K, ...) through candle's QMatMul.
+//! ran at half llama.cpp's speed); every other type (the IQ types, ...) through candle's QMatMul.
 //! f16/bf16 weights are kept in f16 and multiplied with f16 activations, as llama.cpp does.
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ pub enum Linear {
     Quant(Arc<QuantMatrix>),
 }
 
-/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K or f16 weights in the kernels' interleaved layout (shared
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K to Q6_K or f16 weights in the kernels' interleaved layout (shared
 /// with the embedding when the output projection is tied to it: the embedding reads its
 /// rows here).
 pub enum QuantMatrix {
@@ -94,7 +94,7 @@ impl Linear {
             return Ok(Self::Quant(Arc::new(QuantMatrix::Blocks(packed))));
         }
         match q.dtype() {
-            GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {
+            GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {
                 let packed = pack_k(q.dtype(), &q.data()?, n, k)?;
                 Ok(Self::Quant(Arc::new(packed)))
             }
@@ -140,9 +140,11 @@ fn block_format(dtype: GgmlDType) -> Option<WeightFormat> {
     })
 }
 
-/// Repacks row-major Q4_K, Q5_K or Q6_K bytes of an (n, k) matrix.
+/// Repacks row-major Q2_K to Q6_K bytes of an (n, k) matrix.
 fn pack_k(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Result<QuantMatrix> {
     let format = match dtype {
+        GgmlDType::Q2K => KFormat::Q2K,
+        GgmlDType::Q3K => KFormat::Q3K,
         GgmlDType::Q4K => KFormat::Q4K,
         GgmlDType::Q5K => KFormat::Q5K,
         _ => KFormat::Q6K,
@@ -225,6 +227,18 @@ impl Stacked {
                 inner: StackedInner::One(Linear::Quant(m)),
             });
         }
+        // Parts of different formats (Q4_K_M's Q, K with a Q6_K V) are cached one by one.
+        let parts: Option<Vec<_>> = names
+            .iter()
+            .zip(widths)
+            .map(|(name, &n)| cached(w, name, (n, k)).map(Linear::Quant))
+            .collect();
+        if let Some(parts) = parts {
+            return Ok(Self {
+                widths: widths.to_vec(),
+                inner: StackedInner::Separate(parts),
+            });
+        }
         let mut parts = Vec::with_capacity(names.len());
         for (name, &n) in names.iter().zip(widths) {
             let q = w.get(name)?;
@@ -246,6 +260,8 @@ impl Stacked {
                 | GgmlDType::Q5_0
                 | GgmlDType::Q5_1
                 | GgmlDType::Q8_0
+                | GgmlDType::Q2K
+                | GgmlDType::Q3K
                 | GgmlDType::Q4K
                 | GgmlDType::Q5K
                 | GgmlDType::Q6K
@@ -259,9 +275,11 @@ impl Stacked {
             drop(parts);
             let n: usize = widths.iter().sum();
             let matrix = match dtype {
-                GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {
-                    Ok(pack_k(dtype, &bytes, n, k)?)
-                }
+                GgmlDType::Q2K
+                | GgmlDType::Q3K
+                | GgmlDType::Q4K
+                | GgmlDType::Q5K
+                | GgmlDType::Q6K => Ok(pack_k(dtype, &bytes, n, k)?),
                 GgmlDType::F16 => PackedF16::pack(&bytes, n, k).map(QuantMatrix::F16),
                 _ => match block_format(dtype) {
                     Some(format) => {
@@ -275,12 +293,15 @@ impl Stacked {
             w.offer_packed(&key, &matrix);
             StackedInner::One(Linear::Quant(matrix))
         } else {
-            StackedInner::Separate(
-                parts
-                    .into_iter()
-                    .map(Linear::from_qtensor)
-                    .collect::<Result<_>>()?,
-            )
+            let mut separate = Vec::with_capacity(parts.len());
+            for (q, name) in parts.into_iter().zip(names) {
+                let linear = Linear::from_qtensor(q)?;
+                if let Linear::Quant(m) = &linear {
+                    w.offer_packed(name, m);
+                }
+                separate.push(linear);
+            }
+            StackedInner::Separate(separate)
         };
         Ok(Self {
             widths: widths.to_vec(),

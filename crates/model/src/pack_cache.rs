@@ -5,8 +5,9 @@
 //! model share the pages.
 //!
 //! One file per model path (named by a hash of it), holding a key of the model file's path,
-//! size and modification time and the packed layouts' version: an edited model or a new
-//! layout replaces the file. A cache file that does not parse, does not match its key or
+//! identity (`GgufFile::identity`: size, modification time, and on Unix device, inode and
+//! change time, read from the handle the weights are read from) and the packed layouts'
+//! version: an edited or replaced model or a new layout replaces the file. A cache file that does not parse, does not match its key or
 //! holds a matrix of the wrong size is ignored (and rewritten), never trusted. Writing a
 //! file removes the cache files of models that no longer exist (temporary models, say).
 //! Layout, little-endian:
@@ -18,6 +19,7 @@ use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferrollama_kernels::{
@@ -38,7 +40,14 @@ const BLOCK_FORMATS: [WeightFormat; 5] = [
     WeightFormat::Q5_1,
     WeightFormat::Q8_0,
 ];
-const K_FORMATS: [KFormat; 3] = [KFormat::Q4K, KFormat::Q5K, KFormat::Q6K];
+/// Codes in the file are positions here: append, never reorder.
+const K_FORMATS: [KFormat; 5] = [
+    KFormat::Q4K,
+    KFormat::Q5K,
+    KFormat::Q6K,
+    KFormat::Q2K,
+    KFormat::Q3K,
+];
 
 /// What the cache found when opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,11 +70,15 @@ pub struct PackCache {
 }
 
 impl PackCache {
-    /// The cache in `dir` for the model file `model`. Never fails: a cache that cannot be
+    /// The cache in `dir` for the model file `model`, whose identity (as
+    /// `GgufFile::identity` gives it) is `identity`. Never fails: a cache that cannot be
     /// read is a miss (and says why in [`Self::state`]).
-    pub fn open(dir: &Path, model: &Path) -> Self {
+    pub fn open(dir: &Path, model: &Path, identity: &str) -> Self {
         let source = model.canonicalize().unwrap_or_else(|_| model.to_path_buf());
-        let key = key_of(&source);
+        let key = format!(
+            "{}|{identity}|layout {LAYOUT_VERSION}",
+            source.to_string_lossy()
+        );
         let stem = model
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -122,10 +135,14 @@ impl PackCache {
             std::fs::create_dir_all(dir)?;
         }
         // Written beside and renamed: a reader never sees half a file, and a killed
-        // writer leaves only a temporary file.
-        let tmp = self
-            .path
-            .with_extension(format!("tmp-{}", std::process::id()));
+        // writer leaves only a temporary file. The name is unique to this process and call
+        // (two loads in one process must not share it) and created only if new.
+        static WRITES: AtomicUsize = AtomicUsize::new(0);
+        let tmp = self.path.with_extension(format!(
+            "tmp-{}-{}",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
         let result =
             write(&tmp, &self.key, &fresh).and_then(|()| std::fs::rename(&tmp, &self.path));
         if result.is_err() {
@@ -152,7 +169,7 @@ fn prune(dir: &Path, keep: &Path) {
             false
         } else if name.ends_with(".packed") {
             source_of(&path).is_some_and(|src| !src.exists())
-        } else if name.contains(".tmp-") {
+        } else if is_our_temporary(&name) {
             entry
                 .metadata()
                 .and_then(|m| m.modified())
@@ -168,7 +185,22 @@ fn prune(dir: &Path, keep: &Path) {
     }
 }
 
-/// The model path recorded in a cache file's key.
+/// `{stem}-{16 hex digits}.tmp-{pid}-{n}`, as [`PackCache::finish`] names them.
+fn is_our_temporary(name: &str) -> bool {
+    let Some((head, tail)) = name.split_once(".tmp-") else {
+        return false;
+    };
+    let hex = head.len() >= 17 && head.is_char_boundary(head.len() - 17) && {
+        let (dash, digits) = head[head.len() - 17..].split_at(1);
+        dash == "-" && digits.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    hex && tail
+        .split('-')
+        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The model path recorded in a cache file's key, unless it could not be recorded
+/// faithfully (a path that is not UTF-8 is never pruned).
 fn source_of(cache_file: &Path) -> Option<PathBuf> {
     let mut head = vec![0u8; 8 + 4 + 4096];
     let mut f = File::open(cache_file).ok()?;
@@ -179,20 +211,9 @@ fn source_of(cache_file: &Path) -> Option<PathBuf> {
     }
     let len = u32::from_le_bytes(head.get(8..12)?.try_into().ok()?) as usize;
     let key = std::str::from_utf8(head.get(12..12 + len)?).ok()?;
-    // "path|size|mtime|layout v": the path is what precedes the last three fields.
-    key.rsplitn(4, '|').nth(3).map(PathBuf::from)
-}
-
-/// Identity of the model file (`path`, canonical): path, size, modification time, layout
-/// version.
-fn key_of(path: &Path) -> String {
-    let meta = std::fs::metadata(path).ok();
-    let size = meta.as_ref().map_or(0, |m| m.len());
-    let mtime = meta
-        .and_then(|m| m.modified().ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    format!("{}|{size}|{mtime}|layout {LAYOUT_VERSION}", path.display())
+    // "path|identity|layout v": the path is what precedes the last two fields.
+    let path = key.rsplitn(3, '|').nth(2)?;
+    (!path.contains(char::REPLACEMENT_CHARACTER)).then(|| PathBuf::from(path))
 }
 
 /// FNV-1a, 64 bits: a stable file name from the key (the key itself is checked on read).
@@ -202,25 +223,28 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-fn kind_of(m: &QuantMatrix) -> (u8, u8, usize, usize, &[u8]) {
+/// (kind, format code, n, k, bytes) of a matrix; None for a format without a code (not
+/// written: it is packed again at every load rather than mislabelled).
+fn kind_of(m: &QuantMatrix) -> Option<(u8, u8, usize, usize, &[u8])> {
     let (n, k) = m.shape();
-    match m {
+    Some(match m {
         QuantMatrix::Blocks(p) => {
-            let f = BLOCK_FORMATS
-                .iter()
-                .position(|&f| f == p.format())
-                .unwrap_or(0);
+            let f = BLOCK_FORMATS.iter().position(|&f| f == p.format())?;
             (0, f as u8, n, k, p.packed_bytes())
         }
         QuantMatrix::K(p) => {
-            let f = K_FORMATS.iter().position(|&f| f == p.format()).unwrap_or(0);
+            let f = K_FORMATS.iter().position(|&f| f == p.format())?;
             (1, f as u8, n, k, p.packed_bytes())
         }
         QuantMatrix::F16(p) => (2, 0, n, k, p.packed_bytes()),
-    }
+    })
 }
 
 fn write(path: &Path, key: &str, matrices: &[(String, Arc<QuantMatrix>)]) -> std::io::Result<()> {
+    let matrices: Vec<_> = matrices
+        .iter()
+        .filter_map(|(name, m)| Some((name, kind_of(m)?)))
+        .collect();
     let mut header = Vec::new();
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -232,8 +256,7 @@ fn write(path: &Path, key: &str, matrices: &[(String, Arc<QuantMatrix>)]) -> std
         .sum();
     let mut offset = (header.len() + entry_bytes).next_multiple_of(ALIGN);
     let mut layout = Vec::new();
-    for (name, m) in matrices {
-        let (kind, format, n, k, bytes) = kind_of(m);
+    for (name, (kind, format, n, k, bytes)) in matrices {
         header.extend_from_slice(&(name.len() as u16).to_le_bytes());
         header.extend_from_slice(name.as_bytes());
         header.extend_from_slice(&[kind, format]);
@@ -243,7 +266,7 @@ fn write(path: &Path, key: &str, matrices: &[(String, Arc<QuantMatrix>)]) -> std
         layout.push((offset, bytes));
         offset = (offset + bytes.len()).next_multiple_of(ALIGN);
     }
-    let mut out = std::io::BufWriter::new(File::create(path)?);
+    let mut out = std::io::BufWriter::new(File::options().write(true).create_new(true).open(path)?);
     out.write_all(&header)?;
     let mut at = header.len();
     for (start, bytes) in layout {
@@ -290,7 +313,9 @@ fn read(path: &Path, key: &str) -> Result<Option<HashMap<String, Arc<QuantMatrix
             .ok_or("a matrix past the end of the file")?;
         let range = usize::try_from(offset).map_err(|e| e.to_string())?
             ..usize::try_from(end).map_err(|e| e.to_string())?;
-        entries.push((name, kind, format, n as usize, k as usize, range));
+        let n = usize::try_from(n).map_err(|e| e.to_string())?;
+        let k = usize::try_from(k).map_err(|e| e.to_string())?;
+        entries.push((name, kind, format, n, k, range));
     }
     let mut matrices = HashMap::new();
     for (name, kind, format, n, k, range) in entries {
@@ -358,5 +383,39 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().unwrap_or_default(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_temporary_files_count_as_ours() {
+        assert!(is_our_temporary("model-0123456789abcdef.tmp-42-0"));
+        assert!(!is_our_temporary("model-0123456789abcdeg.tmp-42-0"));
+        assert!(!is_our_temporary("notes.tmp-42"));
+        assert!(!is_our_temporary("model-0123456789abcdef.tmp-42-x"));
+        assert!(!is_our_temporary("model-0123456789abcdef.packed"));
+    }
+
+    #[test]
+    fn a_key_that_is_not_utf8_is_never_pruned() {
+        let dir = std::env::temp_dir().join(format!("ferrollama-pack-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("x.packed");
+        let key = format!("/gone/m\u{FFFD}del.gguf|size 1|layout {LAYOUT_VERSION}");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend((key.len() as u32).to_le_bytes());
+        bytes.extend(key.as_bytes());
+        std::fs::write(&file, &bytes).unwrap();
+        assert_eq!(source_of(&file), None);
+        let key = format!("/gone/model.gguf|size 1|layout {LAYOUT_VERSION}");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend((key.len() as u32).to_le_bytes());
+        bytes.extend(key.as_bytes());
+        std::fs::write(&file, &bytes).unwrap();
+        assert_eq!(source_of(&file), Some(PathBuf::from("/gone/model.gguf")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

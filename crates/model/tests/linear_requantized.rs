@@ -1,4 +1,4 @@
-//! Our Q5_0, Q5_1, Q4_K, Q5_K and Q6_K projections (repacked, 8-bit activations as ggml's) against
+//! Our Q5_0, Q5_1 and Q2_K to Q6_K projections (repacked, 8-bit activations as ggml's) against
 //! candle's own product on the same quantized tensor, and against a dense f32 product with
 //! the dequantized weights: an independent reading of ggml's block layouts (candle's), on
 //! real weights of the default model re-quantized by candle.
@@ -34,6 +34,8 @@ fn requantized_projections_match_candle_and_the_dense_product() {
     for dtype in [
         GgmlDType::Q5_0,
         GgmlDType::Q5_1,
+        GgmlDType::Q2K,
+        GgmlDType::Q3K,
         GgmlDType::Q4K,
         GgmlDType::Q5K,
         GgmlDType::Q6K,

@@ -16,7 +16,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// Loads through a cache in `dir`; returns the cache state and the logits of a prompt.
 fn load_and_run(file: &GgufFile, model: &Path, dir: &Path) -> (CacheState, Vec<u32>) {
-    let cache = PackCache::open(dir, model);
+    let cache = PackCache::open(dir, model, file.identity());
     let state = cache.state().clone();
     let cfg = Config::from_gguf(file).unwrap();
     let m = Llama::load(&GgufWeights::with_pack_cache(file, &cache), cfg, 64).unwrap();
@@ -59,7 +59,9 @@ fn damaged_cache_files_are_rebuilt() {
     let file = GgufFile::open(&model).unwrap();
     let dir = temp_dir("damaged");
     let (_, want) = load_and_run(&file, &model, &dir);
-    let path = PackCache::open(&dir, &model).path().to_path_buf();
+    let path = PackCache::open(&dir, &model, file.identity())
+        .path()
+        .to_path_buf();
     let good = std::fs::read(&path).unwrap();
     let key_len = u32::from_le_bytes(good[8..12].try_into().unwrap()) as usize;
     let entries = 12 + key_len + 4;
@@ -96,7 +98,7 @@ fn damaged_cache_files_are_rebuilt() {
         assert_eq!(got, want, "{what}");
         // Rebuilt: the next load maps it again.
         assert_eq!(
-            PackCache::open(&dir, &model).state(),
+            PackCache::open(&dir, &model, file.identity()).state(),
             &CacheState::Hit,
             "{what}"
         );
@@ -116,7 +118,7 @@ fn an_edited_model_replaces_its_cache_and_a_deleted_one_loses_it() {
         let file = GgufFile::open(&copy).unwrap();
         assert_eq!(load_and_run(&file, &copy, &cache_dir).0, CacheState::Miss);
     }
-    let copy_cache = PackCache::open(&cache_dir, &copy).path().to_path_buf();
+    let copy_cache = PackCache::open(&cache_dir, &copy, "").path().to_path_buf();
     assert!(copy_cache.exists());
     // Same path, another modification time: the old file is not trusted, then replaced.
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
@@ -133,13 +135,45 @@ fn an_edited_model_replaces_its_cache_and_a_deleted_one_loses_it() {
             matches!(state, CacheState::Broken(ref why) if why.contains("another file")),
             "{state:?}"
         );
-        assert_eq!(PackCache::open(&cache_dir, &copy).state(), &CacheState::Hit);
+        assert_eq!(
+            PackCache::open(&cache_dir, &copy, file.identity()).state(),
+            &CacheState::Hit
+        );
     }
     // The copy deleted: the next cache written in that directory removes its file.
     std::fs::remove_file(&copy).unwrap();
     let file = GgufFile::open(&model).unwrap();
     assert_eq!(load_and_run(&file, &model, &cache_dir).0, CacheState::Miss);
     assert!(!copy_cache.exists());
-    assert!(PackCache::open(&cache_dir, &model).path().exists());
+    assert!(PackCache::open(&cache_dir, &model, "").path().exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn two_loads_at_once_write_one_good_file() {
+    let model = ferrollama_assets::default_model().unwrap();
+    let dir = temp_dir("concurrent");
+    let (_, want) = {
+        let file = GgufFile::open(&model).unwrap();
+        let cfg = Config::from_gguf(&file).unwrap();
+        (
+            CacheState::Miss,
+            logits(&Llama::load(&GgufWeights::new(&file), cfg, 64).unwrap()),
+        )
+    };
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let file = GgufFile::open(&model).unwrap();
+                let (_, got) = load_and_run(&file, &model, &dir);
+                assert_eq!(got, want);
+            });
+        }
+    });
+    let file = GgufFile::open(&model).unwrap();
+    let (state, got) = load_and_run(&file, &model, &dir);
+    assert_eq!((state, got), (CacheState::Hit, want));
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
