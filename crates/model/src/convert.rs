@@ -96,7 +96,7 @@ pub fn tensor_type(gguf_name: &str, dims: &[u64], target: GgmlType, has_output: 
     } else {
         target
     };
-    let fits = |t: GgmlType| dims[0] % t.block_size() as u64 == 0;
+    let fits = |t: GgmlType| dims[0].is_multiple_of(t.block_size() as u64);
     if fits(wanted) {
         return wanted;
     }
