@@ -68,8 +68,18 @@ fn train_args(corpus: &Path, out: &Path, steps: u32) -> Vec<String> {
     v
 }
 
-fn final_weights(out: &Path) -> Vec<u8> {
-    std::fs::read(out.join("hf/model.safetensors")).unwrap()
+/// Every file the run exports, by name.
+fn exported_files(out: &Path) -> Vec<(&'static str, Vec<u8>)> {
+    [
+        "model.gguf",
+        "hf/model.safetensors",
+        "hf/config.json",
+        "hf/tokenizer.json",
+        "hf/tokenizer_config.json",
+    ]
+    .into_iter()
+    .map(|f| (f, std::fs::read(out.join(f)).unwrap()))
+    .collect()
 }
 
 fn check(o: &Output) {
@@ -81,8 +91,9 @@ fn sigkill_then_resume_gives_the_uninterrupted_weights() {
     let dir = tmp("kill");
     let data = corpus(&dir);
     let steps = 120;
-    // The tokenizer is learned once and shared, so both runs train on the same ids.
-    let straight = dir.join("straight");
+    // The tokenizer is learned once and shared, so both runs train on the same ids. Both
+    // run directories are called `run`, the name the exported model takes.
+    let straight = dir.join("straight/run");
     check(
         &bin()
             .args(train_args(&data, &straight, steps))
@@ -90,7 +101,7 @@ fn sigkill_then_resume_gives_the_uninterrupted_weights() {
             .unwrap(),
     );
 
-    let killed = dir.join("killed");
+    let killed = dir.join("killed/run");
     std::fs::create_dir_all(&killed).unwrap();
     std::fs::copy(
         straight.join("tokenizer.json"),
@@ -140,7 +151,17 @@ fn sigkill_then_resume_gives_the_uninterrupted_weights() {
     let o = bin().args(&resume).output().unwrap();
     check(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("resuming at step"));
-    assert_eq!(final_weights(&straight), final_weights(&killed));
+    // Not only the weights: every exported file is the same, whether the run learned its
+    // tokenizer or read it back, ran through or was killed and resumed.
+    for ((name, a), (_, b)) in exported_files(&straight)
+        .iter()
+        .zip(exported_files(&killed))
+    {
+        assert!(
+            *a == b,
+            "{name} differs between the straight and the resumed run"
+        );
+    }
     let steps_logged: Vec<u64> = std::fs::read_to_string(&metrics)
         .unwrap()
         .lines()

@@ -4,7 +4,6 @@
 //! vocabulary adds one); only the second half of each chunk is scored, so every scored
 //! token has at least n_ctx/2 tokens of context. PPL = exp(mean negative log-likelihood).
 
-use candle_core::{DType, Tensor, D};
 use ferrollama_model::{Error, Llama, Result};
 
 /// The outcome of a perplexity run.
@@ -57,17 +56,11 @@ pub fn perplexity(
             input[0] = b;
         }
         cache.reset();
-        // (n_ctx - first, vocab): logits at positions first .. n_ctx-1.
+        // Logits at positions first .. n_ctx-1; row i predicts token first + i + 1.
         let logits = model.forward(&input, &mut cache, n_ctx - first)?;
-        let logits = logits
-            .narrow(0, 0, n_ctx - first - 1)?
-            .to_dtype(DType::F32)?;
-        let log_probs = log_softmax(&logits)?;
         let targets = &tokens[chunk * n_ctx + first + 1..(chunk + 1) * n_ctx];
-        let targets_t = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
-        let picked: Vec<f32> = log_probs.gather(&targets_t, 1)?.flatten_all()?.to_vec1()?;
-        for lp in picked {
-            let v = -(lp as f64);
+        for (i, &target) in targets.iter().enumerate() {
+            let v = -(log_prob(logits.row(i), target) as f64);
             nll += v;
             nll2 += v * v;
         }
@@ -96,10 +89,9 @@ pub fn perplexity(
     })
 }
 
-/// log-softmax over the last dimension, computed in f32 with the max subtracted.
-fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(shifted.broadcast_sub(&lse)?)
+/// log-softmax of `row` at `target`, computed in f32 with the max subtracted.
+fn log_prob(row: &[f32], target: u32) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+    row[target as usize] - max - sum.ln()
 }

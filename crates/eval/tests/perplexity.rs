@@ -84,7 +84,7 @@ fn perplexity_matches_llama_cpp_and_survives_hf_round_trip() {
         |_, _| {},
     )
     .unwrap();
-    tok.write_hf_dir(&dir.join("hf")).unwrap();
+    tok.write_hf_dir(&dir.join("hf"), None).unwrap();
     let hf_tok = Tokenizer::from_hf_dir(&dir.join("hf")).unwrap();
     let back = dir.join("back.gguf");
     ferrollama_model::export::hf_to_gguf(

@@ -150,17 +150,4 @@ pub fn render_template(source: &str, messages: &[Message], tok: &Tokenizer) -> R
         .map_err(|e| Error::Template(format!("{e:#}")))
 }
 
-/// The chat template in a Hugging Face `tokenizer_config.json` (a string, or a list of
-/// named templates of which `default` is taken), if any.
-pub fn template_from_tokenizer_config(json: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    match &v["chat_template"] {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Array(list) => list
-            .iter()
-            .find(|t| t["name"] == "default")
-            .or_else(|| list.first())
-            .and_then(|t| t["template"].as_str().map(String::from)),
-        _ => None,
-    }
-}
+pub use ferrollama_tokenizer::chat_template_from_config as template_from_tokenizer_config;

@@ -13,6 +13,13 @@ pub enum Error {
     /// The chat template failed to parse or render.
     #[error("chat template: {0}")]
     Template(String),
+    /// A model could not be opened.
+    #[error("loading {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: Box<Error>,
+    },
     /// The request cannot be served as given.
     #[error("{0}")]
     Input(String),

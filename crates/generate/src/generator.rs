@@ -1,15 +1,15 @@
-//! The decode loop: feed the prompt in one batched forward, then sample, stream and feed
-//! one token at a time until end-of-generation, a stop string, the token limit or a full
-//! context. The KV cache persists between calls, so a chat only feeds its new turn.
+//! One sequence's generation: the prompt in one batched forward, then sample, stream and
+//! feed one token at a time until end-of-generation, a stop string, the token limit or a
+//! full context, on the decode engine's one-slot case. The KV cache persists between
+//! calls, so a chat only feeds its new turn.
 
 use std::time::Instant;
 
-use ferrollama_model::llama::Cache;
 use ferrollama_model::Llama;
 use ferrollama_sampling::SamplingParams;
 use ferrollama_tokenizer::Tokenizer;
 
-use crate::decoding::Decoding;
+use crate::engine::{Engine, Event, Job, NoObserver, Usage};
 use crate::error::{Error, Result};
 
 /// What to generate.
@@ -69,82 +69,28 @@ pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// Runs one sequence of a model, keeping its KV cache between calls.
+/// Runs one sequence of a model, keeping its KV cache between calls: the decode engine
+/// with one slot, so a chat's next turn computes only what is new.
 pub struct Generator<'a> {
-    model: &'a Llama,
-    tokenizer: &'a Tokenizer,
-    cache: Cache,
-    /// The tokens held in `cache`, in order.
-    history: Vec<u32>,
+    engine: Engine<'a>,
 }
 
 impl<'a> Generator<'a> {
     /// A generator with an empty cache for a context of `n_ctx` tokens.
     pub fn new(model: &'a Llama, tokenizer: &'a Tokenizer, n_ctx: usize) -> Self {
         Self {
-            model,
-            tokenizer,
-            cache: model.new_cache(n_ctx),
-            history: Vec::new(),
+            engine: Engine::new(model, tokenizer, 1, n_ctx),
         }
     }
 
     /// The context size.
     pub fn n_ctx(&self) -> usize {
-        self.cache.n_ctx()
+        self.engine.n_ctx_slot()
     }
 
     /// Forgets the cached tokens.
     pub fn reset(&mut self) {
-        self.cache.reset();
-        self.history.clear();
-    }
-
-    /// Brings the cache to hold exactly `prompt`, computing only what is not cached yet.
-    /// Returns the logits after its last token and how many tokens were computed.
-    fn feed_prompt(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
-        if prompt.is_empty() {
-            return Err(Error::Input("the prompt is empty (no tokens)".into()));
-        }
-        if prompt.len() > self.n_ctx() {
-            return Err(Error::Input(format!(
-                "the prompt has {} tokens, more than the context of {}",
-                prompt.len(),
-                self.n_ctx()
-            )));
-        }
-        // Keep the cached prefix the prompt shares, but recompute at least its last token,
-        // whose logits are needed.
-        let keep = common_prefix(&self.history, prompt).min(prompt.len() - 1);
-        self.cache.truncate(keep);
-        self.history.truncate(keep);
-        let new = &prompt[self.history.len()..];
-        let logits = self.forward(new)?;
-        self.history.extend_from_slice(new);
-        Ok((logits, new.len()))
-    }
-
-    /// Runs tokens after the cache and returns the last position's logits, with ids the
-    /// tokenizer does not know (a model vocabulary padded beyond the tokenizer's) masked
-    /// out. On error the cache is reset, since it may hold part of the input.
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let result = self
-            .model
-            .forward(tokens, &mut self.cache, 1)
-            .map_err(Error::from)
-            .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?));
-        match result {
-            Ok(mut logits) => {
-                if let Some(beyond) = logits.get_mut(self.tokenizer.vocab_size()..) {
-                    beyond.fill(f32::NEG_INFINITY);
-                }
-                Ok(logits)
-            }
-            Err(e) => {
-                self.reset();
-                Err(e)
-            }
-        }
+        self.engine.reset();
     }
 
     /// Generates after `prompt`. `on_text` receives each piece of text as soon as it is
@@ -156,44 +102,77 @@ impl<'a> Generator<'a> {
         params: &GenerateParams,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        let mut decoding = Decoding::new(params)?;
-        let start = Instant::now();
-        let (mut logits, evaluated) = self.feed_prompt(prompt)?;
-        let prompt_ms = start.elapsed().as_secs_f64() * 1e3;
-        let start = Instant::now();
-        let mut cancelled = false;
-        loop {
-            let step = decoding.step(&mut logits, &self.history, self.tokenizer)?;
-            if !step.text.is_empty() && !on_text(&step.text) {
-                decoding.end(FinishReason::Cancelled);
-                cancelled = true;
-                break;
-            }
-            let Some(token) = step.token.filter(|_| step.finish.is_none()) else {
-                break;
-            };
-            if self.history.len() >= self.n_ctx() {
-                let rest = decoding.end(FinishReason::ContextFull);
-                if !rest.text.is_empty() {
-                    on_text(&rest.text);
-                }
-                break;
-            }
-            logits = self.forward(&[token])?;
-            self.history.push(token);
+        if prompt.is_empty() {
+            return Err(Error::Input("the prompt is empty (no tokens)".into()));
         }
-        let finish_reason = if cancelled {
-            FinishReason::Cancelled
-        } else {
-            decoding.finish_reason().unwrap_or(FinishReason::Length)
+        if prompt.len() > self.n_ctx() {
+            return Err(Error::Input(format!(
+                "the prompt has {} tokens, more than the context of {}",
+                prompt.len(),
+                self.n_ctx()
+            )));
+        }
+        let job = Job {
+            id: 0,
+            prompt: prompt.to_vec(),
+            params: params.clone(),
+            top_logprobs: None,
+        };
+        let failed = |e: Event| match e {
+            Event::Error(msg) => Error::Input(msg),
+            other => Error::Input(format!("unexpected {other:?}")),
+        };
+        self.engine.place(job, &NoObserver).map_err(failed)?;
+        let start = Instant::now();
+        let mut prompt_ms = None;
+        let (mut ids, mut text) = (Vec::new(), String::new());
+        let mut outcome: Option<std::result::Result<Usage, String>> = None;
+        let mut cancelled = false;
+        while outcome.is_none() && !cancelled {
+            self.engine.step(&NoObserver, &mut |_, event| {
+                prompt_ms.get_or_insert_with(|| start.elapsed().as_secs_f64() * 1e3);
+                let piece = match event {
+                    Event::Token { id, text, .. } => {
+                        ids.push(id);
+                        text
+                    }
+                    Event::Text(t) => t,
+                    Event::Done(usage) => {
+                        outcome = Some(Ok(usage));
+                        return;
+                    }
+                    Event::Error(msg) => {
+                        outcome = Some(Err(msg));
+                        return;
+                    }
+                };
+                if !piece.is_empty() && !cancelled {
+                    text.push_str(&piece);
+                    cancelled = !on_text(&piece);
+                }
+            });
+            if self.engine.busy() == 0 && outcome.is_none() && !cancelled {
+                outcome = Some(Err("the engine dropped the job".into()));
+            }
+        }
+        if cancelled {
+            self.engine.cancel(0);
+        }
+        let prompt_ms = prompt_ms.unwrap_or(0.0);
+        let generate_ms = start.elapsed().as_secs_f64() * 1e3 - prompt_ms;
+        let (finish_reason, evaluated) = match outcome {
+            _ if cancelled => (FinishReason::Cancelled, None),
+            Some(Ok(u)) => (u.finish, Some(u.prompt_tokens - u.cached_tokens)),
+            Some(Err(msg)) => return Err(Error::Input(msg)),
+            None => (FinishReason::Cancelled, None),
         };
         Ok(Generation {
-            ids: decoding.ids().to_vec(),
-            text: decoding.text().to_string(),
+            ids,
+            text,
             finish_reason,
-            prompt_tokens_evaluated: evaluated,
+            prompt_tokens_evaluated: evaluated.unwrap_or(prompt.len()),
             prompt_ms,
-            generate_ms: start.elapsed().as_secs_f64() * 1e3,
+            generate_ms,
         })
     }
 }

@@ -43,13 +43,7 @@ fn argmax_loop(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut cache = model.new_cache(256);
     let (mut input, mut out) = (prompt.to_vec(), Vec::new());
     for _ in 0..n {
-        let logits: Vec<f32> = model
-            .forward(&input, &mut cache, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let logits: Vec<f32> = model.forward(&input, &mut cache, 1).unwrap().into_vec();
         let next = ferrollama_sampling::sampler::argmax(&logits);
         out.push(next);
         input = vec![next];

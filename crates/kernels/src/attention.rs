@@ -5,6 +5,8 @@
 //!
 //! Numerics follow llama.cpp's: the caller passes the query rounded to f16 (as K and V are
 //! stored), and the softmax probabilities are rounded to f16 before they weight the values.
+//! [`Probabilities::F32`] keeps them in f32 instead, for a cache kept in f32, where the
+//! inference path must compute what the training path computes.
 
 use half::f16;
 use rayon::prelude::*;
@@ -33,6 +35,16 @@ pub fn decode_attention(
     out
 }
 
+/// How the softmax probabilities weight the values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Probabilities {
+    /// Rounded to f16 first, as llama.cpp does.
+    #[default]
+    F16,
+    /// As computed, in f32.
+    F32,
+}
+
 /// [`decode_attention`] into `out` (n_head * head_dim values).
 pub fn decode_attention_into(
     h: Heads,
@@ -43,6 +55,22 @@ pub fn decode_attention_into(
     cap: usize,
     out: &mut [f32],
 ) {
+    decode_attention_with(h, Probabilities::F16, q, k, v, len, cap, out)
+}
+
+/// [`decode_attention_into`] with the probabilities in `probs`' precision.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention_with(
+    h: Heads,
+    probs: Probabilities,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    len: usize,
+    cap: usize,
+    out: &mut [f32],
+) {
+    let f16_probs = probs == Probabilities::F16;
     let hd = h.head_dim;
     let n_rep = (h.n_head / h.n_kv_head.max(1)).max(1);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -57,11 +85,11 @@ pub fn decode_attention_into(
             if hd.is_multiple_of(8) && crate::avx2_available() {
                 // SAFETY: the CPU supports AVX2, FMA and F16C (checked above); k and v
                 // hold len rows of hd values, hd a multiple of 8.
-                unsafe { avx2::attend_head(q_h, k, v, scale, scores, out_h) };
+                unsafe { avx2::attend_head(q_h, k, v, scale, f16_probs, scores, out_h) };
                 return;
             }
         }
-        attend_head(q_h, k, v, scale, scores, out_h);
+        attend_head(q_h, k, v, scale, f16_probs, scores, out_h);
     };
     // Heads are independent: over a long cache (a decode step late in a conversation) they
     // are shared among threads; a head's result is the same either way.
@@ -81,7 +109,15 @@ pub fn decode_attention_into(
 const PARALLEL_HEADS_FROM: usize = 4096;
 
 /// One head, portable: `k` and `v` hold scores.len() rows of q.len() values.
-fn attend_head(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+fn attend_head(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    f16_probs: bool,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let hd = q.len();
     for (s, k_t) in scores.iter_mut().zip(k.chunks_exact(hd)) {
         *s = dot(q, k_t) * scale;
@@ -94,7 +130,11 @@ fn attend_head(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], 
     }
     out.fill(0.0);
     for (&e, v_t) in scores.iter().zip(v.chunks_exact(hd)) {
-        let p = f16::from_f32(e / sum).to_f32();
+        let p = if f16_probs {
+            f16::from_f32(e / sum).to_f32()
+        } else {
+            e / sum
+        };
         for (o, &x) in out.iter_mut().zip(v_t) {
             *o += p * x;
         }
@@ -193,6 +233,7 @@ mod avx2 {
         k: &[f32],
         v: &[f32],
         scale: f32,
+        f16_probs: bool,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
@@ -212,7 +253,8 @@ mod avx2 {
             scores[t] = key_scores::<1>(qp, kp.add(t * hd), hd)[0] * scale;
         }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        // Exponentials 8 at a time, summed in 8 lanes; probabilities rounded to f16.
+        // Exponentials 8 at a time, summed in 8 lanes; probabilities rounded to f16 (unless
+        // kept in f32).
         let mut sums = _mm256_setzero_ps();
         let chunks = len / 8 * 8;
         let vmax = _mm256_set1_ps(max);
@@ -234,11 +276,19 @@ mod avx2 {
         let vsum = _mm256_set1_ps(sum);
         for t in (0..chunks).step_by(8) {
             let p = _mm256_div_ps(_mm256_loadu_ps(scores.as_ptr().add(t)), vsum);
-            let p = _mm256_cvtph_ps(_mm256_cvtps_ph(p, _MM_FROUND_TO_NEAREST_INT));
+            let p = if f16_probs {
+                _mm256_cvtph_ps(_mm256_cvtps_ph(p, _MM_FROUND_TO_NEAREST_INT))
+            } else {
+                p
+            };
             _mm256_storeu_ps(scores.as_mut_ptr().add(t), p);
         }
         for s in &mut scores[chunks..] {
-            *s = half::f16::from_f32(*s / sum).to_f32();
+            *s = if f16_probs {
+                half::f16::from_f32(*s / sum).to_f32()
+            } else {
+                *s / sum
+            };
         }
         // Weighted sum of values, one 8-lane accumulator per chunk of the head.
         let vp = v.as_ptr();
@@ -334,6 +384,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn f32_probabilities_match_the_reference_to_f32_precision() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        for &(n_head, n_kv_head, head_dim, len, cap) in
+            &[(9, 3, 64, 37, 50), (4, 1, 12, 5, 9), (2, 2, 16, 300, 300)]
+        {
+            let h = Heads {
+                n_head,
+                n_kv_head,
+                head_dim,
+            };
+            let q = random(&mut rng, n_head * head_dim, 2.0);
+            let k = random(&mut rng, n_kv_head * cap * head_dim, 2.0);
+            let v = random(&mut rng, n_kv_head * cap * head_dim, 1.0);
+            let mut got = vec![0f32; n_head * head_dim];
+            decode_attention_with(h, Probabilities::F32, &q, &k, &v, len, cap, &mut got);
+            let want = decode_attention_reference(h, &q, &k, &v, len, cap);
+            let rounded = decode_attention(h, &q, &k, &v, len, cap);
+            let err = |x: &[f32]| {
+                x.iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max)
+            };
+            // f32 probabilities: within a few f32 roundings of the f64 reference, and far
+            // closer than the f16-rounded ones (which would fail this bound).
+            assert!(err(&got) < 2e-6, "{n_head}/{len}: {}", err(&got));
+            assert!(
+                err(&got) * 10.0 < err(&rounded),
+                "{} vs {}",
+                err(&got),
+                err(&rounded)
+            );
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vector_exp_is_within_two_ulp() {
@@ -375,11 +461,11 @@ mod tests {
             let (mut s1, mut s2) = (vec![0f32; len], vec![0f32; len]);
             let (mut o1, mut o2) = (vec![0f32; hd], vec![0f32; hd]);
             let sc = 1.0 / (hd as f32).sqrt();
-            attend_head(&q, &k, &v, sc, &mut s1, &mut o1);
+            attend_head(&q, &k, &v, sc, true, &mut s1, &mut o1);
             #[cfg(target_arch = "x86_64")]
             if crate::avx2_available() {
                 // SAFETY: AVX2, FMA and F16C are present; hd is a multiple of 8.
-                unsafe { avx2::attend_head(&q, &k, &v, sc, &mut s2, &mut o2) };
+                unsafe { avx2::attend_head(&q, &k, &v, sc, true, &mut s2, &mut o2) };
                 for (a, b) in o1.iter().zip(&o2) {
                     // Sums in another order, exp within 2 ulp: a probability may round to
                     // the neighbouring f16 (2^-11 relative).

@@ -2,56 +2,57 @@
 //! serves `n_rep` consecutive query heads, as in llama.cpp's broadcast.
 
 use candle_core::{DType, Device, Module, Tensor};
-use ferrollama_kernels::attention::{decode_attention_into, Heads};
+use ferrollama_kernels::attention::{decode_attention_with, Heads, Probabilities};
 use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::Result;
 use crate::kv::LayerKv;
+use crate::layout::{layer_name, Part};
 use crate::linear::{Linear, Stacked};
 use crate::rope::Rope;
 use crate::weights::WeightSource;
 
+/// Where attention rounds its numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// As llama.cpp: queries, keys and values rounded to f16 (the cache's type), and the
+    /// softmax probabilities too.
+    #[default]
+    LlamaCpp,
+    /// Everything in f32: what the training path computes, for checks and rollouts that
+    /// must score as the trained model does.
+    F32,
+}
+
 /// Attention weights of one block.
 pub struct Attention {
-    /// q_proj, k_proj and v_proj, stacked.
+    /// The query, key and value projections, stacked.
     qkv: Stacked,
     o_proj: Linear,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
+    pub precision: Precision,
 }
 
 impl Attention {
-    /// Loads `{prefix}.q_proj` and friends.
-    pub fn load(w: &dyn WeightSource, prefix: &str, cfg: &Config) -> Result<Self> {
+    /// Loads the attention weights of block `layer`.
+    pub fn load(w: &dyn WeightSource, layer: usize, cfg: &Config) -> Result<Self> {
         let h = cfg.hidden_size;
         let (q, kv) = (
             cfg.num_attention_heads * cfg.head_dim,
             cfg.num_key_value_heads * cfg.head_dim,
         );
-        let names = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{prefix}.{p}.weight"));
+        let names = [Part::Query, Part::Key, Part::Value].map(|p| layer_name(layer, p));
         Ok(Self {
             qkv: Stacked::load(w, &names, &[q, kv, kv], h)?,
-            o_proj: Linear::load(w, &format!("{prefix}.o_proj.weight"), (h, q))?,
+            o_proj: Linear::load(w, &layer_name(layer, Part::AttnOutput), (h, q))?,
             n_head: cfg.num_attention_heads,
             n_kv_head: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
+            precision: Precision::default(),
         })
-    }
-
-    /// `x` (1, seq_len, hidden) at positions index_pos.. -> (1, seq_len, hidden); appends
-    /// the new keys and values to `cache`. Query row i sees positions up to index_pos + i.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        index_pos: usize,
-        cache: &mut LayerKv,
-    ) -> Result<Tensor> {
-        let (q, k, v) = self.project(x)?;
-        let out = self.attend(q, k, v, rope, index_pos, cache)?;
-        Ok(self.o_proj.forward(&out)?)
     }
 
     /// Several sequences in one pass: `x` (1, total, hidden) holds `lens[i]` consecutive
@@ -118,7 +119,19 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let f16_round = |t: Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
+        let exact = self.precision == Precision::F32;
+        let f16_round = |t: Tensor| {
+            if exact {
+                Ok(t)
+            } else {
+                t.to_dtype(DType::F16)?.to_dtype(DType::F32)
+            }
+        };
+        let probs = if exact {
+            Probabilities::F32
+        } else {
+            Probabilities::F16
+        };
         let q = rope.apply(&by_head(q, n_head)?, index_pos)?;
         let k = rope.apply(&by_head(k, n_kv_head)?, index_pos)?;
         cache.append(&f16_round(k)?, &f16_round(by_head(v, n_kv_head)?)?)?;
@@ -139,7 +152,7 @@ impl Attention {
         let mut out = vec![0f32; seq_len * width];
         let attend_row = |k: &[f32], v: &[f32], cap: usize, i: usize, row: &mut [f32]| {
             let q_i = &q[i * width..(i + 1) * width];
-            decode_attention_into(heads, q_i, k, v, index_pos + i + 1, cap, row);
+            decode_attention_with(heads, probs, q_i, k, v, index_pos + i + 1, cap, row);
         };
         cache.with_data(|k, v, _, cap| {
             if seq_len == 1 {

@@ -26,6 +26,21 @@ pub enum Error {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
+    /// A set of weights lacks a tensor the configuration calls for.
+    #[error("the weights lack tensor `{name}`")]
+    MissingTensor { name: String },
+    /// A set of weights holds a tensor the configuration has no place for.
+    #[error("the weights hold tensor `{name}`, which this model shape has no place for")]
+    UnexpectedTensor { name: String },
+    /// A model shape that cannot be built, said with what is wrong.
+    #[error("invalid model shape: {0}")]
+    Config(String),
+    /// More tokens than the model (or its cache) has positions for.
+    #[error("{tokens} tokens exceed the context of {limit}")]
+    ContextExceeded { tokens: usize, limit: usize },
+    /// A token id outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfVocabulary { id: u32, vocab: usize },
     /// A request the model cannot serve (too many tokens, an id outside the vocabulary).
     #[error("{0}")]
     Input(String),

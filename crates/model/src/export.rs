@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::convert::{file_type, tensor_type};
 use crate::error::{Error, Result};
 use crate::hf::{config_to_hf, permute_rope_rows, rotary_heads, HfWeights, RopeLayout};
+use crate::layout::{self, global_name, Part};
 use crate::weights::{candle_dtype, GgufWeights, WeightSource};
 
 /// Writes `model.safetensors` and `config.json` for the weights of `src` into `dir`.
@@ -70,8 +71,9 @@ pub fn gguf_to_hf(
     Ok(())
 }
 
-/// Writes a GGUF file from the HF checkpoint in `dir`, matrices in `target`, with the
-/// tokenizer's GGUF metadata `tokenizer_meta` added.
+/// Writes a GGUF file from the HF checkpoint in `dir`, matrices in `target`, with
+/// `tokenizer_meta` (the tokenizer's GGUF metadata, the chat template; a `general.name`
+/// there replaces the directory's name) added.
 pub fn hf_to_gguf(
     dir: &Path,
     out: &Path,
@@ -97,24 +99,32 @@ pub fn hf_to_gguf(
     for (k, v) in tokenizer_meta {
         w.set(&k, v);
     }
-    let mut hf_names: Vec<&str> = weights.st.names().collect();
-    // llama.cpp's order: embeddings, then layers in order, then the head.
-    hf_names.sort_by_key(|n| tensor_order(n));
+    // The layout's tensors in llama.cpp's order (embedding, blocks, norm, head); the head
+    // is written when the checkpoint has one, whatever `tie_word_embeddings` says, as the
+    // loader uses it then. Other tensors (rotary `inv_freq` buffers) are recomputed.
+    let mut shape = cfg.clone();
+    shape.tie_word_embeddings = !weights.contains(&global_name(Part::Head));
     let mut plan = Vec::new();
-    let has_output = weights.contains("lm_head.weight");
-    for &hf in &hf_names {
-        let Some(gguf_name) = names::hf_to_gguf(hf) else {
-            continue; // e.g. rotary inv_freq buffers, which are recomputed
-        };
-        let t = weights.st.tensor(hf)?;
+    for spec in layout::tensors(&shape) {
+        let t = weights.st.tensor(&spec.name)?;
+        if t.shape != spec.shape {
+            return Err(Error::Shape {
+                file: dir.display().to_string(),
+                name: spec.name,
+                found: t.shape.clone(),
+                expected: spec.shape,
+            });
+        }
+        let gguf_name = names::hf_to_gguf(&spec.name)
+            .ok_or_else(|| Error::Input(format!("`{}` has no GGUF name", spec.name)))?;
         let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
-        let ty = tensor_type(&gguf_name, &dims, target, has_output);
+        let ty = tensor_type(&gguf_name, &dims, target, !shape.tie_word_embeddings);
         w.add_tensor(TensorToWrite {
             name: gguf_name,
             dims,
             ggml_type: ty,
         });
-        plan.push((hf.to_string(), ty));
+        plan.push((spec.name, ty));
     }
     let factors = cfg.rope_freq_factors.clone();
     if let Some(f) = &factors {
@@ -148,24 +158,6 @@ pub fn hf_to_gguf(
         Ok(bytes)
     })?;
     Ok(())
-}
-
-/// Sort key putting tensors in llama.cpp's order.
-fn tensor_order(hf: &str) -> (usize, usize, String) {
-    if let Some(rest) = hf.strip_prefix("model.layers.") {
-        let layer = rest
-            .split('.')
-            .next()
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(usize::MAX);
-        return (1, layer, hf.to_string());
-    }
-    let group = if hf.starts_with("model.embed_tokens") {
-        0
-    } else {
-        2
-    };
-    (group, 0, hf.to_string())
 }
 
 /// Little-endian bytes of a contiguous f32/f16/bf16 tensor.

@@ -202,16 +202,10 @@ pub enum RopeLayout {
     GgufToHf,
 }
 
-/// The number of rotary heads whose rows a tensor holds (q_proj: query heads, k_proj:
+/// The number of rotary heads whose rows a tensor holds (queries: attention heads, keys:
 /// KV heads), or `None` for tensors that are not rotated.
 pub fn rotary_heads(cfg: &Config, hf_name: &str) -> Option<usize> {
-    if hf_name.ends_with("self_attn.q_proj.weight") {
-        Some(cfg.num_attention_heads)
-    } else if hf_name.ends_with("self_attn.k_proj.weight") {
-        Some(cfg.num_key_value_heads)
-    } else {
-        None
-    }
+    crate::layout::rotary_heads(cfg, crate::layout::parse(hf_name)?.0)
 }
 
 /// Reorders the rows of a (n_head * head_dim, cols) matrix stored row-major with

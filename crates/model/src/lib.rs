@@ -1,5 +1,7 @@
 //! The Llama decoder: its configuration, weights and forward pass, with a KV cache.
-//! One model definition for every user (inference, evaluation, later training).
+//! One model definition for every user: its layout (names and shapes of the weights), the
+//! inference path (`Llama`, quantized weights and a KV cache) and the training path
+//! (`TrainableLlama`, f32 variables and fused ops with their backward passes).
 
 pub mod attention;
 pub mod config;
@@ -8,14 +10,18 @@ pub mod error;
 pub mod export;
 pub mod hf;
 pub mod kv;
+pub mod layout;
 pub mod linear;
 pub mod llama;
 pub mod mlp;
+pub mod ops;
 pub mod pack_cache;
 pub mod rope;
+pub mod trainable;
 pub mod weights;
 
 pub use config::Config;
 pub use error::{Error, Result};
 pub use llama::Llama;
+pub use trainable::TrainableLlama;
 pub use weights::{GgufWeights, WeightSource};

@@ -11,6 +11,7 @@ use crate::attention::Attention;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kv::LayerKv;
+use crate::layout::{global_name, layer_name, Part};
 use crate::linear::{Linear, QuantMatrix};
 use crate::mlp::Mlp;
 use crate::rope::Rope;
@@ -139,8 +140,10 @@ impl Llama {
                 config.max_position_embeddings
             )));
         }
-        let embed_name = "model.embed_tokens.weight";
-        let tied = !w.contains("lm_head.weight");
+        let embed_name = global_name(Part::Embedding);
+        let embed_name = embed_name.as_str();
+        let head_name = global_name(Part::Head);
+        let tied = !w.contains(&head_name);
         // A tied embedding packed in the source's cache: its tensor need not be read.
         let cached = tied
             .then(|| crate::linear::cached(w, embed_name, (config.vocab_size, config.hidden_size)))
@@ -151,28 +154,22 @@ impl Llama {
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                let p = format!("model.layers.{i}");
                 Ok(DecoderLayer {
-                    input_layernorm: RmsNorm::load(
-                        w,
-                        &format!("{p}.input_layernorm.weight"),
-                        &config,
-                    )?,
-                    self_attn: Attention::load(w, &format!("{p}.self_attn"), &config)?,
+                    input_layernorm: RmsNorm::load(w, &layer_name(i, Part::AttnNorm), &config)?,
+                    self_attn: Attention::load(w, i, &config)?,
                     post_attention_layernorm: RmsNorm::load(
                         w,
-                        &format!("{p}.post_attention_layernorm.weight"),
+                        &layer_name(i, Part::FfnNorm),
                         &config,
                     )?,
-                    mlp: Mlp::load(w, &format!("{p}.mlp"), &config)?,
+                    mlp: Mlp::load(w, i, &config)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let (lm_head, embed_tokens) = match (cached, embed) {
             (Some(m), _) => (Linear::Quant(m.clone()), Embedding::Packed(m)),
             (None, Some(embed)) if !tied => {
-                let head =
-                    Linear::load(w, "lm_head.weight", (config.vocab_size, config.hidden_size))?;
+                let head = Linear::load(w, &head_name, (config.vocab_size, config.hidden_size))?;
                 (head, Embedding::Tensor(embed))
             }
             (None, Some(embed)) => match Linear::from_arc(embed.clone())? {
@@ -184,32 +181,34 @@ impl Llama {
             },
             (None, None) => unreachable!("the embedding is loaded when not cached"),
         };
-        let rope = Rope::new(
-            config.head_dim,
-            config.rope_theta,
-            config.rope_scaling_factor,
-            config.rope_freq_factors.as_deref(),
-            max_ctx,
-            &Device::Cpu,
-        )?;
+        let rope = Rope::new(&config, max_ctx, &Device::Cpu)?;
         Ok(Self {
             embed_tokens,
             layers,
-            norm: RmsNorm::load(w, "model.norm.weight", &config)?,
+            norm: RmsNorm::load(w, &global_name(Part::FinalNorm), &config)?,
             lm_head,
             rope,
             config,
         })
     }
 
+    /// Sets where attention rounds its numbers (llama.cpp's f16 by default); changing it
+    /// invalidates caches made before.
+    pub fn set_attention_precision(&mut self, precision: crate::attention::Precision) {
+        for layer in &mut self.layers {
+            layer.self_attn.precision = precision;
+        }
+    }
+
     /// The token embedding, checked against the configuration's shape.
     fn load_embedding(w: &dyn WeightSource, config: &Config) -> Result<QTensor> {
-        let embed = w.get("model.embed_tokens.weight")?;
+        let name = global_name(Part::Embedding);
+        let embed = w.get(&name)?;
         let expected = vec![config.vocab_size, config.hidden_size];
         if embed.shape().dims() != expected.as_slice() {
             return Err(Error::Shape {
                 file: w.file().to_string(),
-                name: "model.embed_tokens.weight".into(),
+                name,
                 found: embed.shape().dims().to_vec(),
                 expected,
             });
@@ -228,73 +227,62 @@ impl Llama {
         }
     }
 
-    /// Runs `tokens` after what `cache` holds. Returns logits (n, vocab) for the last
-    /// `n_out` positions (1 for generation, all for scoring). Long inputs run in batches of
-    /// [`UBATCH`] tokens so attention scores stay small (as llama.cpp's `n_ubatch`). On
-    /// error the cache may hold part of the input: reset it.
-    pub fn forward(&self, tokens: &[u32], cache: &mut Cache, n_out: usize) -> Result<Tensor> {
-        on_pool(|| self.forward_chunks(tokens, cache, n_out))
-    }
-
-    fn forward_chunks(&self, tokens: &[u32], cache: &mut Cache, n_out: usize) -> Result<Tensor> {
+    /// Runs `tokens` after what `cache` holds. Returns logits for the last `n_out`
+    /// positions (1 for generation, all for scoring). Long inputs run in batches of
+    /// [`UBATCH`] tokens (as llama.cpp's `n_ubatch`). On error the cache may hold part of
+    /// the input: reset it.
+    pub fn forward(&self, tokens: &[u32], cache: &mut Cache, n_out: usize) -> Result<Logits> {
         let n_out = n_out.clamp(1, tokens.len().max(1));
-        if tokens.len() <= UBATCH {
-            return self.forward_batch(tokens, cache, n_out);
-        }
-        let first_out = tokens.len() - n_out;
-        let mut outs = Vec::new();
-        for (i, chunk) in tokens.chunks(UBATCH).enumerate() {
+        let first_out = tokens.len().saturating_sub(n_out);
+        let mut out = Logits {
+            data: Vec::new(),
+            width: self.config.vocab_size,
+        };
+        for (i, chunk) in chunks_of(tokens).enumerate() {
             let start = i * UBATCH;
             let wanted = (start + chunk.len()).saturating_sub(first_out.max(start));
             // Chunks before the wanted outputs still need one (cheap) row computed.
-            let logits = self.forward_batch(chunk, cache, wanted.max(1))?;
+            let seq = SeqBatch {
+                tokens: chunk,
+                outputs: wanted.max(1),
+            };
+            let logits = self.forward_batch(&[seq], &mut [&mut *cache])?;
             if wanted > 0 {
-                outs.push(logits);
+                out.data.extend(logits.data);
             }
         }
-        Ok(Tensor::cat(&outs, 0)?)
+        Ok(out)
     }
 
-    fn forward_batch(&self, tokens: &[u32], cache: &mut Cache, n_out: usize) -> Result<Tensor> {
-        let x = self.hidden(tokens, cache)?;
-        let seq_len = tokens.len();
-        let n_out = n_out.clamp(1, seq_len);
-        let x = x.narrow(1, seq_len - n_out, n_out)?;
-        let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
-    }
-
-    /// The final hidden states (after the last RMSNorm) of `tokens`, (n, hidden), run
-    /// after what `cache` holds: what embeddings are pooled from.
-    pub fn hidden_states(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        on_pool(|| self.hidden_states_chunks(tokens, cache))
-    }
-
-    fn hidden_states_chunks(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        let parts = tokens
-            .chunks(UBATCH)
-            .map(|chunk| {
-                self.norm
-                    .forward(&self.hidden(chunk, cache)?)?
-                    .squeeze(0)
-                    .map_err(Error::from)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if parts.is_empty() {
-            return Err(Error::Input("no tokens to run".into()));
+    /// The final hidden states (after the last RMSNorm) of `tokens`, run after what
+    /// `cache` holds: what embeddings are pooled from. Rows of `hidden_size`.
+    pub fn hidden_states(&self, tokens: &[u32], cache: &mut Cache) -> Result<Logits> {
+        let mut out = Logits {
+            data: Vec::new(),
+            width: self.config.hidden_size,
+        };
+        for chunk in chunks_of(tokens) {
+            let seq = SeqBatch {
+                tokens: chunk,
+                outputs: chunk.len(),
+            };
+            let hidden = on_pool(|| self.run(&[seq], &mut [&mut *cache], Output::Hidden))?;
+            out.data.extend(hidden.data);
         }
-        Ok(Tensor::cat(&parts, 0)?)
+        Ok(out)
     }
 
-    /// Several sequences in one batched forward (continuous batching): `seqs[i]` follows
-    /// what `caches[i]` holds: a prompt chunk or a single generated token. Returns the
-    /// logits after the last token of each, (n_seq, vocab). On error the caches may hold
-    /// part of the input: reset them.
-    pub fn forward_multi(&self, seqs: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Tensor> {
-        on_pool(|| self.forward_multi_inner(seqs, caches))
+    /// The one batched forward pass: `seqs[i].tokens` follow what `caches[i]` holds (a
+    /// prompt chunk, a single generated token, or a whole text to score), every sequence's
+    /// rows through the blocks together (continuous batching; the weights are read once
+    /// for all), attention per sequence over its own cache. Returns the logits of the last
+    /// `seqs[i].outputs` rows of each sequence, in order. On error the caches may hold part
+    /// of the input: reset them.
+    pub fn forward_batch(&self, seqs: &[SeqBatch], caches: &mut [&mut Cache]) -> Result<Logits> {
+        on_pool(|| self.run(seqs, caches, Output::Logits))
     }
 
-    fn forward_multi_inner(&self, seqs: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Tensor> {
+    fn run(&self, seqs: &[SeqBatch], caches: &mut [&mut Cache], output: Output) -> Result<Logits> {
         if seqs.is_empty() || seqs.len() != caches.len() {
             return Err(Error::Input(format!(
                 "{} sequences for {} caches",
@@ -303,20 +291,19 @@ impl Llama {
             )));
         }
         for (s, c) in seqs.iter().zip(caches.iter()) {
-            if s.is_empty() {
+            if s.tokens.is_empty() {
                 return Err(Error::Input("no tokens to run".into()));
             }
-            if c.seq_len() + s.len() > c.n_ctx {
-                return Err(Error::Input(format!(
-                    "{} tokens exceed the context of {} ({} already held)",
-                    c.seq_len() + s.len(),
-                    c.n_ctx,
-                    c.seq_len()
-                )));
+            if c.seq_len() + s.tokens.len() > c.n_ctx {
+                return Err(Error::ContextExceeded {
+                    tokens: c.seq_len() + s.tokens.len(),
+                    limit: c.n_ctx,
+                });
             }
         }
-        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        let mut x = self.embed(&seqs.concat())?;
+        let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+        let all: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let mut x = self.embed(&all)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
             let mut kvs: Vec<&mut LayerKv> = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
@@ -327,17 +314,28 @@ impl Llama {
             let h = layer.post_attention_layernorm.forward(&x)?;
             x = (&x + layer.mlp.forward(&h)?)?;
         }
-        // Only the last row of each sequence needs the output projection.
-        let last: Vec<u32> = lens
-            .iter()
-            .scan(0u32, |end, &n| {
-                *end += n as u32;
-                Some(*end - 1)
-            })
-            .collect();
-        let last = Tensor::new(last.as_slice(), &Device::Cpu)?;
-        let x = self.norm.forward(&x.index_select(&last, 1)?)?;
-        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
+        // Only the rows asked for go through the final norm and the output projection.
+        let mut rows = Vec::new();
+        let mut end = 0u32;
+        for (s, &n) in seqs.iter().zip(&lens) {
+            end += n as u32;
+            let k = s.outputs.clamp(1, n) as u32;
+            rows.extend(end - k..end);
+        }
+        let x = if rows.len() == all.len() {
+            x
+        } else {
+            x.index_select(&Tensor::new(rows.as_slice(), &Device::Cpu)?, 1)?
+        };
+        let x = self.norm.forward(&x)?;
+        let (y, width) = match output {
+            Output::Logits => (self.lm_head.forward(&x)?, self.config.vocab_size),
+            Output::Hidden => (x, self.config.hidden_size),
+        };
+        Ok(Logits {
+            data: y.flatten_all()?.to_vec1::<f32>()?,
+            width,
+        })
     }
 
     /// Checks token ids and embeds them: (1, n, hidden) in f32.
@@ -370,30 +368,72 @@ impl Llama {
             }
         }
     }
+}
 
-    /// Runs every block over `tokens` (at most one micro-batch) after the cache; returns
-    /// the residual stream (1, n, hidden) before the final norm.
-    fn hidden(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        let index_pos = cache.seq_len();
-        let seq_len = tokens.len();
-        if seq_len == 0 {
-            return Err(Error::Input("no tokens to run".into()));
-        }
-        if index_pos + seq_len > cache.n_ctx {
-            return Err(Error::Input(format!(
-                "{} tokens exceed the context of {} ({index_pos} already held)",
-                index_pos + seq_len,
-                cache.n_ctx
-            )));
-        }
-        let mut x = self.embed(tokens)?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let h = layer.input_layernorm.forward(&x)?;
-            let h = layer.self_attn.forward(&h, &self.rope, index_pos, kv)?;
-            x = (x + h)?;
-            let h = layer.post_attention_layernorm.forward(&x)?;
-            x = (&x + layer.mlp.forward(&h)?)?;
-        }
-        Ok(x)
+/// What a forward pass hands out.
+#[derive(Clone, Copy)]
+enum Output {
+    Logits,
+    /// The final hidden states, after the last RMSNorm.
+    Hidden,
+}
+
+/// One sequence's part of a batched forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqBatch<'a> {
+    /// Tokens that follow what the sequence's cache holds.
+    pub tokens: &'a [u32],
+    /// How many of the last rows need logits (1 for generation; at least 1).
+    pub outputs: usize,
+}
+
+/// Rows of a forward pass's output as plain f32 values: logits (`vocab` wide) or hidden
+/// states (`hidden_size` wide), in the order the rows were asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    data: Vec<f32>,
+    width: usize,
+}
+
+impl Logits {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.data.len() / self.width.max(1)
     }
+
+    /// Values per row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.width..(i + 1) * self.width]
+    }
+
+    /// Every row, one after another.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// The rows as one vector.
+    pub fn into_vec(self) -> Vec<f32> {
+        self.data
+    }
+
+    /// The rows as vectors of their own.
+    pub fn into_rows(self) -> Vec<Vec<f32>> {
+        self.data
+            .chunks(self.width.max(1))
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+}
+
+/// `tokens` in micro-batches of at most [`UBATCH`]; one empty chunk for no tokens, so the
+/// forward pass reports the error.
+fn chunks_of(tokens: &[u32]) -> impl Iterator<Item = &[u32]> {
+    let empty: &[u32] = &[];
+    let first = tokens.is_empty().then_some(empty);
+    first.into_iter().chain(tokens.chunks(UBATCH))
 }

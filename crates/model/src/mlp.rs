@@ -5,27 +5,25 @@ use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::layout::{layer_name, Part};
 use crate::linear::{Linear, Stacked};
 use crate::weights::WeightSource;
 
 /// Feed-forward weights of one block.
 pub struct Mlp {
-    /// gate_proj and up_proj, stacked.
+    /// The gate and up projections, stacked.
     gate_up: Stacked,
     down_proj: Linear,
 }
 
 impl Mlp {
-    /// Loads `{prefix}.gate_proj` and friends.
-    pub fn load(w: &dyn WeightSource, prefix: &str, cfg: &Config) -> Result<Self> {
+    /// Loads the feed-forward weights of block `layer`.
+    pub fn load(w: &dyn WeightSource, layer: usize, cfg: &Config) -> Result<Self> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let names = [
-            format!("{prefix}.gate_proj.weight"),
-            format!("{prefix}.up_proj.weight"),
-        ];
+        let names = [Part::Gate, Part::Up].map(|p| layer_name(layer, p));
         Ok(Self {
             gate_up: Stacked::load(w, &names, &[f, f], h)?,
-            down_proj: Linear::load(w, &format!("{prefix}.down_proj.weight"), (h, f))?,
+            down_proj: Linear::load(w, &layer_name(layer, Part::Down), (h, f))?,
         })
     }
 }

@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::config::Config;
 use crate::error::Result;
 
 /// Cosine and sine tables for every position up to the context size.
@@ -16,34 +17,42 @@ pub struct Rope {
     sin: Tensor,
 }
 
-impl Rope {
-    /// Tables for `max_pos` positions; positions are divided by `scale` (linear scaling)
-    /// and frequency i by `factors[i]` (Llama 3.1 scaling) when given.
-    pub fn new(
-        head_dim: usize,
-        theta: f32,
-        scale: f32,
-        factors: Option<&[f32]>,
-        max_pos: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| {
-                1.0 / theta.powf(2.0 * i as f32 / head_dim as f32)
-                    / factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0)
-            })
-            .collect();
-        let mut cos = Vec::with_capacity(max_pos * half);
-        let mut sin = Vec::with_capacity(max_pos * half);
-        for pos in 0..max_pos {
-            let p = pos as f32 / scale;
-            for f in &inv_freq {
-                let angle = p * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
+/// The rotation frequency of each pair of a head's dimensions: theta^(-2i/d), divided by
+/// `rope_freq_factors[i]` (Llama 3.1's scaling, from GGUF's `rope_freqs.weight` or
+/// config.json's `rope_scaling`) when the model has them. Every path that rotates (the
+/// inference tables here, the training op in `ops::rope_heads`) starts from these.
+pub fn inv_frequencies(cfg: &Config) -> Vec<f32> {
+    let (d, factors) = (cfg.head_dim, cfg.rope_freq_factors.as_deref());
+    (0..d / 2)
+        .map(|i| {
+            1.0 / cfg.rope_theta.powf(2.0 * i as f32 / d as f32)
+                / factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0)
+        })
+        .collect()
+}
+
+/// Cosines and sines of every position's angles, (max_pos, head_dim / 2) position-major:
+/// position p / `rope_scaling_factor` (linear scaling) times each frequency.
+pub fn angle_tables(cfg: &Config, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
+    let inv_freq = inv_frequencies(cfg);
+    let mut cos = Vec::with_capacity(max_pos * inv_freq.len());
+    let mut sin = Vec::with_capacity(max_pos * inv_freq.len());
+    for pos in 0..max_pos {
+        let p = pos as f32 / cfg.rope_scaling_factor;
+        for f in &inv_freq {
+            let (s, c) = (p * f).sin_cos();
+            cos.push(c);
+            sin.push(s);
         }
+    }
+    (cos, sin)
+}
+
+impl Rope {
+    /// Tables of `cfg`'s rotation for `max_pos` positions.
+    pub fn new(cfg: &Config, max_pos: usize, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let (cos, sin) = angle_tables(cfg, max_pos);
         Ok(Self {
             cos: Tensor::from_vec(cos, (max_pos, half), device)?,
             sin: Tensor::from_vec(sin, (max_pos, half), device)?,
@@ -84,6 +93,15 @@ pub fn rope_reference(row: &mut [f32], pos: usize, theta: f32, scale: f32) {
 mod tests {
     use super::*;
 
+    /// A shape whose heads are `head_dim` wide, with the given scaling.
+    fn config(head_dim: usize, scale: f32, factors: Option<Vec<f32>>) -> Config {
+        let mut cfg = Config::preset("260k").unwrap();
+        cfg.head_dim = head_dim;
+        cfg.rope_scaling_factor = scale;
+        cfg.rope_freq_factors = factors;
+        cfg
+    }
+
     #[test]
     fn rope_matches_reference_at_offset() {
         let dev = Device::Cpu;
@@ -92,7 +110,7 @@ mod tests {
             .map(|i| ((i * 37) % 17) as f32 / 7.0 - 1.0)
             .collect();
         let x = Tensor::from_vec(data.clone(), (1, heads, t, d), &dev).unwrap();
-        let rope = Rope::new(d, 10000.0, 2.0, None, 32, &dev).unwrap();
+        let rope = Rope::new(&config(d, 2.0, None), 32, &dev).unwrap();
         let got: Vec<f32> = rope
             .apply(&x, 7)
             .unwrap()
@@ -115,8 +133,8 @@ mod tests {
     #[test]
     fn frequency_factors_divide_the_frequencies() {
         let dev = Device::Cpu;
-        let plain = Rope::new(4, 10000.0, 1.0, None, 8, &dev).unwrap();
-        let scaled = Rope::new(4, 10000.0, 1.0, Some(&[1.0, 4.0]), 8, &dev).unwrap();
+        let plain = Rope::new(&config(4, 1.0, None), 8, &dev).unwrap();
+        let scaled = Rope::new(&config(4, 1.0, Some(vec![1.0, 4.0])), 8, &dev).unwrap();
         let sin = |r: &Rope| -> Vec<Vec<f32>> { r.sin.to_vec2().unwrap() };
         // Frequency 0 is untouched; frequency 1 at position 4 equals position 1 unscaled.
         assert_eq!(sin(&plain)[5][0], sin(&scaled)[5][0]);

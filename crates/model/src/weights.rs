@@ -8,6 +8,7 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::Device;
 use ferrollama_gguf::{names, GgmlType, GgufFile};
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::linear::QuantMatrix;
 use crate::pack_cache::PackCache;
@@ -88,6 +89,26 @@ impl WeightSource for GgufWeights<'_> {
             c.offer(key, m);
         }
     }
+}
+
+/// Opens the checkpoint at `path` (a GGUF file, or a Hugging Face directory with
+/// `config.json` and safetensors) and hands `f` its weights and configuration, whose
+/// `tie_word_embeddings` follows the weights (an HF checkpoint may hold an `lm_head` that
+/// its config calls tied; the loaders use the head then).
+pub fn with_checkpoint<R>(
+    path: &std::path::Path,
+    f: impl FnOnce(&dyn WeightSource, Config) -> Result<R>,
+) -> Result<R> {
+    let head = crate::layout::global_name(crate::layout::Part::Head);
+    if path.is_dir() {
+        let mut config = crate::hf::config_from_hf(path)?;
+        let weights = crate::hf::HfWeights::open(path, config.clone())?;
+        config.tie_word_embeddings = !weights.contains(&head);
+        return f(&weights, config);
+    }
+    let file = GgufFile::open(path)?;
+    let config = Config::from_gguf(&file)?;
+    f(&GgufWeights::new(&file), config)
 }
 
 /// Strictest alignment of candle's block types (f32 fields).

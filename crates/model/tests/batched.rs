@@ -2,6 +2,7 @@
 //! and a cache cut back to a prefix continues as a fresh one (default model, Q4_1).
 
 use ferrollama_gguf::GgufFile;
+use ferrollama_model::llama::{Cache, Logits, SeqBatch};
 use ferrollama_model::{Config, GgufWeights, Llama};
 
 fn model() -> Llama {
@@ -10,8 +11,24 @@ fn model() -> Llama {
     Llama::load(&GgufWeights::new(&file), cfg, 256).unwrap()
 }
 
-fn to_vec(t: candle_core::Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
+fn to_vec(t: Logits) -> Vec<f32> {
+    t.into_vec()
+}
+
+/// Several sequences in one batched forward, the logits after each one's last token.
+fn forward_multi(
+    m: &Llama,
+    seqs: &[&[u32]],
+    caches: &mut [&mut Cache],
+) -> ferrollama_model::Result<Logits> {
+    let batch: Vec<SeqBatch> = seqs
+        .iter()
+        .map(|t| SeqBatch {
+            tokens: t,
+            outputs: 1,
+        })
+        .collect();
+    m.forward_batch(&batch, caches)
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -56,7 +73,7 @@ fn batched_decode_matches_one_sequence_at_a_time() {
         let tokens: Vec<[u32; 1]> = steps.iter().map(|s| [s[step]]).collect();
         let seqs: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
         let mut refs: Vec<_> = caches.iter_mut().collect();
-        let logits = to_vec(m.forward_multi(&seqs, &mut refs).unwrap());
+        let logits = to_vec(forward_multi(&m, &seqs, &mut refs).unwrap());
         for (i, row) in logits.chunks(vocab).enumerate() {
             let d = max_diff(row, &alone[i][step]);
             // The batched matmul may sum in another order; nothing more may differ.
@@ -86,8 +103,12 @@ fn prompt_chunks_and_single_tokens_mix_in_one_batch() {
     m.forward(&b[..1], &mut cb, 1).unwrap();
     let mut cc = m.new_cache(64);
     let logits = to_vec(
-        m.forward_multi(&[&[28], &b[1..], &a[..3]], &mut [&mut ca, &mut cb, &mut cc])
-            .unwrap(),
+        forward_multi(
+            &m,
+            &[&[28], &b[1..], &a[..3]],
+            &mut [&mut ca, &mut cb, &mut cc],
+        )
+        .unwrap(),
     );
     let c_alone = to_vec(m.forward(&a[..3], &mut m.new_cache(64), 1).unwrap());
     let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
@@ -136,11 +157,11 @@ fn decode_refuses_a_full_context_and_mismatched_batches() {
     let m = model();
     let mut c = m.new_cache(2);
     m.forward(&[1, 2], &mut c, 1).unwrap();
-    assert!(m.forward_multi(&[&[3]], &mut [&mut c]).is_err());
+    assert!(forward_multi(&m, &[&[3]], &mut [&mut c]).is_err());
     let mut d = m.new_cache(8);
-    assert!(m.forward_multi(&[&[3], &[4]], &mut [&mut d]).is_err());
-    assert!(m.forward_multi(&[&[]], &mut [&mut d]).is_err());
-    assert!(m.forward_multi(&[&[u32::MAX]], &mut [&mut d]).is_err());
+    assert!(forward_multi(&m, &[&[3], &[4]], &mut [&mut d]).is_err());
+    assert!(forward_multi(&m, &[&[]], &mut [&mut d]).is_err());
+    assert!(forward_multi(&m, &[&[u32::MAX]], &mut [&mut d]).is_err());
 }
 
 #[test]
@@ -148,7 +169,7 @@ fn hidden_states_cover_every_token() {
     let m = model();
     let mut c = m.new_cache(64);
     let h = m.hidden_states(&[504, 3575, 282], &mut c).unwrap();
-    assert_eq!(h.dims(), [3, m.config.hidden_size]);
+    assert_eq!((h.rows(), h.width()), (3, m.config.hidden_size));
     assert!(m.hidden_states(&[], &mut m.new_cache(4)).is_err());
 }
 
@@ -180,7 +201,7 @@ fn decode_step_timing() {
             let toks: Vec<[u32; 1]> = (0..n).map(|i| [(s * 13 + i as u32) % 900 + 20]).collect();
             let seqs: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
             let mut refs: Vec<_> = caches.iter_mut().collect();
-            m.forward_multi(&seqs, &mut refs).unwrap();
+            forward_multi(&m, &seqs, &mut refs).unwrap();
         }
         let ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(steps);
         println!(

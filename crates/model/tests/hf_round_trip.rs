@@ -14,13 +14,7 @@ const PROMPT: [u32; 9] = [9843, 2056, 253, 655, 28, 665, 436, 253, 1165];
 fn logits(w: &dyn WeightSource, cfg: Config) -> Vec<f32> {
     let model = Llama::load(w, cfg, 64).unwrap();
     let mut cache = model.new_cache(64);
-    model
-        .forward(&PROMPT, &mut cache, 1)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    model.forward(&PROMPT, &mut cache, 1).unwrap().into_vec()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

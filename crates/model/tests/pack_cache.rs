@@ -27,7 +27,7 @@ fn load_and_run(file: &GgufFile, model: &Path, dir: &Path) -> (CacheState, Vec<u
 fn logits(m: &Llama) -> Vec<u32> {
     let mut c = m.new_cache(64);
     let t = m.forward(&[504, 3575, 282, 4649, 314], &mut c, 1).unwrap();
-    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    let v: Vec<f32> = t.into_vec();
     v.iter().map(|x| x.to_bits()).collect()
 }
 

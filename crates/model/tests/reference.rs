@@ -48,13 +48,7 @@ fn load(path: &PathBuf) -> Llama {
 
 fn step0_logits(model: &Llama) -> Vec<f32> {
     let mut cache = model.new_cache(512);
-    model
-        .forward(&PROMPT0, &mut cache, 1)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    model.forward(&PROMPT0, &mut cache, 1).unwrap().into_vec()
 }
 
 /// (max, mean) absolute difference against a raw f32 dump.
@@ -85,13 +79,7 @@ fn check_greedy(model: &Llama, reference: &str, tie: f64) {
         let mut input = prompt.clone();
         let mut got = Vec::new();
         for step in 0..16 {
-            let logits: Vec<f32> = model
-                .forward(&input, &mut cache, 1)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let logits: Vec<f32> = model.forward(&input, &mut cache, 1).unwrap().into_vec();
             let next = argmax(&logits);
             got.push(next);
             if next != want[step] {

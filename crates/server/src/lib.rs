@@ -13,9 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferrollama_generate::ChatFormat;
-use ferrollama_model::Llama;
-use ferrollama_tokenizer::Tokenizer;
+use ferrollama_generate::{Bundle, ChatFormat};
 
 use crate::engine::EngineConfig;
 use crate::metrics::Metrics;
@@ -40,24 +38,17 @@ pub struct ServeOptions {
     pub model_id: String,
 }
 
-/// The model and what comes with it.
-pub struct Served {
-    pub model: Llama,
-    pub tokenizer: Tokenizer,
-    pub chat_template: Option<String>,
-}
-
 /// Serves until Ctrl-C or SIGTERM; then stops accepting connections and lets the streams
 /// in flight finish. Prints `listening on http://ADDR` to stderr once the port is bound
 /// (with port 0, the port the system chose).
-pub fn serve(served: Served, opts: ServeOptions) -> std::io::Result<()> {
+pub fn serve(served: Bundle, opts: ServeOptions) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(opts.addr)?;
     serve_listener(served, opts, listener)
 }
 
 /// [`serve`] on a socket already bound (tests bind port 0 and read the port first).
 pub fn serve_listener(
-    served: Served,
+    served: Bundle,
     opts: ServeOptions,
     listener: std::net::TcpListener,
 ) -> std::io::Result<()> {
@@ -74,10 +65,10 @@ pub fn serve_listener(
     }
     let metrics = Arc::new(Metrics::default());
     let hidden_size = served.model.config.hidden_size;
-    let tokenizer = Arc::new(served.tokenizer);
+    let tokenizer = Arc::new(served.tokenizer.clone());
+    let chat = ChatFormat::for_model(served.chat_template.as_deref());
     let engine = engine::start(
-        Arc::new(served.model),
-        tokenizer.clone(),
+        served,
         EngineConfig {
             parallel,
             n_ctx_slot,
@@ -88,7 +79,7 @@ pub fn serve_listener(
     let app = Arc::new(AppState {
         engine,
         tokenizer,
-        chat: ChatFormat::for_model(served.chat_template.as_deref()),
+        chat,
         model_id: opts.model_id.clone(),
         api_key: opts.api_key.clone().filter(|k| !k.is_empty()),
         max_tokens: opts.max_tokens,

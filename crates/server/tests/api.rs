@@ -8,10 +8,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use ferrollama_gguf::GgufFile;
-use ferrollama_model::{Config, GgufWeights, Llama};
-use ferrollama_server::{serve_listener, ServeOptions, Served};
-use ferrollama_tokenizer::Tokenizer;
+use ferrollama_generate::{Bundle, OpenOptions};
+use ferrollama_server::{serve_listener, ServeOptions};
 use serde_json::{json, Value};
 
 struct Opts {
@@ -24,15 +22,11 @@ struct Opts {
 /// Starts a server on a free port in a background thread.
 fn start(o: Opts) -> SocketAddr {
     let path = ferrollama_assets::default_model().unwrap();
-    let file = GgufFile::open(&path).unwrap();
-    let config = Config::from_gguf(&file).unwrap();
-    let model = Llama::load(&GgufWeights::new(&file), config, o.ctx / o.parallel).unwrap();
-    let tokenizer = Tokenizer::from_gguf(&file.header).unwrap();
-    let chat_template = file
-        .header
-        .get_str("tokenizer.chat_template")
-        .ok()
-        .map(String::from);
+    let open = OpenOptions {
+        ctx: Some(o.ctx / o.parallel),
+        ..OpenOptions::default()
+    };
+    let served = Bundle::open(&path, &open).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let opts = ServeOptions {
@@ -44,11 +38,6 @@ fn start(o: Opts) -> SocketAddr {
         max_tokens: 256,
         body_limit: 64 * 1024,
         model_id: "smollm2".into(),
-    };
-    let served = Served {
-        model,
-        tokenizer,
-        chat_template,
     };
     std::thread::spawn(move || serve_listener(served, opts, listener).unwrap());
     addr

@@ -54,7 +54,7 @@ impl Tokenizer {
     }
 
     /// The text of a `tokenizer_config.json`: BOS/EOS flags, special tokens, space clean-up.
-    pub fn to_tokenizer_config_json(&self) -> String {
+    pub fn to_tokenizer_config_json(&self, chat_template: Option<&str>) -> String {
         let mut cfg = Map::new();
         cfg.insert("add_bos_token".into(), json!(self.add_bos));
         cfg.insert("add_eos_token".into(), json!(self.add_eos));
@@ -73,11 +73,15 @@ impl Tokenizer {
             json!(self.clean_spaces),
         );
         cfg.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+        if let Some(t) = chat_template {
+            cfg.insert("chat_template".into(), json!(t));
+        }
         serde_json::to_string_pretty(&Value::Object(cfg)).unwrap_or_default()
     }
 
-    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir` (created if needed).
-    pub fn write_hf_dir(&self, dir: &Path) -> Result<()> {
+    /// Writes `tokenizer.json` and `tokenizer_config.json` (with the model's chat template,
+    /// if it has one) into `dir` (created if needed).
+    pub fn write_hf_dir(&self, dir: &Path, chat_template: Option<&str>) -> Result<()> {
         let io = |path: &Path, source| Error::Io {
             file: path.display().to_string(),
             source,
@@ -85,7 +89,10 @@ impl Tokenizer {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         for (name, text) in [
             ("tokenizer.json", self.to_tokenizer_json()),
-            ("tokenizer_config.json", self.to_tokenizer_config_json()),
+            (
+                "tokenizer_config.json",
+                self.to_tokenizer_config_json(chat_template),
+            ),
         ] {
             let path = dir.join(name);
             std::fs::write(&path, text).map_err(|e| io(&path, e))?;
@@ -262,5 +269,20 @@ fn pre_tokenizer(s: Splitter) -> Value {
             steps.push(byte_level(false));
             json!({"type": "Sequence", "pretokenizers": steps})
         }
+    }
+}
+
+/// The chat template in a Hugging Face `tokenizer_config.json` (a string, or a list of
+/// named templates of which `default` is taken), if any.
+pub fn chat_template_from_config(json: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(json).ok()?;
+    match &v["chat_template"] {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(list) => list
+            .iter()
+            .find(|t| t["name"] == "default")
+            .or_else(|| list.first())
+            .and_then(|t| t["template"].as_str().map(String::from)),
+        _ => None,
     }
 }

@@ -6,6 +6,7 @@
 pub mod bytes;
 pub mod decode;
 pub mod error;
+pub mod files;
 pub mod hf_json;
 pub mod pretokenize;
 pub mod tokenizer;
@@ -25,6 +26,8 @@ mod unicode_table;
 
 pub use decode::clean_spaces;
 pub use error::{Error, Result};
+pub use files::TokenizerFiles;
+pub use hf_export::chat_template_from_config;
 pub use pretokenize::Splitter;
 pub use tokenizer::Tokenizer;
 pub use vocab::{ModelKind, SpecialIds, TokenType, Vocab};

@@ -28,7 +28,7 @@ fn texts(vectors: &str) -> Result<Vec<String>> {
 
 fn round_trip(tok: &Tokenizer, texts: &[String]) -> Result<()> {
     let json = tok.to_tokenizer_json();
-    let config = tok.to_tokenizer_config_json();
+    let config = tok.to_tokenizer_config_json(None);
     let back = Tokenizer::from_hf_json(&json, Some(&config))?;
     assert_eq!(back.vocab_size(), tok.vocab_size());
     assert_eq!(
@@ -94,7 +94,7 @@ fn smollm2_through_a_directory() -> Result<()> {
     let tok = common::smollm2()?;
     let dir =
         std::env::temp_dir().join(format!("ferrollama-tokenizer-test-{}", std::process::id()));
-    tok.write_hf_dir(&dir)?;
+    tok.write_hf_dir(&dir, None)?;
     let back = Tokenizer::from_hf_dir(&dir)?;
     std::fs::remove_dir_all(&dir)?;
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(common::data(

@@ -69,7 +69,7 @@ fn tokenizer_json_reloads_to_the_same_encoder() {
     let tok = trained(400);
     let again = Tokenizer::from_hf_json(
         &tok.to_tokenizer_json(),
-        Some(&tok.to_tokenizer_config_json()),
+        Some(&tok.to_tokenizer_config_json(None)),
     )
     .unwrap();
     for text in corpus().iter().take(5) {

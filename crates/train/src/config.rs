@@ -17,6 +17,12 @@ pub struct TrainConfig {
     pub preset: String,
     /// The tokenizer: a GGUF file, a Hugging Face directory, or a `tokenizer.json`.
     pub tokenizer: Option<PathBuf>,
+    /// Start from this checkpoint's weights (a GGUF file of any type the project reads,
+    /// dequantized to f32, or a Hugging Face directory) instead of random ones; the model's
+    /// shape is then the checkpoint's and `preset` is not used. Skipped when absent, so
+    /// the settings digest of runs without it is what it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
     pub data: DataConfig,
     pub optim: AdamWConfig,
     /// Peak learning rate.
@@ -53,6 +59,7 @@ impl Default for TrainConfig {
         Self {
             preset: "260k".into(),
             tokenizer: None,
+            init: None,
             data: DataConfig::default(),
             optim: AdamWConfig::default(),
             lr: 5e-4,
@@ -95,9 +102,29 @@ impl TrainConfig {
         Ok(self.batch_tokens / per_micro)
     }
 
-    /// The model shape: the preset with the tokenizer's vocabulary and a context of at
-    /// least `seq_len`.
+    /// The model shape: the `init` checkpoint's (whose vocabulary must hold the
+    /// tokenizer's and whose context `seq_len`), or the preset with the tokenizer's
+    /// vocabulary and a context of at least `seq_len`.
     pub fn model_config(&self, vocab_size: usize) -> Result<Config> {
+        if let Some(path) = &self.init {
+            let cfg = ferrollama_model::weights::with_checkpoint(path, |_, cfg| Ok(cfg))?;
+            if vocab_size > cfg.vocab_size {
+                return Err(Error::Config(format!(
+                    "the tokenizer has {vocab_size} tokens but the model {} only {}",
+                    path.display(),
+                    cfg.vocab_size
+                )));
+            }
+            if self.seq_len > cfg.max_position_embeddings {
+                return Err(Error::Config(format!(
+                    "seq_len {} is longer than the context {} of {} was trained for",
+                    self.seq_len,
+                    cfg.max_position_embeddings,
+                    path.display()
+                )));
+            }
+            return Ok(cfg);
+        }
         let mut cfg = Config::preset(&self.preset).ok_or_else(|| {
             Error::Config(format!(
                 "unknown preset `{}`; choose one of {}",
@@ -113,8 +140,10 @@ impl TrainConfig {
     /// Checks the settings that no later step would catch with a clear message.
     pub fn check(&self) -> Result<()> {
         self.accumulation()?;
-        if self.steps == 0 {
-            return Err(Error::Config("steps must be at least 1".into()));
+        if self.steps == 0 && self.init.is_none() {
+            return Err(Error::Config(
+                "steps must be at least 1 (0 is only for exporting an --init checkpoint)".into(),
+            ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(Error::Config(format!("lr {} must be positive", self.lr)));

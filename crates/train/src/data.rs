@@ -109,6 +109,9 @@ pub struct Corpus {
     /// Documents in each split.
     pub train_docs: usize,
     pub val_docs: usize,
+    /// The held-out documents held no tokens (a corpus of one or a few documents), so the
+    /// last `val_fraction` of the training tokens was held out instead.
+    pub val_by_tokens: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -118,6 +121,8 @@ struct Index {
     val_docs: usize,
     train_tokens: usize,
     val_tokens: usize,
+    #[serde(default)]
+    val_by_tokens: bool,
 }
 
 impl Corpus {
@@ -173,6 +178,7 @@ impl Corpus {
             val,
             train_docs: index.train_docs,
             val_docs: index.val_docs,
+            val_by_tokens: index.val_by_tokens,
         }))
     }
 }
@@ -270,6 +276,8 @@ fn cache_key(cfg: &DataConfig, files: &[PathBuf], tokenizer: &Tokenizer) -> Resu
     cfg.separator.hash(&mut h);
     cfg.val_fraction.to_bits().hash(&mut h);
     tokenizer.to_tokenizer_json().hash(&mut h);
+    // Version 2: a corpus whose held-out documents hold no tokens is split by tokens.
+    2u32.hash(&mut h);
     Ok(format!("{:016x}", h.finish()))
 }
 
@@ -323,14 +331,32 @@ fn tokenize_into(
         })?;
     }
     flush(&mut pending, &mut doc_index)?;
-    let (train_tokens, val_tokens) = (train.finish()?, val.finish()?);
+    let (mut train_tokens, mut val_tokens) = (train.finish()?, val.finish()?);
+    let val_by_tokens = val_tokens == 0 && cfg.val_fraction > 0.0 && train_tokens > 1;
+    if val_by_tokens {
+        let held = ((train_tokens as f64 * cfg.val_fraction).ceil() as usize).min(train_tokens - 1);
+        move_tail(&dir.join("train.bin"), &dir.join("val.bin"), held)?;
+        train_tokens -= held;
+        val_tokens = held;
+    }
     Ok(Index {
         key: key.to_string(),
         train_docs,
         val_docs,
         train_tokens,
         val_tokens,
+        val_by_tokens,
     })
+}
+
+/// Moves the last `tokens` ids of shard `from` into the (empty) shard `to`.
+fn move_tail(from: &Path, to: &Path, tokens: usize) -> Result<()> {
+    let mut bytes = std::fs::read(from).map_err(|e| io(from, e))?;
+    let cut = bytes.len() - tokens * 4;
+    std::fs::write(to, &bytes[cut..]).map_err(|e| io(to, e))?;
+    bytes.truncate(cut);
+    std::fs::write(from, &bytes).map_err(|e| io(from, e))?;
+    Ok(())
 }
 
 /// BOS + the document's tokens + EOS (where the vocabulary has them).

@@ -5,20 +5,31 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ferrollama_gguf::GgmlType;
+use ferrollama_gguf::{GgmlType, Value};
 use ferrollama_tokenizer::Tokenizer;
 
 use crate::checkpoint::{save_tensors, write_synced};
 use crate::error::{Error, Result};
-use crate::model::TrainModel;
+use ferrollama_model::TrainableLlama;
+
+/// What an exported model carries beside its weights.
+pub struct ExportInfo<'a> {
+    pub tokenizer: &'a Tokenizer,
+    /// The chat template of the model trained from (none for a model trained from scratch).
+    pub chat_template: Option<&'a str>,
+    /// `general.name` of the GGUF file (and `_name_or_path` of config.json).
+    pub name: &'a str,
+}
 
 /// Writes `out/hf/` and `out/model.gguf` (matrices in `gguf_type`); returns their paths.
+/// The files depend only on the weights and `info`, never on how the run got there.
 pub fn export(
-    model: &TrainModel,
-    tokenizer: &Tokenizer,
+    model: &TrainableLlama,
+    info: &ExportInfo,
     out: &Path,
     gguf_type: GgmlType,
 ) -> Result<(PathBuf, PathBuf)> {
+    let tokenizer = info.tokenizer;
     let hf = out.join("hf");
     std::fs::create_dir_all(&hf).map_err(|e| crate::error::io(&hf, e))?;
     let weights: BTreeMap<String, candle_core::Tensor> = model
@@ -26,19 +37,19 @@ pub fn export(
         .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
         .collect();
     save_tensors(&hf.join("model.safetensors"), &weights)?;
-    let config =
+    let mut config =
         ferrollama_model::hf::config_to_hf(&model.config, tokenizer.bos(), tokenizer.eos());
+    config["_name_or_path"] = serde_json::Value::String(info.name.to_string());
     let text = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::Config(format!("encoding config.json: {e}")))?;
     write_synced(&hf.join("config.json"), text.as_bytes())?;
-    tokenizer.write_hf_dir(&hf)?;
+    tokenizer.write_hf_dir(&hf, info.chat_template)?;
     let gguf = out.join("model.gguf");
-    ferrollama_model::export::hf_to_gguf(
-        &hf,
-        &gguf,
-        gguf_type,
-        tokenizer.vocab().to_gguf_metadata(),
-        |_, _| {},
-    )?;
+    let mut meta = tokenizer.vocab().to_gguf_metadata();
+    if let Some(t) = info.chat_template {
+        meta.push(("tokenizer.chat_template".into(), Value::String(t.into())));
+    }
+    meta.push(("general.name".into(), Value::String(info.name.into())));
+    ferrollama_model::export::hf_to_gguf(&hf, &gguf, gguf_type, meta, |_, _| {})?;
     Ok((hf, gguf))
 }

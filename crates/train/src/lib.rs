@@ -4,28 +4,19 @@
 //! tokenized once into memory-mapped shards; runs checkpoint atomically and resume bit
 //! for bit; the result exports to GGUF and a Hugging Face directory.
 
-pub mod attention_gemm;
 pub mod checkpoint;
 pub mod collective;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod export;
-pub mod fused;
-pub mod head_loss;
-pub mod matmul;
-pub mod model;
-pub mod norm;
 pub mod optim;
 pub mod plot;
-pub mod rope;
 pub mod sample;
 pub mod schedule;
-pub mod swiglu;
 pub mod tokenizer_file;
 pub mod trainer;
 
 pub use config::TrainConfig;
 pub use error::{Error, Result};
-pub use model::TrainModel;
 pub use trainer::{Event, StepMetrics, Summary, Trainer};

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::TrainModel;
+use ferrollama_model::TrainableLlama;
 
 /// AdamW's hyper-parameters; the defaults are Llama 2's (Touvron et al. 2023, 2.2).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -48,7 +48,7 @@ pub struct AdamW {
 
 impl AdamW {
     /// Zero moments for every parameter of `model`.
-    pub fn new(config: AdamWConfig, model: &TrainModel) -> Self {
+    pub fn new(config: AdamWConfig, model: &TrainableLlama) -> Self {
         let sizes: Vec<usize> = model.params().map(|(_, v)| v.elem_count()).collect();
         Self {
             config,
@@ -61,7 +61,7 @@ impl AdamW {
 
     /// One update of every parameter of `model` with gradients `grads` (in parameter
     /// order) at learning rate `lr`.
-    pub fn step(&mut self, model: &TrainModel, grads: &[Vec<f32>], lr: f64) -> Result<()> {
+    pub fn step(&mut self, model: &TrainableLlama, grads: &[Vec<f32>], lr: f64) -> Result<()> {
         self.steps += 1;
         let c = &self.config;
         let t = self.steps as i32;
@@ -98,7 +98,7 @@ impl AdamW {
     }
 
     /// The moments as named tensors (`m.NAME`, `v.NAME`) for a checkpoint.
-    pub fn state_tensors(&self, model: &TrainModel) -> Result<BTreeMap<String, Tensor>> {
+    pub fn state_tensors(&self, model: &TrainableLlama) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();
         for (i, (name, var)) in model.params().enumerate() {
             let shape = var.shape().clone();
@@ -117,7 +117,7 @@ impl AdamW {
     /// Restores the moments saved by [`AdamW::state_tensors`] after `steps` steps.
     pub fn load_state(
         &mut self,
-        model: &TrainModel,
+        model: &TrainableLlama,
         state: &BTreeMap<String, Tensor>,
         steps: u64,
     ) -> Result<()> {

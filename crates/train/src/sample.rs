@@ -10,11 +10,11 @@ use rand_chacha::ChaCha20Rng;
 use ferrollama_tokenizer::Tokenizer;
 
 use crate::error::Result;
-use crate::model::TrainModel;
+use ferrollama_model::TrainableLlama;
 
 /// `n` tokens after BOS + `prompt` at `temperature`, as text (the prompt included).
 pub fn sample_text(
-    model: &TrainModel,
+    model: &TrainableLlama,
     tokenizer: &Tokenizer,
     prompt: &str,
     n: usize,

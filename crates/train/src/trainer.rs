@@ -19,9 +19,9 @@ use crate::collective::{Collective, Solo};
 use crate::config::TrainConfig;
 use crate::data::{Batches, Corpus};
 use crate::error::{io, Error, Result};
-use crate::model::TrainModel;
 use crate::optim::{clip_grad_norm, AdamW};
 use crate::schedule::CosineSchedule;
+use ferrollama_model::TrainableLlama;
 
 /// One optimizer step's figures, as written to `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -97,7 +97,7 @@ impl RunDir {
 /// The pieces of a run, built once.
 pub struct Trainer<'a> {
     pub config: TrainConfig,
-    pub model: TrainModel,
+    pub model: TrainableLlama,
     pub optimizer: AdamW,
     corpus: Corpus,
     run: RunDir,
@@ -169,13 +169,16 @@ impl<'a> Trainer<'a> {
                         ck.state.settings
                     )));
                 }
-                let model = TrainModel::from_tensors(shape, ck.weights, config.seq_len)?;
+                let model = TrainableLlama::from_tensors(shape, ck.weights, config.seq_len)?;
                 let mut opt = AdamW::new(config.optim.clone(), &model);
                 opt.load_state(&model, &ck.optimizer, ck.state.step)?;
                 (model, opt, ck.state)
             }
             None => {
-                let model = TrainModel::init(shape, config.seed, config.seq_len)?;
+                let model = match &config.init {
+                    Some(path) => TrainableLlama::open(path, config.seq_len)?,
+                    None => TrainableLlama::init(shape, config.seed, config.seq_len)?,
+                };
                 let opt = AdamW::new(config.optim.clone(), &model);
                 let state = LoopState {
                     step: 0,
@@ -203,6 +206,11 @@ impl<'a> Trainer<'a> {
             state,
             group,
         })
+    }
+
+    /// The tokenized training and validation data.
+    pub fn corpus(&self) -> &Corpus {
+        &self.corpus
     }
 
     /// The tokenizer the run trains with.
@@ -387,7 +395,7 @@ impl<'a> Trainer<'a> {
         let t = self.config.seq_len;
         let b = inputs.len() / t;
         let x = Tensor::from_slice(inputs, (b, t), &Device::Cpu)?;
-        self.model.loss(&x, targets)
+        Ok(self.model.loss(&x, targets)?)
     }
 
     /// Mean loss over the first `eval_sequences` validation sequences (all, if fewer).

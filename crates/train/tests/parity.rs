@@ -4,9 +4,9 @@
 use candle_core::{Device, Tensor};
 use ferrollama_gguf::{GgmlType, GgufFile};
 use ferrollama_model::hf::HfWeights;
+use ferrollama_model::TrainableLlama;
 use ferrollama_model::{Config, GgufWeights, Llama, WeightSource};
-use ferrollama_train::export::export;
-use ferrollama_train::TrainModel;
+use ferrollama_train::export::{export, ExportInfo};
 
 mod common;
 
@@ -16,10 +16,7 @@ fn inference_logits(w: &dyn WeightSource, cfg: Config, tokens: &[u32]) -> Vec<f3
     model
         .forward(tokens, &mut cache, tokens.len())
         .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+        .into_vec()
 }
 
 #[test]
@@ -27,7 +24,7 @@ fn exported_weights_compute_the_training_logits() {
     let tok = common::tokenizer();
     let mut cfg = Config::preset("260k").unwrap();
     cfg.vocab_size = tok.vocab_size();
-    let init = TrainModel::init(cfg.clone(), 3, 64).unwrap();
+    let init = TrainableLlama::init(cfg.clone(), 3, 64).unwrap();
     // Weights five times the initial scale, so attention (and a RoPE layout mistake)
     // moves the logits by far more than the tolerance.
     let scaled = init
@@ -44,7 +41,7 @@ fn exported_weights_compute_the_training_logits() {
             )
         })
         .collect();
-    let model = TrainModel::from_tensors(cfg.clone(), scaled, 64).unwrap();
+    let model = TrainableLlama::from_tensors(cfg.clone(), scaled, 64).unwrap();
     let mut tokens: Vec<u32> = tok.encode(&common::documents(1)[0], true, false);
     tokens.truncate(48);
     let x = Tensor::from_slice(&tokens, (1, tokens.len()), &Device::Cpu).unwrap();
@@ -57,7 +54,12 @@ fn exported_weights_compute_the_training_logits() {
         .unwrap();
 
     let dir = common::tmp("parity");
-    let (hf, gguf) = export(&model, &tok, &dir, GgmlType::F32).unwrap();
+    let info = ExportInfo {
+        tokenizer: &tok,
+        chat_template: Some("{{ messages[0]['content'] }}"),
+        name: "parity-model",
+    };
+    let (hf, gguf) = export(&model, &info, &dir, GgmlType::F32).unwrap();
     let via_hf = inference_logits(
         &HfWeights::open(&hf, cfg.clone()).unwrap(),
         cfg.clone(),
@@ -86,7 +88,17 @@ fn exported_weights_compute_the_training_logits() {
         d_hf < tol && d_gguf < tol,
         "hf {d_hf}, gguf {d_gguf}, tolerance {tol}"
     );
-    // The exported GGUF carries the tokenizer.
+    // The exported files carry the name, the chat template and the tokenizer.
+    assert_eq!(file.header.get_str("general.name").unwrap(), "parity-model");
+    assert_eq!(
+        file.header.get_str("tokenizer.chat_template").unwrap(),
+        "{{ messages[0]['content'] }}"
+    );
+    let hf_files = ferrollama_tokenizer::TokenizerFiles::load(&hf).unwrap();
+    assert_eq!(
+        hf_files.chat_template.as_deref(),
+        Some("{{ messages[0]['content'] }}")
+    );
     let back = ferrollama_tokenizer::Tokenizer::from_gguf(&file.header).unwrap();
     assert_eq!(
         back.encode("the fox", true, false),

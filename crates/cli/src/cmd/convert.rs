@@ -7,10 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ferrollama_generate::chat::template_from_tokenizer_config;
 use ferrollama_gguf::safetensors::StDtype;
 use ferrollama_gguf::{GgmlType, GgufFile, Value};
-use ferrollama_tokenizer::Tokenizer;
+use ferrollama_tokenizer::{Tokenizer, TokenizerFiles};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -85,16 +84,7 @@ fn gguf_to_hf(
         .with_context(|| format!("reading the tokenizer of {}", input.display()))?;
     ferrollama_model::export::gguf_to_hf(&src, dir, dtype, tok.bos(), tok.eos(), progress)
         .with_context(|| format!("writing {}", dir.display()))?;
-    tok.write_hf_dir(dir)?;
-    if let Ok(template) = src.header.get_str("tokenizer.chat_template") {
-        let path = dir.join("tokenizer_config.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let mut json: serde_json::Value = serde_json::from_str(&text)?;
-        json["chat_template"] = serde_json::Value::String(template.to_string());
-        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    tok.write_hf_dir(dir, src.header.get_str("tokenizer.chat_template").ok())?;
     Ok(())
 }
 
@@ -104,11 +94,10 @@ fn hf_to_gguf(
     target: GgmlType,
     progress: impl FnMut(usize, usize),
 ) -> Result<()> {
-    let tok = Tokenizer::from_hf_dir(dir)
+    let files = TokenizerFiles::load(dir)
         .with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
-    let mut meta = tok.vocab().to_gguf_metadata();
-    let config = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap_or_default();
-    if let Some(template) = template_from_tokenizer_config(&config) {
+    let mut meta = files.tokenizer.vocab().to_gguf_metadata();
+    if let Some(template) = files.chat_template {
         meta.push(("tokenizer.chat_template".into(), Value::String(template)));
     }
     ferrollama_model::export::hf_to_gguf(dir, output, target, meta, progress)

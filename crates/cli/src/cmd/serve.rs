@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Context, Result};
-use ferrollama_server::{serve, ServeOptions, Served};
+use ferrollama_server::{serve, ServeOptions};
 
 use crate::args::ModelArgs;
 use crate::load::load;
@@ -84,13 +84,5 @@ pub fn run(a: Args) -> Result<()> {
         m.path.display(),
         ctx / parallel
     );
-    serve(
-        Served {
-            model: m.model,
-            tokenizer: m.tokenizer,
-            chat_template: m.chat_template,
-        },
-        opts,
-    )
-    .with_context(|| format!("serving on {}:{}", a.host, a.port))
+    serve(m, opts).with_context(|| format!("serving on {}:{}", a.host, a.port))
 }

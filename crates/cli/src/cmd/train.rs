@@ -57,8 +57,13 @@ pub struct Args {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Model shape: 260k, 15m, 42m, 110m, llama2-7b, llama2-13b, llama2-34b, llama2-70b.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init")]
     pub preset: Option<String>,
+    /// Continue pretraining this model (a GGUF file of any type, dequantized to f32, or a
+    /// Hugging Face directory; `default` for the default model) with its own tokenizer and
+    /// chat template; `--steps 0` exports it unchanged.
+    #[arg(long, value_name = "MODEL")]
+    pub init: Option<PathBuf>,
     /// Tokenizer (GGUF, HF directory or tokenizer.json); default: learn one from the data
     /// into OUT/tokenizer.json (or reuse the one there).
     #[arg(long)]
@@ -137,6 +142,18 @@ pub fn run(a: Args) -> Result<()> {
         seed
     );
     a.data.apply(&mut cfg.data)?;
+    if let Some(init) = &a.init {
+        cfg.init = Some(if init.as_os_str() == "default" {
+            ferrollama_assets::default_model()?
+        } else {
+            init.canonicalize()
+                .with_context(|| format!("--init {}", init.display()))?
+        });
+    }
+    if cfg.tokenizer.is_none() && a.tokenizer.is_none() {
+        // A model trained further keeps its own vocabulary.
+        cfg.tokenizer = cfg.init.clone();
+    }
     let gguf_type = GgmlType::from_name(&a.gguf_type)
         .ok_or_else(|| anyhow!("unknown type `{}`", a.gguf_type))?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
@@ -193,6 +210,15 @@ pub fn run(a: Args) -> Result<()> {
     if let (Some(n), true) = (a.dump_reference, leader) {
         trainer.dump_reference(&a.out.join("reference"), n)?;
     }
+    let corpus = trainer.corpus();
+    if corpus.val_by_tokens && leader {
+        eprintln!(
+            "note: no held-out document has tokens ({} document(s) in all), so the last {:.0} % of the tokens ({}) are held out for validation instead",
+            corpus.train_docs,
+            100.0 * cfg.data.val_fraction,
+            corpus.val.len()
+        );
+    }
     if group.size() > 1 && leader {
         eprintln!(
             "data parallel: {} processes, {} micro-batches of {} sequences each per step",
@@ -229,11 +255,18 @@ pub fn run(a: Args) -> Result<()> {
         } => {
             say(format!(
                 "model {} ({:.2}M parameters, vocabulary {}), {train_tokens} training and {val_tokens} validation tokens{}",
-                cfg.preset,
+                cfg.init.as_ref().map_or(cfg.preset.clone(), |p| p.display().to_string()),
                 parameters as f64 / 1e6,
                 tokenizer.vocab_size(),
                 if start_step > 0 { format!(", resuming at step {start_step}") } else { String::new() }
             ));
+            say(schedule_line(&cfg));
+            if val_tokens <= cfg.seq_len {
+                say(format!(
+                    "warning: {val_tokens} validation tokens are too few for one sequence of {} (+1); no validation loss will be reported",
+                    cfg.seq_len
+                ));
+            }
             bar.set_position(start_step);
         }
         Event::Step(m) => {
@@ -268,18 +301,72 @@ pub fn run(a: Args) -> Result<()> {
     }
     let corpus = Corpus::prepare(&cfg.data, &tokenizer, &cache)?;
     let entropy = unigram_entropy(&corpus.train, tokenizer.vocab_size())?;
-    if let Some(m) = &summary.last {
-        let val = m.val_loss.unwrap_or(f64::NAN);
-        println!(
-            "final: train loss {:.4}, val loss {val:.4} nats; unigram entropy of the training tokens {entropy:.4} nats ({:.1} % below it)",
-            m.loss,
+    match summary.last.as_ref().map(|m| (m.loss, m.val_loss)) {
+        Some((loss, Some(val))) => println!(
+            "final: train loss {loss:.4}, val loss {val:.4} nats; unigram entropy of the training tokens {entropy:.4} nats ({:.1} % below it)",
             100.0 * (1.0 - val / entropy)
-        );
+        ),
+        Some((loss, None)) => println!(
+            "final: train loss {loss:.4} nats (no validation: too few held-out tokens); unigram entropy of the training tokens {entropy:.4} nats"
+        ),
+        None => {}
     }
-    let (hf, gguf) =
-        ferrollama_train::export::export(&trainer.model, &tokenizer, &a.out, gguf_type)?;
+    export_run(&trainer.model, &cfg, &tokenizer, &a.out, gguf_type)
+}
+
+/// Writes the run's model (GGUF and HF directory) into `out`, with the tokenizer, the
+/// chat template of the model trained from, and the run directory's name as its name.
+fn export_run(
+    model: &ferrollama_model::TrainableLlama,
+    cfg: &TrainConfig,
+    tokenizer: &Tokenizer,
+    out: &Path,
+    ty: GgmlType,
+) -> Result<()> {
+    let chat_template = match &cfg.tokenizer {
+        Some(p) => ferrollama_train::tokenizer_file::load_tokenizer_files(p)?.chat_template,
+        None => None,
+    };
+    let name = std::path::absolute(out)?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ferrollama".into());
+    let info = ferrollama_train::export::ExportInfo {
+        tokenizer,
+        chat_template: chat_template.as_deref(),
+        name: &name,
+    };
+    let (hf, gguf) = ferrollama_train::export::export(model, &info, out, ty)?;
     println!("exported {} and {}", gguf.display(), hf.display());
     Ok(())
+}
+
+/// The learning-rate schedule in one line, with a warning when the warm-up leaves the
+/// run below its peak for long (the recipe's 2000 warm-up steps on a short run).
+fn schedule_line(cfg: &TrainConfig) -> String {
+    let warm = cfg.warmup.min(cfg.steps);
+    let mut line = format!(
+        "learning rate: linear warm-up over {} steps to {:.2e}, then cosine to {:.2e} at step {}",
+        cfg.warmup,
+        cfg.lr,
+        cfg.lr * cfg.min_lr_ratio,
+        cfg.steps
+    );
+    if cfg.steps > 0 && cfg.warmup * 2 > cfg.steps {
+        line.push_str(&format!(
+            "\nwarning: the warm-up is {} of the run's {} steps, so the learning rate stays below its peak for {:.0} % of the run{}; pass --warmup N (e.g. {}) for a short run",
+            warm,
+            cfg.steps,
+            100.0 * warm as f64 / cfg.steps as f64,
+            if cfg.warmup > cfg.steps {
+                format!(" and ends at {:.2e}", cfg.lr * cfg.steps as f64 / cfg.warmup as f64)
+            } else {
+                String::new()
+            },
+            (cfg.steps / 10).max(1)
+        ));
+    }
+    line
 }
 
 /// The processes training together: the MPI world when started by `mpirun` in a build
@@ -346,12 +433,15 @@ fn learn_tokenizer(data: &DataConfig, size: usize, out: &Path) -> Result<Tokeniz
             ..TrainerOptions::default()
         },
     )?;
-    let tok = Tokenizer::from_vocab(vocab)?;
-    tok.write_hf_dir(out)?;
+    let path = out.join("tokenizer.json");
+    Tokenizer::from_vocab(vocab)?.write_hf_dir(out, None)?;
+    // Read back what was written, so that this run and a resumed one (which reads the
+    // file) train with, and export, the very same tokenizer.
+    let tok = load_tokenizer(&path)?;
     eprintln!(
         "vocabulary of {} tokens written to {}",
         tok.vocab_size(),
-        out.join("tokenizer.json").display()
+        path.display()
     );
     Ok(tok)
 }
@@ -401,7 +491,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let ck = ferrollama_train::checkpoint::load_latest(&a.run.join("checkpoints"))?
         .ok_or_else(|| anyhow!("{}: no checkpoint yet", a.run.display()))?;
     let shape = cfg.model_config(tokenizer.vocab_size())?;
-    let model = ferrollama_train::TrainModel::from_tensors(shape, ck.weights, cfg.seq_len)?;
+    let model = ferrollama_model::TrainableLlama::from_tensors(shape, ck.weights, cfg.seq_len)?;
     let ty = GgmlType::from_name(&a.ty).ok_or_else(|| anyhow!("unknown type `{}`", a.ty))?;
     let out = a.out.unwrap_or_else(|| a.run.clone());
     if ck.state.step < cfg.steps {
@@ -410,7 +500,5 @@ pub fn export(a: ExportArgs) -> Result<()> {
             ck.state.step, cfg.steps
         );
     }
-    let (hf, gguf) = ferrollama_train::export::export(&model, &tokenizer, &out, ty)?;
-    println!("exported {} and {}", gguf.display(), hf.display());
-    Ok(())
+    export_run(&model, &cfg, &tokenizer, &out, ty)
 }

@@ -7,7 +7,7 @@
 //! are recomputed in the backward pass, never stored. Each call runs on one thread; the
 //! caller spreads heads over threads.
 
-use crate::fused::softmax_in_place;
+use crate::ops::fused::softmax_in_place;
 
 /// Query rows per block.
 const BLOCK: usize = 64;

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
+use ferrollama_model::trainable::{cross_entropy, TrainableLlama};
 use ferrollama_model::Config;
-use ferrollama_train::model::{cross_entropy, TrainModel};
 
 fn tiny() -> Config {
     let mut c = Config::preset("260k").unwrap();
@@ -20,7 +20,7 @@ fn tiny() -> Config {
     c
 }
 
-fn loss(model: &TrainModel, x: &Tensor, y: &Tensor) -> Tensor {
+fn loss(model: &TrainableLlama, x: &Tensor, y: &Tensor) -> Tensor {
     let logits = model.forward(x).unwrap();
     let (b, t, v) = logits.dims3().unwrap();
     cross_entropy(&logits.reshape((b * t, v)).unwrap(), y).unwrap()
@@ -29,7 +29,7 @@ fn loss(model: &TrainModel, x: &Tensor, y: &Tensor) -> Tensor {
 #[test]
 fn gradients_match_finite_differences() {
     let cfg = tiny();
-    let model = TrainModel::init(cfg.clone(), 7, 16).unwrap();
+    let model = TrainableLlama::init(cfg.clone(), 7, 16).unwrap();
     // Larger weights than the 0.02 init, so every path carries a measurable slope.
     let scaled: BTreeMap<String, Tensor> = model
         .params()
@@ -43,7 +43,7 @@ fn gradients_match_finite_differences() {
             (n.to_string(), t)
         })
         .collect();
-    let model = TrainModel::from_tensors(cfg, scaled, 16).unwrap();
+    let model = TrainableLlama::from_tensors(cfg, scaled, 16).unwrap();
     let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 7 + 3) % 50).collect();
     let x = Tensor::from_vec(ids[..16].to_vec(), (2, 8), &Device::Cpu).unwrap();
     let y = Tensor::from_vec(ids[2..18].to_vec(), 16, &Device::Cpu).unwrap();

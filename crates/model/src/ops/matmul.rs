@@ -43,8 +43,18 @@ fn chunk(len: usize, threads: usize, flops: usize) -> usize {
     len.div_ceil(threads).next_multiple_of(16).max(16)
 }
 
+/// Whether every element (i, j), i < rows, j < cols, at i * rs + j * cs lies inside `len`.
+fn fits(len: usize, rows: usize, cols: usize, (rs, cs): (usize, usize)) -> bool {
+    let last = (rows - 1)
+        .checked_mul(rs)
+        .zip((cols - 1).checked_mul(cs))
+        .and_then(|(a, b)| a.checked_add(b));
+    last.is_some_and(|l| l < len)
+}
+
 /// `scale` (m, k) · (k, n) from strided slices (strides in elements, rows then columns)
-/// into a new row-major (m, n) buffer.
+/// into a new row-major (m, n) buffer. Strides that would reach past either slice are an
+/// error, checked before any element is read.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_strided(
     a: &[f32],
@@ -55,9 +65,16 @@ pub fn matmul_strided(
     k: usize,
     n: usize,
     scale: f32,
-) -> Vec<f32> {
+) -> candle_core::Result<Vec<f32>> {
     if m == 0 || n == 0 || k == 0 {
-        return vec![0.0; m * n];
+        return Ok(vec![0.0; m * n]);
+    }
+    if !fits(a.len(), m, k, (a_rs, a_cs)) || !fits(b.len(), k, n, (b_rs, b_cs)) {
+        candle_core::bail!(
+            "matmul: strides ({a_rs}, {a_cs}) x ({b_rs}, {b_cs}) of ({m}, {k}) x ({k}, {n}) reach past {} and {} elements",
+            a.len(),
+            b.len()
+        );
     }
     let mut dst = vec![0.0f32; m * n];
     let out = Shared(dst.as_mut_ptr());
@@ -68,8 +85,8 @@ pub fn matmul_strided(
     let run = |start: usize| {
         let end = (start + step).min(len);
         // SAFETY: the offsets stay inside `a`, `b` and `dst` (start < len along the split
-        // dimension; the callers' strides describe the slices), and the threads' output
-        // blocks are disjoint.
+        // dimension, and `fits` checked the strides against both slices above), and the
+        // threads' output blocks are disjoint.
         unsafe {
             let (rows, cols, dst, a, b) = if by_rows {
                 (
@@ -120,7 +137,7 @@ pub fn matmul_strided(
             .into_par_iter()
             .for_each(run);
     }
-    dst
+    Ok(dst)
 }
 
 /// An f32 2-D operand: its data from the first element, rows, columns, row and column
@@ -162,7 +179,7 @@ impl CustomOp2 for MatMul {
         if k != k2 {
             candle_core::bail!("matmul: ({m}, {k}) times ({k2}, {n})");
         }
-        let dst = matmul_strided(a, (a_rs, a_cs), b, (b_rs, b_cs), m, k, n, 1.0);
+        let dst = matmul_strided(a, (a_rs, a_cs), b, (b_rs, b_cs), m, k, n, 1.0)?;
         Ok((CpuStorage::F32(dst), Shape::from((m, n))))
     }
 
@@ -249,13 +266,24 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let split = matmul_strided(&a, (k, 1), &b, (n, 1), m, k, n, 1.0);
+        let split = matmul_strided(&a, (k, 1), &b, (n, 1), m, k, n, 1.0).unwrap();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .unwrap();
-        let whole = pool.install(|| matmul_strided(&a, (k, 1), &b, (n, 1), m, k, n, 1.0));
+        let whole = pool.install(|| matmul_strided(&a, (k, 1), &b, (n, 1), m, k, n, 1.0).unwrap());
         assert_eq!(split, whole);
+    }
+
+    #[test]
+    fn strides_past_the_slices_are_an_error() {
+        let a = vec![1.0f32; 12];
+        let b = vec![1.0f32; 6];
+        assert!(matmul_strided(&a, (3, 1), &b, (2, 1), 4, 3, 2, 1.0).is_ok());
+        // One row too many for `a`, a column stride too long for `b`, an overflowing stride.
+        assert!(matmul_strided(&a, (3, 1), &b, (2, 1), 5, 3, 2, 1.0).is_err());
+        assert!(matmul_strided(&a, (3, 1), &b, (2, 2), 4, 3, 2, 1.0).is_err());
+        assert!(matmul_strided(&a, (usize::MAX, 1), &b, (2, 1), 4, 3, 2, 1.0).is_err());
     }
 
     #[test]

@@ -340,7 +340,7 @@ impl CustomOp3 for CausalAttention {
                 let g = (bi * hkv + hi / n_rep) * t * d;
                 let q = &q[bh * t * d..(bh + 1) * t * d];
                 let (k, v) = (&k[g..g + t * d], &v[g..g + t * d]);
-                crate::attention_gemm::head_forward(q, k, v, o, t, d, scale);
+                crate::ops::attention_gemm::head_forward(q, k, v, o, t, d, scale);
             });
             return Ok((CpuStorage::F32(out), l1.shape().clone()));
         }
@@ -385,7 +385,9 @@ impl CustomOp3 for CausalAttention {
                     let (k, v) = (&kd[kv.clone()], &vd[kv]);
                     let (q, go) = (&qd[qs.clone()], &gd[qs]);
                     let dims = (n_rep, t, d);
-                    crate::attention_gemm::group_backward(q, go, k, v, dq, dk, dv, dims, scale);
+                    crate::ops::attention_gemm::group_backward(
+                        q, go, k, v, dq, dk, dv, dims, scale,
+                    );
                     return;
                 }
                 let (kt, vt) = (transpose(&kd[kv.clone()], t, d), transpose(&vd[kv], t, d));

@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::softmax_in_place;
-use crate::matmul::{f32_operand, matmul_strided};
+use crate::ops::fused::softmax_in_place;
+use crate::ops::matmul::{f32_operand, matmul_strided};
 
 /// Mean over rows of `-log softmax(x wᵀ)[target]` for x (n, hidden), w (vocab, hidden).
 pub fn head_loss(x: &Tensor, w: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
@@ -78,7 +78,7 @@ impl CustomOp2 for HeadLoss {
             );
         }
         // wᵀ is w with its strides swapped.
-        let mut d = matmul_strided(x, (x_rs, x_cs), w, (w_cs, w_rs), n, h, vocab, 1.0);
+        let mut d = matmul_strided(x, (x_rs, x_cs), w, (w_cs, w_rs), n, h, vocab, 1.0)?;
         let losses: Vec<f32> = if vocab == 0 {
             vec![0.0; n]
         } else {
@@ -121,28 +121,10 @@ impl CustomOp2 for HeadLoss {
             })?;
         // dx = scale · d w, dw = scale · dᵀ x.
         let dx = with_f32(w, "weights", |w, _, _, rs, cs| {
-            Ok(matmul_strided(
-                &d,
-                (vocab, 1),
-                w,
-                (rs, cs),
-                n,
-                vocab,
-                h,
-                scale,
-            ))
+            matmul_strided(&d, (vocab, 1), w, (rs, cs), n, vocab, h, scale)
         })?;
         let dw = with_f32(x, "inputs", |x, _, _, rs, cs| {
-            Ok(matmul_strided(
-                &d,
-                (1, vocab),
-                x,
-                (rs, cs),
-                vocab,
-                n,
-                h,
-                scale,
-            ))
+            matmul_strided(&d, (1, vocab), x, (rs, cs), vocab, n, h, scale)
         })?;
         Ok((
             Some(Tensor::from_vec(dx, (n, h), x.device())?),
@@ -188,8 +170,8 @@ mod tests {
                 .collect();
             let yt = Tensor::from_slice(&y, n, &Device::Cpu).unwrap();
             let ours = head_loss(&x, &w, &y).unwrap();
-            let logits = crate::matmul::linear(&x, &w).unwrap();
-            let theirs = crate::model::cross_entropy(&logits, &yt).unwrap();
+            let logits = crate::ops::matmul::linear(&x, &w).unwrap();
+            let theirs = crate::trainable::cross_entropy(&logits, &yt).unwrap();
             let (a, b) = (
                 ours.to_scalar::<f32>().unwrap(),
                 theirs.to_scalar::<f32>().unwrap(),

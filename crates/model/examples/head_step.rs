@@ -14,7 +14,7 @@ fn main() -> candle_core::Result<()> {
     for _ in 0..4 {
         let t0 = Instant::now();
         let targets = y.to_vec1::<u32>()?;
-        let loss = ferrollama_train::head_loss::head_loss(&x, &w, &targets)?;
+        let loss = ferrollama_model::ops::head_loss::head_loss(&x, &w, &targets)?;
         let t1 = Instant::now();
         let g = loss.backward()?;
         let t2 = Instant::now();

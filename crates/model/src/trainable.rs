@@ -1,0 +1,395 @@
+//! The Llama decoder as a differentiable function of its weights, for training: the same
+//! blocks as [`crate::Llama`], their weights named and shaped by [`crate::layout`], built
+//! from candle's operations and the fused ops of [`crate::ops`] so that candle's autograd
+//! differentiates it. RoPE rotates halves of each head, as Hugging Face checkpoints store
+//! Q and K; weights read from a GGUF file (adjacent pairs) are permuted into that order at
+//! load, and back on export, so the two paths compute the same function (the parity tests
+//! in `tests/parity.rs` hold them together).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::hf::{permute_rope_rows, RopeLayout};
+use crate::layout::{self, Part, TensorSpec};
+use crate::ops::fused::{CausalAttention, CrossEntropy};
+use crate::ops::rope_heads::RopeHeads;
+use crate::weights::WeightSource;
+
+/// The weights of one block, as [`crate::Llama`]'s blocks hold them.
+struct TrainBlock {
+    input_layernorm: Var,
+    q_proj: Var,
+    k_proj: Var,
+    v_proj: Var,
+    o_proj: Var,
+    post_attention_layernorm: Var,
+    gate_proj: Var,
+    up_proj: Var,
+    down_proj: Var,
+}
+
+/// A Llama whose weights are candle variables.
+pub struct TrainableLlama {
+    pub config: Config,
+    embed_tokens: Var,
+    layers: Vec<TrainBlock>,
+    norm: Var,
+    /// `None` when the output projection is the embedding.
+    lm_head: Option<Var>,
+    /// Every weight by its layout name (the same variables as above); the map's order is
+    /// the order gradients are reduced and the optimizer visits them, so results do not
+    /// depend on hashing.
+    params: BTreeMap<String, Var>,
+    /// (max_seq, head_dim), position-major: the cosine and sine of each position's angles,
+    /// both halves of a head rotated by the same frequencies.
+    cos_table: Arc<Vec<f32>>,
+    sin_table: Arc<Vec<f32>>,
+}
+
+/// Standard deviation of the initial weights (GPT-2's, as llama2.c and nanoGPT use).
+const INIT_STD: f64 = 0.02;
+
+impl TrainableLlama {
+    /// A model of shape `config` with weights drawn from N(0, 0.02) by a ChaCha RNG seeded
+    /// with `seed` (the output projections of attention and the MLP, which add to the
+    /// residual stream, scaled down by sqrt(2 * layers), as GPT-2 does); norms start at 1.
+    pub fn init(config: Config, seed: u64, max_seq: usize) -> Result<Self> {
+        config.check().map_err(Error::Config)?;
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let residual_std = INIT_STD / (2.0 * config.num_hidden_layers as f64).sqrt();
+        let mut specs = layout::tensors(&config);
+        specs.sort_by_key(init_order);
+        let mut tensors = BTreeMap::new();
+        for spec in specs {
+            let n: usize = spec.shape.iter().product();
+            let data: Vec<f32> = if spec.part.is_norm() {
+                vec![1.0; n]
+            } else if spec.part.writes_residual() {
+                normal_samples(&mut rng, n, residual_std)
+            } else {
+                normal_samples(&mut rng, n, INIT_STD)
+            };
+            tensors.insert(spec.name, Tensor::from_vec(data, spec.shape, &Device::Cpu)?);
+        }
+        Self::from_tensors(config, tensors, max_seq)
+    }
+
+    /// A model with the given weights (in the rotate-half order of Q and K rows), which
+    /// must be exactly the tensors `config`'s layout calls for.
+    pub fn from_tensors(
+        config: Config,
+        mut tensors: BTreeMap<String, Tensor>,
+        max_seq: usize,
+    ) -> Result<Self> {
+        config.check().map_err(Error::Config)?;
+        let mut params = BTreeMap::new();
+        for TensorSpec { name, shape, .. } in layout::tensors(&config) {
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
+            if t.dims() != shape.as_slice() {
+                return Err(Error::Shape {
+                    file: "the weights".into(),
+                    name,
+                    found: t.dims().to_vec(),
+                    expected: shape,
+                });
+            }
+            params.insert(name, Var::from_tensor(&t.to_dtype(DType::F32)?)?);
+        }
+        if let Some(name) = tensors.into_keys().next() {
+            return Err(Error::UnexpectedTensor { name });
+        }
+        let var = |name: String| params[&name].clone();
+        let block = |l: usize| {
+            let v = |part| var(layout::layer_name(l, part));
+            TrainBlock {
+                input_layernorm: v(Part::AttnNorm),
+                q_proj: v(Part::Query),
+                k_proj: v(Part::Key),
+                v_proj: v(Part::Value),
+                o_proj: v(Part::AttnOutput),
+                post_attention_layernorm: v(Part::FfnNorm),
+                gate_proj: v(Part::Gate),
+                up_proj: v(Part::Up),
+                down_proj: v(Part::Down),
+            }
+        };
+        let layers = (0..config.num_hidden_layers).map(block).collect();
+        let (cos, sin) = rotate_half_tables(&config, max_seq);
+        Ok(Self {
+            embed_tokens: var(layout::global_name(Part::Embedding)),
+            layers,
+            norm: var(layout::global_name(Part::FinalNorm)),
+            lm_head: (!config.tie_word_embeddings).then(|| var(layout::global_name(Part::Head))),
+            config,
+            params,
+            cos_table: Arc::new(cos),
+            sin_table: Arc::new(sin),
+        })
+    }
+
+    /// The weights of a checkpoint the inference path reads (a GGUF file of any type the
+    /// project computes with, or a Hugging Face directory), dequantized to f32. `config`
+    /// comes from the same source; whether the head is tied follows the source (a
+    /// checkpoint with its own `lm_head` trains it).
+    pub fn from_source(w: &dyn WeightSource, mut config: Config, max_seq: usize) -> Result<Self> {
+        config.tie_word_embeddings = !w.contains(&layout::global_name(Part::Head));
+        let mut tensors = BTreeMap::new();
+        for spec in layout::tensors(&config) {
+            let t = w
+                .get(&spec.name)?
+                .dequantize(&Device::Cpu)?
+                .to_dtype(DType::F32)?;
+            // Sources give Q and K rows in GGUF's pair order; training rotates halves.
+            let t = match (layout::rotary_heads(&config, spec.part), t.dims2()) {
+                (Some(heads), Ok((rows, cols))) => {
+                    let bytes: Vec<u8> = t
+                        .flatten_all()?
+                        .to_vec1::<f32>()?
+                        .iter()
+                        .flat_map(|x| x.to_le_bytes())
+                        .collect();
+                    let hf = permute_rope_rows(&bytes, heads, cols * 4, RopeLayout::GgufToHf)?;
+                    let values: Vec<f32> = hf
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                    Tensor::from_vec(values, (rows, cols), &Device::Cpu)?
+                }
+                _ => t,
+            };
+            tensors.insert(spec.name, t);
+        }
+        Self::from_tensors(config, tensors, max_seq)
+    }
+
+    /// The checkpoint at `path` (see [`crate::weights::with_checkpoint`]) as a trainable
+    /// model whose RoPE tables cover `max_seq` positions.
+    pub fn open(path: &std::path::Path, max_seq: usize) -> Result<Self> {
+        crate::weights::with_checkpoint(path, |w, config| Self::from_source(w, config, max_seq))
+    }
+
+    /// Trainable tensors in their fixed order, by layout name.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &Var)> {
+        self.params.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_parameters(&self) -> usize {
+        self.params.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// The longest sequence the RoPE tables cover.
+    pub fn max_seq(&self) -> usize {
+        self.cos_table.len() / self.config.head_dim.max(1)
+    }
+
+    /// Logits (b, t, vocab) for token ids (b, t), causal attention within each row.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let x = self.final_hidden(tokens)?;
+        Ok(linear(&x, self.head())?.reshape((b, t, self.config.vocab_size))?)
+    }
+
+    /// Mean next-token loss of token ids (b, t) against `targets` (b * t ids), with the
+    /// output projection and the cross-entropy fused (`head_loss`): the same value as
+    /// `cross_entropy` of `forward`, without keeping the logits.
+    pub fn loss(&self, tokens: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        let x = self.final_hidden(tokens)?;
+        Ok(crate::ops::head_loss::head_loss(&x, self.head(), targets)?)
+    }
+
+    /// The output projection's weights (the embedding when tied).
+    fn head(&self) -> &Tensor {
+        self.lm_head
+            .as_ref()
+            .unwrap_or(&self.embed_tokens)
+            .as_tensor()
+    }
+
+    /// The normed last hidden states (b * t, hidden) for token ids (b, t).
+    fn final_hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        if t > self.max_seq() {
+            return Err(Error::ContextExceeded {
+                tokens: t,
+                limit: self.max_seq(),
+            });
+        }
+        let ids = tokens.flatten_all()?;
+        let vocab = self.config.vocab_size;
+        if let Some(&id) = ids
+            .to_vec1::<u32>()?
+            .iter()
+            .find(|&&id| id as usize >= vocab)
+        {
+            return Err(Error::TokenOutOfVocabulary { id, vocab });
+        }
+        let eps = self.config.rms_norm_eps;
+        // (b * t, hidden)
+        let mut x = self.embed_tokens.as_tensor().index_select(&ids, 0)?;
+        for layer in &self.layers {
+            let n = rms_norm(&x, &layer.input_layernorm, eps)?;
+            x = (x + self.attention(layer, &n, b, t)?)?;
+            let n = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
+            let gate = linear(&n, &layer.gate_proj)?;
+            let up = linear(&n, &layer.up_proj)?;
+            let m = linear(&crate::ops::swiglu::swiglu(&gate, &up)?, &layer.down_proj)?;
+            x = (x + m)?;
+        }
+        rms_norm(&x, &self.norm, eps)
+    }
+
+    /// Self-attention of one block on normed rows `x` (b * t, h), grouped-query heads.
+    fn attention(&self, layer: &TrainBlock, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        // (b, heads, t, hd)
+        let rotated = |w: &Var, heads: usize| -> Result<Tensor> {
+            let op = RopeHeads {
+                batch: b,
+                heads,
+                d: hd,
+                cos: self.cos_table.clone(),
+                sin: self.sin_table.clone(),
+            };
+            Ok(op.apply(&linear(x, w)?)?)
+        };
+        let q = rotated(&layer.q_proj, nh)?;
+        let k = rotated(&layer.k_proj, nkv)?;
+        let v = linear(x, &layer.v_proj)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // (b, nh, t, hd) -> (b * t, nh * hd)
+        let y = q
+            .apply_op3(&k, &v, CausalAttention { scale })?
+            .transpose(1, 2)?
+            .reshape((b * t, nh * hd))?;
+        linear(&y, &layer.o_proj)
+    }
+}
+
+/// The trainable model's current weights as a source for the inference path (f32, Q and K
+/// rows permuted into GGUF's pair order): `Llama::load(&trainable, ...)` runs what is being
+/// trained, for checks and for rollouts of the policy being trained.
+impl WeightSource for TrainableLlama {
+    fn get(&self, hf_name: &str) -> Result<candle_core::quantized::QTensor> {
+        let var = self
+            .params
+            .get(hf_name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: hf_name.to_string(),
+            })?;
+        let shape = var.dims().to_vec();
+        let mut bytes: Vec<u8> = var
+            .as_tensor()
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let heads = layout::parse(hf_name).and_then(|(p, _)| layout::rotary_heads(&self.config, p));
+        if let (Some(heads), [_, cols]) = (heads, shape.as_slice()) {
+            bytes = permute_rope_rows(&bytes, heads, cols * 4, RopeLayout::HfToGguf)?;
+        }
+        crate::weights::qtensor_from_bytes(
+            &bytes,
+            candle_core::quantized::GgmlDType::F32,
+            shape,
+            hf_name,
+        )
+    }
+
+    fn contains(&self, hf_name: &str) -> bool {
+        self.params.contains_key(hf_name)
+    }
+
+    fn file(&self) -> &str {
+        "the trainable model"
+    }
+}
+
+/// x (n, in) times w (out, in) transposed: (n, out).
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(crate::ops::matmul::linear(x, w)?)
+}
+
+/// RMSNorm over the last dimension, then the learned gain.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(crate::ops::norm::rms_norm(x, w, eps)?)
+}
+
+/// [`crate::rope::angle_tables`] laid out for rotate-half RoPE: (max_seq, head_dim), each
+/// position's half-width row twice.
+fn rotate_half_tables(cfg: &Config, max_seq: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = cfg.head_dim / 2;
+    let (cos, sin) = crate::rope::angle_tables(cfg, max_seq);
+    let twice = |table: Vec<f32>| -> Vec<f32> {
+        table
+            .chunks_exact(half.max(1))
+            .flat_map(|row| row.iter().chain(row).copied())
+            .collect()
+    };
+    (twice(cos), twice(sin))
+}
+
+/// The order weights are drawn in at initialisation: the embedding, final norm and head,
+/// then each block's norms before its projections. It is the order of earlier versions,
+/// kept so that a seed gives the same model (and the same published demo run) as before.
+fn init_order(spec: &TensorSpec) -> (usize, usize) {
+    const ORDER: [Part; 12] = [
+        Part::Embedding,
+        Part::FinalNorm,
+        Part::Head,
+        Part::AttnNorm,
+        Part::FfnNorm,
+        Part::Query,
+        Part::Key,
+        Part::Value,
+        Part::AttnOutput,
+        Part::Gate,
+        Part::Up,
+        Part::Down,
+    ];
+    let rank = ORDER
+        .iter()
+        .position(|&p| p == spec.part)
+        .unwrap_or(ORDER.len());
+    (spec.layer.map_or(0, |l| l + 1), rank)
+}
+
+/// `n` samples of N(0, std) by the Box-Muller transform, in a fixed order.
+fn normal_samples(rng: &mut ChaCha20Rng, n: usize, std: f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+        let u2: f64 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let a = std::f64::consts::TAU * u2;
+        out.push((r * a.cos()) as f32);
+        if out.len() < n {
+            out.push((r * a.sin()) as f32);
+        }
+    }
+    out
+}
+
+/// Mean cross-entropy of logits (n, vocab) against target ids (n).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    Ok(logits
+        .contiguous()?
+        .apply_op2(targets, CrossEntropy::default())?)
+}
