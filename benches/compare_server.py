@@ -15,8 +15,8 @@ processes (builds, tests) take during each run; a run where they averaged more t
 --max-other-load cores is left out of the medians when a clean run of the same pair exists.
 
 llama-server is built once from the llama.cpp tree vendored in the llama-cpp-python 0.3.36
-sdist (fetched with pip into the same cache as scripts/fetch-vocab.sh) with cmake from PyPI,
-`-DGGML_NATIVE=ON`, niced, into ~/.cache/ferrollama/bench/llama-server/ (about 15 minutes
+sdist (benches/llama_cpp_build.py: cmake from PyPI, `-DGGML_NATIVE=ON`, niced) into
+~/.cache/ferrollama/bench/llama-tools/ (about 15 minutes
 at -j1 on this 2-core machine; --jobs 2 when the machine is idle). ferrollama must already be
 built (cargo build --release -p ferrollama). Not run by CI.
 """
@@ -28,7 +28,6 @@ import os
 import pathlib
 import platform
 import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -40,15 +39,12 @@ import urllib.request
 
 sys.dont_write_bytecode = True  # no __pycache__ beside the benches
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import llama_cpp_build  # noqa: E402
 import load_test  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 HOME = pathlib.Path(os.environ.get("FERROLLAMA_HOME", pathlib.Path.home() / ".cache/ferrollama/models"))
-SDIST_WORK = HOME / ".sdist"  # shared with scripts/fetch-vocab.sh
-SDIST_VENV = SDIST_WORK / "venv"
-LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
-SERVER_DIR = HOME.parent / "bench" / "llama-server"
-LLAMA_SERVER = SERVER_DIR / "llama-server"
+LLAMA_SERVER = llama_cpp_build.TOOLS_DIR / "llama-server"
 FERROLLAMA = REPO / "target/release/ferrollama"
 DEFAULT_MODEL = HOME / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -57,43 +53,8 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def ensure_sdist_tree():
-    """The vendored llama.cpp source tree from the llama-cpp-python sdist."""
-    name = LLAMA_CPP_PYTHON.replace("-", "_").replace("==", "-")
-    tree = SDIST_WORK / name / "vendor/llama.cpp"
-    if (tree / "CMakeLists.txt").exists():
-        return tree
-    pip = SDIST_VENV / "bin/pip"
-    if not pip.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(SDIST_VENV)], check=True)
-        subprocess.run([str(pip), "install", "-q", "scikit-build-core", "cmake"], check=True)
-    tarball = SDIST_WORK / f"{name}.tar.gz"
-    if not tarball.exists():
-        # pip prepares an sdist's metadata with its build backend, hence scikit-build-core in
-        # the venv and no build isolation. --no-binary here only: elsewhere it builds cmake.
-        subprocess.run([str(pip), "download", "-q", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-                        LLAMA_CPP_PYTHON, "-d", str(SDIST_WORK)], check=True)
-    subprocess.run(["tar", "-xzf", str(tarball), "-C", str(SDIST_WORK)], check=True)
-    return tree
-
-
 def ensure_llama_server(jobs):
-    if LLAMA_SERVER.exists():
-        return LLAMA_SERVER
-    tree = ensure_sdist_tree()
-    cmake = SDIST_VENV / "bin/cmake"
-    if not cmake.exists():
-        subprocess.run([str(SDIST_VENV / "bin/pip"), "install", "-q", "cmake"], check=True)
-    build = SERVER_DIR / "build"
-    log(f"building llama-server from {tree} into {build} (-j{jobs}, niced; several minutes)")
-    subprocess.run([str(cmake), "-S", str(tree), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
-                    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF",
-                    "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",  # no web UI download
-                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["nice", "-n", "19", str(cmake), "--build", str(build), "--target", "llama-server", f"-j{jobs}"], check=True)
-    shutil.copy2(build / "bin/llama-server", LLAMA_SERVER)
-    return LLAMA_SERVER
+    return llama_cpp_build.ensure_tool("llama-server", jobs)
 
 
 def free_port():

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use ferrollama_generate::{GenerateParams, Generator};
+use ferrollama_generate::{ChatFormat, GenerateParams, Generator, Message};
 
 use crate::args::{ModelArgs, SamplingArgs};
 use crate::load::load;
@@ -29,11 +29,33 @@ pub struct Args {
     /// Print one JSON object (prompt ids, generated ids, text, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
+    /// Treat the prompt as a user message and answer it as `chat` would (the model's chat
+    /// template, or Llama 2's format with --llama2-format); only the reply is printed.
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message, with --chat.
+    #[arg(short, long, requires = "chat")]
+    pub system: Option<String>,
+    /// Llama 2's `[INST]` format instead of the model's template, with --chat.
+    #[arg(long, requires = "chat")]
+    pub llama2_format: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let m = load(&a.model)?;
-    let prompt = m.tokenizer.encode(&a.prompt, true, true);
+    let prompt = if a.chat {
+        let format = if a.llama2_format {
+            ChatFormat::Llama2
+        } else {
+            ChatFormat::for_model(m.chat_template.as_deref())
+        };
+        let mut messages: Vec<Message> =
+            a.system.iter().map(|s| Message::new("system", s)).collect();
+        messages.push(Message::new("user", &a.prompt));
+        format.encode(&messages, &m.tokenizer)?
+    } else {
+        m.tokenizer.encode(&a.prompt, true, true)
+    };
     let params = GenerateParams {
         max_new_tokens: a.max_tokens,
         stop: a.stop.clone(),
@@ -45,7 +67,9 @@ pub fn run(a: Args) -> Result<()> {
     let generation = if a.json {
         generator.generate(&prompt, &params, |_| true)?
     } else {
-        write!(out, "{}", a.prompt)?;
+        if !a.chat {
+            write!(out, "{}", a.prompt)?;
+        }
         let g = generator.generate(&prompt, &params, |piece| {
             let _ = write!(out, "{piece}");
             out.flush().is_ok()
