@@ -17,6 +17,9 @@ struct Cli {
     command: Command,
 }
 
+// One command is parsed per run: the size of the largest variant (train's flags) costs
+// nothing, so it is not boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Chat interactively (system prompt, multi-turn history, /reset, Ctrl-D to quit).

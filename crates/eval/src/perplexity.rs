@@ -4,7 +4,9 @@
 //! vocabulary adds one); only the second half of each chunk is scored, so every scored
 //! token has at least n_ctx/2 tokens of context. PPL = exp(mean negative log-likelihood).
 
-use ferrollama_model::{Error, Llama, Result};
+use ferrollama_model::Llama;
+
+use crate::error::{Error, Result};
 
 /// The outcome of a perplexity run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -33,16 +35,14 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<PerplexityReport> {
     if n_ctx < 4 {
-        return Err(Error::Input(format!(
-            "context {n_ctx} is too small to score (at least 4)"
-        )));
+        return Err(Error::ContextTooSmall(n_ctx));
     }
     if tokens.len() < 2 * n_ctx {
-        return Err(Error::Input(format!(
-            "the text has {} tokens; at least {} (2 x context {n_ctx}) are needed",
-            tokens.len(),
-            2 * n_ctx
-        )));
+        return Err(Error::TextTooShort {
+            tokens: tokens.len(),
+            needed: 2 * n_ctx,
+            n_ctx,
+        });
     }
     let start = std::time::Instant::now();
     let n_chunks = tokens.len() / n_ctx;

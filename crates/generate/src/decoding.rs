@@ -6,7 +6,7 @@
 use ferrollama_sampling::Sampler;
 use ferrollama_tokenizer::Tokenizer;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::generator::{FinishReason, GenerateParams};
 use crate::stop::{StopMatcher, StopState};
 use crate::utf8::Utf8Stream;
@@ -50,7 +50,7 @@ pub struct Decoding {
 impl Decoding {
     /// A fresh state; fails on invalid sampling settings.
     pub fn new(params: &GenerateParams) -> Result<Self> {
-        params.sampling.validate().map_err(Error::Input)?;
+        params.sampling.validate()?;
         Ok(Self {
             sampler: Sampler::new(params.sampling.clone()),
             stops: StopMatcher::new(&params.stop),

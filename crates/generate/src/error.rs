@@ -10,6 +10,9 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Tokenizer(#[from] ferrollama_tokenizer::Error),
+    /// A sampling setting outside its range.
+    #[error(transparent)]
+    Sampling(#[from] ferrollama_sampling::InvalidSetting),
     /// The chat template failed to parse or render.
     #[error("chat template: {0}")]
     Template(String),

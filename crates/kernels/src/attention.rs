@@ -216,14 +216,18 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn key_scores<const N: usize>(q: *const f32, k: *const f32, hd: usize) -> [f32; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
-        for c in (0..hd).step_by(8) {
-            let qc = _mm256_loadu_ps(q.add(c));
-            for (j, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.add(j * hd + c)), *acc);
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); N];
+            for c in (0..hd).step_by(8) {
+                let qc = _mm256_loadu_ps(q.add(c));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.add(j * hd + c)), *acc);
+                }
             }
+            acc.map(|a| hsum(a))
         }
-        acc.map(|a| hsum(a))
     }
 
     /// [`super::attend_head`] with 8-lane vectors; `q.len()` is a multiple of 8.
@@ -237,72 +241,78 @@ mod avx2 {
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let (hd, len) = (q.len(), scores.len());
-        debug_assert!(hd % 8 == 0 && k.len() >= len * hd && v.len() >= len * hd);
-        let (qp, kp) = (q.as_ptr(), k.as_ptr());
-        // Eight keys at a time: eight independent accumulator chains.
-        let mut t = 0;
-        while t + 8 <= len {
-            let s = key_scores::<8>(qp, kp.add(t * hd), hd);
-            for (j, s) in s.iter().enumerate() {
-                scores[t + j] = s * scale;
-            }
-            t += 8;
-        }
-        for t in t..len {
-            scores[t] = key_scores::<1>(qp, kp.add(t * hd), hd)[0] * scale;
-        }
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        // Exponentials 8 at a time, summed in 8 lanes; probabilities rounded to f16 (unless
-        // kept in f32).
-        let mut sums = _mm256_setzero_ps();
-        let chunks = len / 8 * 8;
-        let vmax = _mm256_set1_ps(max);
-        for t in (0..chunks).step_by(8) {
-            let e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores.as_ptr().add(t)), vmax));
-            _mm256_storeu_ps(scores.as_mut_ptr().add(t), e);
-            sums = _mm256_add_ps(sums, e);
-        }
-        let mut tail = [f32::NEG_INFINITY; 8];
-        tail[..len - chunks].copy_from_slice(&scores[chunks..]);
-        let e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), vmax));
-        _mm256_storeu_ps(tail.as_mut_ptr(), e);
-        // Lanes past len held -inf, clamped to -87.3: zero them before they join the sum.
-        for x in &mut tail[len - chunks..] {
-            *x = 0.0;
-        }
-        scores[chunks..].copy_from_slice(&tail[..len - chunks]);
-        let sum = hsum(_mm256_add_ps(sums, _mm256_loadu_ps(tail.as_ptr())));
-        let vsum = _mm256_set1_ps(sum);
-        for t in (0..chunks).step_by(8) {
-            let p = _mm256_div_ps(_mm256_loadu_ps(scores.as_ptr().add(t)), vsum);
-            let p = if f16_probs {
-                _mm256_cvtph_ps(_mm256_cvtps_ph(p, _MM_FROUND_TO_NEAREST_INT))
-            } else {
-                p
-            };
-            _mm256_storeu_ps(scores.as_mut_ptr().add(t), p);
-        }
-        for s in &mut scores[chunks..] {
-            *s = if f16_probs {
-                half::f16::from_f32(*s / sum).to_f32()
-            } else {
-                *s / sum
-            };
-        }
-        // Weighted sum of values, one 8-lane accumulator per chunk of the head.
-        let vp = v.as_ptr();
-        for c in (0..hd).step_by(64) {
-            let width = (hd - c).min(64) / 8;
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for (t, &p) in scores.iter().enumerate() {
-                let p = _mm256_set1_ps(p);
-                for (j, acc) in acc.iter_mut().enumerate().take(width) {
-                    *acc = _mm256_fmadd_ps(p, _mm256_loadu_ps(vp.add(t * hd + c + 8 * j)), *acc);
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            let (hd, len) = (q.len(), scores.len());
+            debug_assert!(hd % 8 == 0 && k.len() >= len * hd && v.len() >= len * hd);
+            let (qp, kp) = (q.as_ptr(), k.as_ptr());
+            // Eight keys at a time: eight independent accumulator chains.
+            let mut t = 0;
+            while t + 8 <= len {
+                let s = key_scores::<8>(qp, kp.add(t * hd), hd);
+                for (j, s) in s.iter().enumerate() {
+                    scores[t + j] = s * scale;
                 }
+                t += 8;
             }
-            for (j, acc) in acc.iter().enumerate().take(width) {
-                _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * j), *acc);
+            for t in t..len {
+                scores[t] = key_scores::<1>(qp, kp.add(t * hd), hd)[0] * scale;
+            }
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // Exponentials 8 at a time, summed in 8 lanes; probabilities rounded to f16 (unless
+            // kept in f32).
+            let mut sums = _mm256_setzero_ps();
+            let chunks = len / 8 * 8;
+            let vmax = _mm256_set1_ps(max);
+            for t in (0..chunks).step_by(8) {
+                let e =
+                    exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores.as_ptr().add(t)), vmax));
+                _mm256_storeu_ps(scores.as_mut_ptr().add(t), e);
+                sums = _mm256_add_ps(sums, e);
+            }
+            let mut tail = [f32::NEG_INFINITY; 8];
+            tail[..len - chunks].copy_from_slice(&scores[chunks..]);
+            let e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), vmax));
+            _mm256_storeu_ps(tail.as_mut_ptr(), e);
+            // Lanes past len held -inf, clamped to -87.3: zero them before they join the sum.
+            for x in &mut tail[len - chunks..] {
+                *x = 0.0;
+            }
+            scores[chunks..].copy_from_slice(&tail[..len - chunks]);
+            let sum = hsum(_mm256_add_ps(sums, _mm256_loadu_ps(tail.as_ptr())));
+            let vsum = _mm256_set1_ps(sum);
+            for t in (0..chunks).step_by(8) {
+                let p = _mm256_div_ps(_mm256_loadu_ps(scores.as_ptr().add(t)), vsum);
+                let p = if f16_probs {
+                    _mm256_cvtph_ps(_mm256_cvtps_ph(p, _MM_FROUND_TO_NEAREST_INT))
+                } else {
+                    p
+                };
+                _mm256_storeu_ps(scores.as_mut_ptr().add(t), p);
+            }
+            for s in &mut scores[chunks..] {
+                *s = if f16_probs {
+                    half::f16::from_f32(*s / sum).to_f32()
+                } else {
+                    *s / sum
+                };
+            }
+            // Weighted sum of values, one 8-lane accumulator per chunk of the head.
+            let vp = v.as_ptr();
+            for c in (0..hd).step_by(64) {
+                let width = (hd - c).min(64) / 8;
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (t, &p) in scores.iter().enumerate() {
+                    let p = _mm256_set1_ps(p);
+                    for (j, acc) in acc.iter_mut().enumerate().take(width) {
+                        *acc =
+                            _mm256_fmadd_ps(p, _mm256_loadu_ps(vp.add(t * hd + c + 8 * j)), *acc);
+                    }
+                }
+                for (j, acc) in acc.iter().enumerate().take(width) {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * j), *acc);
+                }
             }
         }
     }
@@ -423,7 +433,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vector_exp_is_within_two_ulp() {
-        if !crate::avx2_available() {
+        if !crate::simd_test_runs("vector_exp_is_within_two_ulp") {
             return;
         }
         use std::arch::x86_64::*;
@@ -447,6 +457,9 @@ mod tests {
 
     #[test]
     fn simd_heads_match_portable_heads() {
+        if !crate::simd_test_runs("simd_heads_match_portable_heads") {
+            return;
+        }
         let mut rng = rand::rngs::StdRng::seed_from_u64(12);
         for &(hd, len, scale) in &[
             (8, 1, 1.0),

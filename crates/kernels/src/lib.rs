@@ -4,6 +4,7 @@
 //! scalar reference that the tests compare it with.
 
 pub mod attention;
+pub mod error;
 pub mod format;
 pub mod packed;
 pub mod packed_f16;
@@ -20,6 +21,7 @@ pub mod q8_1;
 pub mod q8_k;
 pub mod storage;
 
+pub use error::KernelError;
 pub use format::WeightFormat;
 pub use packed::PackedMatrix;
 pub use packed_f16::PackedF16;
@@ -36,4 +38,26 @@ pub(crate) fn avx2_available() -> bool {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
     })
+}
+
+/// For the tests of the vector kernels: whether this machine runs them. On an x86_64 CPU
+/// without AVX2, FMA and F16C such a test would silently compare the portable path with
+/// the reference and pass as if the vector path were checked; it fails instead, unless
+/// `FERROLLAMA_SKIP_SIMD_TESTS` is set, in which case it says that it skipped. Elsewhere
+/// there is no vector path to test, and the test says so.
+#[cfg(test)]
+pub(crate) fn simd_test_runs(test: &str) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx2_available() {
+            return true;
+        }
+        assert!(
+            std::env::var_os("FERROLLAMA_SKIP_SIMD_TESTS").is_some(),
+            "{test}: this x86_64 CPU lacks AVX2, FMA or F16C, so the vector kernels it tests \
+             cannot run; set FERROLLAMA_SKIP_SIMD_TESTS=1 to skip such tests knowingly"
+        );
+    }
+    eprintln!("SKIPPED {test}: no AVX2 + FMA + F16C on this machine");
+    false
 }

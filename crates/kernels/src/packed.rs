@@ -71,23 +71,8 @@ impl WeightFormat {
     }
 }
 
-/// Why a row-major matrix could not be packed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackError(String);
-
-impl std::fmt::Display for PackError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for PackError {}
-
-impl PackError {
-    pub(crate) fn new(msg: String) -> Self {
-        Self(msg)
-    }
-}
+/// The kernels' error (kept under its earlier name for the packing functions).
+pub use crate::error::KernelError as PackError;
 
 /// An (n, k) weight matrix in the interleaved layout.
 pub struct PackedMatrix {
@@ -103,10 +88,12 @@ impl PackedMatrix {
         let bb = format.block_bytes();
         let size = n.checked_mul(k / QK).and_then(|b| b.checked_mul(bb));
         if k == 0 || !k.is_multiple_of(QK) || size != Some(rows.len()) {
-            return Err(PackError::new(format!(
-                "a {format:?} matrix of shape ({n}, {k}) cannot hold {} bytes",
-                rows.len()
-            )));
+            return Err(PackError::RowBytes {
+                format: format!("{format:?}"),
+                n,
+                k,
+                bytes: rows.len(),
+            });
         }
         let blocks = k / QK;
         let groups = n.div_ceil(LANES);
@@ -168,10 +155,12 @@ impl PackedMatrix {
             .checked_mul(k / QK)
             .and_then(|b| b.checked_mul(format.packed_block_bytes()));
         if k == 0 || !k.is_multiple_of(QK) || expected != Some(data.len()) {
-            return Err(PackError::new(format!(
-                "a packed {format:?} matrix of shape ({n}, {k}) cannot have {} bytes",
-                data.len()
-            )));
+            return Err(PackError::PackedBytes {
+                format: format!("{format:?}"),
+                n,
+                k,
+                bytes: data.len(),
+            });
         }
         Ok(Self { format, n, k, data })
     }
@@ -335,7 +324,11 @@ impl SharedOut {
     /// # Safety
     /// `at..at + values.len()` must lie inside the output and no other task may touch it.
     unsafe fn write(self, at: usize, values: &[f32]) {
-        std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), values.len());
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), values.len());
+        }
     }
 }
 
@@ -435,9 +428,13 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn broadcast4(xb: &BlockQ8_1, at: usize) -> __m256i {
-        _mm256_set1_epi32(std::ptr::read_unaligned(
-            xb.qs.as_ptr().add(at) as *const i32
-        ))
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            _mm256_set1_epi32(std::ptr::read_unaligned(
+                xb.qs.as_ptr().add(at) as *const i32
+            ))
+        }
     }
 
     /// Sums of one group of 8 rows against R activation rows, block by block: per block,
@@ -447,102 +444,108 @@ mod avx2 {
         w: &[u8],
         xs: [&[BlockQ8_1]; R],
     ) -> [[f32; 8]; R] {
-        let format = match F {
-            Q4_0 => WeightFormat::Q4_0,
-            Q4_1 => WeightFormat::Q4_1,
-            Q5_0 => WeightFormat::Q5_0,
-            Q5_1 => WeightFormat::Q5_1,
-            _ => WeightFormat::Q8_0,
-        };
-        let five = F == Q5_0 || F == Q5_1;
-        let (pbb, header) = (format.packed_block_bytes(), format.header_bytes());
-        let blocks = w.len() / pbb;
-        debug_assert!(xs.iter().all(|x| x.len() >= blocks));
-        let ones = _mm256_set1_epi16(1);
-        let low = _mm256_set1_epi8(0x0F);
-        let fifth = _mm256_set1_epi8(0x10);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..blocks {
-            let block = w.as_ptr().add(b * pbb);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
-            let v = block.add(header);
-            let mut sumi = [_mm256_setzero_si256(); R];
-            if F == Q8_0 {
-                for g in 0..8 {
-                    let q = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
-                    let abs = _mm256_sign_epi8(q, q);
-                    for j in 0..R {
-                        let x = _mm256_sign_epi8(broadcast4(&xs[j][b], 4 * g), q);
-                        // At most 2 * 128 * 127 per i16 lane: no saturation.
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(abs, x), ones);
-                        sumi[j] = _mm256_add_epi32(sumi[j], p);
-                    }
-                }
-            } else {
-                // Nibbles 0..15 times bytes up to 127 in magnitude: 8 pair sums of at most
-                // 2 * 15 * 127 each fit an i16 lane, so the sums stay in i16 until madd.
-                // 5-bit values (up to 31) go to i32 after every 4 pair sums instead.
-                let mut s16 = [_mm256_setzero_si256(); R];
-                let high = if five {
-                    _mm256_loadu_si256(v.add(128) as *const __m256i)
-                } else {
-                    _mm256_setzero_si256()
-                };
-                for g in 0..4 {
-                    let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
-                    let mut lo = _mm256_and_si256(raw, low);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                    if five {
-                        // Bits g and 4 + g of each byte, moved to bit 4.
-                        let (to_lo, to_hi) = match g {
-                            0 => (_mm256_slli_epi16(high, 4), high),
-                            1 => (_mm256_slli_epi16(high, 3), _mm256_srli_epi16(high, 1)),
-                            2 => (_mm256_slli_epi16(high, 2), _mm256_srli_epi16(high, 2)),
-                            _ => (_mm256_slli_epi16(high, 1), _mm256_srli_epi16(high, 3)),
-                        };
-                        lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
-                        hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
-                    }
-                    for j in 0..R {
-                        let xb = &xs[j][b];
-                        let p = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(lo, broadcast4(xb, 4 * g)),
-                            _mm256_maddubs_epi16(hi, broadcast4(xb, 16 + 4 * g)),
-                        );
-                        s16[j] = _mm256_add_epi16(s16[j], p);
-                    }
-                    if five && g == 1 {
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            let format = match F {
+                Q4_0 => WeightFormat::Q4_0,
+                Q4_1 => WeightFormat::Q4_1,
+                Q5_0 => WeightFormat::Q5_0,
+                Q5_1 => WeightFormat::Q5_1,
+                _ => WeightFormat::Q8_0,
+            };
+            let five = F == Q5_0 || F == Q5_1;
+            let (pbb, header) = (format.packed_block_bytes(), format.header_bytes());
+            let blocks = w.len() / pbb;
+            debug_assert!(xs.iter().all(|x| x.len() >= blocks));
+            let ones = _mm256_set1_epi16(1);
+            let low = _mm256_set1_epi8(0x0F);
+            let fifth = _mm256_set1_epi8(0x10);
+            let mut acc = [_mm256_setzero_ps(); R];
+            for b in 0..blocks {
+                let block = w.as_ptr().add(b * pbb);
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
+                let v = block.add(header);
+                let mut sumi = [_mm256_setzero_si256(); R];
+                if F == Q8_0 {
+                    for g in 0..8 {
+                        let q = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
+                        let abs = _mm256_sign_epi8(q, q);
                         for j in 0..R {
-                            sumi[j] = _mm256_madd_epi16(s16[j], ones);
-                            s16[j] = _mm256_setzero_si256();
+                            let x = _mm256_sign_epi8(broadcast4(&xs[j][b], 4 * g), q);
+                            // At most 2 * 128 * 127 per i16 lane: no saturation.
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(abs, x), ones);
+                            sumi[j] = _mm256_add_epi32(sumi[j], p);
+                        }
+                    }
+                } else {
+                    // Nibbles 0..15 times bytes up to 127 in magnitude: 8 pair sums of at most
+                    // 2 * 15 * 127 each fit an i16 lane, so the sums stay in i16 until madd.
+                    // 5-bit values (up to 31) go to i32 after every 4 pair sums instead.
+                    let mut s16 = [_mm256_setzero_si256(); R];
+                    let high = if five {
+                        _mm256_loadu_si256(v.add(128) as *const __m256i)
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    for g in 0..4 {
+                        let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
+                        let mut lo = _mm256_and_si256(raw, low);
+                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                        if five {
+                            // Bits g and 4 + g of each byte, moved to bit 4.
+                            let (to_lo, to_hi) = match g {
+                                0 => (_mm256_slli_epi16(high, 4), high),
+                                1 => (_mm256_slli_epi16(high, 3), _mm256_srli_epi16(high, 1)),
+                                2 => (_mm256_slli_epi16(high, 2), _mm256_srli_epi16(high, 2)),
+                                _ => (_mm256_slli_epi16(high, 1), _mm256_srli_epi16(high, 3)),
+                            };
+                            lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
+                            hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
+                        }
+                        for j in 0..R {
+                            let xb = &xs[j][b];
+                            let p = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(lo, broadcast4(xb, 4 * g)),
+                                _mm256_maddubs_epi16(hi, broadcast4(xb, 16 + 4 * g)),
+                            );
+                            s16[j] = _mm256_add_epi16(s16[j], p);
+                        }
+                        if five && g == 1 {
+                            for j in 0..R {
+                                sumi[j] = _mm256_madd_epi16(s16[j], ones);
+                                s16[j] = _mm256_setzero_si256();
+                            }
+                        }
+                    }
+                    for j in 0..R {
+                        sumi[j] = _mm256_add_epi32(sumi[j], _mm256_madd_epi16(s16[j], ones));
+                        if F == Q4_0 {
+                            sumi[j] =
+                                _mm256_sub_epi32(sumi[j], _mm256_set1_epi32(8 * xs[j][b].sum));
+                        }
+                        if F == Q5_0 {
+                            sumi[j] =
+                                _mm256_sub_epi32(sumi[j], _mm256_set1_epi32(16 * xs[j][b].sum));
                         }
                     }
                 }
                 for j in 0..R {
-                    sumi[j] = _mm256_add_epi32(sumi[j], _mm256_madd_epi16(s16[j], ones));
-                    if F == Q4_0 {
-                        sumi[j] = _mm256_sub_epi32(sumi[j], _mm256_set1_epi32(8 * xs[j][b].sum));
-                    }
-                    if F == Q5_0 {
-                        sumi[j] = _mm256_sub_epi32(sumi[j], _mm256_set1_epi32(16 * xs[j][b].sum));
+                    let xb = &xs[j][b];
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
+                    acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sumi[j]), acc[j]);
+                    if F == Q4_1 || F == Q5_1 {
+                        let m = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
+                        acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb.s), acc[j]);
                     }
                 }
             }
+            let mut out = [[0f32; 8]; R];
             for j in 0..R {
-                let xb = &xs[j][b];
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
-                acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sumi[j]), acc[j]);
-                if F == Q4_1 || F == Q5_1 {
-                    let m = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
-                    acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb.s), acc[j]);
-                }
+                _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]);
             }
+            out
         }
-        let mut out = [[0f32; 8]; R];
-        for j in 0..R {
-            _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]);
-        }
-        out
     }
 }
 
@@ -666,6 +669,9 @@ mod tests {
 
     #[test]
     fn simd_tile_matches_plain_reference() {
+        if !crate::simd_test_runs("simd_tile_matches_plain_reference") {
+            return;
+        }
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
         for format in FORMATS {
             for &k in &[32, 96, 576] {

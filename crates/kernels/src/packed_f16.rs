@@ -57,10 +57,12 @@ impl PackedF16 {
     /// them.
     pub fn pack(rows: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
         if n.checked_mul(k).and_then(|e| e.checked_mul(2)) != Some(rows.len()) || k == 0 {
-            return Err(PackError::new(format!(
-                "an f16 matrix of shape ({n}, {k}) cannot hold {} bytes",
-                rows.len()
-            )));
+            return Err(PackError::RowBytes {
+                format: "F16".into(),
+                n,
+                k,
+                bytes: rows.len(),
+            });
         }
         let mut data = vec![0u16; n.div_ceil(LANES) * k * LANES];
         data.par_chunks_mut(k * LANES)
@@ -93,11 +95,12 @@ impl PackedF16 {
                 k,
                 data: Halves::Shared(data),
             }),
-            _ => Err(PackError::new(format!(
-                "a packed f16 matrix of shape ({n}, {k}) cannot have {} bytes (or they are not \
-                 2-byte aligned)",
-                data.len()
-            ))),
+            _ => Err(PackError::PackedBytes {
+                format: "F16".into(),
+                n,
+                k,
+                bytes: data.len(),
+            }),
         }
     }
 
@@ -206,39 +209,47 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn round_to_f16(x: &mut [f32]) {
-        let mut chunks = x.chunks_exact_mut(8);
-        for c in &mut chunks {
-            let v = _mm256_loadu_ps(c.as_ptr());
-            let r = _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-            _mm256_storeu_ps(c.as_mut_ptr(), r);
-        }
-        for v in chunks.into_remainder() {
-            *v = half::f16::from_f32(*v).to_f32();
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            let mut chunks = x.chunks_exact_mut(8);
+            for c in &mut chunks {
+                let v = _mm256_loadu_ps(c.as_ptr());
+                let r = _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+                _mm256_storeu_ps(c.as_mut_ptr(), r);
+            }
+            for v in chunks.into_remainder() {
+                *v = half::f16::from_f32(*v).to_f32();
+            }
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn tile<const R: usize>(w: &[u16], xs: [&[f32]; R]) -> [[f32; LANES]; R] {
-        let k = w.len() / LANES;
-        debug_assert!(xs.iter().all(|x| x.len() == k));
-        let wp = w.as_ptr();
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        for i in 0..k {
-            let raw = _mm256_loadu_si256(wp.add(i * LANES) as *const __m256i);
-            let w0 = _mm256_cvtph_ps(_mm256_castsi256_si128(raw));
-            let w1 = _mm256_cvtph_ps(_mm256_extracti128_si256(raw, 1));
-            for j in 0..R {
-                let x = _mm256_set1_ps(*xs[j].get_unchecked(i));
-                acc[j][0] = _mm256_fmadd_ps(w0, x, acc[j][0]);
-                acc[j][1] = _mm256_fmadd_ps(w1, x, acc[j][1]);
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            let k = w.len() / LANES;
+            debug_assert!(xs.iter().all(|x| x.len() == k));
+            let wp = w.as_ptr();
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for i in 0..k {
+                let raw = _mm256_loadu_si256(wp.add(i * LANES) as *const __m256i);
+                let w0 = _mm256_cvtph_ps(_mm256_castsi256_si128(raw));
+                let w1 = _mm256_cvtph_ps(_mm256_extracti128_si256(raw, 1));
+                for j in 0..R {
+                    let x = _mm256_set1_ps(*xs[j].get_unchecked(i));
+                    acc[j][0] = _mm256_fmadd_ps(w0, x, acc[j][0]);
+                    acc[j][1] = _mm256_fmadd_ps(w1, x, acc[j][1]);
+                }
             }
+            let mut out = [[0f32; LANES]; R];
+            for j in 0..R {
+                _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j][0]);
+                _mm256_storeu_ps(out[j].as_mut_ptr().add(8), acc[j][1]);
+            }
+            out
         }
-        let mut out = [[0f32; LANES]; R];
-        for j in 0..R {
-            _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j][0]);
-            _mm256_storeu_ps(out[j].as_mut_ptr().add(8), acc[j][1]);
-        }
-        out
     }
 }
 

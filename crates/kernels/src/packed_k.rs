@@ -101,10 +101,12 @@ impl PackedKMatrix {
         let bb = format.block_bytes();
         let size = n.checked_mul(k / QK_K).and_then(|b| b.checked_mul(bb));
         if k == 0 || !k.is_multiple_of(QK_K) || size != Some(rows.len()) {
-            return Err(PackError::new(format!(
-                "a {format:?} matrix of shape ({n}, {k}) cannot hold {} bytes",
-                rows.len()
-            )));
+            return Err(PackError::RowBytes {
+                format: format!("{format:?}"),
+                n,
+                k,
+                bytes: rows.len(),
+            });
         }
         let blocks = k / QK_K;
         let pbb = format.packed_block_bytes();
@@ -145,10 +147,12 @@ impl PackedKMatrix {
             .checked_mul(k / QK_K)
             .and_then(|b| b.checked_mul(format.packed_block_bytes()));
         if k == 0 || !k.is_multiple_of(QK_K) || expected != Some(data.len()) {
-            return Err(PackError::new(format!(
-                "a packed {format:?} matrix of shape ({n}, {k}) cannot have {} bytes",
-                data.len()
-            )));
+            return Err(PackError::PackedBytes {
+                format: format!("{format:?}"),
+                n,
+                k,
+                bytes: data.len(),
+            });
         }
         Ok(Self { format, n, k, data })
     }
@@ -516,30 +520,42 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn broadcast4(xb: &BlockQ8K, at: usize) -> __m256i {
-        _mm256_set1_epi32(std::ptr::read_unaligned(
-            xb.qs.as_ptr().add(at) as *const i32
-        ))
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            _mm256_set1_epi32(std::ptr::read_unaligned(
+                xb.qs.as_ptr().add(at) as *const i32
+            ))
+        }
     }
 
     /// Two i16 sums `s[at]`, `s[at + 1]` as the halves of every 32-bit lane.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn broadcast_pair(s: &[i16], at: usize) -> __m256i {
-        debug_assert!(at + 1 < s.len());
-        _mm256_set1_epi32(std::ptr::read_unaligned(s.as_ptr().add(at) as *const i32))
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            debug_assert!(at + 1 < s.len());
+            _mm256_set1_epi32(std::ptr::read_unaligned(s.as_ptr().add(at) as *const i32))
+        }
     }
 
     /// A pair region's 16 bytes as eight lanes of two i16 (unsigned or signed bytes).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn pair_u8(p: *const u8) -> __m256i {
-        _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i))
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe { _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i)) }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn pair_i8(p: *const u8) -> __m256i {
-        _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i))
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)) }
     }
 
     /// The low (FIRST = true) or high i16 of each 32-bit lane, copied into both halves.
@@ -559,144 +575,269 @@ mod avx2 {
         w: &[u8],
         xs: [&[BlockQ8K]; R],
     ) -> [[f32; 8]; R] {
-        let format = if FIVE { KFormat::Q5K } else { KFormat::Q4K };
-        let pbb = format.packed_block_bytes();
-        let fifth = _mm256_set1_epi8(0x10);
-        let blocks = w.len() / pbb;
-        debug_assert!(xs.iter().all(|x| x.len() >= blocks));
-        let low = _mm256_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..blocks {
-            let block = w.as_ptr().add(b * pbb);
-            let mut sumi = [_mm256_setzero_si256(); R];
-            let mut summ = [_mm256_setzero_si256(); R];
-            for c in 0..4 {
-                let v = block.add(Q4K_VALUES + 256 * c);
-                let scales = pair_u8(block.add(Q4K_SCALES + 16 * c));
-                let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
-                // Nibbles up to 15 times bytes up to 127: 8 groups of pair sums stay below
-                // 8 * 2 * 15 * 127 = 30480, inside i16. Five-bit values (up to 31) go to
-                // i32 after every 4 groups instead.
-                let mut s_lo = [_mm256_setzero_si256(); R];
-                let mut s_hi = [_mm256_setzero_si256(); R];
-                for g in 0..8 {
-                    let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
-                    let mut lo = _mm256_and_si256(raw, low);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                    if FIVE {
-                        // Bits 2c and 2c + 1 of each qh byte, moved to bit 4.
-                        let h = _mm256_loadu_si256(block.add(Q5K_HIGH + 32 * g) as *const __m256i);
-                        let (to_lo, to_hi) = match c {
-                            0 => (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 3)),
-                            1 => (_mm256_slli_epi16(h, 2), _mm256_slli_epi16(h, 1)),
-                            2 => (h, _mm256_srli_epi16(h, 1)),
-                            _ => (_mm256_srli_epi16(h, 2), _mm256_srli_epi16(h, 3)),
-                        };
-                        lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
-                        hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
-                    }
-                    for j in 0..R {
-                        let xb = &xs[j][b];
-                        let at = 64 * c + 4 * g;
-                        s_lo[j] =
-                            _mm256_add_epi16(s_lo[j], _mm256_maddubs_epi16(lo, broadcast4(xb, at)));
-                        s_hi[j] = _mm256_add_epi16(
-                            s_hi[j],
-                            _mm256_maddubs_epi16(hi, broadcast4(xb, at + 32)),
-                        );
-                    }
-                    if FIVE && g == 3 {
-                        for j in 0..R {
-                            let p = _mm256_add_epi32(
-                                _mm256_madd_epi16(s_lo[j], sc_lo),
-                                _mm256_madd_epi16(s_hi[j], sc_hi),
-                            );
-                            sumi[j] = _mm256_add_epi32(sumi[j], p);
-                            s_lo[j] = _mm256_setzero_si256();
-                            s_hi[j] = _mm256_setzero_si256();
-                        }
-                    }
-                }
-                let mins = pair_u8(block.add(Q4K_MINS + 16 * c));
-                for j in 0..R {
-                    let p = _mm256_add_epi32(
-                        _mm256_madd_epi16(s_lo[j], sc_lo),
-                        _mm256_madd_epi16(s_hi[j], sc_hi),
-                    );
-                    sumi[j] = _mm256_add_epi32(sumi[j], p);
-                    let m = _mm256_madd_epi16(mins, broadcast_pair(&xs[j][b].bsums32, 2 * c));
-                    summ[j] = _mm256_add_epi32(summ[j], m);
-                }
-            }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
-            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(block.add(Q4K_DMIN) as *const __m128i));
-            for j in 0..R {
-                let xd = _mm256_set1_ps(xs[j][b].d);
-                let (scale, min) = (_mm256_mul_ps(xd, d), _mm256_mul_ps(xd, dmin));
-                let pos = _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sumi[j]));
-                let neg = _mm256_mul_ps(min, _mm256_cvtepi32_ps(summ[j]));
-                acc[j] = _mm256_add_ps(acc[j], _mm256_sub_ps(pos, neg));
-            }
-        }
-        store(acc)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile_q6k<const R: usize>(w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
-        let pbb = KFormat::Q6K.packed_block_bytes();
-        let blocks = w.len() / pbb;
-        debug_assert!(xs.iter().all(|x| x.len() >= blocks));
-        let low = _mm256_set1_epi8(0x0F);
-        let top = _mm256_set1_epi8(0x30);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..blocks {
-            let block = w.as_ptr().add(b * pbb);
-            let mut sumi = [_mm256_setzero_si256(); R];
-            // The values are stored plus 32: subtract 32 * sum(scale * activation sum).
-            let mut offset = [_mm256_setzero_si256(); R];
-            for u in 0..8 {
-                let scales = pair_i8(block.add(Q6K_SCALES + 16 * u));
-                for j in 0..R {
-                    let o = _mm256_madd_epi16(scales, broadcast_pair(&xs[j][b].bsums, 2 * u));
-                    offset[j] = _mm256_add_epi32(offset[j], o);
-                }
-                let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
-                let unit = block.add(Q6K_VALUES + Q6K_UNIT * u);
-                let h0 = _mm256_loadu_si256(unit.add(128) as *const __m256i);
-                let h1 = _mm256_loadu_si256(unit.add(160) as *const __m256i);
-                // Top 2 bits of group g's values sit at bits 2g: move them to bits 4..6.
-                let high = |h: __m256i, g: usize| -> __m256i {
-                    let moved = match g {
-                        0 => _mm256_slli_epi16(h, 4),
-                        1 => _mm256_slli_epi16(h, 2),
-                        2 => h,
-                        _ => _mm256_srli_epi16(h, 2),
-                    };
-                    _mm256_and_si256(moved, top)
-                };
-                // Values up to 63 times bytes up to 127: two groups of pair sums stay below
-                // 2 * 2 * 63 * 127 = 32004, inside i16.
-                for pair in 0..2 {
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            let format = if FIVE { KFormat::Q5K } else { KFormat::Q4K };
+            let pbb = format.packed_block_bytes();
+            let fifth = _mm256_set1_epi8(0x10);
+            let blocks = w.len() / pbb;
+            debug_assert!(xs.iter().all(|x| x.len() >= blocks));
+            let low = _mm256_set1_epi8(0x0F);
+            let mut acc = [_mm256_setzero_ps(); R];
+            for b in 0..blocks {
+                let block = w.as_ptr().add(b * pbb);
+                let mut sumi = [_mm256_setzero_si256(); R];
+                let mut summ = [_mm256_setzero_si256(); R];
+                for c in 0..4 {
+                    let v = block.add(Q4K_VALUES + 256 * c);
+                    let scales = pair_u8(block.add(Q4K_SCALES + 16 * c));
+                    let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
+                    // Nibbles up to 15 times bytes up to 127: 8 groups of pair sums stay below
+                    // 8 * 2 * 15 * 127 = 30480, inside i16. Five-bit values (up to 31) go to
+                    // i32 after every 4 groups instead.
                     let mut s_lo = [_mm256_setzero_si256(); R];
                     let mut s_hi = [_mm256_setzero_si256(); R];
-                    for g in 2 * pair..2 * pair + 2 {
-                        let raw = _mm256_loadu_si256(unit.add(32 * g) as *const __m256i);
-                        let lo = _mm256_or_si256(_mm256_and_si256(raw, low), high(h0, g));
-                        let hi = _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
-                            high(h1, g),
-                        );
+                    for g in 0..8 {
+                        let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
+                        let mut lo = _mm256_and_si256(raw, low);
+                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                        if FIVE {
+                            // Bits 2c and 2c + 1 of each qh byte, moved to bit 4.
+                            let h =
+                                _mm256_loadu_si256(block.add(Q5K_HIGH + 32 * g) as *const __m256i);
+                            let (to_lo, to_hi) = match c {
+                                0 => (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 3)),
+                                1 => (_mm256_slli_epi16(h, 2), _mm256_slli_epi16(h, 1)),
+                                2 => (h, _mm256_srli_epi16(h, 1)),
+                                _ => (_mm256_srli_epi16(h, 2), _mm256_srli_epi16(h, 3)),
+                            };
+                            lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
+                            hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
+                        }
                         for j in 0..R {
                             let xb = &xs[j][b];
-                            let at = 32 * u + 4 * g;
+                            let at = 64 * c + 4 * g;
                             s_lo[j] = _mm256_add_epi16(
                                 s_lo[j],
                                 _mm256_maddubs_epi16(lo, broadcast4(xb, at)),
                             );
                             s_hi[j] = _mm256_add_epi16(
                                 s_hi[j],
-                                _mm256_maddubs_epi16(hi, broadcast4(xb, at + 16)),
+                                _mm256_maddubs_epi16(hi, broadcast4(xb, at + 32)),
                             );
+                        }
+                        if FIVE && g == 3 {
+                            for j in 0..R {
+                                let p = _mm256_add_epi32(
+                                    _mm256_madd_epi16(s_lo[j], sc_lo),
+                                    _mm256_madd_epi16(s_hi[j], sc_hi),
+                                );
+                                sumi[j] = _mm256_add_epi32(sumi[j], p);
+                                s_lo[j] = _mm256_setzero_si256();
+                                s_hi[j] = _mm256_setzero_si256();
+                            }
+                        }
+                    }
+                    let mins = pair_u8(block.add(Q4K_MINS + 16 * c));
+                    for j in 0..R {
+                        let p = _mm256_add_epi32(
+                            _mm256_madd_epi16(s_lo[j], sc_lo),
+                            _mm256_madd_epi16(s_hi[j], sc_hi),
+                        );
+                        sumi[j] = _mm256_add_epi32(sumi[j], p);
+                        let m = _mm256_madd_epi16(mins, broadcast_pair(&xs[j][b].bsums32, 2 * c));
+                        summ[j] = _mm256_add_epi32(summ[j], m);
+                    }
+                }
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
+                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(block.add(Q4K_DMIN) as *const __m128i));
+                for j in 0..R {
+                    let xd = _mm256_set1_ps(xs[j][b].d);
+                    let (scale, min) = (_mm256_mul_ps(xd, d), _mm256_mul_ps(xd, dmin));
+                    let pos = _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sumi[j]));
+                    let neg = _mm256_mul_ps(min, _mm256_cvtepi32_ps(summ[j]));
+                    acc[j] = _mm256_add_ps(acc[j], _mm256_sub_ps(pos, neg));
+                }
+            }
+            store(acc)
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_q6k<const R: usize>(w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            let pbb = KFormat::Q6K.packed_block_bytes();
+            let blocks = w.len() / pbb;
+            debug_assert!(xs.iter().all(|x| x.len() >= blocks));
+            let low = _mm256_set1_epi8(0x0F);
+            let top = _mm256_set1_epi8(0x30);
+            let mut acc = [_mm256_setzero_ps(); R];
+            for b in 0..blocks {
+                let block = w.as_ptr().add(b * pbb);
+                let mut sumi = [_mm256_setzero_si256(); R];
+                // The values are stored plus 32: subtract 32 * sum(scale * activation sum).
+                let mut offset = [_mm256_setzero_si256(); R];
+                for u in 0..8 {
+                    let scales = pair_i8(block.add(Q6K_SCALES + 16 * u));
+                    for j in 0..R {
+                        let o = _mm256_madd_epi16(scales, broadcast_pair(&xs[j][b].bsums, 2 * u));
+                        offset[j] = _mm256_add_epi32(offset[j], o);
+                    }
+                    let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
+                    let unit = block.add(Q6K_VALUES + Q6K_UNIT * u);
+                    let h0 = _mm256_loadu_si256(unit.add(128) as *const __m256i);
+                    let h1 = _mm256_loadu_si256(unit.add(160) as *const __m256i);
+                    // Top 2 bits of group g's values sit at bits 2g: move them to bits 4..6.
+                    let high = |h: __m256i, g: usize| -> __m256i {
+                        let moved = match g {
+                            0 => _mm256_slli_epi16(h, 4),
+                            1 => _mm256_slli_epi16(h, 2),
+                            2 => h,
+                            _ => _mm256_srli_epi16(h, 2),
+                        };
+                        _mm256_and_si256(moved, top)
+                    };
+                    // Values up to 63 times bytes up to 127: two groups of pair sums stay below
+                    // 2 * 2 * 63 * 127 = 32004, inside i16.
+                    for pair in 0..2 {
+                        let mut s_lo = [_mm256_setzero_si256(); R];
+                        let mut s_hi = [_mm256_setzero_si256(); R];
+                        for g in 2 * pair..2 * pair + 2 {
+                            let raw = _mm256_loadu_si256(unit.add(32 * g) as *const __m256i);
+                            let lo = _mm256_or_si256(_mm256_and_si256(raw, low), high(h0, g));
+                            let hi = _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
+                                high(h1, g),
+                            );
+                            for j in 0..R {
+                                let xb = &xs[j][b];
+                                let at = 32 * u + 4 * g;
+                                s_lo[j] = _mm256_add_epi16(
+                                    s_lo[j],
+                                    _mm256_maddubs_epi16(lo, broadcast4(xb, at)),
+                                );
+                                s_hi[j] = _mm256_add_epi16(
+                                    s_hi[j],
+                                    _mm256_maddubs_epi16(hi, broadcast4(xb, at + 16)),
+                                );
+                            }
+                        }
+                        for j in 0..R {
+                            let p = _mm256_add_epi32(
+                                _mm256_madd_epi16(s_lo[j], sc_lo),
+                                _mm256_madd_epi16(s_hi[j], sc_hi),
+                            );
+                            sumi[j] = _mm256_add_epi32(sumi[j], p);
+                        }
+                    }
+                }
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
+                for j in 0..R {
+                    let total = _mm256_sub_epi32(sumi[j], _mm256_slli_epi32(offset[j], 5));
+                    let scale = _mm256_mul_ps(_mm256_set1_ps(xs[j][b].d), d);
+                    acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[j]);
+                }
+            }
+            store(acc)
+        }
+    }
+
+    /// Q2_K, or Q3_K when THREE.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_q2k3k<const THREE: bool, const R: usize>(
+        w: &[u8],
+        xs: [&[BlockQ8K]; R],
+    ) -> [[f32; 8]; R] {
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            let format = if THREE { KFormat::Q3K } else { KFormat::Q2K };
+            let (values, unit_bytes) = if THREE {
+                (Q3K_VALUES, Q3K_UNIT)
+            } else {
+                (Q2K_VALUES, 64)
+            };
+            let pbb = format.packed_block_bytes();
+            let blocks = w.len() / pbb;
+            debug_assert!(xs.iter().all(|x| x.len() >= blocks));
+            let two_bits = _mm256_set1_epi8(0x03);
+            let third = _mm256_set1_epi8(0x04);
+            let nibble16 = _mm256_set1_epi16(0x0F);
+            let mut acc = [_mm256_setzero_ps(); R];
+            for b in 0..blocks {
+                let block = w.as_ptr().add(b * pbb);
+                let mut sumi = [_mm256_setzero_si256(); R];
+                // Q2_K: sum(minimum x activation sums); Q3_K: sum(scale x activation sums),
+                // as the values are stored plus 4.
+                let mut side = [_mm256_setzero_si256(); R];
+                for u in 0..8 {
+                    let scales = if THREE {
+                        pair_i8(block.add(Q3K_SCALES + 16 * u))
+                    } else {
+                        let both = pair_u8(block.add(Q2K_SCALES + 16 * u));
+                        let mins = _mm256_srli_epi16(both, 4);
+                        for j in 0..R {
+                            let m = _mm256_madd_epi16(mins, broadcast_pair(&xs[j][b].bsums, 2 * u));
+                            side[j] = _mm256_add_epi32(side[j], m);
+                        }
+                        _mm256_and_si256(both, nibble16)
+                    };
+                    if THREE {
+                        for j in 0..R {
+                            let o =
+                                _mm256_madd_epi16(scales, broadcast_pair(&xs[j][b].bsums, 2 * u));
+                            side[j] = _mm256_add_epi32(side[j], o);
+                        }
+                    }
+                    let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
+                    let unit = block.add(values + unit_bytes * u);
+                    let crumbs = [
+                        _mm256_loadu_si256(unit as *const __m256i),
+                        _mm256_loadu_si256(unit.add(32) as *const __m256i),
+                    ];
+                    let high = if THREE {
+                        _mm256_loadu_si256(unit.add(64) as *const __m256i)
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    // Values up to 7 times bytes up to 127: four quads of pair sums stay below
+                    // 4 * 2 * 7 * 127 = 7112, inside i16.
+                    let mut s_lo = [_mm256_setzero_si256(); R];
+                    let mut s_hi = [_mm256_setzero_si256(); R];
+                    for quad in 0..8 {
+                        let c = crumbs[quad / 4];
+                        let shifted = match quad % 4 {
+                            0 => c,
+                            1 => _mm256_srli_epi16(c, 2),
+                            2 => _mm256_srli_epi16(c, 4),
+                            _ => _mm256_srli_epi16(c, 6),
+                        };
+                        let mut v = _mm256_and_si256(shifted, two_bits);
+                        if THREE {
+                            // Bit `quad` of each byte, moved to bit 2.
+                            let moved = match quad {
+                                0 => _mm256_slli_epi16(high, 2),
+                                1 => _mm256_slli_epi16(high, 1),
+                                2 => high,
+                                3 => _mm256_srli_epi16(high, 1),
+                                4 => _mm256_srli_epi16(high, 2),
+                                5 => _mm256_srli_epi16(high, 3),
+                                6 => _mm256_srli_epi16(high, 4),
+                                _ => _mm256_srli_epi16(high, 5),
+                            };
+                            v = _mm256_or_si256(v, _mm256_and_si256(moved, third));
+                        }
+                        for j in 0..R {
+                            let p =
+                                _mm256_maddubs_epi16(v, broadcast4(&xs[j][b], 32 * u + 4 * quad));
+                            if quad < 4 {
+                                s_lo[j] = _mm256_add_epi16(s_lo[j], p);
+                            } else {
+                                s_hi[j] = _mm256_add_epi16(s_hi[j], p);
+                            }
                         }
                     }
                     for j in 0..R {
@@ -707,141 +848,39 @@ mod avx2 {
                         sumi[j] = _mm256_add_epi32(sumi[j], p);
                     }
                 }
-            }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
-            for j in 0..R {
-                let total = _mm256_sub_epi32(sumi[j], _mm256_slli_epi32(offset[j], 5));
-                let scale = _mm256_mul_ps(_mm256_set1_ps(xs[j][b].d), d);
-                acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[j]);
-            }
-        }
-        store(acc)
-    }
-
-    /// Q2_K, or Q3_K when THREE.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile_q2k3k<const THREE: bool, const R: usize>(
-        w: &[u8],
-        xs: [&[BlockQ8K]; R],
-    ) -> [[f32; 8]; R] {
-        let format = if THREE { KFormat::Q3K } else { KFormat::Q2K };
-        let (values, unit_bytes) = if THREE {
-            (Q3K_VALUES, Q3K_UNIT)
-        } else {
-            (Q2K_VALUES, 64)
-        };
-        let pbb = format.packed_block_bytes();
-        let blocks = w.len() / pbb;
-        debug_assert!(xs.iter().all(|x| x.len() >= blocks));
-        let two_bits = _mm256_set1_epi8(0x03);
-        let third = _mm256_set1_epi8(0x04);
-        let nibble16 = _mm256_set1_epi16(0x0F);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..blocks {
-            let block = w.as_ptr().add(b * pbb);
-            let mut sumi = [_mm256_setzero_si256(); R];
-            // Q2_K: sum(minimum x activation sums); Q3_K: sum(scale x activation sums),
-            // as the values are stored plus 4.
-            let mut side = [_mm256_setzero_si256(); R];
-            for u in 0..8 {
-                let scales = if THREE {
-                    pair_i8(block.add(Q3K_SCALES + 16 * u))
-                } else {
-                    let both = pair_u8(block.add(Q2K_SCALES + 16 * u));
-                    let mins = _mm256_srli_epi16(both, 4);
-                    for j in 0..R {
-                        let m = _mm256_madd_epi16(mins, broadcast_pair(&xs[j][b].bsums, 2 * u));
-                        side[j] = _mm256_add_epi32(side[j], m);
-                    }
-                    _mm256_and_si256(both, nibble16)
-                };
-                if THREE {
-                    for j in 0..R {
-                        let o = _mm256_madd_epi16(scales, broadcast_pair(&xs[j][b].bsums, 2 * u));
-                        side[j] = _mm256_add_epi32(side[j], o);
-                    }
-                }
-                let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
-                let unit = block.add(values + unit_bytes * u);
-                let crumbs = [
-                    _mm256_loadu_si256(unit as *const __m256i),
-                    _mm256_loadu_si256(unit.add(32) as *const __m256i),
-                ];
-                let high = if THREE {
-                    _mm256_loadu_si256(unit.add(64) as *const __m256i)
-                } else {
-                    _mm256_setzero_si256()
-                };
-                // Values up to 7 times bytes up to 127: four quads of pair sums stay below
-                // 4 * 2 * 7 * 127 = 7112, inside i16.
-                let mut s_lo = [_mm256_setzero_si256(); R];
-                let mut s_hi = [_mm256_setzero_si256(); R];
-                for quad in 0..8 {
-                    let c = crumbs[quad / 4];
-                    let shifted = match quad % 4 {
-                        0 => c,
-                        1 => _mm256_srli_epi16(c, 2),
-                        2 => _mm256_srli_epi16(c, 4),
-                        _ => _mm256_srli_epi16(c, 6),
-                    };
-                    let mut v = _mm256_and_si256(shifted, two_bits);
-                    if THREE {
-                        // Bit `quad` of each byte, moved to bit 2.
-                        let moved = match quad {
-                            0 => _mm256_slli_epi16(high, 2),
-                            1 => _mm256_slli_epi16(high, 1),
-                            2 => high,
-                            3 => _mm256_srli_epi16(high, 1),
-                            4 => _mm256_srli_epi16(high, 2),
-                            5 => _mm256_srli_epi16(high, 3),
-                            6 => _mm256_srli_epi16(high, 4),
-                            _ => _mm256_srli_epi16(high, 5),
-                        };
-                        v = _mm256_or_si256(v, _mm256_and_si256(moved, third));
-                    }
-                    for j in 0..R {
-                        let p = _mm256_maddubs_epi16(v, broadcast4(&xs[j][b], 32 * u + 4 * quad));
-                        if quad < 4 {
-                            s_lo[j] = _mm256_add_epi16(s_lo[j], p);
-                        } else {
-                            s_hi[j] = _mm256_add_epi16(s_hi[j], p);
-                        }
-                    }
-                }
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
                 for j in 0..R {
-                    let p = _mm256_add_epi32(
-                        _mm256_madd_epi16(s_lo[j], sc_lo),
-                        _mm256_madd_epi16(s_hi[j], sc_hi),
-                    );
-                    sumi[j] = _mm256_add_epi32(sumi[j], p);
+                    let xd = _mm256_set1_ps(xs[j][b].d);
+                    if THREE {
+                        let total = _mm256_sub_epi32(sumi[j], _mm256_slli_epi32(side[j], 2));
+                        let scale = _mm256_mul_ps(xd, d);
+                        acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[j]);
+                    } else {
+                        let dmin =
+                            _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
+                        let pos = _mm256_mul_ps(_mm256_mul_ps(xd, d), _mm256_cvtepi32_ps(sumi[j]));
+                        let neg =
+                            _mm256_mul_ps(_mm256_mul_ps(xd, dmin), _mm256_cvtepi32_ps(side[j]));
+                        acc[j] = _mm256_add_ps(acc[j], _mm256_sub_ps(pos, neg));
+                    }
                 }
             }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
-            for j in 0..R {
-                let xd = _mm256_set1_ps(xs[j][b].d);
-                if THREE {
-                    let total = _mm256_sub_epi32(sumi[j], _mm256_slli_epi32(side[j], 2));
-                    let scale = _mm256_mul_ps(xd, d);
-                    acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[j]);
-                } else {
-                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
-                    let pos = _mm256_mul_ps(_mm256_mul_ps(xd, d), _mm256_cvtepi32_ps(sumi[j]));
-                    let neg = _mm256_mul_ps(_mm256_mul_ps(xd, dmin), _mm256_cvtepi32_ps(side[j]));
-                    acc[j] = _mm256_add_ps(acc[j], _mm256_sub_ps(pos, neg));
-                }
-            }
+            store(acc)
         }
-        store(acc)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn store<const R: usize>(acc: [__m256; R]) -> [[f32; 8]; R] {
-        let mut out = [[0f32; 8]; R];
-        for j in 0..R {
-            _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]);
+        // SAFETY: the caller upholds this function's contract (its doc and its
+        // `target_feature`s); every pointer and unchecked access below relies on it.
+        unsafe {
+            let mut out = [[0f32; 8]; R];
+            for j in 0..R {
+                _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]);
+            }
+            out
         }
-        out
     }
 }
 
@@ -960,6 +999,9 @@ mod tests {
 
     #[test]
     fn simd_tile_matches_plain_reference() {
+        if !crate::simd_test_runs("simd_tile_matches_plain_reference") {
+            return;
+        }
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
         for format in FORMATS {
             for &k in &[256, 768] {

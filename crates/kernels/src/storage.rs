@@ -24,10 +24,11 @@ impl Storage {
     pub fn shared(bytes: SharedBytes, range: Range<usize>) -> Result<Self, PackError> {
         let len = (*bytes).as_ref().len();
         if range.start > range.end || range.end > len {
-            return Err(PackError::new(format!(
-                "bytes {}..{} lie outside a buffer of {len}",
-                range.start, range.end
-            )));
+            return Err(PackError::OutOfBuffer {
+                start: range.start,
+                end: range.end,
+                len,
+            });
         }
         Ok(Self::Shared { bytes, range })
     }

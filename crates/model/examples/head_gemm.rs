@@ -42,27 +42,29 @@ unsafe fn mm(
     bcs: isize,
     brs: isize,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        drs,
-        false,
-        a,
-        acs,
-        ars,
-        b,
-        bcs,
-        brs,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    )
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            drs,
+            false,
+            a,
+            acs,
+            ars,
+            b,
+            bcs,
+            brs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 pub fn split() {

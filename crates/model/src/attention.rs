@@ -82,7 +82,7 @@ impl Attention {
     fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         match <[Tensor; 3]>::try_from(self.qkv.forward(x)?) {
             Ok([q, k, v]) => Ok((q, k, v)),
-            Err(_) => Err(crate::error::Error::Input(
+            Err(_) => Err(crate::error::Error::Internal(
                 "Q/K/V projection lost a part".into(),
             )),
         }

@@ -41,8 +41,10 @@ pub fn requantize(
     target: GgmlType,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<()> {
-    let ftype = file_type(target)
-        .ok_or_else(|| Error::Input(format!("cannot write models of type {target}")))?;
+    let ftype = file_type(target).ok_or_else(|| Error::UnsupportedType {
+        action: "write",
+        ty: target.to_string(),
+    })?;
     let mut w = GgufWriter::new();
     for (k, v) in &src.header.metadata {
         w.set(k, v.clone());
@@ -88,7 +90,7 @@ pub fn tensor_type(gguf_name: &str, dims: &[u64], target: GgmlType, has_output: 
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
     );
     let wanted = if is_head && low_bit {
-        if dims[0] % GgmlType::Q6K.block_size() as u64 == 0 {
+        if dims[0].is_multiple_of(GgmlType::Q6K.block_size() as u64) {
             GgmlType::Q6K
         } else {
             GgmlType::Q8_0
@@ -119,10 +121,14 @@ fn recode(src: &GgufFile, info: &ferrollama_gguf::TensorInfo, to: GgmlType) -> R
     if info.ggml_type == to {
         return Ok(data.to_vec());
     }
-    let from = candle_dtype(info.ggml_type)
-        .ok_or_else(|| Error::Input(format!("cannot read type {}", info.ggml_type)))?;
-    let to_dtype =
-        candle_dtype(to).ok_or_else(|| Error::Input(format!("cannot write type {to}")))?;
+    let from = candle_dtype(info.ggml_type).ok_or_else(|| Error::UnsupportedType {
+        action: "read",
+        ty: info.ggml_type.to_string(),
+    })?;
+    let to_dtype = candle_dtype(to).ok_or_else(|| Error::UnsupportedType {
+        action: "write",
+        ty: to.to_string(),
+    })?;
     let q = qtensor_from_bytes(data, from, info.shape(), &info.name)?;
     let f = q.dequantize(&Device::Cpu)?;
     let out = QTensor::quantize(&f, to_dtype)?;

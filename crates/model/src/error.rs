@@ -41,9 +41,33 @@ pub enum Error {
     /// A token id outside the vocabulary.
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfVocabulary { id: u32, vocab: usize },
-    /// A request the model cannot serve (too many tokens, an id outside the vocabulary).
-    #[error("{0}")]
-    Input(String),
+    /// A context size the model cannot run with.
+    #[error("a context of {requested} tokens is outside what the model was trained for (1 to {trained})")]
+    ContextSize { requested: usize, trained: usize },
+    /// A forward pass with nothing to run.
+    #[error("no tokens to run")]
+    NoTokens,
+    /// A batched forward pass whose sequences and caches do not pair up.
+    #[error("{sequences} sequences for {caches} caches")]
+    BatchMismatch { sequences: usize, caches: usize },
+    /// A KV cache used in a way it cannot serve (copying past what it holds, ...).
+    #[error("KV cache: {0}")]
+    Cache(String),
+    /// A tensor name outside the Llama layout.
+    #[error("`{0}` is not a Llama tensor name")]
+    UnknownTensor(String),
+    /// A tensor's bytes that do not fit its shape and type.
+    #[error("tensor `{name}`: {msg}")]
+    TensorData { name: String, msg: String },
+    /// A weight type that cannot be read or written here.
+    #[error("cannot {action} weights of type {ty}")]
+    UnsupportedType { action: &'static str, ty: String },
+    /// A weight matrix the kernels cannot take.
+    #[error(transparent)]
+    Kernel(#[from] ferrollama_kernels::KernelError),
+    /// Something that cannot happen did (a bug): said rather than panicking.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Result with this crate's [`Error`].

@@ -1,6 +1,6 @@
 //! Moving weights between the GGUF and Hugging Face layouts: GGUF -> `model.safetensors`
-//! + `config.json` (dequantized to f32 or f16), and HF directory -> GGUF (f32, f16, q8_0,
-//! q4_0, q4_1, ...). Tokenizer files are the tokenizer crate's business; callers pass its
+//! and `config.json` (dequantized to f32 or f16), and HF directory -> GGUF (f32, f16,
+//! q8_0, q4_0, q4_1, ...). Tokenizer files are the tokenizer crate's business; callers pass its
 //! GGUF metadata in and write its JSON files beside.
 
 use std::path::Path;
@@ -66,7 +66,7 @@ pub fn gguf_to_hf(
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     write_safetensors(&dir.join("model.safetensors"), &out)?;
     let config = serde_json::to_string_pretty(&config_to_hf(&cfg, bos, eos))
-        .map_err(|e| Error::Input(e.to_string()))?;
+        .map_err(|e| Error::Internal(format!("encoding config.json: {e}")))?;
     std::fs::write(dir.join("config.json"), config).map_err(|e| io(dir, e))?;
     Ok(())
 }
@@ -83,8 +83,10 @@ pub fn hf_to_gguf(
 ) -> Result<()> {
     let cfg = crate::hf::config_from_hf(dir)?;
     let weights = HfWeights::open(dir, cfg.clone())?;
-    let ftype = file_type(target)
-        .ok_or_else(|| Error::Input(format!("cannot write models of type {target}")))?;
+    let ftype = file_type(target).ok_or_else(|| Error::UnsupportedType {
+        action: "write",
+        ty: target.to_string(),
+    })?;
     let mut w = GgufWriter::new();
     let name = dir
         .file_name()
@@ -115,8 +117,8 @@ pub fn hf_to_gguf(
                 expected: spec.shape,
             });
         }
-        let gguf_name = names::hf_to_gguf(&spec.name)
-            .ok_or_else(|| Error::Input(format!("`{}` has no GGUF name", spec.name)))?;
+        let gguf_name =
+            names::hf_to_gguf(&spec.name).ok_or_else(|| Error::UnknownTensor(spec.name.clone()))?;
         let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
         let ty = tensor_type(&gguf_name, &dims, target, !shape.tie_word_embeddings);
         w.add_tensor(TensorToWrite {
@@ -146,8 +148,10 @@ pub fn hf_to_gguf(
         };
         let bytes = (|| -> Result<Vec<u8>> {
             let f = weights.get(hf)?.dequantize(&Device::Cpu)?;
-            let dt =
-                candle_dtype(*ty).ok_or_else(|| Error::Input(format!("cannot write type {ty}")))?;
+            let dt = candle_dtype(*ty).ok_or_else(|| Error::UnsupportedType {
+                action: "write",
+                ty: ty.to_string(),
+            })?;
             Ok(QTensor::quantize(&f, dt)?.data()?.into_owned())
         })()
         .map_err(|e| ferrollama_gguf::Error::Invalid {
@@ -179,7 +183,12 @@ fn tensor_bytes(t: &candle_core::Tensor) -> Result<Vec<u8>> {
             .iter()
             .flat_map(|x| x.to_le_bytes())
             .collect(),
-        other => return Err(Error::Input(format!("cannot export {other:?} tensors"))),
+        other => {
+            return Err(Error::UnsupportedType {
+                action: "export",
+                ty: format!("{other:?}"),
+            })
+        }
     })
 }
 

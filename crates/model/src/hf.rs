@@ -218,13 +218,14 @@ pub fn permute_rope_rows(
 ) -> Result<Vec<u8>> {
     let rows = data.len() / row_bytes.max(1);
     if n_head == 0
-        || rows % n_head != 0
-        || (rows / n_head) % 2 != 0
+        || !rows.is_multiple_of(n_head)
+        || !(rows / n_head).is_multiple_of(2)
         || rows * row_bytes != data.len()
     {
-        return Err(Error::Input(format!(
-            "cannot permute {rows} rows into {n_head} rotary heads"
-        )));
+        return Err(Error::TensorData {
+            name: "rotary rows".into(),
+            msg: format!("cannot permute {rows} rows into {n_head} rotary heads"),
+        });
     }
     let head_dim = rows / n_head;
     let half = head_dim / 2;

@@ -55,7 +55,7 @@ impl LayerKv {
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = k.dim(SEQ_DIM)?;
         if self.len + n > self.capacity {
-            return Err(Error::Input(format!(
+            return Err(Error::Cache(format!(
                 "{} positions exceed the KV cache of {}",
                 self.len + n,
                 self.capacity
@@ -80,10 +80,10 @@ impl LayerKv {
             return Ok(());
         }
         let (Some(k), Some(v)) = (&src.k, &src.v) else {
-            return Err(Error::Input("copying from an empty KV cache".into()));
+            return Err(Error::Cache("copying from an empty KV cache".into()));
         };
         if upto > src.len {
-            return Err(Error::Input(format!(
+            return Err(Error::Cache(format!(
                 "copying {upto} positions from a KV cache holding {}",
                 src.len
             )));
@@ -97,7 +97,7 @@ impl LayerKv {
     /// (n_kv_head, capacity, head_dim), the number of positions held, and the capacity.
     pub fn with_data<R>(&self, f: impl FnOnce(&[f32], &[f32], usize, usize) -> R) -> Result<R> {
         let (Some(k), Some(v)) = (&self.k, &self.v) else {
-            return Err(Error::Input("the KV cache is empty".into()));
+            return Err(Error::Cache("the KV cache is empty".into()));
         };
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
@@ -107,7 +107,7 @@ impl LayerKv {
                 let vd = &vc.as_slice::<f32>()?[vl.start_offset()..];
                 Ok(f(kd, vd, self.len, self.capacity))
             }
-            _ => Err(Error::Input("the KV cache is not in CPU memory".into())),
+            _ => Err(Error::Cache("the KV cache is not in CPU memory".into())),
         }
     }
 

@@ -89,8 +89,7 @@ impl Linear {
     pub fn from_arc(q: Arc<QTensor>) -> Result<Self> {
         let (n, k) = q.shape().dims2()?;
         if let Some(format) = block_format(q.dtype()) {
-            let packed = PackedMatrix::pack(format, &q.data()?, n, k)
-                .map_err(|e| Error::Input(e.to_string()))?;
+            let packed = PackedMatrix::pack(format, &q.data()?, n, k).map_err(Error::from)?;
             return Ok(Self::Quant(Arc::new(QuantMatrix::Blocks(packed))));
         }
         match q.dtype() {
@@ -110,7 +109,7 @@ impl Linear {
                         .collect();
                     PackedF16::pack(&bytes, n, k)
                 };
-                let packed = packed.map_err(|e| Error::Input(e.to_string()))?;
+                let packed = packed.map_err(Error::from)?;
                 Ok(Self::Quant(Arc::new(QuantMatrix::F16(packed))))
             }
             _ => Ok(Self::Candle(QMatMul::from_arc(q)?)),
@@ -151,7 +150,7 @@ fn pack_k(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Result<QuantMat
     };
     PackedKMatrix::pack(format, bytes, n, k)
         .map(QuantMatrix::K)
-        .map_err(|e| Error::Input(e.to_string()))
+        .map_err(Error::from)
 }
 
 impl Module for Linear {
@@ -288,7 +287,7 @@ impl Stacked {
                     None => unreachable!("{dtype:?} is not stackable"),
                 },
             }
-            .map_err(|e| Error::Input(e.to_string()))?;
+            .map_err(Error::from)?;
             let matrix = Arc::new(matrix);
             w.offer_packed(&key, &matrix);
             StackedInner::One(Linear::Quant(matrix))

@@ -113,10 +113,10 @@ impl Cache {
     /// tokens up to `upto`: the keys and values are copied, not computed again.
     pub fn extend_from(&mut self, src: &Cache, upto: usize) -> Result<()> {
         if upto > self.n_ctx {
-            return Err(Error::Input(format!(
-                "{upto} positions exceed the context of {}",
-                self.n_ctx
-            )));
+            return Err(Error::ContextExceeded {
+                tokens: upto,
+                limit: self.n_ctx,
+            });
         }
         for (dst, s) in self.layers.iter_mut().zip(&src.layers) {
             dst.extend_from(s, upto)?;
@@ -135,10 +135,10 @@ impl Llama {
     /// RoPE tables cover.
     pub fn load(w: &dyn WeightSource, config: Config, max_ctx: usize) -> Result<Self> {
         if max_ctx == 0 || max_ctx > config.max_position_embeddings {
-            return Err(Error::Input(format!(
-                "a context of {max_ctx} tokens is outside what the model was trained for (1 to {})",
-                config.max_position_embeddings
-            )));
+            return Err(Error::ContextSize {
+                requested: max_ctx,
+                trained: config.max_position_embeddings,
+            });
         }
         let embed_name = global_name(Part::Embedding);
         let embed_name = embed_name.as_str();
@@ -284,15 +284,14 @@ impl Llama {
 
     fn run(&self, seqs: &[SeqBatch], caches: &mut [&mut Cache], output: Output) -> Result<Logits> {
         if seqs.is_empty() || seqs.len() != caches.len() {
-            return Err(Error::Input(format!(
-                "{} sequences for {} caches",
-                seqs.len(),
-                caches.len()
-            )));
+            return Err(Error::BatchMismatch {
+                sequences: seqs.len(),
+                caches: caches.len(),
+            });
         }
         for (s, c) in seqs.iter().zip(caches.iter()) {
             if s.tokens.is_empty() {
-                return Err(Error::Input("no tokens to run".into()));
+                return Err(Error::NoTokens);
             }
             if c.seq_len() + s.tokens.len() > c.n_ctx {
                 return Err(Error::ContextExceeded {
@@ -344,10 +343,10 @@ impl Llama {
             .iter()
             .find(|&&t| t as usize >= self.config.vocab_size)
         {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.config.vocab_size
-            )));
+            return Err(Error::TokenOutOfVocabulary {
+                id: bad,
+                vocab: self.config.vocab_size,
+            });
         }
         match &self.embed_tokens {
             Embedding::Tensor(t) => {

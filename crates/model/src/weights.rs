@@ -51,8 +51,7 @@ impl<'a> GgufWeights<'a> {
     }
 
     fn gguf_name(&self, hf_name: &str) -> Result<String> {
-        names::hf_to_gguf(hf_name)
-            .ok_or_else(|| Error::Input(format!("`{hf_name}` is not a Llama tensor name")))
+        names::hf_to_gguf(hf_name).ok_or_else(|| Error::UnknownTensor(hf_name.to_string()))
     }
 }
 
@@ -125,16 +124,19 @@ pub fn qtensor_from_bytes(
     name: &str,
 ) -> Result<QTensor> {
     let elements: usize = shape.iter().product();
-    if bytes.len() % dtype.type_size() != 0
+    if !bytes.len().is_multiple_of(dtype.type_size())
         || elements / dtype.block_size() * dtype.type_size() != bytes.len()
     {
-        return Err(Error::Input(format!(
-            "tensor `{name}`: {} bytes do not hold {shape:?} values of type {dtype:?}",
-            bytes.len()
-        )));
+        return Err(Error::TensorData {
+            name: name.to_string(),
+            msg: format!(
+                "{} bytes do not hold {shape:?} values of type {dtype:?}",
+                bytes.len()
+            ),
+        });
     }
     let aligned;
-    let data = if (bytes.as_ptr() as usize) % BLOCK_ALIGN == 0 {
+    let data = if (bytes.as_ptr() as usize).is_multiple_of(BLOCK_ALIGN) {
         bytes
     } else {
         let mut buf = vec![0u8; bytes.len() + BLOCK_ALIGN];

@@ -5,5 +5,5 @@ pub mod params;
 pub mod penalties;
 pub mod sampler;
 
-pub use params::SamplingParams;
+pub use params::{InvalidSetting, SamplingParams};
 pub use sampler::Sampler;

@@ -54,36 +54,50 @@ impl SamplingParams {
         }
     }
 
-    /// Whether every setting is within its meaningful range; the message names the first
+    /// Whether every setting is within its meaningful range; the error names the first
     /// that is not.
-    pub fn validate(&self) -> Result<(), String> {
-        let finite_nonneg = |name: &str, v: f32| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(())
-            } else {
-                Err(format!("{name} must be a finite number >= 0, got {v}"))
-            }
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let bad = |setting, expected, value: &dyn std::fmt::Display| {
+            Err(InvalidSetting {
+                setting,
+                expected,
+                value: value.to_string(),
+            })
         };
-        finite_nonneg("temperature", self.temperature)?;
-        finite_nonneg("min_p", self.min_p)?;
+        for (name, v) in [("temperature", self.temperature), ("min_p", self.min_p)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(name, "a finite number >= 0", &v);
+            }
+        }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+            return bad("top_p", "in (0, 1]", &self.top_p);
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            return Err(format!(
-                "repeat_penalty must be > 0, got {}",
-                self.repeat_penalty
-            ));
+            return bad("repeat_penalty", "> 0", &self.repeat_penalty);
         }
-        if !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {
-            return Err("presence and frequency penalties must be finite".into());
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !v.is_finite() {
+                return bad(name, "a finite number", &v);
+            }
         }
         if self.repeat_last_n < -1 {
-            return Err(format!(
-                "repeat_last_n must be -1, 0 or positive, got {}",
-                self.repeat_last_n
-            ));
+            return bad("repeat_last_n", "-1, 0 or positive", &self.repeat_last_n);
         }
         Ok(())
     }
+}
+
+/// A sampling setting outside its meaningful range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting} must be {expected}, got {value}")]
+pub struct InvalidSetting {
+    /// The setting's name, as the API and the command line spell it.
+    pub setting: &'static str,
+    /// What it must be.
+    pub expected: &'static str,
+    /// What it was.
+    pub value: String,
 }

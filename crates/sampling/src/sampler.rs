@@ -209,7 +209,7 @@ mod tests {
         });
         let mut counts = [0usize; 2];
         for _ in 0..20000 {
-            counts[s.sample(&mut vec![0.0, 2f32.ln()], &[]) as usize] += 1;
+            counts[s.sample(&mut [0.0, 2f32.ln()], &[]) as usize] += 1;
         }
         // Expected 1/3 vs 2/3.
         let frac = counts[1] as f64 / 20000.0;
@@ -222,7 +222,7 @@ mod tests {
             temperature: 1.0,
             ..SamplingParams::default()
         });
-        assert_eq!(s.sample(&mut vec![f32::NEG_INFINITY; 3], &[]), 0);
+        assert_eq!(s.sample(&mut [f32::NEG_INFINITY; 3], &[]), 0);
     }
 
     #[test]
@@ -234,11 +234,16 @@ mod tests {
         }
         .validate()
         .is_err());
-        assert!(SamplingParams {
+        let err = SamplingParams {
             temperature: f32::NAN,
             ..SamplingParams::default()
         }
         .validate()
-        .is_err());
+        .unwrap_err();
+        assert_eq!(err.setting, "temperature");
+        assert_eq!(
+            err.to_string(),
+            "temperature must be a finite number >= 0, got NaN"
+        );
     }
 }

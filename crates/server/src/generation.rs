@@ -108,11 +108,14 @@ impl Meta {
     }
 }
 
+/// A generated token with its log-probability and alternatives, when asked for.
+type ScoredToken = (u32, Option<(TokenLogprob, Vec<TokenLogprob>)>);
+
 /// What one choice produced.
 #[derive(Default)]
 struct Choice {
     text: String,
-    tokens: Vec<(u32, Option<(TokenLogprob, Vec<TokenLogprob>)>)>,
+    tokens: Vec<ScoredToken>,
     usage: Option<Usage>,
 }
 
@@ -138,10 +141,7 @@ fn piece(tok: &Tokenizer, id: u32) -> (String, Vec<u8>) {
 }
 
 /// Chat logprobs entries for some tokens.
-fn chat_logprobs(
-    tok: &Tokenizer,
-    tokens: &[(u32, Option<(TokenLogprob, Vec<TokenLogprob>)>)],
-) -> Value {
+fn chat_logprobs(tok: &Tokenizer, tokens: &[ScoredToken]) -> Value {
     let entry = |t: &TokenLogprob| {
         let (s, b) = piece(tok, t.id);
         json!({"token": s, "logprob": t.logprob, "bytes": b})
@@ -159,11 +159,7 @@ fn chat_logprobs(
 }
 
 /// Legacy completion logprobs: parallel lists, offsets counted from `start`.
-fn completion_logprobs(
-    tok: &Tokenizer,
-    tokens: &[(u32, Option<(TokenLogprob, Vec<TokenLogprob>)>)],
-    start: usize,
-) -> Value {
+fn completion_logprobs(tok: &Tokenizer, tokens: &[ScoredToken], start: usize) -> Value {
     let (mut texts, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
     let mut offset = start;
     for (id, lp) in tokens {

@@ -90,10 +90,9 @@ impl Sampling {
             frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
             seed: seed.wrapping_add(index as u64),
         };
-        sampling.validate().map_err(|m| {
-            let param = m.split(' ').next().unwrap_or("").to_string();
-            ApiError::invalid_param(&param, m)
-        })?;
+        sampling
+            .validate()
+            .map_err(|e| ApiError::invalid_param(e.setting, e.to_string()))?;
         let max = self.max_completion_tokens.or(self.max_tokens);
         Ok(GenerateParams {
             max_new_tokens: max.map_or(cap, |m| (m as usize).min(cap)),

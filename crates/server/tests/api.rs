@@ -629,8 +629,7 @@ fn full_queue_answers_503_and_a_dropped_client_frees_its_slot() {
     // The client holding the slot hangs up: its generation stops long before 400 tokens
     // and the waiting request runs.
     drop(holder);
-    let started = Instant::now();
     assert_eq!(waiting.join().unwrap().status, 200);
-    assert!(started.elapsed() < Duration::from_secs(20));
+    // Counted only for a job stopped while it ran: the holder's 400 tokens never came.
     assert_eq!(metric(a, "ferrollama_cancelled_total"), 1.0);
 }

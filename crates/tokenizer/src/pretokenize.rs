@@ -176,6 +176,9 @@ impl Seg<'_> {
     }
 }
 
+/// One splitting pass: cuts a segment into pieces, appended to the list.
+type SplitStep = fn(Seg, &mut Vec<Range<usize>>);
+
 /// Splits `text` into the words BPE merges within.
 pub fn split(text: &str, splitter: Splitter) -> Vec<&str> {
     let mut starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
@@ -183,12 +186,14 @@ pub fn split(text: &str, splitter: Splitter) -> Vec<&str> {
     let cpts: Vec<char> = text.chars().collect();
     let flags = cpts.iter().map(|&c| Flags::of(c)).collect();
     let t = Text { cpts, flags };
-    let steps: &[fn(Seg, &mut Vec<Range<usize>>)] = match splitter {
+    let steps: &[SplitStep] = match splitter {
         Splitter::Default => &[punct_runs, split_gpt2, number_runs, digit_triples],
         Splitter::Gpt2 => &[split_gpt2],
         Splitter::Llama3 => &[split_llama3],
         Splitter::DigitsGpt2 => &[single_numbers, split_gpt2],
     };
+    // One piece, the whole text, which the steps split further.
+    #[allow(clippy::single_range_in_vec_init)]
     let mut pieces = vec![0..t.cpts.len()];
     for step in steps {
         let mut next = Vec::with_capacity(pieces.len());
@@ -234,7 +239,7 @@ fn contraction(s: Seg, pos: usize, lower: fn(char) -> char) -> Option<usize> {
 
 /// Not whitespace, letter or number, but inside the text: `[^\s\p{L}\p{N}]`.
 fn is_other(f: Flags) -> bool {
-    !(f.is_whitespace() || f.is_letter() || f.is_number()) && !f.is_empty()
+    !(f.is_whitespace() || f.is_letter() || f.is_number() || f.is_empty())
 }
 
 /// Length of the whitespace run at `pos`.
@@ -327,7 +332,7 @@ fn split_llama3(s: Seg, out: &mut Vec<Range<usize>>) {
         // the space itself, so a final lone space is taken here.
         let lead = usize::from(c == ' ');
         let f2 = s.flags(pos + lead);
-        if !(f2.is_whitespace() || f2.is_letter() || f2.is_number()) && !f.is_empty() {
+        if !(f2.is_whitespace() || f2.is_letter() || f2.is_number() || f.is_empty()) {
             pos += lead;
             while is_other(s.flags(pos)) {
                 pos += 1;

@@ -56,7 +56,7 @@ pub fn save(
     save_tensors(&tmp.join("model.safetensors"), weights)?;
     save_tensors(&tmp.join("optimizer.safetensors"), optimizer)?;
     let json = serde_json::to_vec_pretty(state)
-        .map_err(|e| Error::Config(format!("encoding the loop state: {e}")))?;
+        .map_err(|e| Error::Internal(format!("encoding the loop state: {e}")))?;
     write_synced(&tmp.join("state.json"), &json)?;
     sync_dir(&tmp)?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -134,7 +134,7 @@ mod mpi_world {
         /// Initialises MPI (once per process).
         pub fn init() -> Result<Self> {
             let universe = mpi::initialize().ok_or_else(|| {
-                Error::Config("MPI was already initialised in this process".into())
+                Error::Collective("MPI was already initialised in this process".into())
             })?;
             Ok(Self {
                 world: universe.world(),

@@ -109,14 +109,14 @@ impl TrainConfig {
         if let Some(path) = &self.init {
             let cfg = ferrollama_model::weights::with_checkpoint(path, |_, cfg| Ok(cfg))?;
             if vocab_size > cfg.vocab_size {
-                return Err(Error::Config(format!(
+                return Err(Error::ModelMismatch(format!(
                     "the tokenizer has {vocab_size} tokens but the model {} only {}",
                     path.display(),
                     cfg.vocab_size
                 )));
             }
             if self.seq_len > cfg.max_position_embeddings {
-                return Err(Error::Config(format!(
+                return Err(Error::ModelMismatch(format!(
                     "seq_len {} is longer than the context {} of {} was trained for",
                     self.seq_len,
                     cfg.max_position_embeddings,

@@ -151,7 +151,7 @@ impl Corpus {
         let index = tokenize_into(cfg, &files, tokenizer, &tmp, &key)?;
         let index_path = tmp.join("index.json");
         let text = serde_json::to_string_pretty(&index)
-            .map_err(|e| Error::Config(format!("writing the shard index: {e}")))?;
+            .map_err(|e| Error::Internal(format!("encoding the shard index: {e}")))?;
         std::fs::write(&index_path, text).map_err(|e| io(&index_path, e))?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
@@ -481,11 +481,11 @@ impl<'a> Batches<'a> {
     pub fn new(shard: &'a Shard, seq_len: usize, seed: u64) -> Result<Self> {
         let n_seqs = shard.len().saturating_sub(1) / seq_len.max(1);
         if n_seqs == 0 || seq_len == 0 {
-            return Err(Error::Config(format!(
-                "{}: {} tokens do not fill one sequence of {seq_len}; use more data or a shorter --seq-len",
-                shard.path.display(),
-                shard.len()
-            )));
+            return Err(Error::TooLittleData {
+                file: shard.path.display().to_string(),
+                tokens: shard.len(),
+                seq_len,
+            });
         }
         Ok(Self {
             shard,
@@ -515,7 +515,7 @@ impl<'a> Batches<'a> {
             .epoch
             .as_ref()
             .map(|(_, o)| o)
-            .ok_or_else(|| Error::Config("sequence order missing".into()))?;
+            .ok_or_else(|| Error::Internal("sequence order missing".into()))?;
         let seq = order[(index % self.n_seqs as u64) as usize] as usize;
         let mut tokens = self.shard.tokens(seq * self.seq_len, self.seq_len + 1)?;
         let targets = tokens[1..].to_vec();

@@ -41,7 +41,7 @@ pub fn export(
         ferrollama_model::hf::config_to_hf(&model.config, tokenizer.bos(), tokenizer.eos());
     config["_name_or_path"] = serde_json::Value::String(info.name.to_string());
     let text = serde_json::to_string_pretty(&config)
-        .map_err(|e| Error::Config(format!("encoding config.json: {e}")))?;
+        .map_err(|e| Error::Internal(format!("encoding config.json: {e}")))?;
     write_synced(&hf.join("config.json"), text.as_bytes())?;
     tokenizer.write_hf_dir(&hf, info.chat_template)?;
     let gguf = out.join("model.gguf");

@@ -126,9 +126,9 @@ impl AdamW {
                 let key = format!("{prefix}.{name}");
                 let t = state
                     .get(&key)
-                    .ok_or_else(|| Error::Config(format!("optimizer state lacks `{key}`")))?;
+                    .ok_or_else(|| Error::Resume(format!("optimizer state lacks `{key}`")))?;
                 if t.shape() != var.shape() {
-                    return Err(Error::Config(format!(
+                    return Err(Error::Resume(format!(
                         "optimizer state `{key}` has shape {:?}, the parameter {:?}",
                         t.dims(),
                         var.dims()

@@ -55,6 +55,10 @@ pub enum Event<'a> {
         val_tokens: usize,
     },
     Step(&'a StepMetrics),
+    /// The validation loss of the checkpoint a run starts from (`init`), before any step.
+    InitialValidation {
+        val_loss: f64,
+    },
     /// Text sampled from the model at an evaluation step.
     Sample {
         step: u64,
@@ -163,7 +167,7 @@ impl<'a> Trainer<'a> {
         let (model, optimizer, state) = match saved {
             Some(ck) => {
                 if ck.state.settings != digest {
-                    return Err(Error::Config(format!(
+                    return Err(Error::Resume(format!(
                         "{}: the checkpoint was made with other settings (digest {}, now {digest}); resume with the run's own config.toml and flags",
                         ck.dir.display(),
                         ck.state.settings
@@ -192,7 +196,7 @@ impl<'a> Trainer<'a> {
         };
         if group.is_leader() {
             let text = toml::to_string_pretty(&config)
-                .map_err(|e| Error::Config(format!("encoding the config: {e}")))?;
+                .map_err(|e| Error::Internal(format!("encoding the config: {e}")))?;
             checkpoint::write_synced(&run.config(), text.as_bytes())?;
             keep_metrics_through(&run.metrics(), state.step)?;
         }
@@ -244,6 +248,11 @@ impl<'a> Trainer<'a> {
             val_tokens: self.corpus.val.len(),
         });
         let leader = self.group.is_leader();
+        if let (true, 0, Some(_), Some(val)) = (leader, self.state.step, &cfg.init, &val) {
+            on_event(Event::InitialValidation {
+                val_loss: self.validation_loss(val)?,
+            });
+        }
         let mut metrics_file = if leader {
             let path = self.run.metrics();
             let f = OpenOptions::new()
@@ -290,7 +299,7 @@ impl<'a> Trainer<'a> {
                 for (name, var) in self.model.params() {
                     let g = store
                         .get(var.as_tensor())
-                        .ok_or_else(|| Error::Config(format!("no gradient reached `{name}`")))?;
+                        .ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`")))?;
                     let g = g.flatten_all()?.to_vec1::<f32>()?;
                     sums[offset..offset + g.len()]
                         .par_chunks_mut(1 << 14)
@@ -305,10 +314,10 @@ impl<'a> Trainer<'a> {
             let loss = sums[total] / accumulation as f64;
             let stop_voted = sums[total + 1] > 0.0;
             if !loss.is_finite() {
-                return Err(Error::Config(format!(
-                    "loss became {loss} at step {}; lower --lr or raise --warmup (the last checkpoint is intact)",
-                    self.state.step + 1
-                )));
+                return Err(Error::Diverged {
+                    step: self.state.step + 1,
+                    loss,
+                });
             }
             let mut grads = Vec::with_capacity(sizes.len());
             let mut offset = 0;
@@ -353,7 +362,7 @@ impl<'a> Trainer<'a> {
                     }
                 }
                 let line = serde_json::to_string(&m)
-                    .map_err(|e| Error::Config(format!("encoding metrics: {e}")))?;
+                    .map_err(|e| Error::Internal(format!("encoding metrics: {e}")))?;
                 writeln!(metrics_file, "{line}").map_err(|e| io(&self.run.metrics(), e))?;
                 on_event(Event::Step(&m));
                 if m.val_loss.is_some() {
@@ -447,7 +456,7 @@ impl<'a> Trainer<'a> {
     /// Only before the first step.
     pub fn dump_reference(&self, dir: &Path, steps: u64) -> Result<()> {
         if self.state.step != 0 {
-            return Err(Error::Config(
+            return Err(Error::Resume(
                 "the reference dump is made before the first step; start a fresh run".into(),
             ));
         }

@@ -284,6 +284,10 @@ pub fn run(a: Args) -> Result<()> {
                 ));
             }
         }
+        Event::InitialValidation { val_loss } => say(format!(
+            "step 0 (the model trained from): val loss {val_loss:.4} (perplexity {:.2})",
+            val_loss.exp()
+        )),
         Event::Sample { step, text } => say(format!("step {step} sample: {text:?}")),
         Event::Checkpoint(dir) => say(format!("checkpoint {}", dir.display())),
         _ => {}
