@@ -242,11 +242,11 @@ impl<'a> Engine<'a> {
             .filter(|(i, _)| inputs.iter().any(|(j, _)| j == i))
             .map(|(_, s)| &mut s.cache)
             .collect();
-        let logits = match self.model.forward_batch(&seqs, &mut caches) {
-            Ok(l) => l.into_rows(),
+        let mut logits = match self.model.forward_batch(&seqs, &mut caches) {
+            Ok(l) => l,
             Err(e) => return self.fail(&inputs, &e.to_string(), emit),
         };
-        for ((i, fed), mut row) in inputs.into_iter().zip(logits) {
+        for ((i, fed), row) in inputs.into_iter().zip(logits.rows_mut()) {
             let slot = &mut self.slots[i];
             slot.history.extend_from_slice(&fed);
             let Some(task) = slot.task.as_mut() else {
@@ -260,7 +260,7 @@ impl<'a> Engine<'a> {
             if let Some(beyond) = row.get_mut(self.tokenizer.vocab_size()..) {
                 beyond.fill(f32::NEG_INFINITY);
             }
-            if Self::sample(slot, &mut row, self.tokenizer, observer, emit) {
+            if Self::sample(slot, row, self.tokenizer, observer, emit) {
                 slot.task = None;
             }
         }

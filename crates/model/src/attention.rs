@@ -75,7 +75,12 @@ impl Attention {
             outs.push(self.attend(rows(&q)?, rows(&k)?, rows(&v)?, rope, pos, cache)?);
             offset += n;
         }
-        Ok(self.o_proj.forward(&Tensor::cat(&outs, 1)?)?)
+        // One sequence (a prompt, single-sequence decoding) needs no concatenation copy.
+        let out = match <[Tensor; 1]>::try_from(outs) {
+            Ok([one]) => one,
+            Err(outs) => Tensor::cat(&outs, 1)?,
+        };
+        Ok(self.o_proj.forward(&out)?)
     }
 
     /// Q, K and V projections, each (1, seq_len, heads * head_dim).

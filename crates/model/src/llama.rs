@@ -233,6 +233,14 @@ impl Llama {
     /// the input: reset it.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache, n_out: usize) -> Result<Logits> {
         let n_out = n_out.clamp(1, tokens.len().max(1));
+        if tokens.len() <= UBATCH {
+            // One micro-batch (every decode step): its logits as they come, no copy.
+            let seq = SeqBatch {
+                tokens,
+                outputs: n_out,
+            };
+            return self.forward_batch(&[seq], &mut [cache]);
+        }
         let first_out = tokens.len().saturating_sub(n_out);
         let mut out = Logits {
             data: Vec::new(),
@@ -426,6 +434,11 @@ impl Logits {
             .chunks(self.width.max(1))
             .map(<[f32]>::to_vec)
             .collect()
+    }
+
+    /// The rows, to be changed in place (a sampler masks and penalises them).
+    pub fn rows_mut(&mut self) -> std::slice::ChunksMut<'_, f32> {
+        self.data.chunks_mut(self.width.max(1))
     }
 }
 
