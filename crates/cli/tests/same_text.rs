@@ -2,10 +2,12 @@
 //! settings give the same text through all three (sampled, not greedy, so the seeded
 //! sampler and the vocabulary masking are on the path too).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+mod common;
 
 const QUESTION: &str = "Name three things people keep in a kitchen.";
 const SEED: &str = "11";
@@ -40,21 +42,7 @@ fn stdout_of(mut cmd: Command, stdin: &str) -> String {
 }
 
 fn served_reply() -> String {
-    let mut child = bin()
-        .args(["serve", "--port", "0", "--parallel", "2", "--ctx", "2048"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
-        if let Some(a) = line.trim().strip_prefix("listening on http://") {
-            break a.to_string();
-        }
-    };
+    let (mut child, addr, _stderr) = common::start_server(&["--parallel", "2", "--ctx", "2048"]);
     let body = serde_json::json!({
         "messages": [{"role": "user", "content": QUESTION}],
         "seed": SEED.parse::<u64>().unwrap(),

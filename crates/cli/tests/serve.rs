@@ -1,28 +1,15 @@
 //! `ferrollama serve` as a process: it reports its port, answers, and on SIGTERM lets a
 //! stream in flight finish before it exits cleanly.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::Duration;
+
+mod common;
 
 #[test]
 fn sigterm_finishes_the_stream_in_flight_then_exits() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrollama"))
-        .args(["serve", "--port", "0", "--parallel", "2", "--ctx", "512"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
-        if let Some(a) = line.trim().strip_prefix("listening on http://") {
-            break a.to_string();
-        }
-    };
+    let (mut child, addr, mut err) = common::start_server(&["--parallel", "2", "--ctx", "512"]);
     let body = r#"{"prompt":"Once upon a time","max_tokens":40,"stream":true,"ignore_eos":true,"temperature":0}"#;
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();

@@ -1,6 +1,6 @@
 //! Hugging Face Llama checkpoints: `config.json` (LlamaForCausalLM) and safetensors weights.
 //! HF rotates each head's halves (`rotate_half`) while llama.cpp, and this crate, rotate
-//! adjacent pairs, so q_proj and k_proj rows are permuted at load exactly as llama.cpp's
+//! adjacent pairs, so query and key rows are permuted at load exactly as llama.cpp's
 //! `convert_hf_to_gguf.py` permutes them, and back on export.
 
 use std::borrow::Cow;

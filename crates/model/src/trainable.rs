@@ -21,17 +21,18 @@ use crate::ops::fused::{CausalAttention, CrossEntropy};
 use crate::ops::rope_heads::RopeHeads;
 use crate::weights::WeightSource;
 
-/// The weights of one block, as [`crate::Llama`]'s blocks hold them.
+/// The weights of one block, one field per [`Part`] of a block, as [`crate::Llama`]'s
+/// blocks hold them.
 struct TrainBlock {
-    input_layernorm: Var,
-    q_proj: Var,
-    k_proj: Var,
-    v_proj: Var,
-    o_proj: Var,
-    post_attention_layernorm: Var,
-    gate_proj: Var,
-    up_proj: Var,
-    down_proj: Var,
+    attn_norm: Var,
+    query: Var,
+    key: Var,
+    value: Var,
+    attn_output: Var,
+    ffn_norm: Var,
+    gate: Var,
+    up: Var,
+    down: Var,
 }
 
 /// A Llama whose weights are candle variables.
@@ -110,15 +111,15 @@ impl TrainableLlama {
         let block = |l: usize| {
             let v = |part| var(layout::layer_name(l, part));
             TrainBlock {
-                input_layernorm: v(Part::AttnNorm),
-                q_proj: v(Part::Query),
-                k_proj: v(Part::Key),
-                v_proj: v(Part::Value),
-                o_proj: v(Part::AttnOutput),
-                post_attention_layernorm: v(Part::FfnNorm),
-                gate_proj: v(Part::Gate),
-                up_proj: v(Part::Up),
-                down_proj: v(Part::Down),
+                attn_norm: v(Part::AttnNorm),
+                query: v(Part::Query),
+                key: v(Part::Key),
+                value: v(Part::Value),
+                attn_output: v(Part::AttnOutput),
+                ffn_norm: v(Part::FfnNorm),
+                gate: v(Part::Gate),
+                up: v(Part::Up),
+                down: v(Part::Down),
             }
         };
         let layers = (0..config.num_hidden_layers).map(block).collect();
@@ -236,12 +237,12 @@ impl TrainableLlama {
         // (b * t, hidden)
         let mut x = self.embed_tokens.as_tensor().index_select(&ids, 0)?;
         for layer in &self.layers {
-            let n = rms_norm(&x, &layer.input_layernorm, eps)?;
+            let n = rms_norm(&x, &layer.attn_norm, eps)?;
             x = (x + self.attention(layer, &n, b, t)?)?;
-            let n = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
-            let gate = linear(&n, &layer.gate_proj)?;
-            let up = linear(&n, &layer.up_proj)?;
-            let m = linear(&crate::ops::swiglu::swiglu(&gate, &up)?, &layer.down_proj)?;
+            let n = rms_norm(&x, &layer.ffn_norm, eps)?;
+            let gate = linear(&n, &layer.gate)?;
+            let up = linear(&n, &layer.up)?;
+            let m = linear(&crate::ops::swiglu::swiglu(&gate, &up)?, &layer.down)?;
             x = (x + m)?;
         }
         rms_norm(&x, &self.norm, eps)
@@ -266,9 +267,9 @@ impl TrainableLlama {
             };
             Ok(op.apply(&linear(x, w)?)?)
         };
-        let q = rotated(&layer.q_proj, nh)?;
-        let k = rotated(&layer.k_proj, nkv)?;
-        let v = linear(x, &layer.v_proj)?
+        let q = rotated(&layer.query, nh)?;
+        let k = rotated(&layer.key, nkv)?;
+        let v = linear(x, &layer.value)?
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -278,7 +279,7 @@ impl TrainableLlama {
             .apply_op3(&k, &v, CausalAttention { scale })?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
-        linear(&y, &layer.o_proj)
+        linear(&y, &layer.attn_output)
     }
 }
 

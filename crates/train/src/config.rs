@@ -115,6 +115,13 @@ impl TrainConfig {
                     cfg.vocab_size
                 )));
             }
+            if cfg.rope_freq_factors.is_some() {
+                return Err(Error::ModelMismatch(format!(
+                    "{}: {}",
+                    path.display(),
+                    crate::export::LLAMA3_EXPORT
+                )));
+            }
             if self.seq_len > cfg.max_position_embeddings {
                 return Err(Error::ModelMismatch(format!(
                     "seq_len {} is longer than the context {} of {} was trained for",

@@ -12,6 +12,12 @@ use crate::checkpoint::{save_tensors, write_synced};
 use crate::error::{Error, Result};
 use ferrollama_model::TrainableLlama;
 
+/// Why a model with Llama 3.1 RoPE frequency factors cannot be exported yet: the export
+/// goes through a Hugging Face directory, whose `config.json` states the scaling by its
+/// parameters (factor, low/high frequency factors, original context), not the factors
+/// themselves, so the exported model would silently rotate wrong.
+pub const LLAMA3_EXPORT: &str = "models with Llama 3.1 RoPE frequency factors cannot be exported yet (the export writes a Hugging Face config.json, which cannot state the factors); training such a model would run but its result could not be saved";
+
 /// What an exported model carries beside its weights.
 pub struct ExportInfo<'a> {
     pub tokenizer: &'a Tokenizer,
@@ -30,6 +36,9 @@ pub fn export(
     gguf_type: GgmlType,
 ) -> Result<(PathBuf, PathBuf)> {
     let tokenizer = info.tokenizer;
+    if model.config.rope_freq_factors.is_some() {
+        return Err(Error::ModelMismatch(LLAMA3_EXPORT.into()));
+    }
     let hf = out.join("hf");
     std::fs::create_dir_all(&hf).map_err(|e| crate::error::io(&hf, e))?;
     let weights: BTreeMap<String, candle_core::Tensor> = model

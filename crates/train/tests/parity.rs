@@ -105,3 +105,21 @@ fn exported_weights_compute_the_training_logits() {
         tok.encode("the fox", true, false)
     );
 }
+
+#[test]
+fn models_with_llama3_frequency_factors_are_refused_not_exported_wrong() {
+    let tok = common::tokenizer();
+    let mut cfg = Config::preset("260k").unwrap();
+    cfg.vocab_size = tok.vocab_size();
+    cfg.rope_freq_factors = Some(vec![1.0; cfg.head_dim / 2]);
+    let model = TrainableLlama::init(cfg, 3, 64).unwrap();
+    let info = ExportInfo {
+        tokenizer: &tok,
+        chat_template: None,
+        name: "llama3",
+    };
+    let dir = common::tmp("llama3-export");
+    let err = export(&model, &info, &dir, GgmlType::F32).unwrap_err();
+    assert!(err.to_string().contains("frequency factors"), "{err}");
+    assert!(!dir.join("model.gguf").exists());
+}

@@ -9,16 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Contiguous f32 data of a custom op's argument.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what}: expected f32");
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&v[start..end]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
-}
+use crate::ops::contiguous_f32;
 
 /// Heads at least this wide go through `attention_gemm` (matrix products); narrower ones
 /// (the 260k preset's 8) through the row loops below, which were faster for them.
@@ -327,9 +318,9 @@ impl CustomOp3 for CausalAttention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let Dims { h, hkv, t, d, .. } = attention_dims(l1.dims(), l2.dims(), l3.dims())?;
         let (q, k, v) = (
-            f32_slice(s1, l1, "q")?,
-            f32_slice(s2, l2, "k")?,
-            f32_slice(s3, l3, "v")?,
+            contiguous_f32(s1, l1, "attention", "q")?,
+            contiguous_f32(s2, l2, "attention", "k")?,
+            contiguous_f32(s3, l3, "attention", "v")?,
         );
         let n_rep = h / hkv;
         let scale = self.scale;
@@ -527,7 +518,7 @@ impl CustomOp2 for CrossEntropy {
                 l1.dims()
             );
         };
-        let x = f32_slice(s1, l1, "logits")?;
+        let x = contiguous_f32(s1, l1, "attention", "logits")?;
         let y = targets_of(s2, l2)?;
         if y.len() != n || y.iter().any(|&t| t as usize >= vocab) {
             candle_core::bail!(
@@ -583,20 +574,8 @@ impl CustomOp2 for CrossEntropy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::*;
     use candle_core::{Device, Var, D};
-
-    fn random(shape: &[usize], seed: u32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|i| {
-                let x = (i as u32)
-                    .wrapping_mul(2654435761)
-                    .wrapping_add(seed.wrapping_mul(97));
-                ((x >> 8) % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
 
     /// The composed candle expression the fused op replaces.
     fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {

@@ -136,26 +136,8 @@ impl CustomOp2 for HeadLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::*;
     use candle_core::{Device, Var};
-
-    fn random(shape: (usize, usize), seed: u32, amp: f32) -> Tensor {
-        let n = shape.0 * shape.1;
-        let v: Vec<f32> = (0..n as u32)
-            .map(|i| {
-                let x = i
-                    .wrapping_mul(2654435761)
-                    .wrapping_add(seed.wrapping_mul(40503));
-                amp * (((x >> 8) % 2001) as f32 / 1000.0 - 1.0)
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let s = b.abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-30)
-    }
 
     /// Loss and both gradients against the projection and cross-entropy as separate ops
     /// (each checked on its own against candle's composed expressions), with an upstream
@@ -163,8 +145,8 @@ mod tests {
     #[test]
     fn matches_projection_then_cross_entropy() {
         for &(n, h, vocab) in &[(5, 8, 11), (64, 32, 1000), (130, 48, 517)] {
-            let x = Var::from_tensor(&random((n, h), 1, 2.0)).unwrap();
-            let w = Var::from_tensor(&random((vocab, h), 2, 0.5)).unwrap();
+            let x = Var::from_tensor(&(random(&[n, h], 1) * 2.0).unwrap()).unwrap();
+            let w = Var::from_tensor(&(random(&[vocab, h], 2) * 0.5).unwrap()).unwrap();
             let y: Vec<u32> = (0..n as u32)
                 .map(|i| (i * 7919 + 3) % vocab as u32)
                 .collect();
@@ -191,11 +173,11 @@ mod tests {
 
     #[test]
     fn bad_targets_and_shapes_are_errors() {
-        let x = random((4, 8), 1, 1.0);
-        let w = random((10, 8), 2, 1.0);
+        let x = (random(&[4, 8], 1) * 1.0).unwrap();
+        let w = (random(&[10, 8], 2) * 1.0).unwrap();
         assert!(head_loss(&x, &w, &[0, 1, 2]).is_err());
         assert!(head_loss(&x, &w, &[0, 1, 2, 10]).is_err());
-        assert!(head_loss(&x, &random((10, 7), 3, 1.0), &[0, 1, 2, 3]).is_err());
+        assert!(head_loss(&x, &(random(&[10, 7], 3) * 1.0).unwrap(), &[0, 1, 2, 3]).is_err());
         assert!(head_loss(&x, &w, &[0, 1, 2, 9]).is_ok());
     }
 }

@@ -200,26 +200,8 @@ impl CustomOp2 for MatMul {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::*;
     use candle_core::{Device, Var};
-
-    fn random(shape: (usize, usize), seed: u32) -> Tensor {
-        let n = shape.0 * shape.1;
-        let v: Vec<f32> = (0..n as u32)
-            .map(|i| {
-                let x = i
-                    .wrapping_mul(2654435761)
-                    .wrapping_add(seed.wrapping_mul(40503));
-                ((x >> 8) % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let s = b.abs().unwrap().max_all().unwrap();
-        (d.to_scalar::<f32>().unwrap()) / s.to_scalar::<f32>().unwrap().max(1e-30)
-    }
 
     /// Forward and both gradients against candle's own matmul, on shapes that split by
     /// rows, by columns, unevenly, and not at all.
@@ -232,9 +214,9 @@ mod tests {
             (700, 33, 29),
             (1, 64, 64),
         ] {
-            let x = Var::from_tensor(&random((n, i), 1)).unwrap();
-            let w = Var::from_tensor(&random((o, i), 2)).unwrap();
-            let up = random((n, o), 3);
+            let x = Var::from_tensor(&random(&[n, i], 1)).unwrap();
+            let w = Var::from_tensor(&random(&[o, i], 2)).unwrap();
+            let up = random(&[n, o], 3);
             let ours = linear(&x, &w).unwrap();
             let theirs = x.matmul(&w.t().unwrap()).unwrap();
             assert!(max_rel(&ours, &theirs) < 1e-6, "forward {n}x{i}x{o}");
@@ -256,12 +238,12 @@ mod tests {
     #[test]
     fn a_split_product_equals_the_unsplit_one_bit_for_bit() {
         let (m, k, n) = (300, 70, 500);
-        let a = random((m, k), 4)
+        let a = random(&[m, k], 4)
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let b = random((k, n), 5)
+        let b = random(&[k, n], 5)
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
@@ -288,8 +270,8 @@ mod tests {
 
     #[test]
     fn mismatched_and_empty_shapes() {
-        let a = random((4, 3), 1);
-        let b = random((4, 2), 2);
+        let a = random(&[4, 3], 1);
+        let b = random(&[4, 2], 2);
         assert!(a.apply_op2(&b, MatMul).is_err());
         let e = Tensor::zeros((4, 0), candle_core::DType::F32, &Device::Cpu).unwrap();
         let f = Tensor::zeros((0, 5), candle_core::DType::F32, &Device::Cpu).unwrap();

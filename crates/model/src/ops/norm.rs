@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::ops::contiguous_f32;
+
 /// Rows per partial weight-gradient sum.
 const ROWS_PER_BLOCK: usize = 64;
 
@@ -21,16 +23,6 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor>
 #[derive(Debug, Clone, Copy)]
 pub struct RmsNorm {
     pub eps: f64,
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("rms norm: {what} must be f32");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("rms norm: {what} must be contiguous"),
-    }
 }
 
 /// 1 / sqrt(mean(row²) + eps), the mean taken in f64.
@@ -51,8 +43,8 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "input")?;
-        let w = contiguous_f32(s2, l2, "gains")?;
+        let x = contiguous_f32(s1, l1, "rms norm", "input")?;
+        let w = contiguous_f32(s2, l2, "rms norm", "gains")?;
         let h = w.len();
         if h == 0 || l1.dims().last() != Some(&h) {
             candle_core::bail!("rms norm: input {:?} against {h} gains", l1.dims());
@@ -120,7 +112,8 @@ impl CustomOp2 for RmsNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var, D};
+    use crate::ops::testing::*;
+    use candle_core::{Var, D};
 
     fn composed(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
         let inv = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + eps)
@@ -130,25 +123,6 @@ mod tests {
             .recip()
             .unwrap();
         x.broadcast_mul(&inv).unwrap().broadcast_mul(w).unwrap()
-    }
-
-    fn random(shape: &[usize], seed: u32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n as u32)
-            .map(|i| {
-                let x = i
-                    .wrapping_mul(2654435761)
-                    .wrapping_add(seed.wrapping_mul(40503));
-                ((x >> 8) % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let s = b.abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-30)
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::ops::contiguous_f32;
+
 /// The op; `cos` and `sin` are (positions, d) tables, position-major.
 #[derive(Debug, Clone)]
 pub struct RopeHeads {
@@ -44,16 +46,6 @@ impl RopeHeads {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("rope: expected f32");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("rope: expected a contiguous tensor"),
-    }
-}
-
 impl CustomOp1 for RopeHeads {
     fn name(&self) -> &'static str {
         "rope-heads"
@@ -61,7 +53,7 @@ impl CustomOp1 for RopeHeads {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let t = self.check(l.dims())?;
-        let x = contiguous_f32(s, l)?;
+        let x = contiguous_f32(s, l, "rope", "input")?;
         let (h, d, half) = (self.heads, self.d, self.d / 2);
         let width = h * d;
         let mut out = vec![0.0f32; x.len()];
@@ -107,20 +99,8 @@ impl CustomOp1 for RopeHeads {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::*;
     use candle_core::{Device, Var, D};
-
-    fn random(shape: &[usize], seed: u32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n as u32)
-            .map(|i| {
-                let x = i
-                    .wrapping_mul(2654435761)
-                    .wrapping_add(seed.wrapping_mul(40503));
-                ((x >> 8) % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
 
     fn composed(
         x: &Tensor,

@@ -5,6 +5,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::ops::contiguous_f32;
+
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 13;
 
@@ -18,16 +20,6 @@ pub struct SwiGlu;
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("swiglu: expected f32");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("swiglu: expected contiguous tensors"),
-    }
 }
 
 impl CustomOp2 for SwiGlu {
@@ -45,7 +37,10 @@ impl CustomOp2 for SwiGlu {
         if l1.dims() != l2.dims() {
             candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
         }
-        let (g, u) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (g, u) = (
+            contiguous_f32(s1, l1, "swiglu", "input")?,
+            contiguous_f32(s2, l2, "swiglu", "input")?,
+        );
         let mut y = vec![0.0f32; g.len()];
         y.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
@@ -93,6 +88,7 @@ impl CustomOp2 for SwiGlu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::max_rel;
     use candle_core::{Device, Var};
 
     fn random(n: usize, seed: u32, amp: f32) -> Tensor {
@@ -105,12 +101,6 @@ mod tests {
             })
             .collect();
         Tensor::from_vec(v, (n / 10, 10), &Device::Cpu).unwrap()
-    }
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let s = b.abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-30)
     }
 
     #[test]

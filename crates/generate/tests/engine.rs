@@ -1,0 +1,167 @@
+//! The decode engine on a model the project trained itself (`tests/data/tiny/`, committed,
+//! so these tests fetch nothing): several jobs batched in one engine each get exactly the
+//! text they get alone, a job cancelled mid-way frees its slot for the next, a prompt
+//! that does not fit is refused, and the one-slot `Generator` agrees with the engine.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use ferrollama_generate::engine::{Engine, Event, Job, NoObserver};
+use ferrollama_generate::{Bundle, FinishReason, GenerateParams, Generator, OpenOptions};
+use ferrollama_sampling::SamplingParams;
+
+fn tiny() -> Bundle {
+    let path = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/data/tiny/tiny-260k-q8_0.gguf"
+    ));
+    Bundle::open(&path, &OpenOptions::default()).unwrap()
+}
+
+fn params(n: usize, seed: Option<u64>) -> GenerateParams {
+    let sampling = match seed {
+        None => SamplingParams::greedy(),
+        Some(seed) => SamplingParams {
+            seed,
+            ..SamplingParams::default()
+        },
+    };
+    GenerateParams {
+        max_new_tokens: n,
+        ignore_eos: true,
+        sampling,
+        ..GenerateParams::default()
+    }
+}
+
+/// Runs `jobs` through an engine of `parallel` slots until all are done: each job's
+/// token ids and finish reason.
+fn run(b: &Bundle, parallel: usize, jobs: Vec<Job>) -> HashMap<u64, (Vec<u32>, FinishReason)> {
+    let mut engine = Engine::new(&b.model, &b.tokenizer, parallel, 256);
+    let mut queue = jobs.into_iter();
+    let mut out: HashMap<u64, (Vec<u32>, FinishReason)> = HashMap::new();
+    let mut ids: HashMap<u64, Vec<u32>> = HashMap::new();
+    loop {
+        while engine.has_free_slot() {
+            match queue.next() {
+                Some(job) => engine.place(job, &NoObserver).unwrap(),
+                None => break,
+            }
+        }
+        if engine.busy() == 0 {
+            return out;
+        }
+        engine.step(&NoObserver, &mut |id, event| match event {
+            Event::Token { id: t, .. } => ids.entry(id).or_default().push(t),
+            Event::Done(u) => {
+                out.insert(id, (ids.remove(&id).unwrap_or_default(), u.finish));
+            }
+            Event::Error(e) => panic!("job {id}: {e}"),
+            Event::Text(_) => {}
+        });
+    }
+}
+
+fn prompts(b: &Bundle) -> Vec<Vec<u32>> {
+    [
+        "The quick brown fox",
+        "Q: What is a programmer?\nA:",
+        "Never trust a",
+        "The quick brown fox jumps over",
+        "A",
+    ]
+    .iter()
+    .map(|p| b.tokenizer.encode(p, true, false))
+    .collect()
+}
+
+#[test]
+fn batched_jobs_get_the_text_they_get_alone() {
+    let b = tiny();
+    let jobs = |seeded: bool| -> Vec<Job> {
+        prompts(&b)
+            .into_iter()
+            .enumerate()
+            .map(|(i, prompt)| Job {
+                id: i as u64,
+                prompt,
+                params: params(24, seeded.then_some(100 + i as u64)),
+                top_logprobs: None,
+            })
+            .collect()
+    };
+    for seeded in [false, true] {
+        let alone: HashMap<_, _> = jobs(seeded)
+            .into_iter()
+            .map(|j| {
+                let id = j.id;
+                (id, run(&b, 1, vec![j]).remove(&id).unwrap())
+            })
+            .collect();
+        // Three slots for five jobs: some wait, two share a prompt prefix.
+        let together = run(&b, 3, jobs(seeded));
+        assert_eq!(together, alone, "seeded: {seeded}");
+        assert!(alone
+            .values()
+            .all(|(ids, f)| ids.len() == 24 && *f == FinishReason::Length));
+    }
+}
+
+#[test]
+fn the_generator_is_the_engine_with_one_slot() {
+    let b = tiny();
+    let prompt = &prompts(&b)[1];
+    let via_engine = run(
+        &b,
+        2,
+        vec![Job {
+            id: 7,
+            prompt: prompt.clone(),
+            params: params(16, Some(3)),
+            top_logprobs: None,
+        }],
+    );
+    let g = Generator::new(&b.model, &b.tokenizer, 256)
+        .generate(prompt, &params(16, Some(3)), |_| true)
+        .unwrap();
+    assert_eq!(via_engine[&7].0, g.ids);
+}
+
+#[test]
+fn a_cancelled_job_frees_its_slot_and_bad_prompts_are_refused() {
+    let b = tiny();
+    let mut engine = Engine::new(&b.model, &b.tokenizer, 1, 32);
+    let job = |id, prompt: Vec<u32>| Job {
+        id,
+        prompt,
+        params: params(100, None),
+        top_logprobs: None,
+    };
+    let p = prompts(&b);
+    engine.place(job(1, p[0].clone()), &NoObserver).unwrap();
+    assert!(!engine.has_free_slot());
+    assert!(engine.place(job(2, p[1].clone()), &NoObserver).is_err());
+    engine.step(&NoObserver, &mut |_, _| {});
+    assert!(engine.cancel(1));
+    assert!(!engine.cancel(1));
+    assert!(engine.has_free_slot());
+    // Empty, too long for the slot's 32 positions: refused with a message, nothing placed.
+    for bad in [vec![], vec![5u32; 33]] {
+        match engine.place(job(3, bad), &NoObserver) {
+            Err(Event::Error(msg)) => assert!(msg.contains("between 1 and 32"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(engine.busy(), 0);
+    // A job that fills the context ends with ContextFull, not an error.
+    let mut finish = None;
+    engine.place(job(4, p[1].clone()), &NoObserver).unwrap();
+    while engine.busy() > 0 {
+        engine.step(&NoObserver, &mut |_, e| {
+            if let Event::Done(u) = e {
+                finish = Some(u.finish);
+            }
+        });
+    }
+    assert_eq!(finish, Some(FinishReason::ContextFull));
+}
