@@ -88,6 +88,20 @@ fn exported_weights_compute_the_training_logits() {
         d_hf < tol && d_gguf < tol,
         "hf {d_hf}, gguf {d_gguf}, tolerance {tol}"
     );
+    // Both exports open as trainable models again with the very weights exported: the
+    // HF directory (rotate-half rows, permuted to pairs by the loader and back) and the
+    // GGUF file (pair rows, permuted back).
+    for path in [&hf, &gguf] {
+        let back = TrainableLlama::open(path, 64).unwrap();
+        for ((n1, v1), (n2, v2)) in model.params().zip(back.params()) {
+            assert_eq!(n1, n2);
+            let (a, b): (Vec<f32>, Vec<f32>) = (
+                v1.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
+                v2.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            assert!(a == b, "{n1} differs after reopening {}", path.display());
+        }
+    }
     // The exported files carry the name, the chat template and the tokenizer.
     assert_eq!(file.header.get_str("general.name").unwrap(), "parity-model");
     assert_eq!(
