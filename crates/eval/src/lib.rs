@@ -1,7 +1,10 @@
-//! Evaluating a model: perplexity over a text, comparable with llama.cpp's figures.
+//! Evaluating a model: perplexity over a text, and a model's distance from a base model
+//! (KL divergence, top-token agreement), comparable with llama.cpp's figures.
 
 pub mod error;
+pub mod kl;
 pub mod perplexity;
 
 pub use error::{Error, Result};
+pub use kl::{kl_divergence, KlReport};
 pub use perplexity::{perplexity, PerplexityReport};

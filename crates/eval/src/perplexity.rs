@@ -4,6 +4,7 @@
 //! vocabulary adds one); only the second half of each chunk is scored, so every scored
 //! token has at least n_ctx/2 tokens of context. PPL = exp(mean negative log-likelihood).
 
+use ferrollama_model::llama::{Cache, Logits};
 use ferrollama_model::Llama;
 
 use crate::error::{Error, Result};
@@ -34,31 +35,13 @@ pub fn perplexity(
     bos: Option<u32>,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<PerplexityReport> {
-    if n_ctx < 4 {
-        return Err(Error::ContextTooSmall(n_ctx));
-    }
-    if tokens.len() < 2 * n_ctx {
-        return Err(Error::TextTooShort {
-            tokens: tokens.len(),
-            needed: 2 * n_ctx,
-            n_ctx,
-        });
-    }
     let start = std::time::Instant::now();
-    let n_chunks = tokens.len() / n_ctx;
-    let first = n_ctx / 2;
+    let n_chunks = check_sizes(tokens, n_ctx)?;
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
     let mut running_ppl = Vec::with_capacity(n_chunks);
     let mut cache = model.new_cache(n_ctx);
     for chunk in 0..n_chunks {
-        let mut input = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
-        if let Some(b) = bos {
-            input[0] = b;
-        }
-        cache.reset();
-        // Logits at positions first .. n_ctx-1; row i predicts token first + i + 1.
-        let logits = model.forward(&input, &mut cache, n_ctx - first)?;
-        let targets = &tokens[chunk * n_ctx + first + 1..(chunk + 1) * n_ctx];
+        let (logits, targets) = score_chunk(model, &mut cache, tokens, chunk, n_ctx, bos)?;
         for (i, &target) in targets.iter().enumerate() {
             let v = -(log_prob(logits.row(i), target) as f64);
             nll += v;
@@ -87,6 +70,45 @@ pub fn perplexity(
         running_ppl,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The number of chunks of `n_ctx` tokens `tokens` holds; at least two are needed.
+pub(crate) fn check_sizes(tokens: &[u32], n_ctx: usize) -> Result<usize> {
+    if n_ctx < 4 {
+        return Err(Error::ContextTooSmall(n_ctx));
+    }
+    if tokens.len() < 2 * n_ctx {
+        return Err(Error::TextTooShort {
+            tokens: tokens.len(),
+            needed: 2 * n_ctx,
+            n_ctx,
+        });
+    }
+    Ok(tokens.len() / n_ctx)
+}
+
+/// Runs chunk `chunk` from an empty cache (its first token replaced by `bos` when given):
+/// the logits at positions n_ctx/2 .. n_ctx-1 (row i predicts token n_ctx/2 + i + 1, the
+/// last row predicts nothing) and the tokens they are scored against.
+pub(crate) fn score_chunk<'t>(
+    model: &Llama,
+    cache: &mut Cache,
+    tokens: &'t [u32],
+    chunk: usize,
+    n_ctx: usize,
+    bos: Option<u32>,
+) -> Result<(Logits, &'t [u32])> {
+    let first = n_ctx / 2;
+    let mut input = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
+    if let Some(b) = bos {
+        input[0] = b;
+    }
+    cache.reset();
+    let logits = model.forward(&input, cache, n_ctx - first)?;
+    Ok((
+        logits,
+        &tokens[chunk * n_ctx + first + 1..(chunk + 1) * n_ctx],
+    ))
 }
 
 /// log-softmax of `row` at `target`, computed in f32 with the max subtracted.
