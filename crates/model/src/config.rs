@@ -4,6 +4,16 @@ use ferrollama_gguf::{GgmlType, GgufFile, Value};
 
 use crate::error::{Error, Result};
 
+/// Llama 3.1's RoPE scaling as config.json states it (transformers' `rope_scaling` of type
+/// `llama3`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Llama3Rope {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
 /// The shape of a Llama-architecture decoder.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Config {
@@ -25,6 +35,12 @@ pub struct Config {
     /// `rope_freqs.weight`, or computed from `rope_scaling` of type `llama3` in config.json.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// The parameters `rope_freq_factors` were computed from, when the checkpoint stated
+    /// them (config.json's `rope_scaling` of type `llama3`); a Hugging Face export needs
+    /// them, since config.json cannot state the factors themselves. GGUF files keep only
+    /// the factors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_llama3: Option<Llama3Rope>,
     /// Context the model was trained for.
     pub max_position_embeddings: usize,
     /// The output projection reuses the token embedding.
@@ -116,6 +132,7 @@ impl Config {
             max_position_embeddings: usize_key("context_length")?,
             tie_word_embeddings: !g.has_tensor("output.weight"),
             rope_freq_factors: None,
+            rope_llama3: None,
         };
         let mut cfg = cfg;
         if g.has_tensor("rope_freqs.weight") {
@@ -287,6 +304,7 @@ impl Config {
             rope_theta: 10000.0,
             rope_scaling_factor: 1.0,
             rope_freq_factors: None,
+            rope_llama3: None,
             max_position_embeddings: context,
             // llama2.c ties the small models' head to the embedding; Llama 2 does not.
             tie_word_embeddings: small,

@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::quantized::{GgmlDType, QTensor};
 use ferrollama_gguf::safetensors::{SafetensorsDir, StDtype};
 
-use crate::config::Config;
+use crate::config::{Config, Llama3Rope};
 use crate::error::{Error, Result};
 use crate::weights::{qtensor_from_bytes, WeightSource};
 
@@ -88,7 +88,7 @@ pub fn config_from_hf(dir: &Path) -> Result<Config> {
     }
     let head_dim = j.head_dim.unwrap_or(j.hidden_size / j.num_attention_heads);
     let rope_theta = j.rope_theta as f32;
-    let (mut rope_scaling_factor, mut rope_freq_factors) = (1.0, None);
+    let (mut rope_scaling_factor, mut rope_freq_factors, mut rope_llama3) = (1.0, None, None);
     if let Some(s) = &j.rope_scaling {
         let need = |v: Option<f64>, k: &str| {
             v.ok_or_else(|| bad(format!("rope_scaling of type llama3 has no `{k}`")))
@@ -96,17 +96,17 @@ pub fn config_from_hf(dir: &Path) -> Result<Config> {
         match s.rope_type.as_str() {
             "linear" => rope_scaling_factor = s.factor as f32,
             "llama3" => {
-                rope_freq_factors = Some(llama3_freq_factors(
-                    head_dim,
-                    rope_theta,
-                    s.factor,
-                    need(s.low_freq_factor, "low_freq_factor")?,
-                    need(s.high_freq_factor, "high_freq_factor")?,
-                    need(
+                let p = Llama3Rope {
+                    factor: s.factor,
+                    low_freq_factor: need(s.low_freq_factor, "low_freq_factor")?,
+                    high_freq_factor: need(s.high_freq_factor, "high_freq_factor")?,
+                    original_max_position_embeddings: need(
                         s.original_max_position_embeddings,
                         "original_max_position_embeddings",
                     )?,
-                ))
+                };
+                rope_freq_factors = Some(llama3_freq_factors(head_dim, rope_theta, &p));
+                rope_llama3 = Some(p);
             }
             other => {
                 return Err(bad(format!(
@@ -127,6 +127,7 @@ pub fn config_from_hf(dir: &Path) -> Result<Config> {
         rope_theta,
         rope_scaling_factor,
         rope_freq_factors,
+        rope_llama3,
         max_position_embeddings: j.max_position_embeddings,
         tie_word_embeddings: j.tie_word_embeddings,
     };
@@ -136,14 +137,13 @@ pub fn config_from_hf(dir: &Path) -> Result<Config> {
 
 /// Llama 3.1's per-frequency divisors (transformers' `_compute_llama3_parameters`): long
 /// wavelengths are slowed by `factor`, short ones kept, and those between blended.
-pub fn llama3_freq_factors(
-    head_dim: usize,
-    theta: f32,
-    factor: f64,
-    low: f64,
-    high: f64,
-    original_ctx: f64,
-) -> Vec<f32> {
+pub fn llama3_freq_factors(head_dim: usize, theta: f32, p: &Llama3Rope) -> Vec<f32> {
+    let (factor, low, high, original_ctx) = (
+        p.factor,
+        p.low_freq_factor,
+        p.high_freq_factor,
+        p.original_max_position_embeddings,
+    );
     let (low_wavelen, high_wavelen) = (original_ctx / low, original_ctx / high);
     (0..head_dim / 2)
         .map(|i| {
@@ -164,10 +164,16 @@ pub fn llama3_freq_factors(
 
 /// The `config.json` of a Llama checkpoint with this configuration.
 pub fn config_to_hf(cfg: &Config, bos: Option<u32>, eos: Option<u32>) -> serde_json::Value {
-    let rope_scaling = if cfg.rope_scaling_factor == 1.0 {
-        serde_json::Value::Null
-    } else {
-        serde_json::json!({"rope_type": "linear", "factor": cfg.rope_scaling_factor})
+    let rope_scaling = match (&cfg.rope_llama3, cfg.rope_scaling_factor) {
+        (Some(p), _) => serde_json::json!({
+            "rope_type": "llama3",
+            "factor": p.factor,
+            "low_freq_factor": p.low_freq_factor,
+            "high_freq_factor": p.high_freq_factor,
+            "original_max_position_embeddings": p.original_max_position_embeddings,
+        }),
+        (None, f) if f != 1.0 => serde_json::json!({"rope_type": "linear", "factor": f}),
+        _ => serde_json::Value::Null,
     };
     serde_json::json!({
         "architectures": ["LlamaForCausalLM"],
@@ -301,7 +307,13 @@ mod tests {
     #[test]
     fn llama3_factors_keep_short_and_slow_long_wavelengths() {
         // Llama 3.1 8B: theta 500000, factor 8, low 1, high 4, original context 8192.
-        let f = llama3_freq_factors(128, 500000.0, 8.0, 1.0, 4.0, 8192.0);
+        let p = Llama3Rope {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        };
+        let f = llama3_freq_factors(128, 500000.0, &p);
         assert_eq!(f.len(), 64);
         assert_eq!(f[0], 1.0);
         assert_eq!(f[63], 8.0);

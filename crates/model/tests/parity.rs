@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 use ferrollama_model::attention::Precision;
+use ferrollama_model::config::Llama3Rope;
 use ferrollama_model::hf::llama3_freq_factors;
 use ferrollama_model::{Config, Llama, TrainableLlama};
 
@@ -106,7 +107,13 @@ fn rope_frequency_factors_and_scaling_are_honoured_by_both_paths() {
     cfg.tie_word_embeddings = false;
     cfg.rope_theta = 500000.0;
     // Llama 3.1's parameters, on a short original context so that every band is used.
-    cfg.rope_freq_factors = Some(llama3_freq_factors(16, 500000.0, 8.0, 1.0, 4.0, 64.0));
+    let p = Llama3Rope {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 64.0,
+    };
+    cfg.rope_freq_factors = Some(llama3_freq_factors(16, 500000.0, &p));
     let with = assert_parity(&cfg, "llama3 frequency factors");
     cfg.rope_scaling_factor = 2.0;
     let scaled = assert_parity(&cfg, "factors and linear scaling");

@@ -115,7 +115,7 @@ impl TrainConfig {
                     cfg.vocab_size
                 )));
             }
-            if cfg.rope_freq_factors.is_some() {
+            if cfg.rope_freq_factors.is_some() && cfg.rope_llama3.is_none() {
                 return Err(Error::ModelMismatch(format!(
                     "{}: {}",
                     path.display(),

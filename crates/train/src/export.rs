@@ -12,11 +12,11 @@ use crate::checkpoint::{save_tensors, write_synced};
 use crate::error::{Error, Result};
 use ferrollama_model::TrainableLlama;
 
-/// Why a model with Llama 3.1 RoPE frequency factors cannot be exported yet: the export
-/// goes through a Hugging Face directory, whose `config.json` states the scaling by its
-/// parameters (factor, low/high frequency factors, original context), not the factors
-/// themselves, so the exported model would silently rotate wrong.
-pub const LLAMA3_EXPORT: &str = "models with Llama 3.1 RoPE frequency factors cannot be exported yet (the export writes a Hugging Face config.json, which cannot state the factors); training such a model would run but its result could not be saved";
+/// Why a model with Llama 3.1 RoPE frequency factors but not the parameters they came from
+/// (a GGUF file keeps only the factors) cannot be exported yet: the export goes through a
+/// Hugging Face directory, whose `config.json` states the scaling by its parameters, so the
+/// exported model would silently rotate wrong.
+pub const LLAMA3_EXPORT: &str = "models with Llama 3.1 RoPE frequency factors read from a GGUF file cannot be exported yet (the export writes a Hugging Face config.json, which states the parameters the factors came from, and GGUF keeps only the factors); start from the model's Hugging Face directory instead";
 
 /// What an exported model carries beside its weights.
 pub struct ExportInfo<'a> {
@@ -36,7 +36,7 @@ pub fn export(
     gguf_type: GgmlType,
 ) -> Result<(PathBuf, PathBuf)> {
     let tokenizer = info.tokenizer;
-    if model.config.rope_freq_factors.is_some() {
+    if model.config.rope_freq_factors.is_some() && model.config.rope_llama3.is_none() {
         return Err(Error::ModelMismatch(LLAMA3_EXPORT.into()));
     }
     let hf = out.join("hf");

@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use ferrollama_gguf::{GgmlType, GgufFile};
-use ferrollama_model::hf::HfWeights;
+use ferrollama_model::config::Llama3Rope;
+use ferrollama_model::hf::{llama3_freq_factors, HfWeights};
 use ferrollama_model::TrainableLlama;
 use ferrollama_model::{Config, GgufWeights, Llama, WeightSource};
 use ferrollama_train::export::{export, ExportInfo};
@@ -121,10 +122,50 @@ fn exported_weights_compute_the_training_logits() {
 }
 
 #[test]
+fn llama3_scaling_survives_export_and_reopening() {
+    let tok = common::tokenizer();
+    let mut cfg = Config::preset("260k").unwrap();
+    cfg.vocab_size = tok.vocab_size();
+    cfg.tie_word_embeddings = false;
+    let p = Llama3Rope {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 128.0,
+    };
+    cfg.rope_freq_factors = Some(llama3_freq_factors(cfg.head_dim, cfg.rope_theta, &p));
+    cfg.rope_llama3 = Some(p);
+    assert!(cfg
+        .rope_freq_factors
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|&f| f > 1.0 && f < 8.0));
+    let model = TrainableLlama::init(cfg.clone(), 5, 64).unwrap();
+    let info = ExportInfo {
+        tokenizer: &tok,
+        chat_template: None,
+        name: "llama3",
+    };
+    let dir = common::tmp("llama3-ok");
+    let (hf, gguf) = export(&model, &info, &dir, GgmlType::F32).unwrap();
+    // Both files state the same scaling: the HF config its parameters, the GGUF the factors.
+    let from_hf = ferrollama_model::hf::config_from_hf(&hf).unwrap();
+    assert_eq!(from_hf.rope_llama3, Some(p));
+    assert_eq!(from_hf.rope_freq_factors, cfg.rope_freq_factors);
+    let file = GgufFile::open(&gguf).unwrap();
+    assert_eq!(
+        Config::from_gguf(&file).unwrap().rope_freq_factors,
+        cfg.rope_freq_factors
+    );
+}
+
+#[test]
 fn models_with_llama3_frequency_factors_are_refused_not_exported_wrong() {
     let tok = common::tokenizer();
     let mut cfg = Config::preset("260k").unwrap();
     cfg.vocab_size = tok.vocab_size();
+    // Factors as a GGUF file holds them: without the parameters they came from.
     cfg.rope_freq_factors = Some(vec![1.0; cfg.head_dim / 2]);
     let model = TrainableLlama::init(cfg, 3, 64).unwrap();
     let info = ExportInfo {
