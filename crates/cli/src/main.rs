@@ -32,6 +32,9 @@ enum Command {
     Info(cmd::info::Args),
     /// Perplexity of a text file, scored as llama.cpp's llama-perplexity scores it.
     Perplexity(cmd::perplexity::Args),
+    /// Benchmarks (ARC, HellaSwag, MMLU, ... or lm-evaluation-harness task files), scored
+    /// as lm-evaluation-harness scores them.
+    Eval(cmd::eval::Args),
     /// Convert between GGUF and Hugging Face directories, and between weight types.
     Convert(cmd::convert::Args),
     /// Quantize a GGUF model (llama-quantize's job): the same as `convert IN OUT.gguf`.
@@ -78,6 +81,7 @@ fn main() {
         Command::Tokenize(a) => cmd::tokenize::run(a),
         Command::Info(a) => cmd::info::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
         Command::Convert(a) => cmd::convert::run(a),
         Command::Quantize(a) => cmd::convert::run(a),
         Command::Bench(a) => cmd::bench::run(a),

@@ -19,6 +19,21 @@ pub enum Error {
         needed: usize,
         n_ctx: usize,
     },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A data file that cannot be read as documents.
+    #[error("{path}: {msg}")]
+    Data { path: String, msg: String },
+    /// A task definition that cannot be used, or a document it cannot format.
+    #[error("task {task}: {msg}")]
+    Task { task: String, msg: String },
+    /// A continuation longer than the model's context.
+    #[error("a continuation of {tokens} tokens does not fit the context of {max_len}")]
+    ContinuationTooLong { tokens: usize, max_len: usize },
 }
 
 /// Result with this crate's [`Error`].

