@@ -70,7 +70,8 @@ fn prompts_are_the_harness_prompts() {
 fn samples(r: &TaskResult) -> String {
     r.samples
         .iter()
-        .map(|s| report::sample_json(s).to_string() + "\n")
+        .flat_map(report::sample_lines)
+        .map(|l| l.to_string() + "\n")
         .collect()
 }
 
@@ -269,4 +270,116 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
+}
+
+#[test]
+fn rolling_loglikelihood_sums_its_windows() {
+    let b = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let text = "The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times.";
+    write(
+        dir.path(),
+        "texts.jsonl",
+        &format!("{}\n", serde_json::json!({ "text": text })),
+    );
+    let f = write(
+        dir.path(),
+        "roll.yaml",
+        "task: roll\ndataset_path: json\ndataset_kwargs: {data_files: {test: texts.jsonl}}\ntest_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: text\n",
+    );
+    let task = &harness::load_task(f.to_str().unwrap()).unwrap()[0];
+    assert_eq!(
+        task.metrics,
+        ["word_perplexity", "byte_perplexity", "bits_per_byte"]
+    );
+    // One window (everything fits) and windows of 8 tokens give nearly the same total:
+    // later windows see less context, so slightly more loss.
+    let mut big = options(0, 1);
+    big.max_len = 1024;
+    let mut small = options(0, 1);
+    small.max_len = 8;
+    let score_with = |opts: &EvalOptions| {
+        let r = harness::run(
+            &b.model,
+            &b.tokenizer,
+            harness::prepare(task, opts).unwrap(),
+            opts,
+            |_, _| {},
+        )
+        .unwrap();
+        let ll: f64 = r.samples[0].scored.iter().map(|s| s.loglikelihood).sum();
+        (r, ll)
+    };
+    let (r, ll) = score_with(&big);
+    let (r8, ll8) = score_with(&small);
+    assert_eq!(r.samples[0].scored.len(), 1);
+    assert!(r8.samples[0].scored.len() > 3);
+    assert!(ll < 0.0 && ll8 < 0.0 && ll8 <= ll + 1e-6, "{ll} vs {ll8}");
+    // From scratch: the BOS, then every token predicted from everything before it.
+    let tokens = b.tokenizer.encode(text, true, true);
+    let input: Vec<u32> = std::iter::once(b.tokenizer.bos().unwrap())
+        .chain(tokens[..tokens.len() - 1].iter().copied())
+        .collect();
+    let mut cache = b.model.new_cache(input.len());
+    let logits = b.model.forward(&input, &mut cache, input.len()).unwrap();
+    let mut want = 0f64;
+    for (i, &t) in tokens.iter().enumerate() {
+        let row = logits.row(i);
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+        want += row[t as usize] as f64
+            - max
+            - row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+    }
+    assert!((want - ll).abs() < 1e-3, "{want} vs {ll}");
+    let words = 21.0;
+    let wp = r
+        .metrics
+        .iter()
+        .find(|m| m.0 == "word_perplexity")
+        .unwrap()
+        .1
+        .value;
+    assert!((wp - (-ll / words).exp()).abs() < 1e-9 * wp, "{wp}");
+    let bpb = r
+        .metrics
+        .iter()
+        .find(|m| m.0 == "bits_per_byte")
+        .unwrap()
+        .1
+        .value;
+    assert!((bpb - (-ll / text.len() as f64 / std::f64::consts::LN_2)).abs() < 1e-9);
+}
+
+#[test]
+fn generations_do_not_depend_on_batch_size_and_are_scored_per_filter() {
+    let b = tiny();
+    let mut one = options(1, 1);
+    one.limit = Some(4);
+    let mut four = options(1, 4);
+    four.limit = Some(4);
+    let a = run(&b, "gsm8k", &one);
+    let c = run(&b, "gsm8k", &four);
+    assert_eq!(samples(&a), samples(&c));
+    let names: Vec<&str> = a.metrics.iter().map(|m| m.0.as_str()).collect();
+    assert_eq!(
+        names,
+        ["exact_match,strict-match", "exact_match,flexible-extract"]
+    );
+    let s = &a.samples[0];
+    assert!(s.generated.as_deref().is_some_and(|g| !g.is_empty()));
+    assert!(
+        !s.generated.as_deref().unwrap().contains("Question:"),
+        "cut at the stop string"
+    );
+    assert_eq!(report::sample_lines(s).len(), 2);
+    // The prompt is the harness's: one worked example, then the question.
+    let ctx = &s.requests.arguments[0].0;
+    assert!(
+        ctx.starts_with("Question: ") && ctx.ends_with("\nAnswer:") && ctx.contains("\n#### "),
+        "{ctx}"
+    );
 }

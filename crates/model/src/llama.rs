@@ -216,6 +216,11 @@ impl Llama {
         Ok(embed)
     }
 
+    /// The longest sequence this model was loaded for (its RoPE table).
+    pub fn max_context(&self) -> usize {
+        self.rope.max_pos()
+    }
+
     /// An empty cache for a context of `n_ctx` tokens (at most the RoPE table size).
     pub fn new_cache(&self, n_ctx: usize) -> Cache {
         let n_ctx = n_ctx.min(self.rope.max_pos());

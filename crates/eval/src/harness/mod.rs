@@ -5,6 +5,7 @@
 
 pub mod builtin;
 pub mod docs;
+pub mod generation;
 pub mod metrics;
 pub mod prompt;
 pub mod pyrandom;
@@ -63,7 +64,11 @@ pub struct TaskResult {
 pub struct Sample {
     pub requests: DocRequests,
     pub scored: Vec<Scored>,
-    pub metrics: Vec<(String, f64)>,
+    /// `generate_until`: the generated text, and each filter's answer (filter name, answer).
+    pub generated: Option<String>,
+    pub filtered: Vec<(String, String)>,
+    /// Metric values; a generation task's are named `metric,filter`.
+    pub metrics: Vec<(String, metrics::Value)>,
 }
 
 /// The documents of a task, formatted into requests (before any model runs).
@@ -128,24 +133,26 @@ pub fn run(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<TaskResult> {
     let start = std::time::Instant::now();
+    // The model may be loaded for less than asked.
+    let mut opts = opts.clone();
+    opts.max_len = opts.max_len.min(model.max_context());
+    let opts = &opts;
     let task = &prepared.task;
     let err = |msg: String| Error::Task {
         task: task.task.clone(),
         msg,
     };
-    if !matches!(
-        task.output_type,
-        OutputType::MultipleChoice | OutputType::Loglikelihood
-    ) {
-        return Err(err(format!(
-            "{:?} tasks are not supported yet",
-            task.output_type
-        )));
+    if task.output_type == OutputType::GenerateUntil {
+        return run_generation(model, tokenizer, prepared, opts, progress, start);
     }
     let tokens: Vec<Vec<score::Tokens>> = prepared
         .requests
         .iter()
         .map(|r| {
+            if task.output_type == OutputType::LoglikelihoodRolling {
+                let text = r.arguments.first().map_or("", |a| a.1.as_str());
+                return score::rolling_windows(tokenizer, text, opts.max_len);
+            }
             r.arguments
                 .iter()
                 .map(|(c, x)| score::encode_pair(tokenizer, c, x))
@@ -162,22 +169,122 @@ pub fn run(
         samples.push(Sample {
             requests: req,
             scored: sc,
+            generated: None,
+            filtered: Vec::new(),
             metrics: m,
         });
     }
-    let metrics = task
-        .metrics
+    finish(
+        &prepared.task,
+        prepared.num_fewshot,
+        prepared.n_original,
+        samples,
+        start,
+    )
+}
+
+/// A `generate_until` task: greedy generations, each filter's answer, exact match.
+fn run_generation(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prepared: Prepared,
+    opts: &EvalOptions,
+    mut progress: impl FnMut(usize, usize),
+    start: std::time::Instant,
+) -> Result<TaskResult> {
+    let task = &prepared.task;
+    let err = |msg: String| Error::Task {
+        task: task.task.clone(),
+        msg,
+    };
+    if let Some(m) = task.metrics.iter().find(|m| m.as_str() != "exact_match") {
+        return Err(err(format!(
+            "metric {m:?} is not supported for generate_until"
+        )));
+    }
+    let contexts: Vec<String> = prepared
+        .requests
+        .iter()
+        .map(|r| r.arguments.first().map(|a| a.0.clone()).unwrap_or_default())
+        .collect();
+    let total = contexts.len();
+    let generated = generation::generate(
+        model,
+        tokenizer,
+        &contexts,
+        &task.generation,
+        opts.max_len,
+        opts.batch_size,
+        |d| progress(d, total),
+    )?;
+    let mut samples = Vec::with_capacity(total);
+    for (req, text) in prepared.requests.into_iter().zip(generated) {
+        let targets: Vec<String> = match &req.target {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            other => vec![other.to_string()],
+        };
+        let mut filtered = Vec::new();
+        let mut m = Vec::new();
+        for f in &task.filters {
+            let answer = f.apply(std::slice::from_ref(&text)).map_err(err)?;
+            let mut hit = 0.0;
+            for t in &targets {
+                hit = f64::max(hit, task.exact_match.score(&answer, t).map_err(err)?);
+            }
+            if !task.metrics.is_empty() {
+                m.push((
+                    format!("exact_match,{}", f.name),
+                    metrics::Value::Scalar(hit),
+                ));
+            }
+            filtered.push((f.name.clone(), answer));
+        }
+        samples.push(Sample {
+            requests: req,
+            scored: Vec::new(),
+            generated: Some(text),
+            filtered,
+            metrics: m,
+        });
+    }
+    finish(
+        task,
+        prepared.num_fewshot,
+        prepared.n_original,
+        samples,
+        start,
+    )
+}
+
+/// Aggregates per-document metric values into the task's result.
+fn finish(
+    task: &TaskConfig,
+    num_fewshot: usize,
+    n_original: usize,
+    samples: Vec<Sample>,
+    start: std::time::Instant,
+) -> Result<TaskResult> {
+    let names: Vec<String> = samples
+        .first()
+        .map(|s| s.metrics.iter().map(|m| m.0.clone()).collect())
+        .unwrap_or_default();
+    let metrics = names
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let values: Vec<f64> = samples.iter().map(|s| s.metrics[i].1).collect();
-            (name.clone(), metrics::aggregate(name, &values))
+            let values: Vec<metrics::Value> = samples.iter().map(|s| s.metrics[i].1).collect();
+            let metric = name.split(',').next().unwrap_or(name);
+            (name.clone(), metrics::aggregate_values(metric, &values))
         })
         .collect();
     Ok(TaskResult {
         task: task.task.clone(),
-        num_fewshot: prepared.num_fewshot,
-        n_original: prepared.n_original,
+        num_fewshot,
+        n_original,
         n_effective: samples.len(),
         metrics,
         samples,

@@ -26,6 +26,8 @@ pub struct DocRequests {
     /// Index of the right choice (several for multi-target tasks); empty when the target is
     /// not among the choices (scored wrong, as the harness's -100).
     pub gold: Vec<usize>,
+    /// `generate_until`: the generation settings, logged as the request's second argument.
+    pub generation: Option<Value>,
 }
 
 /// What `doc_to_text` gives: a prompt, or for multiple-input tasks (Winogrande) the index
@@ -265,7 +267,10 @@ impl<'a> Formatter<'a> {
                 (vec![(String::new(), t.clone())], Vec::new())
             }
             OutputType::GenerateUntil => {
-                return Err("generate_until tasks are not supported yet".into())
+                let Text::Prompt(q) = text else {
+                    return Err("doc_to_text must give text".into());
+                };
+                (vec![(format!("{ctx}{q}"), String::new())], Vec::new())
             }
         };
         Ok(DocRequests {
@@ -275,6 +280,8 @@ impl<'a> Formatter<'a> {
             arguments,
             choices,
             gold,
+            generation: (self.task.output_type == OutputType::GenerateUntil)
+                .then(|| self.task.generation.to_json()),
         })
     }
 }

@@ -7,22 +7,63 @@ use serde_json::{json, Map, Value};
 use super::metrics::{self, pool, Aggregate};
 use super::TaskResult;
 
-/// One document as the harness logs it.
-pub fn sample_json(s: &super::Sample) -> Value {
+/// One document as the harness logs it: one line, or for a generation task one line per
+/// filter.
+pub fn sample_lines(s: &super::Sample) -> Vec<Value> {
     let r = &s.requests;
     let mut arguments = Map::new();
     for (i, (ctx, cont)) in r.arguments.iter().enumerate() {
+        let second = r.generation.clone().unwrap_or_else(|| json!(cont));
         arguments.insert(
             format!("gen_args_{i}"),
-            json!({"arg_0": ctx, "arg_1": cont}),
+            json!({"arg_0": ctx, "arg_1": second}),
         );
     }
+    let base = |filter: &str| {
+        let mut out = Map::new();
+        out.insert("doc_id".into(), json!(r.doc_id));
+        out.insert("doc".into(), Value::Object(r.doc.clone()));
+        out.insert("target".into(), r.target.clone());
+        out.insert("arguments".into(), Value::Object(arguments.clone()));
+        out.insert("filter".into(), json!(filter));
+        out
+    };
+    let metric_json = |v: &super::metrics::Value| match v {
+        super::metrics::Value::Scalar(x) => json!(x),
+        super::metrics::Value::Weighted(x, w) => json!([x, w]),
+    };
+    if let Some(text) = &s.generated {
+        return s
+            .filtered
+            .iter()
+            .map(|(filter, answer)| {
+                let mut out = base(filter);
+                out.insert("resps".into(), json!([[text]]));
+                out.insert("filtered_resps".into(), json!([answer]));
+                let mine: Vec<_> = s
+                    .metrics
+                    .iter()
+                    .filter(|(name, _)| name.split_once(',').is_some_and(|(_, f)| f == filter))
+                    .collect();
+                out.insert(
+                    "metrics".into(),
+                    json!(mine
+                        .iter()
+                        .map(|(n, _)| n.split(',').next().unwrap_or(n))
+                        .collect::<Vec<_>>()),
+                );
+                for (name, v) in mine {
+                    out.insert(
+                        name.split(',').next().unwrap_or(name).to_string(),
+                        metric_json(v),
+                    );
+                }
+                Value::Object(out)
+            })
+            .collect();
+    }
     let pair = |x: &super::Scored| json!([py_float(x.loglikelihood), py_bool(x.is_greedy)]);
-    let mut out = Map::new();
-    out.insert("doc_id".into(), json!(r.doc_id));
-    out.insert("doc".into(), Value::Object(r.doc.clone()));
-    out.insert("target".into(), r.target.clone());
-    out.insert("arguments".into(), Value::Object(arguments));
+    let mut out = base("none");
     out.insert(
         "resps".into(),
         Value::Array(s.scored.iter().map(|x| json!([pair(x)])).collect()),
@@ -31,15 +72,14 @@ pub fn sample_json(s: &super::Sample) -> Value {
         "filtered_resps".into(),
         Value::Array(s.scored.iter().map(pair).collect()),
     );
-    out.insert("filter".into(), json!("none"));
     out.insert(
         "metrics".into(),
         json!(s.metrics.iter().map(|m| &m.0).collect::<Vec<_>>()),
     );
     for (name, v) in &s.metrics {
-        out.insert(name.clone(), json!(v));
+        out.insert(name.clone(), metric_json(v));
     }
-    Value::Object(out)
+    vec![Value::Object(out)]
 }
 
 /// A group row: MMLU's subjects pooled.
@@ -77,7 +117,10 @@ pub fn results_json(tasks: &[TaskResult], groups: &[Group], config: Value) -> Va
             Value::Object(
                 t.metrics
                     .iter()
-                    .map(|(m, _)| (m.clone(), json!(metrics::higher_is_better(m))))
+                    .map(|(m, _)| {
+                        let metric = split_filter(m).0;
+                        (metric.to_string(), json!(metrics::higher_is_better(metric)))
+                    })
                     .collect(),
             ),
         );
@@ -131,13 +174,20 @@ fn metric_fields(alias: &str, metrics: &[(String, Aggregate)]) -> Map<String, Va
     let mut m = Map::new();
     m.insert("alias".into(), json!(alias));
     for (name, a) in metrics {
-        m.insert(format!("{name},none"), json!(a.value));
+        let (metric, filter) = split_filter(name);
+        m.insert(format!("{metric},{filter}"), json!(a.value));
         m.insert(
-            format!("{name}_stderr,none"),
+            format!("{metric}_stderr,{filter}"),
             a.stderr.map_or(json!("N/A"), |s| json!(s)),
         );
     }
     m
+}
+
+/// `exact_match,strict-match` -> (exact_match, strict-match); a plain name's filter is
+/// `none`.
+fn split_filter(name: &str) -> (&str, &str) {
+    name.split_once(',').unwrap_or((name, "none"))
 }
 
 /// The harness's results table (`make_table`).
@@ -152,13 +202,13 @@ pub fn table(tasks: &[TaskResult], groups: &[Group]) -> String {
                     String::new()
                 },
                 if i == 0 { "1".into() } else { String::new() },
-                if i == 0 { "none".into() } else { String::new() },
+                split_filter(m).1.to_string(),
                 if i == 0 {
                     shots.to_string()
                 } else {
                     String::new()
                 },
-                m.clone(),
+                split_filter(m).0.to_string(),
                 if metrics::higher_is_better(m) {
                     "↑".into()
                 } else {

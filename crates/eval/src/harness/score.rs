@@ -60,6 +60,44 @@ pub fn encode_pair(tok: &Tokenizer, context: &str, continuation: &str) -> Tokens
     }
 }
 
+/// A text cut into the harness's rolling windows (`get_rolling_token_windows` with
+/// `context_len=1`, then `make_disjoint_window`): the first window predicts the first
+/// `max_len` tokens after the BOS (else EOS) token, each later one the next `max_len` with
+/// as much preceding text as fits. Summed, their log-likelihoods are the text's.
+pub fn rolling_windows(tok: &Tokenizer, text: &str, max_len: usize) -> Vec<Tokens> {
+    let tokens = tok.encode(text, true, true);
+    let prefix = tok.bos().or(tok.eos()).unwrap_or(0);
+    token_windows(&tokens, prefix, max_len)
+}
+
+/// [`rolling_windows`] of a token list.
+pub fn token_windows(tokens: &[u32], prefix: u32, max_len: usize) -> Vec<Tokens> {
+    let max_len = max_len.max(1);
+    let mut out = Vec::new();
+    if tokens.is_empty() {
+        return out;
+    }
+    let first = max_len.min(tokens.len());
+    out.push(Tokens {
+        context: vec![prefix],
+        continuation: tokens[..first].to_vec(),
+    });
+    let mut predicted = first;
+    while predicted < tokens.len() {
+        let n = (tokens.len() - predicted).min(max_len);
+        let end = predicted + n;
+        // Input tokens[end - max_len - 1 .. end - 1]; the context is its part before the
+        // predicted tokens.
+        let start = end.saturating_sub(max_len + 1);
+        out.push(Tokens {
+            context: tokens[start..end - n].to_vec(),
+            continuation: tokens[end - n..end].to_vec(),
+        });
+        predicted = end;
+    }
+    out
+}
+
 /// The log-likelihood of a continuation and whether greedy decoding would produce it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scored {
@@ -239,4 +277,28 @@ fn log_prob(logits: &[f32], target: u32) -> (f64, bool) {
         .get(target as usize)
         .map_or(f64::NEG_INFINITY, |&x| x as f64 - max64 - sum.ln());
     (lp, best == target as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolling_windows_are_the_harness_windows() {
+        // lm_eval.utils: [make_disjoint_window(w) for w in
+        //   get_rolling_token_windows(list(range(10)), -1, 4, 1)] with -1 read as 99.
+        let w = token_windows(&(0..10).collect::<Vec<_>>(), 99, 4);
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> =
+            w.into_iter().map(|t| (t.context, t.continuation)).collect();
+        assert_eq!(
+            pairs,
+            [
+                (vec![99], vec![0, 1, 2, 3]),
+                (vec![3], vec![4, 5, 6, 7]),
+                (vec![5, 6, 7], vec![8, 9])
+            ]
+        );
+        assert_eq!(token_windows(&[0, 1, 2], 99, 4).len(), 1);
+        assert!(token_windows(&[], 99, 4).is_empty());
+    }
 }

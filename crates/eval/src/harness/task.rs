@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value as Yaml;
 
+use super::generation::{filters_from_yaml, ExactMatch, Filter, Generation, Step};
 use super::metrics;
 use crate::error::{Error, Result};
 
@@ -75,8 +76,12 @@ pub struct TaskConfig {
     pub output_type: OutputType,
     /// Metric names in the order listed (`acc`, `acc_norm`, ...).
     pub metrics: Vec<String>,
-    /// `generation_kwargs.until` for `generate_until`.
-    pub until: Vec<String>,
+    /// `generation_kwargs` for `generate_until`.
+    pub generation: Generation,
+    /// `filter_list` (`generate_until`): each filter's answers are scored on their own.
+    pub filters: Vec<Filter>,
+    /// The options of `exact_match` in `metric_list`.
+    pub exact_match: ExactMatch,
 }
 
 impl TaskConfig {
@@ -114,9 +119,6 @@ impl TaskConfig {
             if get(unsupported).is_some() {
                 return Err(format!("`{unsupported}` is not supported"));
             }
-        }
-        if get("filter_list").is_some() {
-            return Err("`filter_list` is not supported yet".into());
         }
         let task = string("task")?.ok_or("`task` (the task's name) is missing")?;
         let dataset_path = string("dataset_path")?.ok_or("`dataset_path` is missing")?;
@@ -180,13 +182,15 @@ impl TaskConfig {
             Some(_) => return Err("`process_docs` must be a `!function`".into()),
         };
         let fewshot_delimiter = string("fewshot_delimiter")?.unwrap_or_else(|| "\n\n".into());
-        let until = match get("generation_kwargs").and_then(|g| g.get("until")) {
-            Some(Yaml::Sequence(s)) => s
+        let generation = Generation::from_yaml(get("generation_kwargs"), &fewshot_delimiter)?;
+        let filters = filters_from_yaml(get("filter_list"))?;
+        let exact_match = match get("metric_list") {
+            Some(Yaml::Sequence(items)) => items
                 .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            Some(Yaml::String(s)) => vec![s.clone()],
-            _ => vec![fewshot_delimiter.clone()],
+                .find(|m| m.get("metric").and_then(Yaml::as_str) == Some("exact_match"))
+                .map(ExactMatch::from_yaml)
+                .unwrap_or_default(),
+            _ => ExactMatch::default(),
         };
         Ok(Self {
             task,
@@ -210,7 +214,9 @@ impl TaskConfig {
                 .map(|n| n as usize),
             output_type,
             metrics,
-            until,
+            generation,
+            filters,
+            exact_match,
         })
     }
 
@@ -322,6 +328,40 @@ impl TaskConfig {
                 "  - metric: {m}\n    aggregation: {agg}\n    higher_is_better: {}\n",
                 metrics::higher_is_better(m)
             ));
+            if m == "exact_match" {
+                let e = &self.exact_match;
+                out.push_str(&format!(
+                    "    ignore_case: {}\n    ignore_punctuation: {}\n    regexes_to_ignore: [{}]\n",
+                    e.ignore_case,
+                    e.ignore_punctuation,
+                    e.regexes_to_ignore.iter().map(|r| q(r)).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        if self.output_type == OutputType::GenerateUntil {
+            let g = &self.generation;
+            out.push_str(&format!(
+                "generation_kwargs:\n  until: [{}]\n  do_sample: false\n  temperature: 0.0\n  max_gen_toks: {}\n",
+                g.until.iter().map(|u| q(u)).collect::<Vec<_>>().join(", "),
+                g.max_gen_toks
+            ));
+            out.push_str("filter_list:\n");
+            for f in &self.filters {
+                out.push_str(&format!("  - name: {}\n    filter:\n", q(&f.name)));
+                for step in &f.steps {
+                    match step {
+                        Step::Regex { pattern, group_select, fallback } => out.push_str(&format!(
+                            "      - function: regex\n        regex_pattern: {}\n        group_select: {group_select}\n        fallback: {}\n",
+                            q(pattern),
+                            q(fallback)
+                        )),
+                        Step::TakeFirst => out.push_str("      - function: take_first\n"),
+                        Step::Lowercase => out.push_str("      - function: lowercase\n"),
+                        Step::Uppercase => out.push_str("      - function: uppercase\n"),
+                        Step::RemoveWhitespace => out.push_str("      - function: remove_whitespace\n"),
+                    }
+                }
+            }
         }
         out
     }
