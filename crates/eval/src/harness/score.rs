@@ -16,6 +16,7 @@
 use ferrollama_model::llama::{Cache, SeqBatch};
 use ferrollama_model::Llama;
 use ferrollama_tokenizer::Tokenizer;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -227,12 +228,21 @@ fn score_batch(model: &Llama, docs: &[Vec<Tokens>], max_len: usize) -> Result<Ve
         .collect();
     let mut refs: Vec<&mut Cache> = run_caches.iter_mut().collect();
     let rows = model.forward_batch(&seqs, &mut refs)?;
+    // Each row's log-softmax is a pass over the vocabulary: rows in parallel, summed per
+    // request in order afterwards (the same sums for any thread count).
+    let targets: Vec<u32> = runs
+        .iter()
+        .flat_map(|&(_, d, r)| conts[d][r][1..].iter().copied())
+        .collect();
+    let probs: Vec<(f64, bool)> = (0..targets.len())
+        .into_par_iter()
+        .map(|i| log_prob(rows.row(i), targets[i]))
+        .collect();
     let mut row = 0;
     for &(_, d, r) in &runs {
-        let c = &conts[d][r];
         let s = &mut results[d][r];
-        for &t in &c[1..] {
-            let (lp, greedy) = log_prob(rows.row(row), t);
+        for _ in 1..conts[d][r].len() {
+            let (lp, greedy) = probs[row];
             s.loglikelihood += lp;
             s.is_greedy &= greedy;
             row += 1;
