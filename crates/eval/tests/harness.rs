@@ -126,30 +126,7 @@ fn shared_context_scoring_equals_scoring_from_scratch() {
     let shared = score::score(&b.model, &tokens, 2048, 4, |_| {}).unwrap();
     for (doc, scored) in tokens.iter().zip(&shared) {
         for (t, s) in doc.iter().zip(scored) {
-            // The whole input in one pass from an empty cache, as the harness feeds it.
-            let input: Vec<u32> = t
-                .context
-                .iter()
-                .chain(&t.continuation[..t.continuation.len() - 1])
-                .copied()
-                .collect();
-            let mut cache = b.model.new_cache(input.len());
-            let logits = b
-                .model
-                .forward(&input, &mut cache, t.continuation.len())
-                .unwrap();
-            let mut ll = 0f64;
-            for (i, &tok) in t.continuation.iter().enumerate() {
-                let row = logits.row(i);
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-                let lse = max
-                    + row
-                        .iter()
-                        .map(|&x| (x as f64 - max).exp())
-                        .sum::<f64>()
-                        .ln();
-                ll += row[tok as usize] as f64 - lse;
-            }
+            let ll = from_scratch(&b, &t.context, &t.continuation);
             assert!(
                 (ll - s.loglikelihood).abs() < 1e-3,
                 "{ll} vs {}",
@@ -266,6 +243,34 @@ fn task_files_with_includes_and_local_data() {
     assert!(harness::load_task("no_such_task").is_err());
 }
 
+/// The summed log-probability of `continuation` after `context`, the whole input in one
+/// pass from an empty cache, as the harness feeds it; the log-softmax in f64.
+fn from_scratch(b: &Bundle, context: &[u32], continuation: &[u32]) -> f64 {
+    let input: Vec<u32> = context
+        .iter()
+        .chain(&continuation[..continuation.len() - 1])
+        .copied()
+        .collect();
+    let mut cache = b.model.new_cache(input.len());
+    let logits = b
+        .model
+        .forward(&input, &mut cache, continuation.len())
+        .unwrap();
+    let mut ll = 0f64;
+    for (i, &tok) in continuation.iter().enumerate() {
+        let row = logits.row(i);
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+        let lse = max
+            + row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        ll += row[tok as usize] as f64 - lse;
+    }
+    ll
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -317,23 +322,7 @@ fn rolling_loglikelihood_sums_its_windows() {
     assert!(ll < 0.0 && ll8 < 0.0 && ll8 <= ll + 1e-6, "{ll} vs {ll8}");
     // From scratch: the BOS, then every token predicted from everything before it.
     let tokens = b.tokenizer.encode(text, true, true);
-    let input: Vec<u32> = std::iter::once(b.tokenizer.bos().unwrap())
-        .chain(tokens[..tokens.len() - 1].iter().copied())
-        .collect();
-    let mut cache = b.model.new_cache(input.len());
-    let logits = b.model.forward(&input, &mut cache, input.len()).unwrap();
-    let mut want = 0f64;
-    for (i, &t) in tokens.iter().enumerate() {
-        let row = logits.row(i);
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-        want += row[t as usize] as f64
-            - max
-            - row
-                .iter()
-                .map(|&x| (x as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
-    }
+    let want = from_scratch(&b, &[b.tokenizer.bos().unwrap()], &tokens);
     assert!((want - ll).abs() < 1e-3, "{want} vs {ll}");
     let words = 21.0;
     let wp = r
