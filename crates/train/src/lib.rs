@@ -14,6 +14,7 @@ pub mod optim;
 pub mod plot;
 pub mod sample;
 pub mod schedule;
+pub mod sft;
 pub mod tokenizer_file;
 pub mod trainer;
 

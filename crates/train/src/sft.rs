@@ -1,0 +1,199 @@
+//! Supervised fine-tuning data: conversations in the common shapes, read from JSON Lines
+//! (or one JSON array) and turned into messages; rendered with the model's chat format into
+//! tokens with the assistant's marked (`ChatFormat::encode_for_training`), and shown with the
+//! scored text marked, so a user sees what is learned.
+//!
+//! Shapes: `{"messages": [{"role", "content"}, ...]}` (roles system, user, assistant);
+//! `{"prompt", "completion"}`; `{"instruction", "input", "output"}` (Alpaca's; the input,
+//! when not empty, follows the instruction after a blank line). Training itself (packing,
+//! the masked loss) is not built yet.
+
+use std::path::Path;
+
+use ferrollama_generate::chat::TrainingSample;
+use ferrollama_generate::Message;
+use ferrollama_tokenizer::Tokenizer;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The messages of one record, whichever shape it has.
+pub fn messages_from_record(v: &Value) -> std::result::Result<Vec<Message>, String> {
+    let text = |k: &str| -> std::result::Result<Option<&str>, String> {
+        match v.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(format!("`{k}` must be a string")),
+        }
+    };
+    if let Some(list) = v.get("messages") {
+        let list = list.as_array().ok_or("`messages` must be a list")?;
+        let mut out = Vec::with_capacity(list.len());
+        for (i, m) in list.iter().enumerate() {
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("message {} has no `role`", i + 1))?;
+            if !matches!(role, "system" | "user" | "assistant") {
+                return Err(format!(
+                    "message {} has the role {role:?} (system, user or assistant)",
+                    i + 1
+                ));
+            }
+            let content = m
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("message {} has no text `content`", i + 1))?;
+            out.push(Message::new(role, content));
+        }
+        if !out.iter().any(|m| m.role == "assistant") {
+            return Err("no assistant message: nothing to learn".into());
+        }
+        return Ok(out);
+    }
+    if let (Some(p), Some(c)) = (text("prompt")?, text("completion")?) {
+        return Ok(vec![Message::new("user", p), Message::new("assistant", c)]);
+    }
+    if let (Some(i), Some(o)) = (text("instruction")?, text("output")?) {
+        let user = match text("input")? {
+            Some(input) if !input.trim().is_empty() => format!("{i}\n\n{input}"),
+            _ => i.to_string(),
+        };
+        return Ok(vec![
+            Message::new("user", &user),
+            Message::new("assistant", o),
+        ]);
+    }
+    Err("a record needs `messages`, `prompt` + `completion`, or `instruction` + `output`".into())
+}
+
+/// Every conversation of a data file: JSON Lines, or one JSON array of records. Errors name
+/// the file and line.
+pub fn read_conversations(path: &Path) -> Result<Vec<Vec<Message>>> {
+    let err = |msg: String| Error::Config(format!("{}: {msg}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| err(format!("not valid UTF-8 ({e})")))?;
+    let trimmed = text.trim_start();
+    let records: Vec<(usize, Value)> = if trimmed.starts_with('[') {
+        let all: Vec<Value> =
+            serde_json::from_str(trimmed).map_err(|e| err(format!("not a JSON array: {e}")))?;
+        all.into_iter()
+            .enumerate()
+            .map(|(i, v)| (i + 1, v))
+            .collect()
+    } else {
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v = serde_json::from_str(line).map_err(|e| err(format!("line {}: {e}", i + 1)))?;
+            out.push((i + 1, v));
+        }
+        out
+    };
+    if records.is_empty() {
+        return Err(err("holds no records".into()));
+    }
+    records
+        .into_iter()
+        .map(|(n, v)| messages_from_record(&v).map_err(|m| err(format!("record {n}: {m}"))))
+        .collect()
+}
+
+/// The conversation's text with the scored (learned) parts between `[[` and `]]`.
+pub fn show_mask(tok: &Tokenizer, s: &TrainingSample) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < s.tokens.len() {
+        let on = s.scored[i];
+        let j = (i..s.tokens.len())
+            .find(|&k| s.scored[k] != on)
+            .unwrap_or(s.tokens.len());
+        let text = tok.decode_lossy(&s.tokens[i..j], false).unwrap_or_default();
+        if on {
+            out.push_str("[[");
+            out.push_str(&text);
+            out.push_str("]]");
+        } else {
+            out.push_str(&text);
+        }
+        i = j;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_shape_becomes_messages() {
+        let m = messages_from_record(&json!({"prompt": "2+2?", "completion": "4"})).unwrap();
+        assert_eq!(
+            m,
+            [Message::new("user", "2+2?"), Message::new("assistant", "4")]
+        );
+        let m = messages_from_record(
+            &json!({"instruction": "Add.", "input": "2 and 2", "output": "4"}),
+        )
+        .unwrap();
+        assert_eq!(m[0].content, "Add.\n\n2 and 2");
+        let m =
+            messages_from_record(&json!({"instruction": "Say hi.", "input": "", "output": "hi"}))
+                .unwrap();
+        assert_eq!(m[0].content, "Say hi.");
+        let m = messages_from_record(&json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})).unwrap();
+        assert_eq!(m.len(), 2);
+        assert!(
+            messages_from_record(&json!({"messages": [{"role": "user", "content": "a"}]}))
+                .unwrap_err()
+                .contains("nothing to learn")
+        );
+        assert!(
+            messages_from_record(&json!({"messages": [{"role": "tool", "content": "a"}]})).is_err()
+        );
+        assert!(messages_from_record(&json!({"text": "x"})).is_err());
+        assert!(messages_from_record(&json!({"prompt": 3, "completion": "x"})).is_err());
+    }
+
+    #[test]
+    fn the_mask_shows_what_is_learned() {
+        let tok = Tokenizer::from_gguf_path(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/data/tiny/tiny-260k-q8_0.gguf"
+        ))
+        .unwrap();
+        let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let f = ferrollama_generate::ChatFormat::Template(chatml.into());
+        let m = messages_from_record(&json!({"prompt": "Hi?", "completion": "Hello."})).unwrap();
+        let s = f.encode_for_training(&m, &tok).unwrap();
+        let shown = show_mask(&tok, &s);
+        assert!(
+            shown.ends_with("<|im_start|>assistant\n[[Hello.<|im_end|>\n]]"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("[[").count(), 1);
+    }
+
+    #[test]
+    fn files_report_the_bad_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        std::fs::write(
+            &p,
+            "{\"prompt\": \"a\", \"completion\": \"b\"}\n\n{\"prompt\": \"a\"}\n",
+        )
+        .unwrap();
+        let e = read_conversations(&p).unwrap_err().to_string();
+        assert!(e.contains("record 3"), "{e}");
+        std::fs::write(&p, "[{\"prompt\": \"a\", \"completion\": \"b\"}]").unwrap();
+        assert_eq!(read_conversations(&p).unwrap().len(), 1);
+        std::fs::write(&p, [0xff, 0xfe]).unwrap();
+        assert!(read_conversations(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("UTF-8"));
+    }
+}
