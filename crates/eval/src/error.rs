@@ -19,12 +19,9 @@ pub enum Error {
         needed: usize,
         n_ctx: usize,
     },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// (The cause is in the message, not chained, so it is printed once.)
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     /// A data file that cannot be read as documents.
     #[error("{path}: {msg}")]
     Data { path: String, msg: String },

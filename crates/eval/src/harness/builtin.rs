@@ -180,7 +180,7 @@ filter_list:
     ),
     (
         "lambada",
-        "oe_eval_tasks/lambada",
+        "oe_eval_tasks/lambada/bpb_0shot",
         r#"
 output_type: loglikelihood
 test_split: test

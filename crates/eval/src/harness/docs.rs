@@ -179,9 +179,9 @@ fn float(x: f64) -> Value {
     serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
-fn io(path: &Path, source: std::io::Error) -> Error {
+fn io(path: &Path, cause: std::io::Error) -> Error {
     Error::Io {
         path: path.display().to_string(),
-        source,
+        cause,
     }
 }

@@ -375,7 +375,7 @@ pub fn load_task(name_or_file: &str) -> Result<Vec<TaskConfig>> {
 pub fn export(task: &TaskConfig, opts: &EvalOptions, dir: &Path, name: &str) -> Result<PathBuf> {
     let io = |p: &Path, e: std::io::Error| Error::Io {
         path: p.display().to_string(),
-        source: e,
+        cause: e,
     };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let mut splits: Vec<&str> = Vec::new();

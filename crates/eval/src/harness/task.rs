@@ -453,7 +453,7 @@ fn read_with_includes(path: &Path, depth: usize) -> Result<Yaml> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
         path: path.display().to_string(),
-        source: e,
+        cause: e,
     })?;
     let value: Yaml = serde_yaml::from_str(&text).map_err(|e| config_error(path, e.to_string()))?;
     let Yaml::Mapping(mut map) = value else {
