@@ -80,7 +80,7 @@ pub fn run(a: Args) -> Result<()> {
             olmo_root,
         };
         for t in &tasks {
-            let path = harness::export(t, &opts, dir, &format!("fl_{}", t.task))?;
+            let path = harness::export::export(t, &opts, dir, &format!("fl_{}", t.task))?;
             println!("{}", path.display());
         }
         return Ok(());

@@ -5,6 +5,7 @@
 
 pub mod builtin;
 pub mod docs;
+pub mod export;
 pub mod generation;
 pub mod metrics;
 pub mod prompt;
@@ -293,7 +294,7 @@ fn finish(
 }
 
 /// The documents of one split, after the task's `process_docs`.
-fn load_split(task: &TaskConfig, split: &str, opts: &EvalOptions) -> Result<Vec<Doc>> {
+pub(crate) fn load_split(task: &TaskConfig, split: &str, opts: &EvalOptions) -> Result<Vec<Doc>> {
     let path = split_path(task, split, opts)?;
     let docs = docs::load(&path)?;
     match &task.process_docs {
@@ -366,48 +367,4 @@ pub fn load_task(name_or_file: &str) -> Result<Vec<TaskConfig>> {
                 + ", mmlu_<subject>"
         ),
     })
-}
-
-/// Writes a task as plain files lm-evaluation-harness reads: its documents as JSON Lines
-/// (after `process_docs`, which the written task then leaves out) and a task file with
-/// `dataset_path: json` naming them, under the name `name`. Both tools then read the
-/// same file. Returns the task file's path.
-pub fn export(task: &TaskConfig, opts: &EvalOptions, dir: &Path, name: &str) -> Result<PathBuf> {
-    let io = |p: &Path, e: std::io::Error| Error::Io {
-        path: p.display().to_string(),
-        cause: e,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let mut splits: Vec<&str> = Vec::new();
-    for s in [task.eval_split(), task.fewshot_source()]
-        .into_iter()
-        .flatten()
-    {
-        if !splits.contains(&s) {
-            splits.push(s);
-        }
-    }
-    let mut files = std::collections::BTreeMap::new();
-    for split in splits {
-        let docs = load_split(task, split, opts)?;
-        let file = format!("{name}.{split}.jsonl");
-        let path = dir.join(&file);
-        let mut text = String::new();
-        for d in &docs {
-            text.push_str(&serde_json::to_string(d).map_err(|e| Error::Data {
-                path: path.display().to_string(),
-                msg: e.to_string(),
-            })?);
-            text.push('\n');
-        }
-        std::fs::write(&path, text).map_err(|e| io(&path, e))?;
-        files.insert(split.to_string(), dir.join(file));
-    }
-    let mut t = task.clone();
-    t.task = name.to_string();
-    t.dataset = Dataset::Files(files);
-    t.process_docs = None;
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, t.to_yaml()).map_err(|e| io(&path, e))?;
-    Ok(path)
 }

