@@ -78,6 +78,7 @@ def main():
     ap.add_argument("--shots", default="0,5")
     ap.add_argument("--limit", default="hellaswag=500", help="task=N,...")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--fresh", action="store_true", help="drop the rows of earlier runs of the same day")
     args = ap.parse_args()
     limits = dict((k, int(v)) for k, v in (p.split("=") for p in args.limit.split(",") if p))
     ensure_venv()
@@ -127,6 +128,13 @@ def main():
     report = {"date": datetime.date.today().isoformat(), "cpu": cpu, "lm_eval": lm_eval_version(),
               "model": "SmolLM2-135M-Instruct, f32 Hugging Face directory from ferrollama convert",
               "rows": rows}
+    out = REPO / "benches/results" / f"{report['date']}-lm-eval"
+    # Rows of earlier runs the same day (other tasks, shot counts or limits) are kept.
+    if out.with_suffix(".json").exists() and not args.fresh:
+        old = json.loads(out.with_suffix(".json").read_text())
+        keys = {(r["task"], r["shots"], r["docs"]) for r in rows}
+        report["rows"] = [r for r in old["rows"] if (r["task"], r["shots"], r["docs"]) not in keys] + rows
+    rows = report["rows"]
     lines = [f"# ferrollama eval vs lm-evaluation-harness {report['lm_eval']} ({report['date']})", "",
              f"CPU: {cpu}. Model: {report['model']}; both tools on the same exported task files.", "",
              "| task | shots | docs | same prompts | max abs ll diff | docs differing | ferrollama | lm-eval | s (ours / lm-eval) |",
@@ -138,7 +146,6 @@ def main():
                      f"{diffs} | {fmt(r['ours'])} | {fmt(r['lm_eval'])} | {r['seconds']['ferrollama']} / {r['seconds']['lm_eval']} |")
     md = "\n".join(lines) + "\n"
     print(md)
-    out = REPO / "benches/results" / f"{report['date']}-lm-eval"
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(md)
 
