@@ -72,12 +72,7 @@ fn llama2_tokens(messages: &[Message], tok: &Tokenizer) -> Result<Vec<u32>> {
     if dialog.last().is_none_or(|m| m.role != "user") {
         return Err(Error::Input("the last message must be the user's".into()));
     }
-    let bos = tok
-        .bos()
-        .ok_or_else(|| Error::Input("the vocabulary has no BOS token".into()))?;
-    let eos = tok
-        .eos()
-        .ok_or_else(|| Error::Input("the vocabulary has no EOS token".into()))?;
+    let (bos, eos) = bos_eos(tok)?;
     let mut ids = Vec::new();
     for pair in dialog.chunks(2) {
         ids.push(bos);
@@ -100,6 +95,17 @@ fn llama2_tokens(messages: &[Message], tok: &Tokenizer) -> Result<Vec<u32>> {
         }
     }
     Ok(ids)
+}
+
+/// The BOS and EOS ids Llama 2's format puts around each pair.
+fn bos_eos(tok: &Tokenizer) -> Result<(u32, u32)> {
+    let bos = tok
+        .bos()
+        .ok_or_else(|| Error::Input("the vocabulary has no BOS token".into()))?;
+    let eos = tok
+        .eos()
+        .ok_or_else(|| Error::Input("the vocabulary has no EOS token".into()))?;
+    Ok((bos, eos))
 }
 
 /// Llama 2's turns: the system prompt folded into the first user turn, then user and
@@ -272,12 +278,7 @@ fn template_training(
 
 fn llama2_training(messages: &[Message], tok: &Tokenizer) -> Result<TrainingSample> {
     let dialog = llama2_dialog(messages)?;
-    let bos = tok
-        .bos()
-        .ok_or_else(|| Error::Input("the vocabulary has no BOS token".into()))?;
-    let eos = tok
-        .eos()
-        .ok_or_else(|| Error::Input("the vocabulary has no EOS token".into()))?;
+    let (bos, eos) = bos_eos(tok)?;
     let mut out = TrainingSample {
         tokens: Vec::new(),
         scored: Vec::new(),
