@@ -47,6 +47,12 @@ pub enum Error {
     /// A forward pass with nothing to run.
     #[error("no tokens to run")]
     NoTokens,
+    /// A training batch whose packing (sample starts) does not fit its rows.
+    #[error("packed batch: {0}")]
+    Packing(String),
+    /// A loss over a selection of tokens that selects none, or one outside the batch.
+    #[error("loss: {0}")]
+    Scoring(String),
     /// A batched forward pass whose sequences and caches do not pair up.
     #[error("{sequences} sequences for {caches} caches")]
     BatchMismatch { sequences: usize, caches: usize },

@@ -19,6 +19,7 @@ use crate::hf::{permute_rope_rows, RopeLayout};
 use crate::layout::{self, Part, TensorSpec};
 use crate::ops::fused::{CausalAttention, CrossEntropy};
 use crate::ops::rope_heads::RopeHeads;
+use crate::packing::Packing;
 use crate::weights::WeightSource;
 
 /// The weights of one block, one field per [`Part`] of a block, as [`crate::Llama`]'s
@@ -195,15 +196,53 @@ impl TrainableLlama {
     /// Logits (b, t, vocab) for token ids (b, t), causal attention within each row.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
-        let x = self.final_hidden(tokens)?;
+        let x = self.final_hidden(tokens, None)?;
         Ok(linear(&x, self.head())?.reshape((b, t, self.config.vocab_size))?)
+    }
+
+    /// Logits (b, t, vocab) for token ids (b, t) holding the samples `packing` places:
+    /// positions restart and attention stays within each sample.
+    pub fn forward_packed(&self, tokens: &Tensor, packing: &Packing) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let x = self.final_hidden(tokens, Some(packing))?;
+        Ok(linear(&x, self.head())?.reshape((b, t, self.config.vocab_size))?)
+    }
+
+    /// Mean next-token loss over some tokens of a packed batch: `scored` are indices into
+    /// its b * t tokens (row-major), `targets` the id each must predict. Tokens outside
+    /// `scored` (prompts, the last token of each sample, padding) add nothing, and the
+    /// head is computed for the scored rows alone.
+    pub fn loss_on(
+        &self,
+        tokens: &Tensor,
+        packing: &Packing,
+        scored: &[u32],
+        targets: &[u32],
+    ) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        if scored.is_empty() || scored.len() != targets.len() {
+            return Err(Error::Scoring(format!(
+                "{} scored tokens with {} targets; a batch needs at least one",
+                scored.len(),
+                targets.len()
+            )));
+        }
+        if let Some(&i) = scored.iter().find(|&&i| i as usize >= b * t) {
+            return Err(Error::Scoring(format!(
+                "token {i} is outside the {b} x {t} batch"
+            )));
+        }
+        let x = self.final_hidden(tokens, Some(packing))?;
+        let rows = Tensor::from_slice(scored, scored.len(), &Device::Cpu)?;
+        let x = x.index_select(&rows, 0)?;
+        Ok(crate::ops::head_loss::head_loss(&x, self.head(), targets)?)
     }
 
     /// Mean next-token loss of token ids (b, t) against `targets` (b * t ids), with the
     /// output projection and the cross-entropy fused (`head_loss`): the same value as
     /// `cross_entropy` of `forward`, without keeping the logits.
     pub fn loss(&self, tokens: &Tensor, targets: &[u32]) -> Result<Tensor> {
-        let x = self.final_hidden(tokens)?;
+        let x = self.final_hidden(tokens, None)?;
         Ok(crate::ops::head_loss::head_loss(&x, self.head(), targets)?)
     }
 
@@ -215,8 +254,8 @@ impl TrainableLlama {
             .as_tensor()
     }
 
-    /// The normed last hidden states (b * t, hidden) for token ids (b, t).
-    fn final_hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+    /// The normed last hidden states (b * t, hidden) for token ids (b, t), packed or not.
+    fn final_hidden(&self, tokens: &Tensor, packing: Option<&Packing>) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         if t > self.max_seq() {
             return Err(Error::ContextExceeded {
@@ -224,6 +263,18 @@ impl TrainableLlama {
                 limit: self.max_seq(),
             });
         }
+        let packing = match packing {
+            Some(p) if p.rows() != b || p.seq_len() != t => {
+                return Err(Error::Packing(format!(
+                    "laid out for {} x {}, the tokens are {b} x {t}",
+                    p.rows(),
+                    p.seq_len()
+                )))
+            }
+            Some(p) if !p.is_unpacked() => Some(p),
+            _ => None,
+        };
+        let positions = packing.map(|p| Arc::new(p.positions()));
         let ids = tokens.flatten_all()?;
         let vocab = self.config.vocab_size;
         if let Some(&id) = ids
@@ -238,7 +289,7 @@ impl TrainableLlama {
         let mut x = self.embed_tokens.as_tensor().index_select(&ids, 0)?;
         for layer in &self.layers {
             let n = rms_norm(&x, &layer.attn_norm, eps)?;
-            x = (x + self.attention(layer, &n, b, t)?)?;
+            x = (x + self.attention(layer, &n, b, t, packing, &positions)?)?;
             let n = rms_norm(&x, &layer.ffn_norm, eps)?;
             let gate = linear(&n, &layer.gate)?;
             let up = linear(&n, &layer.up)?;
@@ -248,8 +299,17 @@ impl TrainableLlama {
         rms_norm(&x, &self.norm, eps)
     }
 
-    /// Self-attention of one block on normed rows `x` (b * t, h), grouped-query heads.
-    fn attention(&self, layer: &TrainBlock, x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+    /// Self-attention of one block on normed rows `x` (b * t, h), grouped-query heads;
+    /// with `packing`, each sample on its own (`positions` are the packing's).
+    fn attention(
+        &self,
+        layer: &TrainBlock,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        packing: Option<&Packing>,
+        positions: &Option<Arc<Vec<u32>>>,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         let (nh, nkv, hd) = (
             cfg.num_attention_heads,
@@ -264,6 +324,7 @@ impl TrainableLlama {
                 d: hd,
                 cos: self.cos_table.clone(),
                 sin: self.sin_table.clone(),
+                positions: positions.clone(),
             };
             Ok(op.apply(&linear(x, w)?)?)
         };
@@ -273,12 +334,31 @@ impl TrainableLlama {
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let op = CausalAttention {
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        // (b, nh, t, hd)
+        let y = match packing {
+            None => q.apply_op3(&k, &v, op)?,
+            // Each sample's queries, keys and values cut out and attended alone: no
+            // operation reads across samples, so none carries a gradient across.
+            Some(p) => {
+                let mut rows = Vec::with_capacity(b);
+                for r in 0..b {
+                    let pick = |x: &Tensor| x.narrow(0, r, 1);
+                    let (q, k, v) = (pick(&q)?, pick(&k)?, pick(&v)?);
+                    let mut samples = Vec::new();
+                    for (s, len) in p.segments(r) {
+                        let cut = |x: &Tensor| x.narrow(2, s, len)?.contiguous();
+                        samples.push(cut(&q)?.apply_op3(&cut(&k)?, &cut(&v)?, op)?);
+                    }
+                    rows.push(Tensor::cat(&samples, 2)?);
+                }
+                Tensor::cat(&rows, 0)?
+            }
+        };
         // (b, nh, t, hd) -> (b * t, nh * hd)
-        let y = q
-            .apply_op3(&k, &v, CausalAttention { scale })?
-            .transpose(1, 2)?
-            .reshape((b * t, nh * hd))?;
+        let y = y.transpose(1, 2)?.reshape((b * t, nh * hd))?;
         linear(&y, &layer.attn_output)
     }
 }

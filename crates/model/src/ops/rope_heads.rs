@@ -22,6 +22,9 @@ pub struct RopeHeads {
     pub d: usize,
     pub cos: Arc<Vec<f32>>,
     pub sin: Arc<Vec<f32>>,
+    /// The position of each of the b * t rows; `None`: row i of a sequence is at
+    /// position i. Packed batches restart positions at each sample.
+    pub positions: Option<Arc<Vec<u32>>>,
 }
 
 impl RopeHeads {
@@ -39,10 +42,26 @@ impl RopeHeads {
             candle_core::bail!("rope: {dims:?} is not ({b} * t, {} * {d})", self.heads);
         }
         let t = rows / b;
-        if self.cos.len() < t * d || self.sin.len() < t * d {
-            candle_core::bail!("rope: {t} positions, tables have {}", self.cos.len() / d);
+        let needed = match &self.positions {
+            None => t,
+            Some(p) if p.len() == rows => p.iter().map(|&p| p as usize + 1).max().unwrap_or(0),
+            Some(p) => candle_core::bail!("rope: {} positions for {rows} rows", p.len()),
+        };
+        if self.cos.len() < needed * d || self.sin.len() < needed * d {
+            candle_core::bail!(
+                "rope: {needed} positions, tables have {}",
+                self.cos.len() / d
+            );
         }
         Ok(t)
+    }
+
+    /// The position of row i of sequence bi.
+    #[inline(always)]
+    fn position(&self, bi: usize, i: usize, t: usize) -> usize {
+        self.positions
+            .as_ref()
+            .map_or(i, |p| p[bi * t + i] as usize)
     }
 }
 
@@ -62,7 +81,8 @@ impl CustomOp1 for RopeHeads {
             let (bi, hi) = (bh / h, bh % h);
             for i in 0..t {
                 let src = &x[(bi * t + i) * width + hi * d..][..d];
-                let (cos, sin) = (&self.cos[i * d..][..d], &self.sin[i * d..][..d]);
+                let pos = self.position(bi, i, t);
+                let (cos, sin) = (&self.cos[pos * d..][..d], &self.sin[pos * d..][..d]);
                 let dst = &mut o[i * d..][..d];
                 for c in 0..half {
                     dst[c] = src[c] * cos[c] - src[c + half] * sin[c];
@@ -82,7 +102,8 @@ impl CustomOp1 for RopeHeads {
         // One task per row of x: it gathers that row's heads from the gradient blocks.
         dx.par_chunks_mut(width).enumerate().for_each(|(row, dxr)| {
             let (bi, i) = (row / t, row % t);
-            let (cos, sin) = (&self.cos[i * d..][..d], &self.sin[i * d..][..d]);
+            let pos = self.position(bi, i, t);
+            let (cos, sin) = (&self.cos[pos * d..][..d], &self.sin[pos * d..][..d]);
             for hi in 0..h {
                 let go = &g[((bi * h + hi) * t + i) * d..][..d];
                 let dst = &mut dxr[hi * d..][..d];
@@ -139,6 +160,7 @@ mod tests {
             d,
             cos: Arc::new(cos_v.clone()),
             sin: Arc::new(sin_v.clone()),
+            positions: None,
         };
         let cos = Tensor::from_vec(cos_v, (positions, d), &Device::Cpu)
             .unwrap()
@@ -180,6 +202,63 @@ mod tests {
         assert!(diff < 1e-6, "gradient {diff}");
     }
 
+    /// Explicit positions: each row rotated as the row at that position of an unpacked
+    /// sequence is, in both passes; positions beyond the tables are errors.
+    #[test]
+    fn explicit_positions_rotate_as_those_rows_do() {
+        let (h, d, table) = (2, 4, 6);
+        let cos: Vec<f32> = (0..table * d).map(|i| (i as f32 * 0.3).cos()).collect();
+        let sin: Vec<f32> = (0..table * d).map(|i| (i as f32 * 0.3).sin()).collect();
+        let op = |batch, positions: Option<Vec<u32>>| RopeHeads {
+            batch,
+            heads: h,
+            d,
+            cos: Arc::new(cos.clone()),
+            sin: Arc::new(sin.clone()),
+            positions: positions.map(Arc::new),
+        };
+        // Rows at positions 0, 1, 2, 0, 1 (two packed samples) against the same rows
+        // rotated one sample at a time.
+        let x = Var::from_tensor(&random(&[5, h * d], 3)).unwrap();
+        let up = random(&[1, h, 5, d], 4);
+        let packed = op(1, Some(vec![0, 1, 2, 0, 1])).apply(&x).unwrap();
+        let first = op(1, None).apply(&x.narrow(0, 0, 3).unwrap()).unwrap();
+        let second = op(1, None).apply(&x.narrow(0, 3, 2).unwrap()).unwrap();
+        let apart = Tensor::cat(&[&first, &second], 2).unwrap();
+        assert_eq!(
+            packed.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            apart.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        let g1 = (packed * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (apart * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(
+            g1.get(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            g2.get(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
+        assert!(op(1, Some(vec![0, 1, 2, 0])).apply(&x).is_err()); // 4 positions, 5 rows
+        assert!(op(1, Some(vec![0, 1, 2, 0, 6])).apply(&x).is_err()); // beyond the table
+    }
+
     #[test]
     fn shapes_that_do_not_fit_are_errors() {
         let op = RopeHeads {
@@ -188,6 +267,7 @@ mod tests {
             d: 4,
             cos: Arc::new(vec![1.0; 8]),
             sin: Arc::new(vec![0.0; 8]),
+            positions: None,
         };
         assert!(op.apply(&random(&[5, 12], 1)).is_err()); // 5 rows for batch 2
         assert!(op.apply(&random(&[4, 10], 1)).is_err()); // width
