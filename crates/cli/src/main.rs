@@ -45,6 +45,9 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Pretrain a model with the Llama 2 recipe (resumable; exports GGUF and HF at the end).
     Train(cmd::train::Args),
+    /// Fine-tune a model on conversations (loss on the answers only, samples packed;
+    /// resumable; exports GGUF and HF at the end).
+    Sft(cmd::sft::Args),
     /// Write a training run's last checkpoint as GGUF and a Hugging Face directory.
     Export(cmd::train::ExportArgs),
     /// Tokenizer tools.
@@ -87,6 +90,7 @@ fn main() {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Sft(a) => cmd::sft::run(a),
         Command::Export(a) => cmd::train::export(a),
         Command::Tokenizer(TokenizerCommand::Train(a)) => cmd::train::tokenizer_train(a),
     };

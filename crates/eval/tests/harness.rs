@@ -33,6 +33,7 @@ fn options(shots: usize, batch: usize) -> EvalOptions {
         batch_size: batch,
         max_len: 2048,
         olmo_root: Some(data_root()),
+        chat: None,
     }
 }
 

@@ -175,14 +175,17 @@ impl TrainConfig {
         shaping.checkpoint_every = 0;
         shaping.keep_checkpoints = 0;
         shaping.eval_sequences = 0;
-        let json = serde_json::to_string(&shaping).unwrap_or_default();
-        // FNV-1a: stable across Rust versions, unlike the standard hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in json.bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        fnv_digest(&serde_json::to_string(&shaping).unwrap_or_default())
     }
+}
+
+/// FNV-1a of `text` in hex: stable across Rust versions, unlike the standard hasher.
+pub(crate) fn fnv_digest(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 #[cfg(test)]

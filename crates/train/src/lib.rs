@@ -10,11 +10,13 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod finetune;
 pub mod optim;
 pub mod plot;
 pub mod sample;
 pub mod schedule;
 pub mod sft;
+pub mod sft_batches;
 pub mod tokenizer_file;
 pub mod trainer;
 

@@ -5,8 +5,8 @@
 //!
 //! Shapes: `{"messages": [{"role", "content"}, ...]}` (roles system, user, assistant);
 //! `{"prompt", "completion"}`; `{"instruction", "input", "output"}` (Alpaca's; the input,
-//! when not empty, follows the instruction after a blank line). Training itself (packing,
-//! the masked loss) is not built yet.
+//! when not empty, follows the instruction after a blank line). Packing and the loop are in
+//! [`crate::sft_batches`] and [`crate::finetune`].
 
 use std::path::Path;
 

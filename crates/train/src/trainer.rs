@@ -295,18 +295,7 @@ impl<'a> Trainer<'a> {
                 sums[total] += loss.to_scalar::<f32>()? as f64;
                 let scaled = (loss / accumulation as f64)?;
                 let store = scaled.backward()?;
-                let mut offset = 0;
-                for (name, var) in self.model.params() {
-                    let g = store
-                        .get(var.as_tensor())
-                        .ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`")))?;
-                    let g = g.flatten_all()?.to_vec1::<f32>()?;
-                    sums[offset..offset + g.len()]
-                        .par_chunks_mut(1 << 14)
-                        .zip(g.par_chunks(1 << 14))
-                        .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, &x)| *a += x as f64));
-                    offset += var.elem_count();
-                }
+                add_gradients(&store, &self.model, &mut sums)?;
             }
             sums[total + 1] = f64::from(u8::from(stop.load(Ordering::Relaxed)));
             self.group.all_reduce_sum(&mut sums)?;
@@ -441,13 +430,7 @@ impl<'a> Trainer<'a> {
 
     /// Redraws `loss.svg` and `loss.png` from `metrics.jsonl`.
     pub fn plot(&self) -> Result<()> {
-        let path = self.run.metrics();
-        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        let metrics: Vec<StepMetrics> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        crate::plot::plot_losses(&metrics, &self.run.root)
+        plot_run(&self.run)
     }
 
     /// Writes what a reference implementation needs to replay the first `steps` steps:
@@ -524,9 +507,42 @@ fn micro_batch(
     Ok((xs, ys))
 }
 
+/// Adds the gradient of every parameter of `model` in `store` to `sums` (laid out in
+/// parameter order), in f64 so that accumulating micro-batches loses nothing.
+pub(crate) fn add_gradients(
+    store: &candle_core::backprop::GradStore,
+    model: &TrainableLlama,
+    sums: &mut [f64],
+) -> Result<()> {
+    let mut offset = 0;
+    for (name, var) in model.params() {
+        let g = store
+            .get(var.as_tensor())
+            .ok_or_else(|| Error::Internal(format!("no gradient reached `{name}`")))?;
+        let g = g.flatten_all()?.to_vec1::<f32>()?;
+        sums[offset..offset + g.len()]
+            .par_chunks_mut(1 << 14)
+            .zip(g.par_chunks(1 << 14))
+            .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, &x)| *a += x as f64));
+        offset += var.elem_count();
+    }
+    Ok(())
+}
+
+/// Redraws a run directory's `loss.svg` and `loss.png` from its `metrics.jsonl`.
+pub(crate) fn plot_run(run: &RunDir) -> Result<()> {
+    let path = run.metrics();
+    let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+    let metrics: Vec<StepMetrics> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    crate::plot::plot_losses(&metrics, &run.root)
+}
+
 /// Drops metric lines of steps after `step` (written after the checkpoint a run resumes
 /// from), so the file tells one history. A fresh run (`step` 0) starts an empty file.
-fn keep_metrics_through(path: &Path, step: u64) -> Result<()> {
+pub(crate) fn keep_metrics_through(path: &Path, step: u64) -> Result<()> {
     let kept = match std::fs::File::open(path) {
         Ok(f) => {
             let mut kept = String::new();

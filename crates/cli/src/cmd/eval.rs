@@ -48,6 +48,11 @@ pub struct Args {
     /// copy fetched into the cache.
     #[arg(long, value_name = "DIR")]
     pub eval_data: Option<PathBuf>,
+    /// Render each generation prompt as one user message with the model's chat template
+    /// (Llama 2's format without one), as lm-evaluation-harness's --apply_chat_template
+    /// does; generation tasks only.
+    #[arg(long)]
+    pub apply_chat_template: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -78,6 +83,7 @@ pub fn run(a: Args) -> Result<()> {
             batch_size: 1,
             max_len: 0,
             olmo_root,
+            chat: None,
         };
         for t in &tasks {
             let path = harness::export::export(t, &opts, dir, &format!("fl_{}", t.task))?;
@@ -97,6 +103,9 @@ pub fn run(a: Args) -> Result<()> {
         batch_size: a.batch_size.max(1),
         max_len: m.n_ctx,
         olmo_root,
+        chat: a
+            .apply_chat_template
+            .then(|| ferrollama_generate::ChatFormat::for_model(m.chat_template.as_deref())),
     };
     let mut samples_out = match &a.log_samples {
         Some(p) => Some(std::io::BufWriter::new(

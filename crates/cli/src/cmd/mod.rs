@@ -8,5 +8,6 @@ pub mod generate;
 pub mod info;
 pub mod perplexity;
 pub mod serve;
+pub mod sft;
 pub mod tokenize;
 pub mod train;

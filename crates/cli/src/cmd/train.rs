@@ -117,6 +117,23 @@ extern "C" fn request_stop(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
+/// Makes SIGINT and SIGTERM set the flag a training loop checks after each step (it then
+/// checkpoints and stops), and returns the flag.
+pub(crate) fn stop_on_signals() -> &'static AtomicBool {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            request_stop as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as *const () as libc::sighandler_t,
+        );
+    }
+    &STOP
+}
+
 pub fn run(a: Args) -> Result<()> {
     keep_freed_memory()?;
     let mut cfg = match &a.config {
@@ -193,17 +210,7 @@ pub fn run(a: Args) -> Result<()> {
             tok
         }
     };
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            request_stop as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            request_stop as *const () as libc::sighandler_t,
-        );
-    }
+    let stop = stop_on_signals();
     let cache = ferrollama_assets::models_dir().join("token-shards");
     let mut trainer =
         Trainer::new_in_group(cfg.clone(), &tokenizer, &a.out, &cache, a.resume, group)?;
@@ -245,7 +252,7 @@ pub fn run(a: Args) -> Result<()> {
             bar.suspend(|| eprintln!("{line}"))
         }
     };
-    let summary = trainer.run(&STOP, &mut |e| match e {
+    let summary = trainer.run(stop, &mut |e| match e {
         Event::Started {
             start_step,
             parameters,
@@ -331,13 +338,24 @@ fn export_run(
         Some(p) => ferrollama_train::tokenizer_file::load_tokenizer_files(p)?.chat_template,
         None => None,
     };
+    export_model(model, tokenizer, chat_template.as_deref(), out, ty)
+}
+
+/// Writes `model` as `out/model.gguf` and `out/hf/`, named after the directory `out`.
+pub(crate) fn export_model(
+    model: &ferrollama_model::TrainableLlama,
+    tokenizer: &Tokenizer,
+    chat_template: Option<&str>,
+    out: &Path,
+    ty: GgmlType,
+) -> Result<()> {
     let name = std::path::absolute(out)?
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "ferrollama".into());
     let info = ferrollama_train::export::ExportInfo {
         tokenizer,
-        chat_template: chat_template.as_deref(),
+        chat_template,
         name: &name,
     };
     let (hf, gguf) = ferrollama_train::export::export(model, &info, out, ty)?;
@@ -404,7 +422,7 @@ fn process_group() -> Result<Box<dyn Collective>> {
 /// and 20 s with the heap kept. `mallopt` cannot raise the threshold past 32 MiB, below
 /// the attention buffers' size, but the GLIBC_TUNABLES variable can; it is read only at
 /// start-up, so the process replaces itself once with the variable set.
-fn keep_freed_memory() -> Result<()> {
+pub(crate) fn keep_freed_memory() -> Result<()> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;

@@ -242,14 +242,14 @@ impl ExactMatch {
     }
 }
 
-/// Greedy continuations of `contexts`, `batch` at a time: each generation stops at an
+/// Greedy continuations of `contexts` (token ids), `batch` at a time: each generation stops at an
 /// end-of-text token, at `max_gen_toks`, or once its text holds a stop string, and is cut
 /// at the first stop string (the harness adds the EOS text to them). Contexts longer than
 /// `max_len - max_gen_toks` lose tokens from the left, as there.
 pub fn generate(
     model: &Llama,
     tok: &Tokenizer,
-    contexts: &[String],
+    contexts: &[Vec<u32>],
     g: &Generation,
     max_len: usize,
     batch: usize,
@@ -265,10 +265,7 @@ pub fn generate(
     for chunk in contexts.chunks(batch.max(1)) {
         let prompts: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|c| {
-                let t = tok.encode(c, true, true);
-                t[t.len().saturating_sub(budget)..].to_vec()
-            })
+            .map(|t| t[t.len().saturating_sub(budget)..].to_vec())
             .collect();
         let mut caches: Vec<Cache> = prompts
             .iter()

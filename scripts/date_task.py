@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""The fine-tuning demonstration task: write an ISO date (1987-11-23) in words
+(November 23, 1987), a skill with one right answer that a program checks exactly.
+
+Writes into OUT (default: sft-demo/):
+  train.jsonl     conversations to fine-tune on (`prompt` + `completion`)
+  heldout.jsonl   the held-out questions, none of whose dates is in train.jsonl
+  date_words.yaml an lm-evaluation-harness task file for `ferrollama eval` (and lm_eval):
+                  greedy generation, exact match of the whole answer
+
+Why it is a fair test: the answers are computed, not written by a model; the held-out dates
+never occur in training (checked below), so a model must learn the rule (month names, no
+leading zeros, the order of the parts), not memorise answers; the prompt says what is wanted
+without showing the format, which is what fine-tuning teaches. Standard library only; the
+same seed gives the same files.
+"""
+
+import argparse
+import calendar
+import datetime
+import json
+import os
+import random
+
+PROMPT = "Write the date {iso} in words."
+
+
+def dates(rng, n, exclude):
+    """n distinct dates from 1900-2099 not in `exclude`."""
+    start = datetime.date(1900, 1, 1).toordinal()
+    end = datetime.date(2099, 12, 31).toordinal()
+    out = []
+    seen = set(exclude)
+    while len(out) < n:
+        d = datetime.date.fromordinal(rng.randint(start, end))
+        if d not in seen:
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def record(d):
+    words = f"{calendar.month_name[d.month]} {d.day}, {d.year}"
+    return {"prompt": PROMPT.format(iso=d.isoformat()), "completion": words}
+
+
+TASK = """task: date_words
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: heldout.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "{{prompt}}"
+doc_to_target: "{{completion}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 16
+  do_sample: false
+filter_list:
+  - name: strip
+    filter:
+      - function: regex
+        regex_pattern: "^\\\\s*(.*?)\\\\s*$"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="sft-demo")
+    ap.add_argument("--train", type=int, default=400)
+    ap.add_argument("--heldout", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=20231)
+    a = ap.parse_args()
+    rng = random.Random(a.seed)
+    held = dates(rng, a.heldout, [])
+    train = dates(rng, a.train, held)
+    assert not set(held) & set(train)
+    os.makedirs(a.out, exist_ok=True)
+    for name, ds in (("train.jsonl", train), ("heldout.jsonl", held)):
+        with open(os.path.join(a.out, name), "w") as f:
+            for d in ds:
+                f.write(json.dumps(record(d)) + "\n")
+    with open(os.path.join(a.out, "date_words.yaml"), "w") as f:
+        f.write(TASK)
+    print(f"{a.out}: {len(train)} training and {len(held)} held-out questions, task date_words.yaml")
+
+
+if __name__ == "__main__":
+    main()
