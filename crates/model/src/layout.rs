@@ -6,7 +6,7 @@
 use crate::config::Config;
 
 /// What a weight is in the decoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Part {
     /// Token embedding (vocab, hidden); the output projection too when tied.
     Embedding,

@@ -13,6 +13,7 @@ pub mod kv;
 pub mod layout;
 pub mod linear;
 pub mod llama;
+pub mod lora;
 pub mod mlp;
 pub mod ops;
 pub mod pack_cache;

@@ -7,6 +7,7 @@
 //! in `tests/parity.rs` hold them together).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -17,37 +18,50 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hf::{permute_rope_rows, RopeLayout};
 use crate::layout::{self, Part, TensorSpec};
+use crate::lora::LoraConfig;
 use crate::ops::fused::{CausalAttention, CrossEntropy};
 use crate::ops::rope_heads::RopeHeads;
 use crate::packing::Packing;
 use crate::weights::WeightSource;
 
 /// The weights of one block, one field per [`Part`] of a block, as [`crate::Llama`]'s
-/// blocks hold them.
+/// blocks hold them: the variables' tensors when trained, constants when frozen.
 struct TrainBlock {
-    attn_norm: Var,
-    query: Var,
-    key: Var,
-    value: Var,
-    attn_output: Var,
-    ffn_norm: Var,
-    gate: Var,
-    up: Var,
-    down: Var,
+    attn_norm: Tensor,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_output: Tensor,
+    ffn_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+    /// LoRA's (A, B) of the adapted projections.
+    lora: Vec<(Part, Tensor, Tensor)>,
+}
+
+/// An attached LoRA adapter: its shape and where its dropout masks come from.
+struct Lora {
+    config: LoraConfig,
+    /// Seeds this forward pass's dropout masks; 0 = no dropout (evaluation).
+    dropout_key: AtomicU64,
 }
 
 /// A Llama whose weights are candle variables.
 pub struct TrainableLlama {
     pub config: Config,
-    embed_tokens: Var,
+    embed_tokens: Tensor,
     layers: Vec<TrainBlock>,
-    norm: Var,
+    norm: Tensor,
     /// `None` when the output projection is the embedding.
-    lm_head: Option<Var>,
-    /// Every weight by its layout name (the same variables as above); the map's order is
-    /// the order gradients are reduced and the optimizer visits them, so results do not
-    /// depend on hashing.
+    lm_head: Option<Tensor>,
+    /// Every weight of the base model by its layout name (the tensors above).
+    weights: BTreeMap<String, Tensor>,
+    /// What training updates, by name: every weight, or with LoRA only the adapters' A
+    /// and B. The map's order is the order gradients are reduced and the optimizer
+    /// visits them, so results do not depend on hashing.
     params: BTreeMap<String, Var>,
+    lora: Option<Lora>,
     /// (max_seq, head_dim), position-major: the cosine and sine of each position's angles,
     /// both halves of a head rotated by the same frequencies.
     cos_table: Arc<Vec<f32>>,
@@ -91,6 +105,7 @@ impl TrainableLlama {
     ) -> Result<Self> {
         config.check().map_err(Error::Config)?;
         let mut params = BTreeMap::new();
+        let mut weights = BTreeMap::new();
         for TensorSpec { name, shape, .. } in layout::tensors(&config) {
             let t = tensors
                 .remove(&name)
@@ -103,14 +118,43 @@ impl TrainableLlama {
                     expected: shape,
                 });
             }
-            params.insert(name, Var::from_tensor(&t.to_dtype(DType::F32)?)?);
+            let var = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
+            weights.insert(name.clone(), var.as_tensor().clone());
+            params.insert(name, var);
         }
         if let Some(name) = tensors.into_keys().next() {
             return Err(Error::UnexpectedTensor { name });
         }
-        let var = |name: String| params[&name].clone();
+        let (cos, sin) = rotate_half_tables(&config, max_seq);
+        let mut model = Self {
+            embed_tokens: weights[&layout::global_name(Part::Embedding)].clone(),
+            layers: Vec::new(),
+            norm: weights[&layout::global_name(Part::FinalNorm)].clone(),
+            lm_head: None,
+            config,
+            weights,
+            params,
+            lora: None,
+            cos_table: Arc::new(cos),
+            sin_table: Arc::new(sin),
+        };
+        model.assemble(&BTreeMap::new());
+        Ok(model)
+    }
+
+    /// Points the blocks, embedding, norm and head at `self.weights`, with the adapter
+    /// matrices of `adapters` (by their names) on the projections they adapt.
+    fn assemble(&mut self, adapters: &BTreeMap<String, Tensor>) {
+        let w = &self.weights;
         let block = |l: usize| {
-            let v = |part| var(layout::layer_name(l, part));
+            let v = |part| w[&layout::layer_name(l, part)].clone();
+            let lora = crate::lora::TARGETS
+                .iter()
+                .filter_map(|&(part, _)| {
+                    let (a, b) = crate::lora::matrix_names(&layout::layer_name(l, part));
+                    Some((part, adapters.get(&a)?.clone(), adapters.get(&b)?.clone()))
+                })
+                .collect();
             TrainBlock {
                 attn_norm: v(Part::AttnNorm),
                 query: v(Part::Query),
@@ -121,20 +165,121 @@ impl TrainableLlama {
                 gate: v(Part::Gate),
                 up: v(Part::Up),
                 down: v(Part::Down),
+                lora,
             }
         };
-        let layers = (0..config.num_hidden_layers).map(block).collect();
-        let (cos, sin) = rotate_half_tables(&config, max_seq);
-        Ok(Self {
-            embed_tokens: var(layout::global_name(Part::Embedding)),
-            layers,
-            norm: var(layout::global_name(Part::FinalNorm)),
-            lm_head: (!config.tie_word_embeddings).then(|| var(layout::global_name(Part::Head))),
-            config,
-            params,
-            cos_table: Arc::new(cos),
-            sin_table: Arc::new(sin),
-        })
+        self.layers = (0..self.config.num_hidden_layers).map(block).collect();
+        self.embed_tokens = w[&layout::global_name(Part::Embedding)].clone();
+        self.norm = w[&layout::global_name(Part::FinalNorm)].clone();
+        self.lm_head =
+            (!self.config.tie_word_embeddings).then(|| w[&layout::global_name(Part::Head)].clone());
+    }
+
+    /// Freezes the base model and attaches a LoRA adapter to `lora.targets` of every
+    /// block: from then on only the adapters' matrices are trained (and listed by
+    /// [`Self::params`]). `init` gives their values (a saved adapter, by this crate's
+    /// names; see [`crate::lora::read_peft_dir`]); without it they start as PEFT starts
+    /// them, A drawn with `seed` and B zero.
+    pub fn attach_lora(
+        &mut self,
+        lora: LoraConfig,
+        seed: u64,
+        init: Option<BTreeMap<String, Tensor>>,
+    ) -> Result<()> {
+        lora.check()?;
+        if self.lora.is_some() {
+            return Err(Error::Config("a LoRA adapter is attached already".into()));
+        }
+        // Constants: no gradient is computed for them, and their matrix products skip
+        // the weight-gradient half of the backward pass.
+        for t in self.weights.values_mut() {
+            *t = t.detach();
+        }
+        let mut rng = crate::lora::init_rng(seed);
+        let mut init = init;
+        let mut params = BTreeMap::new();
+        let mut adapters = BTreeMap::new();
+        for l in 0..self.config.num_hidden_layers {
+            for &part in &lora.targets {
+                let name = layout::layer_name(l, part);
+                let (out, inp) = self.weights[&name].dims2()?;
+                let (an, bn) = crate::lora::matrix_names(&name);
+                let (a, b) = match &mut init {
+                    None => crate::lora::init_matrices(&mut rng, lora.rank, out, inp)?,
+                    Some(m) => {
+                        let mut take = |n: &str, shape: (usize, usize)| -> Result<Tensor> {
+                            let t = m
+                                .remove(n)
+                                .ok_or_else(|| Error::Config(format!("the adapter lacks `{n}`")))?;
+                            if t.dims() != [shape.0, shape.1] {
+                                return Err(Error::Config(format!(
+                                    "adapter matrix `{n}` is {:?}, the model needs {shape:?}",
+                                    t.dims()
+                                )));
+                            }
+                            Ok(t)
+                        };
+                        (take(&an, (lora.rank, inp))?, take(&bn, (out, lora.rank))?)
+                    }
+                };
+                let (a, b) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
+                adapters.insert(an.clone(), a.as_tensor().clone());
+                adapters.insert(bn.clone(), b.as_tensor().clone());
+                params.insert(an, a);
+                params.insert(bn, b);
+            }
+        }
+        if let Some(name) = init.and_then(|m| m.into_keys().next()) {
+            return Err(Error::Config(format!(
+                "the adapter holds `{name}`, which its targets {:?} have no place for",
+                lora.targets
+            )));
+        }
+        self.params = params;
+        self.assemble(&adapters);
+        self.lora = Some(Lora {
+            config: lora,
+            dropout_key: AtomicU64::new(0),
+        });
+        Ok(())
+    }
+
+    /// The attached adapter's shape, if any.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref().map(|l| &l.config)
+    }
+
+    /// Seeds the LoRA dropout masks of the next forward passes (0: no dropout, as when
+    /// evaluating). Masks depend only on the key, the block and the projection, so a
+    /// step replays exactly.
+    pub fn set_dropout_key(&self, key: u64) {
+        if let Some(l) = &self.lora {
+            l.dropout_key.store(key, Ordering::Relaxed);
+        }
+    }
+
+    /// A weight as the model computes with it: the base weight, plus the adapter's
+    /// s · B A when one adapts it (the merged weight).
+    pub fn effective_weight(&self, name: &str) -> Result<Tensor> {
+        let base = self.weights.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+        })?;
+        let Some(lora) = &self.lora else {
+            return Ok(base.clone());
+        };
+        let (an, bn) = crate::lora::matrix_names(name);
+        match (self.params.get(&an), self.params.get(&bn)) {
+            (Some(a), Some(b)) => {
+                let delta = (b.as_tensor().matmul(a.as_tensor())? * lora.config.scale())?;
+                Ok((base + delta)?.detach())
+            }
+            _ => Ok(base.clone()),
+        }
+    }
+
+    /// Every base weight's name, in the layout's order.
+    pub fn weight_names(&self) -> impl Iterator<Item = &str> {
+        self.weights.keys().map(String::as_str)
     }
 
     /// The weights of a checkpoint the inference path reads (a GGUF file of any type the
@@ -248,10 +393,39 @@ impl TrainableLlama {
 
     /// The output projection's weights (the embedding when tied).
     fn head(&self) -> &Tensor {
-        self.lm_head
-            .as_ref()
-            .unwrap_or(&self.embed_tokens)
-            .as_tensor()
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// A block's projection `part` of rows `x`, with its LoRA update when adapted:
+    /// x Wᵀ + s · (dropout(x) Aᵀ) Bᵀ.
+    fn project(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        block: &TrainBlock,
+        l: usize,
+        part: Part,
+    ) -> Result<Tensor> {
+        let y = linear(x, w)?;
+        let (Some(lora), Some((_, a, b))) = (&self.lora, block.lora.iter().find(|t| t.0 == part))
+        else {
+            return Ok(y);
+        };
+        let key = lora.dropout_key.load(Ordering::Relaxed);
+        let p = lora.config.dropout;
+        let x = if p > 0.0 && key != 0 {
+            let (n, d) = x.dims2()?;
+            let mut rng = ChaCha20Rng::seed_from_u64(key ^ ((l as u64) << 8 | part as u64));
+            let keep = (1.0 / (1.0 - p)) as f32;
+            let mask: Vec<f32> = (0..n * d)
+                .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+                .collect();
+            (x * Tensor::from_vec(mask, (n, d), &Device::Cpu)?)?
+        } else {
+            x.clone()
+        };
+        let update = linear(&linear(&x, a)?, b)?;
+        Ok((y + (update * lora.config.scale())?)?)
     }
 
     /// The normed last hidden states (b * t, hidden) for token ids (b, t), packed or not.
@@ -286,14 +460,15 @@ impl TrainableLlama {
         }
         let eps = self.config.rms_norm_eps;
         // (b * t, hidden)
-        let mut x = self.embed_tokens.as_tensor().index_select(&ids, 0)?;
-        for layer in &self.layers {
+        let mut x = self.embed_tokens.index_select(&ids, 0)?;
+        for (l, layer) in self.layers.iter().enumerate() {
             let n = rms_norm(&x, &layer.attn_norm, eps)?;
-            x = (x + self.attention(layer, &n, b, t, packing, &positions)?)?;
+            x = (x + self.attention(layer, l, &n, b, t, packing, &positions)?)?;
             let n = rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate = linear(&n, &layer.gate)?;
-            let up = linear(&n, &layer.up)?;
-            let m = linear(&crate::ops::swiglu::swiglu(&gate, &up)?, &layer.down)?;
+            let gate = self.project(&n, &layer.gate, layer, l, Part::Gate)?;
+            let up = self.project(&n, &layer.up, layer, l, Part::Up)?;
+            let m = crate::ops::swiglu::swiglu(&gate, &up)?;
+            let m = self.project(&m, &layer.down, layer, l, Part::Down)?;
             x = (x + m)?;
         }
         rms_norm(&x, &self.norm, eps)
@@ -301,9 +476,11 @@ impl TrainableLlama {
 
     /// Self-attention of one block on normed rows `x` (b * t, h), grouped-query heads;
     /// with `packing`, each sample on its own (`positions` are the packing's).
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         layer: &TrainBlock,
+        l: usize,
         x: &Tensor,
         b: usize,
         t: usize,
@@ -317,7 +494,7 @@ impl TrainableLlama {
             cfg.head_dim,
         );
         // (b, heads, t, hd)
-        let rotated = |w: &Var, heads: usize| -> Result<Tensor> {
+        let rotated = |w: &Tensor, part: Part, heads: usize| -> Result<Tensor> {
             let op = RopeHeads {
                 batch: b,
                 heads,
@@ -326,11 +503,12 @@ impl TrainableLlama {
                 sin: self.sin_table.clone(),
                 positions: positions.clone(),
             };
-            Ok(op.apply(&linear(x, w)?)?)
+            Ok(op.apply(&self.project(x, w, layer, l, part)?)?)
         };
-        let q = rotated(&layer.query, nh)?;
-        let k = rotated(&layer.key, nkv)?;
-        let v = linear(x, &layer.value)?
+        let q = rotated(&layer.query, Part::Query, nh)?;
+        let k = rotated(&layer.key, Part::Key, nkv)?;
+        let v = self
+            .project(x, &layer.value, layer, l, Part::Value)?
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -359,7 +537,7 @@ impl TrainableLlama {
         };
         // (b, nh, t, hd) -> (b * t, nh * hd)
         let y = y.transpose(1, 2)?.reshape((b * t, nh * hd))?;
-        linear(&y, &layer.attn_output)
+        self.project(&y, &layer.attn_output, layer, l, Part::AttnOutput)
     }
 }
 
@@ -368,15 +546,9 @@ impl TrainableLlama {
 /// trained, for checks and for rollouts of the policy being trained.
 impl WeightSource for TrainableLlama {
     fn get(&self, hf_name: &str) -> Result<candle_core::quantized::QTensor> {
-        let var = self
-            .params
-            .get(hf_name)
-            .ok_or_else(|| Error::MissingTensor {
-                name: hf_name.to_string(),
-            })?;
-        let shape = var.dims().to_vec();
-        let mut bytes: Vec<u8> = var
-            .as_tensor()
+        let w = self.effective_weight(hf_name)?;
+        let shape = w.dims().to_vec();
+        let mut bytes: Vec<u8> = w
             .flatten_all()?
             .to_vec1::<f32>()?
             .iter()
@@ -395,7 +567,7 @@ impl WeightSource for TrainableLlama {
     }
 
     fn contains(&self, hf_name: &str) -> bool {
-        self.params.contains_key(hf_name)
+        self.weights.contains_key(hf_name)
     }
 
     fn file(&self) -> &str {

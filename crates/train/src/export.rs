@@ -41,10 +41,11 @@ pub fn export(
     }
     let hf = out.join("hf");
     std::fs::create_dir_all(&hf).map_err(|e| crate::error::io(&hf, e))?;
+    // The weights as the model computes with them: a LoRA adapter merged in.
     let weights: BTreeMap<String, candle_core::Tensor> = model
-        .params()
-        .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
-        .collect();
+        .weight_names()
+        .map(|n| Ok((n.to_string(), model.effective_weight(n)?)))
+        .collect::<Result<_>>()?;
     save_tensors(&hf.join("model.safetensors"), &weights)?;
     let mut config =
         ferrollama_model::hf::config_to_hf(&model.config, tokenizer.bos(), tokenizer.eos());

@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor};
 
 use ferrollama_generate::chat::TrainingSample;
 use ferrollama_generate::ChatFormat;
+use ferrollama_model::lora::LoraConfig;
 use ferrollama_model::TrainableLlama;
 use ferrollama_tokenizer::Tokenizer;
 
@@ -58,8 +59,10 @@ pub struct SftConfig {
     pub eval_every: u64,
     pub checkpoint_every: u64,
     pub keep_checkpoints: usize,
-    /// Seed of the data order.
+    /// Seed of the data order (and of LoRA's initial A matrices and dropout masks).
     pub seed: u64,
+    /// Train a LoRA adapter of this shape on the frozen model instead of every weight.
+    pub lora: Option<LoraConfig>,
 }
 
 impl Default for SftConfig {
@@ -84,6 +87,7 @@ impl Default for SftConfig {
             checkpoint_every: 50,
             keep_checkpoints: 2,
             seed: 1234,
+            lora: None,
         }
     }
 }
@@ -185,6 +189,37 @@ impl SftData {
     }
 }
 
+/// A non-zero key from three numbers (splitmix64's finaliser over their mix).
+fn mix(seed: u64, step: u64, i: u64) -> u64 {
+    let mut z =
+        seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) | 1
+}
+
+/// Writes the attached LoRA adapter as PEFT does: `adapter_config.json` and
+/// `adapter_model.safetensors` (f32, `base_model.model.` names) in `dir`.
+pub fn save_peft_adapter(model: &TrainableLlama, dir: &Path, base_model: &str) -> Result<()> {
+    let cfg = model
+        .lora_config()
+        .ok_or_else(|| Error::Config("no LoRA adapter is attached".into()))?;
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let tensors = model
+        .params()
+        .map(|(n, v)| {
+            (
+                format!("{}{n}", ferrollama_model::lora::PEFT_PREFIX),
+                v.as_tensor().clone(),
+            )
+        })
+        .collect();
+    checkpoint::save_tensors(&dir.join("adapter_model.safetensors"), &tensors)?;
+    let json = serde_json::to_string_pretty(&cfg.to_peft_json(base_model))
+        .map_err(|e| Error::Internal(format!("encoding adapter_config.json: {e}")))?;
+    checkpoint::write_synced(&dir.join("adapter_config.json"), json.as_bytes())
+}
+
 /// A fine-tuning run.
 pub struct FineTuner<'a> {
     pub config: SftConfig,
@@ -209,7 +244,10 @@ impl<'a> FineTuner<'a> {
         resume: bool,
     ) -> Result<Self> {
         config.check()?;
-        let model = TrainableLlama::open(&config.model, config.seq_len)?;
+        let mut model = TrainableLlama::open(&config.model, config.seq_len)?;
+        if let Some(lora) = &config.lora {
+            model.attach_lora(lora.clone(), config.seed, None)?;
+        }
         if model.config.vocab_size != tokenizer.vocab_size() {
             return Err(Error::ModelMismatch(format!(
                 "the model has {} token embeddings, its tokenizer {} tokens",
@@ -342,10 +380,17 @@ impl<'a> FineTuner<'a> {
     fn for_micro_batches(
         &self,
         rows: &[Row],
+        dropout_step: Option<u64>,
         each: &mut dyn FnMut(Tensor, usize) -> Result<()>,
     ) -> Result<()> {
         let pad = self.tokenizer.eos().unwrap_or(0);
-        for chunk in rows.chunks(self.config.micro_batch) {
+        for (i, chunk) in rows.chunks(self.config.micro_batch).enumerate() {
+            // LoRA dropout masks from the step and the micro-batch, so a step replays
+            // exactly; none while evaluating.
+            self.model.set_dropout_key(match dropout_step {
+                Some(step) => mix(self.config.seed, step, i as u64),
+                None => 0,
+            });
             let refs: Vec<&Row> = chunk.iter().collect();
             let mb = MicroBatch::new(&refs, pad)?;
             if mb.scored.is_empty() {
@@ -373,7 +418,7 @@ impl<'a> FineTuner<'a> {
             self.config.pack,
         );
         let (mut total, mut count) = (0.0f64, 0usize);
-        self.for_micro_batches(&rows, &mut |sum, n| {
+        self.for_micro_batches(&rows, None, &mut |sum, n| {
             total += sum.detach().to_scalar::<f32>()? as f64;
             count += n;
             Ok(())
@@ -426,7 +471,7 @@ impl<'a> FineTuner<'a> {
             sums.fill(0.0);
             let mut loss_sum = 0.0f64;
             let model = &self.model;
-            self.for_micro_batches(&rows, &mut |sum, _| {
+            self.for_micro_batches(&rows, Some(self.state.step), &mut |sum, _| {
                 loss_sum += sum.to_scalar::<f32>()? as f64;
                 let store = (sum / scored as f64)?.backward()?;
                 add_gradients(&store, model, &mut sums)

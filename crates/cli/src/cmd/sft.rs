@@ -75,7 +75,28 @@ pub struct Args {
     /// Weight type of the exported GGUF: f32, f16, q8_0, q4_0, q4_1.
     #[arg(long, default_value = "f32")]
     pub gguf_type: String,
+    /// Train a LoRA adapter of this rank on the frozen model (written in PEFT's layout to
+    /// OUT/adapter, and merged into the exported model); the default learning rate is
+    /// then 2e-4.
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA's alpha (the update is scaled by alpha / rank); default: twice the rank.
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the adapters' inputs (PEFT's lora_dropout).
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f64,
+    /// The projections adapted: any of q, k, v, o, gate, up, down, or all.
+    #[arg(long, default_value = "all")]
+    pub lora_targets: String,
+    /// Scale the update by alpha / sqrt(rank) (rank-stabilised LoRA).
+    #[arg(long)]
+    pub rslora: bool,
 }
+
+/// LoRA's usual peak learning rate (the QLoRA paper's for small models), ten times full
+/// fine-tuning's: only the small adapters move.
+const LORA_LR: f64 = 2e-4;
 
 pub fn run(a: Args) -> Result<()> {
     crate::cmd::train::keep_freed_memory()?;
@@ -128,6 +149,18 @@ pub fn run(a: Args) -> Result<()> {
     if a.no_packing {
         cfg.pack = false;
     }
+    if let Some(rank) = a.lora_rank {
+        cfg.lora = Some(ferrollama_model::lora::LoraConfig {
+            rank,
+            alpha: a.lora_alpha.unwrap_or(2.0 * rank as f64),
+            dropout: a.lora_dropout,
+            targets: ferrollama_model::lora::LoraConfig::parse_targets(&a.lora_targets)?,
+            rslora: a.rslora,
+        });
+        if a.lr.is_none() && !a.resume {
+            cfg.lr = LORA_LR;
+        }
+    }
     if cfg.seq_len > context {
         anyhow::bail!(
             "--seq-len {} exceeds the model's context of {context}",
@@ -164,7 +197,7 @@ pub fn run(a: Args) -> Result<()> {
             total_steps,
         } => {
             say(format!(
-                "model {} ({:.2}M parameters), {train_tokens} training and {val_tokens} held-out tokens, {total_steps} steps of {} rows{}",
+                "model {} ({:.2}M trained parameters), {train_tokens} training and {val_tokens} held-out tokens, {total_steps} steps of {} rows{}",
                 cfg.model.display(),
                 parameters as f64 / 1e6,
                 cfg.batch_size,
@@ -206,6 +239,18 @@ pub fn run(a: Args) -> Result<()> {
             summary.steps
         );
         return Ok(());
+    }
+    if tuner.model.lora_config().is_some() {
+        let dir = a.out.join("adapter");
+        ferrollama_train::finetune::save_peft_adapter(
+            &tuner.model,
+            &dir,
+            &cfg.model.display().to_string(),
+        )?;
+        println!(
+            "wrote the LoRA adapter to {} (PEFT's layout)",
+            dir.display()
+        );
     }
     crate::cmd::train::export_model(
         &tuner.model,

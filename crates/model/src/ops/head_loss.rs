@@ -123,13 +123,17 @@ impl CustomOp2 for HeadLoss {
         let dx = with_f32(w, "weights", |w, _, _, rs, cs| {
             matmul_strided(&d, (vocab, 1), w, (rs, cs), n, vocab, h, scale)
         })?;
-        let dw = with_f32(x, "inputs", |x, _, _, rs, cs| {
-            matmul_strided(&d, (1, vocab), x, (rs, cs), vocab, n, h, scale)
-        })?;
-        Ok((
-            Some(Tensor::from_vec(dx, (n, h), x.device())?),
-            Some(Tensor::from_vec(dw, (vocab, h), w.device())?),
-        ))
+        // A frozen head (LoRA) needs no gradient: skip the largest product of the step.
+        let dw = w
+            .track_op()
+            .then(|| {
+                let dw = with_f32(x, "inputs", |x, _, _, rs, cs| {
+                    matmul_strided(&d, (1, vocab), x, (rs, cs), vocab, n, h, scale)
+                })?;
+                Tensor::from_vec(dw, (vocab, h), w.device())
+            })
+            .transpose()?;
+        Ok((Some(Tensor::from_vec(dx, (n, h), x.device())?), dw))
     }
 }
 

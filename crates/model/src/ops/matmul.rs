@@ -190,10 +190,18 @@ impl CustomOp2 for MatMul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // c = a b: da = dc bᵀ, db = aᵀ dc; transposes are stride swaps, never copies.
-        let da = grad.apply_op2_no_bwd(&b.t()?, &MatMul)?;
-        let db = a.t()?.apply_op2_no_bwd(grad, &MatMul)?;
-        Ok((Some(da), Some(db)))
+        // c = a b: da = dc bᵀ, db = aᵀ dc; transposes are stride swaps, never copies. An
+        // operand that is a constant (a frozen weight) gets no gradient: that product is
+        // a third of a training step's work, and LoRA has no use for it.
+        let da = a
+            .track_op()
+            .then(|| grad.apply_op2_no_bwd(&b.t()?, &MatMul))
+            .transpose()?;
+        let db = b
+            .track_op()
+            .then(|| a.t()?.apply_op2_no_bwd(grad, &MatMul))
+            .transpose()?;
+        Ok((da, db))
     }
 }
 
@@ -233,6 +241,28 @@ mod tests {
                 assert!(max_rel(a, b) < 1e-6, "gradient {n}x{i}x{o}");
             }
         }
+    }
+
+    /// A constant operand (a frozen weight) gets no gradient; the other's is unchanged.
+    #[test]
+    fn constants_get_no_gradient() {
+        let x = Var::from_tensor(&random(&[6, 5], 1)).unwrap();
+        let w = random(&[4, 5], 2);
+        let g = linear(&x, &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(g.get(&w).is_none());
+        let wv = Var::from_tensor(&w).unwrap();
+        let g2 = linear(&x, &wv)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(max_rel(g.get(&x).unwrap(), g2.get(&x).unwrap()), 0.0);
     }
 
     #[test]

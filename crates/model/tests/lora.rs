@@ -1,0 +1,233 @@
+//! LoRA on the training path: a fresh adapter leaves the model unchanged, only the
+//! adapters train, their gradients match finite differences, the merged weights compute
+//! what the adapted model computes, and PEFT's config and names round-trip.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+use ferrollama_model::layout::Part;
+use ferrollama_model::lora::{self, LoraConfig};
+use ferrollama_model::{Config, Packing, TrainableLlama, WeightSource};
+
+fn tiny() -> Config {
+    let mut c = Config::preset("260k").unwrap();
+    c.vocab_size = 40;
+    c.hidden_size = 16;
+    c.intermediate_size = 24;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 4;
+    c
+}
+
+fn lora_config(targets: &[Part]) -> LoraConfig {
+    LoraConfig {
+        rank: 3,
+        alpha: 6.0,
+        dropout: 0.0,
+        targets: targets.to_vec(),
+        rslora: false,
+    }
+}
+
+fn ids() -> Tensor {
+    let v: Vec<u32> = (0..12).map(|i| (i * 7 + 3) % 40).collect();
+    Tensor::from_vec(v, (2, 6), &Device::Cpu).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// An adapted model whose B matrices are random (a fresh B is zero).
+fn adapted(targets: &[Part]) -> TrainableLlama {
+    let mut m = TrainableLlama::init(tiny(), 3, 16).unwrap();
+    m.attach_lora(lora_config(targets), 9, None).unwrap();
+    for (i, (name, var)) in m.params().enumerate() {
+        if name.ends_with("lora_B.weight") {
+            let n = var.elem_count();
+            let v: Vec<f32> = (0..n)
+                .map(|j| (((j * 31 + i * 17) % 97) as f32 / 97.0 - 0.5) * 0.4)
+                .collect();
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    m
+}
+
+#[test]
+fn a_fresh_adapter_changes_nothing_and_only_adapters_train() {
+    let base = TrainableLlama::init(tiny(), 3, 16).unwrap();
+    let before = values(&base.forward(&ids()).unwrap());
+    let mut m = TrainableLlama::init(tiny(), 3, 16).unwrap();
+    m.attach_lora(lora_config(&[Part::Query, Part::Value]), 9, None)
+        .unwrap();
+    assert_eq!(values(&m.forward(&ids()).unwrap()), before);
+    let names: Vec<&str> = m.params().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), 2 * 2 * 2);
+    assert!(names.iter().all(|n| n.contains(".lora_")), "{names:?}");
+    assert_eq!(m.num_parameters(), 2 * (3 * 16 + 16 * 3 + 3 * 16 + 8 * 3));
+    // The gradient reaches B (A's is zero while B is) and no base weight.
+    let targets: Vec<u32> = (0..12).map(|i| (i * 5 + 1) % 40).collect();
+    let loss = m.loss(&ids(), &targets).unwrap();
+    let g = loss.backward().unwrap();
+    let b = m
+        .params()
+        .find(|(n, _)| n.ends_with("q_proj.lora_B.weight"))
+        .unwrap()
+        .1;
+    assert!(values(g.get(b.as_tensor()).unwrap())
+        .iter()
+        .any(|&x| x != 0.0));
+    assert!(m.attach_lora(lora_config(&[Part::Key]), 1, None).is_err());
+}
+
+/// d loss / d (A, B) against central differences along a fixed direction.
+#[test]
+fn adapter_gradients_match_finite_differences() {
+    let m = adapted(&[
+        Part::Query,
+        Part::Key,
+        Part::Value,
+        Part::AttnOutput,
+        Part::Gate,
+        Part::Up,
+        Part::Down,
+    ]);
+    let targets: Vec<u32> = (0..12).map(|i| (i * 5 + 1) % 40).collect();
+    let packing = Packing::new(vec![vec![0, 4], vec![0]], 6).unwrap();
+    let scored: Vec<u32> = (0..12).collect();
+    let loss = |m: &TrainableLlama| -> f64 {
+        m.loss_on(&ids(), &packing, &scored, &targets)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let grads = m
+        .loss_on(&ids(), &packing, &scored, &targets)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let mut worst = 0.0f64;
+    for (k, (name, var)) in m.params().enumerate() {
+        let g = values(grads.get(var.as_tensor()).unwrap());
+        let orig = var.as_tensor().copy().unwrap();
+        let n = orig.elem_count();
+        let d: Vec<f32> = (0..n)
+            .map(|i| (((i * 2654435761 + k * 97) % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        let norm = d.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let d: Vec<f32> = d.iter().map(|x| x / norm).collect();
+        let analytic: f64 = g.iter().zip(&d).map(|(a, b)| (*a * *b) as f64).sum();
+        let eps = 1e-2f32;
+        let shifted = |sign: f32| {
+            let v: Vec<f32> = values(&orig)
+                .iter()
+                .zip(&d)
+                .map(|(x, y)| x + sign * eps * y)
+                .collect();
+            var.set(&Tensor::from_vec(v, orig.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            let l = loss(&m);
+            var.set(&orig).unwrap();
+            l
+        };
+        let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+        let err = (analytic - numeric).abs() / numeric.abs().max(1e-3);
+        worst = worst.max(err);
+        assert!(err < 2e-2, "{name}: analytic {analytic}, numeric {numeric}");
+    }
+    assert!(worst > 0.0);
+}
+
+/// The merged weights (W + s B A), loaded as a plain model, compute the adapted logits;
+/// the inference path reads the merged weights too.
+#[test]
+fn merged_weights_compute_the_adapted_model() {
+    let m = adapted(&[Part::Query, Part::Value, Part::Down]);
+    let adapted_logits = values(&m.forward(&ids()).unwrap());
+    let merged: BTreeMap<String, Tensor> = m
+        .weight_names()
+        .map(|n| (n.to_string(), m.effective_weight(n).unwrap()))
+        .collect();
+    let plain = TrainableLlama::from_tensors(tiny(), merged, 16).unwrap();
+    let merged_logits = values(&plain.forward(&ids()).unwrap());
+    let worst = adapted_logits
+        .iter()
+        .zip(&merged_logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "{worst}");
+    let base = TrainableLlama::init(tiny(), 3, 16).unwrap();
+    assert_ne!(values(&base.forward(&ids()).unwrap()), adapted_logits);
+    // The WeightSource view (what `Llama::load(&model)` and export read) is merged.
+    let q = "model.layers.0.self_attn.v_proj.weight";
+    let via_source = m.get(q).unwrap().dequantize(&Device::Cpu).unwrap();
+    assert_eq!(values(&via_source), values(&m.effective_weight(q).unwrap()));
+}
+
+#[test]
+fn peft_config_round_trips_and_unsupported_settings_are_refused() {
+    let cfg = lora_config(&[Part::Query, Part::Value, Part::Gate]);
+    let json = cfg.to_peft_json("base");
+    assert_eq!(
+        json["target_modules"],
+        serde_json::json!(["gate_proj", "q_proj", "v_proj"])
+    );
+    let back = LoraConfig::from_peft_json(&json).unwrap();
+    assert_eq!(back.rank, 3);
+    assert_eq!(back.scale(), 2.0);
+    for (k, v) in [
+        ("use_dora", serde_json::json!(true)),
+        ("bias", serde_json::json!("all")),
+        ("rank_pattern", serde_json::json!({"q_proj": 4})),
+        ("layers_to_transform", serde_json::json!([0])),
+        ("peft_type", serde_json::json!("IA3")),
+    ] {
+        let mut j = json.clone();
+        j[k] = v;
+        assert!(LoraConfig::from_peft_json(&j).is_err(), "{k}");
+    }
+    assert_eq!(LoraConfig::parse_targets("q,v_proj,all").unwrap().len(), 7);
+    assert!(LoraConfig::parse_targets("q,embed").is_err());
+    assert_eq!(
+        lora::matrix_names("model.layers.1.mlp.up_proj.weight").0,
+        "model.layers.1.mlp.up_proj.lora_A.weight"
+    );
+}
+
+#[test]
+fn saved_adapters_load_back_and_wrong_ones_are_refused() {
+    let m = adapted(&[Part::Query, Part::Value]);
+    let saved: BTreeMap<String, Tensor> = m
+        .params()
+        .map(|(n, v)| (n.to_string(), v.as_tensor().copy().unwrap()))
+        .collect();
+    let mut again = TrainableLlama::init(tiny(), 3, 16).unwrap();
+    again
+        .attach_lora(
+            lora_config(&[Part::Query, Part::Value]),
+            0,
+            Some(saved.clone()),
+        )
+        .unwrap();
+    assert_eq!(
+        values(&again.forward(&ids()).unwrap()),
+        values(&m.forward(&ids()).unwrap())
+    );
+    // Targets that do not match the saved matrices: missing and left-over names.
+    let mut other = TrainableLlama::init(tiny(), 3, 16).unwrap();
+    assert!(other
+        .attach_lora(
+            lora_config(&[Part::Query, Part::Key]),
+            0,
+            Some(saved.clone())
+        )
+        .is_err());
+    let mut fewer = TrainableLlama::init(tiny(), 3, 16).unwrap();
+    assert!(fewer
+        .attach_lora(lora_config(&[Part::Query]), 0, Some(saved))
+        .is_err());
+}
