@@ -30,6 +30,9 @@ enum Command {
     Tokenize(cmd::tokenize::Args),
     /// Print a model's architecture, parameter count and tensor types.
     Info(cmd::info::Args),
+    /// Write the logits of every position of a prompt (f32, optionally with a LoRA
+    /// adapter) as safetensors, for comparisons with other implementations.
+    Logits(cmd::logits::Args),
     /// Perplexity of a text file, scored as llama.cpp's llama-perplexity scores it.
     Perplexity(cmd::perplexity::Args),
     /// Benchmarks (ARC, HellaSwag, MMLU, ... or lm-evaluation-harness task files), scored
@@ -83,6 +86,7 @@ fn main() {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Tokenize(a) => cmd::tokenize::run(a),
         Command::Info(a) => cmd::info::run(a),
+        Command::Logits(a) => cmd::logits::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Convert(a) => cmd::convert::run(a),

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::hf::{permute_rope_rows, RopeLayout};
 use crate::layout::{self, Part, TensorSpec};
 use crate::lora::LoraConfig;
+use crate::ops::frozen_quant::FrozenQuant;
 use crate::ops::fused::{CausalAttention, CrossEntropy};
 use crate::ops::rope_heads::RopeHeads;
 use crate::packing::Packing;
@@ -28,16 +29,62 @@ use crate::weights::WeightSource;
 /// blocks hold them: the variables' tensors when trained, constants when frozen.
 struct TrainBlock {
     attn_norm: Tensor,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attn_output: Tensor,
+    query: Weight,
+    key: Weight,
+    value: Weight,
+    attn_output: Weight,
     ffn_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    gate: Weight,
+    up: Weight,
+    down: Weight,
     /// LoRA's (A, B) of the adapted projections.
     lora: Vec<(Part, Tensor, Tensor)>,
+}
+
+/// A base weight: f32 (trained, or frozen as a constant), or a frozen projection kept
+/// quantized (QLoRA).
+#[derive(Clone, Debug)]
+pub enum Weight {
+    Dense(Tensor),
+    Quant(FrozenQuant),
+}
+
+impl Weight {
+    /// x (n, in) times the weight (out, in) transposed.
+    fn linear(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => linear(x, w),
+            Self::Quant(q) => Ok(q.linear(x)?),
+        }
+    }
+
+    /// The weight as an f32 tensor (a quantized one dequantized).
+    pub fn to_dense(&self) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => Ok(w.clone()),
+            Self::Quant(q) => {
+                let (n, k) = q.shape();
+                Ok(Tensor::from_vec(q.dequantize(), (n, k), &Device::Cpu)?)
+            }
+        }
+    }
+
+    fn dims2(&self) -> Result<(usize, usize)> {
+        match self {
+            Self::Dense(w) => Ok(w.dims2()?),
+            Self::Quant(q) => Ok(q.shape()),
+        }
+    }
+
+    /// The f32 tensor of a weight that is never quantized (norms, the embedding).
+    fn dense(&self) -> Result<&Tensor> {
+        match self {
+            Self::Dense(w) => Ok(w),
+            Self::Quant(_) => Err(Error::Internal(
+                "a quantized weight where f32 is kept".into(),
+            )),
+        }
+    }
 }
 
 /// An attached LoRA adapter: its shape and where its dropout masks come from.
@@ -56,7 +103,7 @@ pub struct TrainableLlama {
     /// `None` when the output projection is the embedding.
     lm_head: Option<Tensor>,
     /// Every weight of the base model by its layout name (the tensors above).
-    weights: BTreeMap<String, Tensor>,
+    weights: BTreeMap<String, Weight>,
     /// What training updates, by name: every weight, or with LoRA only the adapters' A
     /// and B. The map's order is the order gradients are reduced and the optimizer
     /// visits them, so results do not depend on hashing.
@@ -119,17 +166,27 @@ impl TrainableLlama {
                 });
             }
             let var = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
-            weights.insert(name.clone(), var.as_tensor().clone());
+            weights.insert(name.clone(), Weight::Dense(var.as_tensor().clone()));
             params.insert(name, var);
         }
         if let Some(name) = tensors.into_keys().next() {
             return Err(Error::UnexpectedTensor { name });
         }
+        Self::with_weights(config, weights, params, max_seq)
+    }
+
+    fn with_weights(
+        config: Config,
+        weights: BTreeMap<String, Weight>,
+        params: BTreeMap<String, Var>,
+        max_seq: usize,
+    ) -> Result<Self> {
         let (cos, sin) = rotate_half_tables(&config, max_seq);
+        let placeholder = Tensor::zeros(0, DType::F32, &Device::Cpu)?;
         let mut model = Self {
-            embed_tokens: weights[&layout::global_name(Part::Embedding)].clone(),
+            embed_tokens: placeholder.clone(),
             layers: Vec::new(),
-            norm: weights[&layout::global_name(Part::FinalNorm)].clone(),
+            norm: placeholder,
             lm_head: None,
             config,
             weights,
@@ -138,16 +195,56 @@ impl TrainableLlama {
             cos_table: Arc::new(cos),
             sin_table: Arc::new(sin),
         };
-        model.assemble(&BTreeMap::new());
+        model.assemble(&BTreeMap::new())?;
         Ok(model)
+    }
+
+    /// A GGUF checkpoint for QLoRA: the projections of every block stay quantized as the
+    /// file stores them ([`FrozenQuant`]); the embedding, norms and head are dequantized
+    /// to f32. Everything is frozen, so [`Self::attach_lora`] must give it something to
+    /// train. A projection in a type the kernels do not hold (f32, IQ types) is refused.
+    pub fn open_quantized(path: &std::path::Path, max_seq: usize) -> Result<Self> {
+        crate::weights::with_checkpoint(path, |w, mut config| {
+            config.tie_word_embeddings = !w.contains(&layout::global_name(Part::Head));
+            let mut weights = BTreeMap::new();
+            for spec in layout::tensors(&config) {
+                let weight = if crate::lora::module(spec.part).is_some() {
+                    let (rows, cols) = (spec.shape[0], spec.shape[1]);
+                    let matrix = match crate::linear::Linear::load(w, &spec.name, (rows, cols))? {
+                        crate::linear::Linear::Quant(m) => m,
+                        crate::linear::Linear::Candle(_) => {
+                            return Err(Error::UnsupportedType {
+                                action: "keep quantized for QLoRA",
+                                ty: format!("{:?} (`{}`)", w.get(&spec.name)?.dtype(), spec.name),
+                            })
+                        }
+                    };
+                    let rows_map = layout::rotary_heads(&config, spec.part)
+                        .map(|heads| Arc::new(crate::ops::frozen_quant::rope_row_map(rows, heads)));
+                    Weight::Quant(FrozenQuant {
+                        matrix,
+                        rows: rows_map,
+                    })
+                } else {
+                    let t = w.get(&spec.name)?.dequantize(&Device::Cpu)?;
+                    Weight::Dense(t.to_dtype(DType::F32)?)
+                };
+                weights.insert(spec.name, weight);
+            }
+            Self::with_weights(config, weights, BTreeMap::new(), max_seq)
+        })
     }
 
     /// Points the blocks, embedding, norm and head at `self.weights`, with the adapter
     /// matrices of `adapters` (by their names) on the projections they adapt.
-    fn assemble(&mut self, adapters: &BTreeMap<String, Tensor>) {
+    fn assemble(&mut self, adapters: &BTreeMap<String, Tensor>) -> Result<()> {
         let w = &self.weights;
-        let block = |l: usize| {
-            let v = |part| w[&layout::layer_name(l, part)].clone();
+        let get =
+            |name: String| -> Result<&Weight> { w.get(&name).ok_or(Error::MissingTensor { name }) };
+        let block = |l: usize| -> Result<TrainBlock> {
+            let v = |part| get(layout::layer_name(l, part)).cloned();
+            let d =
+                |part| -> Result<Tensor> { Ok(get(layout::layer_name(l, part))?.dense()?.clone()) };
             let lora = crate::lora::TARGETS
                 .iter()
                 .filter_map(|&(part, _)| {
@@ -155,24 +252,33 @@ impl TrainableLlama {
                     Some((part, adapters.get(&a)?.clone(), adapters.get(&b)?.clone()))
                 })
                 .collect();
-            TrainBlock {
-                attn_norm: v(Part::AttnNorm),
-                query: v(Part::Query),
-                key: v(Part::Key),
-                value: v(Part::Value),
-                attn_output: v(Part::AttnOutput),
-                ffn_norm: v(Part::FfnNorm),
-                gate: v(Part::Gate),
-                up: v(Part::Up),
-                down: v(Part::Down),
+            Ok(TrainBlock {
+                attn_norm: d(Part::AttnNorm)?,
+                query: v(Part::Query)?,
+                key: v(Part::Key)?,
+                value: v(Part::Value)?,
+                attn_output: v(Part::AttnOutput)?,
+                ffn_norm: d(Part::FfnNorm)?,
+                gate: v(Part::Gate)?,
+                up: v(Part::Up)?,
+                down: v(Part::Down)?,
                 lora,
-            }
+            })
         };
-        self.layers = (0..self.config.num_hidden_layers).map(block).collect();
-        self.embed_tokens = w[&layout::global_name(Part::Embedding)].clone();
-        self.norm = w[&layout::global_name(Part::FinalNorm)].clone();
-        self.lm_head =
-            (!self.config.tie_word_embeddings).then(|| w[&layout::global_name(Part::Head)].clone());
+        let layers = (0..self.config.num_hidden_layers)
+            .map(block)
+            .collect::<Result<Vec<_>>>()?;
+        let global =
+            |part| -> Result<Tensor> { Ok(get(layout::global_name(part))?.dense()?.clone()) };
+        self.embed_tokens = global(Part::Embedding)?;
+        self.norm = global(Part::FinalNorm)?;
+        self.lm_head = if self.config.tie_word_embeddings {
+            None
+        } else {
+            Some(global(Part::Head)?)
+        };
+        self.layers = layers;
+        Ok(())
     }
 
     /// Freezes the base model and attaches a LoRA adapter to `lora.targets` of every
@@ -192,8 +298,10 @@ impl TrainableLlama {
         }
         // Constants: no gradient is computed for them, and their matrix products skip
         // the weight-gradient half of the backward pass.
-        for t in self.weights.values_mut() {
-            *t = t.detach();
+        for w in self.weights.values_mut() {
+            if let Weight::Dense(t) = w {
+                *t = t.detach();
+            }
         }
         let mut rng = crate::lora::init_rng(seed);
         let mut init = init;
@@ -236,7 +344,7 @@ impl TrainableLlama {
             )));
         }
         self.params = params;
-        self.assemble(&adapters);
+        self.assemble(&adapters)?;
         self.lora = Some(Lora {
             config: lora,
             dropout_key: AtomicU64::new(0),
@@ -261,11 +369,15 @@ impl TrainableLlama {
     /// A weight as the model computes with it: the base weight, plus the adapter's
     /// s · B A when one adapts it (the merged weight).
     pub fn effective_weight(&self, name: &str) -> Result<Tensor> {
-        let base = self.weights.get(name).ok_or_else(|| Error::MissingTensor {
-            name: name.to_string(),
-        })?;
+        let base = self
+            .weights
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+            })?
+            .to_dense()?;
         let Some(lora) = &self.lora else {
-            return Ok(base.clone());
+            return Ok(base);
         };
         let (an, bn) = crate::lora::matrix_names(name);
         match (self.params.get(&an), self.params.get(&bn)) {
@@ -273,7 +385,7 @@ impl TrainableLlama {
                 let delta = (b.as_tensor().matmul(a.as_tensor())? * lora.config.scale())?;
                 Ok((base + delta)?.detach())
             }
-            _ => Ok(base.clone()),
+            _ => Ok(base),
         }
     }
 
@@ -401,12 +513,12 @@ impl TrainableLlama {
     fn project(
         &self,
         x: &Tensor,
-        w: &Tensor,
+        w: &Weight,
         block: &TrainBlock,
         l: usize,
         part: Part,
     ) -> Result<Tensor> {
-        let y = linear(x, w)?;
+        let y = w.linear(x)?;
         let (Some(lora), Some((_, a, b))) = (&self.lora, block.lora.iter().find(|t| t.0 == part))
         else {
             return Ok(y);
@@ -494,7 +606,7 @@ impl TrainableLlama {
             cfg.head_dim,
         );
         // (b, heads, t, hd)
-        let rotated = |w: &Tensor, part: Part, heads: usize| -> Result<Tensor> {
+        let rotated = |w: &Weight, part: Part, heads: usize| -> Result<Tensor> {
             let op = RopeHeads {
                 batch: b,
                 heads,

@@ -231,3 +231,59 @@ fn saved_adapters_load_back_and_wrong_ones_are_refused() {
         .attach_lora(lora_config(&[Part::Query]), 0, Some(saved))
         .is_err());
 }
+
+fn tiny_gguf() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/tiny/tiny-260k-q8_0.gguf")
+}
+
+/// QLoRA's base: the GGUF projections kept quantized compute what the same weights
+/// dequantized to f32 compute, forward and backward (the adapters' gradients), Q and K
+/// rows reordered as training needs them.
+#[test]
+fn a_quantized_base_computes_what_its_dequantized_weights_compute() {
+    let cfg = lora_config(&[Part::Query, Part::Key, Part::Value, Part::Down]);
+    let mut quant = TrainableLlama::open_quantized(&tiny_gguf(), 32).unwrap();
+    assert_eq!(quant.num_parameters(), 0);
+    let mut dense = TrainableLlama::open(&tiny_gguf(), 32).unwrap();
+    quant.attach_lora(cfg.clone(), 4, None).unwrap();
+    dense.attach_lora(cfg, 4, None).unwrap();
+    // Non-zero B, the same in both.
+    for ((_, q), (_, d)) in quant.params().zip(dense.params()) {
+        let n = q.elem_count();
+        let v: Vec<f32> = (0..n)
+            .map(|j| ((j * 37 % 101) as f32 / 101.0 - 0.5) * 0.1)
+            .collect();
+        let t = Tensor::from_vec(v, q.shape(), &Device::Cpu).unwrap();
+        q.set(&t).unwrap();
+        d.set(&t).unwrap();
+    }
+    let x = Tensor::new(&[[1u32, 7, 30, 200, 511, 64, 9, 2]], &Device::Cpu).unwrap();
+    let (lq, ld) = (quant.forward(&x).unwrap(), dense.forward(&x).unwrap());
+    let worst = values(&lq)
+        .iter()
+        .zip(values(&ld))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "logits differ by {worst}");
+    let targets: Vec<u32> = vec![7, 30, 200, 511, 64, 9, 2, 5];
+    let gq = quant.loss(&x, &targets).unwrap().backward().unwrap();
+    let gd = dense.loss(&x, &targets).unwrap().backward().unwrap();
+    for ((name, q), (_, d)) in quant.params().zip(dense.params()) {
+        let (a, b) = (values(gq.get(q).unwrap()), values(gd.get(d).unwrap()));
+        let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff / scale < 1e-3, "{name}: {diff} of {scale}");
+    }
+    // The merged weights of both agree too (Q rows in the same order).
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    let (a, b) = (
+        values(&quant.effective_weight(q).unwrap()),
+        values(&dense.effective_weight(q).unwrap()),
+    );
+    assert_eq!(a, b);
+}

@@ -63,6 +63,9 @@ pub struct SftConfig {
     pub seed: u64,
     /// Train a LoRA adapter of this shape on the frozen model instead of every weight.
     pub lora: Option<LoraConfig>,
+    /// QLoRA: the base's projections stay quantized as its GGUF file stores them
+    /// (needs `lora`).
+    pub qlora: bool,
 }
 
 impl Default for SftConfig {
@@ -88,6 +91,7 @@ impl Default for SftConfig {
             keep_checkpoints: 2,
             seed: 1234,
             lora: None,
+            qlora: false,
         }
     }
 }
@@ -112,6 +116,9 @@ impl SftConfig {
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) || !(0.0..1.0).contains(&self.val_fraction) {
             return bad("min_lr_ratio must be in [0, 1] and val_fraction in [0, 1)".into());
+        }
+        if self.qlora && self.lora.is_none() {
+            return bad("QLoRA trains a LoRA adapter on the quantized base: give it a rank".into());
         }
         if self.checkpoint_every == 0 || (self.steps.is_none() && self.epochs == 0) {
             return bad("checkpoint_every and epochs (or steps) must be at least 1".into());
@@ -244,7 +251,11 @@ impl<'a> FineTuner<'a> {
         resume: bool,
     ) -> Result<Self> {
         config.check()?;
-        let mut model = TrainableLlama::open(&config.model, config.seq_len)?;
+        let mut model = if config.qlora {
+            TrainableLlama::open_quantized(&config.model, config.seq_len)?
+        } else {
+            TrainableLlama::open(&config.model, config.seq_len)?
+        };
         if let Some(lora) = &config.lora {
             model.attach_lora(lora.clone(), config.seed, None)?;
         }

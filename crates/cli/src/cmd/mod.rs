@@ -6,6 +6,7 @@ pub mod convert;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod logits;
 pub mod perplexity;
 pub mod serve;
 pub mod sft;

@@ -92,6 +92,11 @@ pub struct Args {
     /// Scale the update by alpha / sqrt(rank) (rank-stabilised LoRA).
     #[arg(long)]
     pub rslora: bool,
+    /// QLoRA: keep the base model's projections quantized as its GGUF file stores them
+    /// (Q4_0, Q4_1, Q8_0, K-quants, ...), dequantized one projection at a time in the
+    /// forward and backward passes; needs --lora-rank.
+    #[arg(long, requires = "lora_rank")]
+    pub qlora: bool,
 }
 
 /// LoRA's usual peak learning rate (the QLoRA paper's for small models), ten times full
@@ -160,6 +165,9 @@ pub fn run(a: Args) -> Result<()> {
         if a.lr.is_none() && !a.resume {
             cfg.lr = LORA_LR;
         }
+    }
+    if a.qlora {
+        cfg.qlora = true;
     }
     if cfg.seq_len > context {
         anyhow::bail!(

@@ -4,6 +4,7 @@
 //! SwiGLU's gating, RoPE over split heads, and matrix products split between threads.
 
 pub mod attention_gemm;
+pub mod frozen_quant;
 pub mod fused;
 pub mod head_loss;
 pub mod matmul;
