@@ -18,6 +18,46 @@ pub struct ModelArgs {
     /// `~/.cache/ferrollama/models/packed`).
     #[arg(long)]
     pub no_pack_cache: bool,
+    /// A LoRA adapter directory in PEFT's layout (adapter_config.json +
+    /// adapter_model.safetensors), applied without merging, its update scaled by SCALE
+    /// (default 1); repeatable, the updates add up.
+    #[arg(long = "lora", value_name = "DIR[:SCALE]")]
+    pub lora: Vec<String>,
+}
+
+impl ModelArgs {
+    /// The `--lora` adapters as (directory, scale).
+    pub fn adapters(&self) -> anyhow::Result<Vec<(PathBuf, f64)>> {
+        self.lora.iter().map(|s| parse_adapter(s)).collect()
+    }
+
+    /// Refuses `--lora` for a command that has no use for it, rather than ignoring it.
+    pub fn no_adapters(&self, command: &str) -> anyhow::Result<()> {
+        if self.lora.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("`{command}` does not take --lora")
+        }
+    }
+}
+
+/// `DIR` or `DIR:SCALE` (a suffix that is not a number belongs to the path).
+pub fn parse_adapter(s: &str) -> anyhow::Result<(PathBuf, f64)> {
+    let (dir, scale) = match s.rsplit_once(':') {
+        Some((d, x)) if !d.is_empty() => match x.parse::<f64>() {
+            Ok(v) => (d, v),
+            Err(_) => (s, 1.0),
+        },
+        _ => (s, 1.0),
+    };
+    if !scale.is_finite() {
+        anyhow::bail!("--lora {s}: the scale must be a finite number");
+    }
+    let dir = PathBuf::from(dir);
+    if !dir.join("adapter_config.json").exists() {
+        anyhow::bail!("--lora {}: no adapter_config.json there", dir.display());
+    }
+    Ok((dir, scale))
 }
 
 /// Sampling settings; the defaults are llama.cpp's.

@@ -34,7 +34,13 @@ pub fn load(args: &ModelArgs) -> Result<Bundle> {
         pack_cache_dir: (!args.no_pack_cache)
             .then(|| ferrollama_assets::models_dir().join("packed")),
     };
-    let bundle = Bundle::open(&path, &opts)?;
+    let mut bundle = Bundle::open(&path, &opts)?;
+    for (dir, scale) in args.adapters()? {
+        bundle
+            .model
+            .attach_lora(&dir, scale)
+            .with_context(|| format!("applying the adapter {}", dir.display()))?;
+    }
     for w in &bundle.warnings {
         eprintln!("warning: {w}");
     }

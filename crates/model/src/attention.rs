@@ -34,6 +34,8 @@ pub struct Attention {
     n_kv_head: usize,
     head_dim: usize,
     pub precision: Precision,
+    /// LoRA updates added to the Q, K, V and output projections (unmerged adapters).
+    pub lora: Vec<(Part, crate::lora::Delta)>,
 }
 
 impl Attention {
@@ -52,6 +54,7 @@ impl Attention {
             n_kv_head: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
             precision: Precision::default(),
+            lora: Vec::new(),
         })
     }
 
@@ -80,17 +83,26 @@ impl Attention {
             Ok([one]) => one,
             Err(outs) => Tensor::cat(&outs, 1)?,
         };
-        Ok(self.o_proj.forward(&out)?)
+        let mut y = self.o_proj.forward(&out)?;
+        for (_, d) in self.lora.iter().filter(|(p, _)| *p == Part::AttnOutput) {
+            y = (y + d.apply(&out)?)?;
+        }
+        Ok(y)
     }
 
     /// Q, K and V projections, each (1, seq_len, heads * head_dim).
     fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        match <[Tensor; 3]>::try_from(self.qkv.forward(x)?) {
-            Ok([q, k, v]) => Ok((q, k, v)),
-            Err(_) => Err(crate::error::Error::Internal(
-                "Q/K/V projection lost a part".into(),
-            )),
+        let [mut q, mut k, mut v] = <[Tensor; 3]>::try_from(self.qkv.forward(x)?)
+            .map_err(|_| crate::error::Error::Internal("Q/K/V projection lost a part".into()))?;
+        for (part, d) in &self.lora {
+            match part {
+                Part::Query => q = (q + d.apply(x)?)?,
+                Part::Key => k = (k + d.apply(x)?)?,
+                Part::Value => v = (v + d.apply(x)?)?,
+                _ => {}
+            }
         }
+        Ok((q, k, v))
     }
 
     /// Attention of projected queries (1, seq_len, n_head * head_dim) over the cache plus

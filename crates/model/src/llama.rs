@@ -192,6 +192,23 @@ impl Llama {
         })
     }
 
+    /// Adds the LoRA adapter in `dir` (PEFT's layout), its update scaled by `scale`
+    /// beyond its own alpha / r, to every projection it adapts, unmerged: the quantized
+    /// weights stay as they are. Several adapters add up. Changing the adapters
+    /// invalidates caches made before.
+    pub fn attach_lora(&mut self, dir: &std::path::Path, scale: f64) -> Result<()> {
+        let deltas = crate::lora::inference_deltas(&self.config, dir, scale)?;
+        for (layer, deltas) in self.layers.iter_mut().zip(deltas) {
+            for (part, d) in deltas {
+                match part {
+                    Part::Gate | Part::Up | Part::Down => layer.mlp.lora.push((part, d)),
+                    _ => layer.self_attn.lora.push((part, d)),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sets where attention rounds its numbers (llama.cpp's f16 by default); changing it
     /// invalidates caches made before.
     pub fn set_attention_precision(&mut self, precision: crate::attention::Precision) {

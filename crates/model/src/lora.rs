@@ -248,3 +248,119 @@ pub fn read_peft_dir(dir: &Path) -> Result<(LoraConfig, BTreeMap<String, Tensor>
     }
     Ok((cfg, out))
 }
+
+/// The (A, B) pair of every adapted projection of a model with `layers` blocks, taken out
+/// of `tensors` (by this crate's names) and checked against the weight shapes `shape`
+/// gives (out, in): a missing or misshapen matrix, or one no target has a place for, is
+/// an error rather than an adapter that silently does less.
+pub fn take_matrices(
+    lora: &LoraConfig,
+    layers: usize,
+    shape: impl Fn(usize, Part) -> (usize, usize),
+    mut tensors: BTreeMap<String, Tensor>,
+) -> Result<Vec<(usize, Part, Tensor, Tensor)>> {
+    let mut out = Vec::new();
+    for l in 0..layers {
+        for &part in &lora.targets {
+            let (rows, cols) = shape(l, part);
+            let (an, bn) = matrix_names(&crate::layout::layer_name(l, part));
+            let mut take = |n: &str, want: (usize, usize)| -> Result<Tensor> {
+                let t = tensors
+                    .remove(n)
+                    .ok_or_else(|| Error::Config(format!("the adapter lacks `{n}`")))?;
+                if t.dims() != [want.0, want.1] {
+                    return Err(Error::Config(format!(
+                        "adapter matrix `{n}` is {:?}, the model needs {want:?}",
+                        t.dims()
+                    )));
+                }
+                Ok(t)
+            };
+            let a = take(&an, (lora.rank, cols))?;
+            let b = take(&bn, (rows, lora.rank))?;
+            out.push((l, part, a, b));
+        }
+    }
+    if let Some(name) = tensors.into_keys().next() {
+        return Err(Error::Config(format!(
+            "the adapter holds `{name}`, which its targets {:?} have no place for",
+            lora.targets
+        )));
+    }
+    Ok(out)
+}
+
+/// One adapted projection on the inference path: x ↦ s · (x Aᵀ) Bᵀ, added to the frozen
+/// (quantized) projection's output without merging.
+#[derive(Debug, Clone)]
+pub struct Delta {
+    /// Aᵀ (in, r) and Bᵀ (r, out), contiguous, so each product is one plain matmul.
+    a_t: Tensor,
+    b_t: Tensor,
+    scale: f64,
+}
+
+impl Delta {
+    /// `b` in the row order of the weights it adds to.
+    pub fn new(a: &Tensor, b: &Tensor, scale: f64) -> Result<Self> {
+        Ok(Self {
+            a_t: a.t()?.contiguous()?,
+            b_t: b.t()?.contiguous()?,
+            scale,
+        })
+    }
+
+    /// The update for inputs x (.., in): (.., out).
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / inp.max(1);
+        let y = x
+            .reshape((rows, inp))?
+            .matmul(&self.a_t)?
+            .matmul(&self.b_t)?;
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.b_t.dims()[1];
+        }
+        (y * self.scale)?.reshape(out_dims)
+    }
+}
+
+/// The adapter in `dir` as inference deltas for each block of a model of shape `cfg`,
+/// its update scaled by `extra` beyond its own alpha / r (`--lora DIR:SCALE`); Q and K
+/// rows of B reordered into GGUF's pair order, which the inference path computes in.
+pub fn inference_deltas(
+    cfg: &crate::Config,
+    dir: &Path,
+    extra: f64,
+) -> Result<Vec<Vec<(Part, Delta)>>> {
+    let (lora, tensors) = read_peft_dir(dir)?;
+    let matrices = take_matrices(
+        &lora,
+        cfg.num_hidden_layers,
+        |_, part| {
+            let s = crate::layout::shape(cfg, part);
+            (s[0], s[1])
+        },
+        tensors,
+    )?;
+    let mut layers = vec![Vec::new(); cfg.num_hidden_layers];
+    for (l, part, a, b) in matrices {
+        let b = match crate::layout::rotary_heads(cfg, part) {
+            Some(heads) => {
+                // GGUF row g holds rotate-half row inv[g].
+                let map = crate::ops::frozen_quant::rope_row_map(b.dims()[0], heads);
+                let mut inv = vec![0u32; map.len()];
+                for (hf, &g) in map.iter().enumerate() {
+                    inv[g as usize] = hf as u32;
+                }
+                let idx = Tensor::from_vec(inv, map.len(), &Device::Cpu)?;
+                b.index_select(&idx, 0)?
+            }
+            None => b,
+        };
+        layers[l].push((part, Delta::new(&a, &b, lora.scale() * extra)?));
+    }
+    Ok(layers)
+}

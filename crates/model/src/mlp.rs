@@ -14,6 +14,8 @@ pub struct Mlp {
     /// The gate and up projections, stacked.
     gate_up: Stacked,
     down_proj: Linear,
+    /// LoRA updates added to the gate, up and down projections (unmerged adapters).
+    pub lora: Vec<(Part, crate::lora::Delta)>,
 }
 
 impl Mlp {
@@ -24,21 +26,36 @@ impl Mlp {
         Ok(Self {
             gate_up: Stacked::load(w, &names, &[f, f], h)?,
             down_proj: Linear::load(w, &layer_name(layer, Part::Down), (h, f))?,
+            lora: Vec::new(),
         })
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some(both) = self.gate_up.forward_stacked(x)? {
-            return self.down_proj.forward(&both.apply_op1_no_bwd(&SwiGlu)?);
+        if self.lora.is_empty() {
+            if let Some(both) = self.gate_up.forward_stacked(x)? {
+                return self.down_proj.forward(&both.apply_op1_no_bwd(&SwiGlu)?);
+            }
         }
-        let [gate, up]: [Tensor; 2] = self
+        let [mut gate, mut up]: [Tensor; 2] = self
             .gate_up
             .forward(x)?
             .try_into()
             .map_err(|_| candle_core::Error::Msg("gate/up projection lost a part".into()))?;
-        self.down_proj.forward(&(gate.silu()? * up)?)
+        for (part, d) in &self.lora {
+            match part {
+                Part::Gate => gate = (gate + d.apply(x)?)?,
+                Part::Up => up = (up + d.apply(x)?)?,
+                _ => {}
+            }
+        }
+        let h = (gate.silu()? * up)?;
+        let mut y = self.down_proj.forward(&h)?;
+        for (_, d) in self.lora.iter().filter(|(p, _)| *p == Part::Down) {
+            y = (y + d.apply(&h)?)?;
+        }
+        Ok(y)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::layout::{self, Part, TensorSpec};
 use crate::lora::LoraConfig;
 use crate::ops::frozen_quant::FrozenQuant;
 use crate::ops::fused::{CausalAttention, CrossEntropy};
+use crate::ops::lora_linear::{Frozen, LoraLinear};
 use crate::ops::rope_heads::RopeHeads;
 use crate::packing::Packing;
 use crate::weights::WeightSource;
@@ -296,52 +297,48 @@ impl TrainableLlama {
         if self.lora.is_some() {
             return Err(Error::Config("a LoRA adapter is attached already".into()));
         }
-        // Constants: no gradient is computed for them, and their matrix products skip
-        // the weight-gradient half of the backward pass.
+        let mut params = BTreeMap::new();
+        let mut adapters = BTreeMap::new();
+        let mut add = |name: String, a: Tensor, b: Tensor| -> Result<()> {
+            let (an, bn) = crate::lora::matrix_names(&name);
+            let (a, b) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
+            adapters.insert(an.clone(), a.as_tensor().clone());
+            adapters.insert(bn.clone(), b.as_tensor().clone());
+            params.insert(an, a);
+            params.insert(bn, b);
+            Ok(())
+        };
+        match init {
+            None => {
+                let mut rng = crate::lora::init_rng(seed);
+                for l in 0..self.config.num_hidden_layers {
+                    for &part in &lora.targets {
+                        let name = layout::layer_name(l, part);
+                        let (out, inp) = self.weights[&name].dims2()?;
+                        let (a, b) = crate::lora::init_matrices(&mut rng, lora.rank, out, inp)?;
+                        add(name, a, b)?;
+                    }
+                }
+            }
+            Some(tensors) => {
+                let config = &self.config;
+                let shape = |_, part| {
+                    let s = layout::shape(config, part);
+                    (s[0], s[1])
+                };
+                let layers = config.num_hidden_layers;
+                for (l, part, a, b) in crate::lora::take_matrices(&lora, layers, shape, tensors)? {
+                    add(layout::layer_name(l, part), a, b)?;
+                }
+            }
+        }
+        // The base becomes constants (only once the adapter is whole): no gradient is
+        // computed for them, and their matrix products skip the weight-gradient half of
+        // the backward pass.
         for w in self.weights.values_mut() {
             if let Weight::Dense(t) = w {
                 *t = t.detach();
             }
-        }
-        let mut rng = crate::lora::init_rng(seed);
-        let mut init = init;
-        let mut params = BTreeMap::new();
-        let mut adapters = BTreeMap::new();
-        for l in 0..self.config.num_hidden_layers {
-            for &part in &lora.targets {
-                let name = layout::layer_name(l, part);
-                let (out, inp) = self.weights[&name].dims2()?;
-                let (an, bn) = crate::lora::matrix_names(&name);
-                let (a, b) = match &mut init {
-                    None => crate::lora::init_matrices(&mut rng, lora.rank, out, inp)?,
-                    Some(m) => {
-                        let mut take = |n: &str, shape: (usize, usize)| -> Result<Tensor> {
-                            let t = m
-                                .remove(n)
-                                .ok_or_else(|| Error::Config(format!("the adapter lacks `{n}`")))?;
-                            if t.dims() != [shape.0, shape.1] {
-                                return Err(Error::Config(format!(
-                                    "adapter matrix `{n}` is {:?}, the model needs {shape:?}",
-                                    t.dims()
-                                )));
-                            }
-                            Ok(t)
-                        };
-                        (take(&an, (lora.rank, inp))?, take(&bn, (out, lora.rank))?)
-                    }
-                };
-                let (a, b) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
-                adapters.insert(an.clone(), a.as_tensor().clone());
-                adapters.insert(bn.clone(), b.as_tensor().clone());
-                params.insert(an, a);
-                params.insert(bn, b);
-            }
-        }
-        if let Some(name) = init.and_then(|m| m.into_keys().next()) {
-            return Err(Error::Config(format!(
-                "the adapter holds `{name}`, which its targets {:?} have no place for",
-                lora.targets
-            )));
         }
         self.params = params;
         self.assemble(&adapters)?;
@@ -518,26 +515,30 @@ impl TrainableLlama {
         l: usize,
         part: Part,
     ) -> Result<Tensor> {
-        let y = w.linear(x)?;
         let (Some(lora), Some((_, a, b))) = (&self.lora, block.lora.iter().find(|t| t.0 == part))
         else {
-            return Ok(y);
+            return w.linear(x);
         };
         let key = lora.dropout_key.load(Ordering::Relaxed);
         let p = lora.config.dropout;
-        let x = if p > 0.0 && key != 0 {
-            let (n, d) = x.dims2()?;
+        let mask = (p > 0.0 && key != 0).then(|| {
+            let n = x.elem_count();
             let mut rng = ChaCha20Rng::seed_from_u64(key ^ ((l as u64) << 8 | part as u64));
             let keep = (1.0 / (1.0 - p)) as f32;
-            let mask: Vec<f32> = (0..n * d)
+            let mask: Vec<f32> = (0..n)
                 .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
                 .collect();
-            (x * Tensor::from_vec(mask, (n, d), &Device::Cpu)?)?
-        } else {
-            x.clone()
+            Arc::new(mask)
+        });
+        let op = LoraLinear {
+            w: match w {
+                Weight::Dense(t) => Frozen::Dense(t.clone()),
+                Weight::Quant(q) => Frozen::Quant(q.clone()),
+            },
+            scale: lora.config.scale() as f32,
+            mask,
         };
-        let update = linear(&linear(&x, a)?, b)?;
-        Ok((y + (update * lora.config.scale())?)?)
+        Ok(op.apply(x, a, b)?)
     }
 
     /// The normed last hidden states (b * t, hidden) for token ids (b, t), packed or not.

@@ -287,3 +287,77 @@ fn a_quantized_base_computes_what_its_dequantized_weights_compute() {
     );
     assert_eq!(a, b);
 }
+
+/// Writes `model`'s adapter as PEFT does, for the inference path to read.
+fn write_peft(model: &TrainableLlama, dir: &std::path::Path) {
+    let cfg = model.lora_config().unwrap();
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        cfg.to_peft_json("tiny").to_string(),
+    )
+    .unwrap();
+    let tensors: std::collections::HashMap<String, Tensor> = model
+        .params()
+        .map(|(n, v)| (format!("{}{n}", lora::PEFT_PREFIX), v.as_tensor().clone()))
+        .collect();
+    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
+}
+
+/// The inference path (quantization-free here: f32 weights, attention in f32) runs an
+/// adapter unmerged as the training path does, Q and K rows reordered into its pair
+/// order; two adapters at half scale add up to one at full scale.
+#[test]
+fn the_inference_path_runs_adapters_unmerged() {
+    use ferrollama_model::attention::Precision;
+    use ferrollama_model::Llama;
+    let all = [
+        Part::Query,
+        Part::Key,
+        Part::Value,
+        Part::AttnOutput,
+        Part::Gate,
+        Part::Up,
+        Part::Down,
+    ];
+    let m = adapted(&all);
+    let dir = tempfile::tempdir().unwrap();
+    write_peft(&m, dir.path());
+    let tokens: Vec<u32> = (0..10).map(|i| (i * 7 + 3) % 40).collect();
+    let x = Tensor::from_slice(&tokens, (1, 10), &Device::Cpu).unwrap();
+    let want = values(&m.forward(&x).unwrap());
+    let base = TrainableLlama::init(tiny(), 3, 16).unwrap();
+    let run = |adapters: &[f64]| -> Vec<f32> {
+        let mut llama = Llama::load(&base, base.config.clone(), 16).unwrap();
+        llama.set_attention_precision(Precision::F32);
+        for &s in adapters {
+            llama.attach_lora(dir.path(), s).unwrap();
+        }
+        let mut cache = llama.new_cache(16);
+        llama
+            .forward(&tokens, &mut cache, tokens.len())
+            .unwrap()
+            .into_vec()
+    };
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let once = run(&[1.0]);
+    assert!(
+        diff(&once, &want) < 1e-4,
+        "unmerged inference differs by {}",
+        diff(&once, &want)
+    );
+    assert!(diff(&run(&[0.5, 0.5]), &once) < 1e-5);
+    assert!(diff(&run(&[]), &want) > 1e-3, "the adapter changed nothing");
+    // A damaged adapter is an error, not a silent no-op.
+    std::fs::write(
+        dir.path().join("adapter_model.safetensors"),
+        b"not safetensors",
+    )
+    .unwrap();
+    let mut llama = Llama::load(&base, base.config.clone(), 16).unwrap();
+    assert!(llama.attach_lora(dir.path(), 1.0).is_err());
+}

@@ -1,5 +1,5 @@
 //! `ferrollama logits`: the logits of every position of a prompt through the training
-//! path (f32), with a LoRA adapter (PEFT's layout) applied unmerged, written as
+//! path (f32), with a LoRA adapter (PEFT's layout, `--lora DIR`) applied unmerged, written as
 //! safetensors: what a comparison with another implementation (PyTorch + PEFT) reads.
 
 use std::collections::HashMap;
@@ -16,9 +16,6 @@ use crate::args::ModelArgs;
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
-    #[arg(long)]
-    pub lora: Option<PathBuf>,
     /// The text, tokenized with the model's tokenizer (BOS as the model adds it).
     #[arg(long, conflicts_with = "tokens")]
     pub prompt: Option<String>,
@@ -44,10 +41,15 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut model = TrainableLlama::open(&path, tokens.len())
         .with_context(|| format!("opening {}", path.display()))?;
-    if let Some(dir) = &a.lora {
-        let (cfg, tensors) = ferrollama_model::lora::read_peft_dir(dir)
-            .with_context(|| format!("reading the adapter {}", dir.display()))?;
-        model.attach_lora(cfg, 0, Some(tensors))?;
+    // The training path holds one adapter, unscaled.
+    match a.model.adapters()?.as_slice() {
+        [] => {}
+        [(dir, scale)] if *scale == 1.0 => {
+            let (cfg, tensors) = ferrollama_model::lora::read_peft_dir(dir)
+                .with_context(|| format!("reading the adapter {}", dir.display()))?;
+            model.attach_lora(cfg, 0, Some(tensors))?;
+        }
+        _ => bail!("`logits` applies one --lora adapter, at scale 1"),
     }
     let ids = Tensor::from_slice(&tokens, (1, tokens.len()), &Device::Cpu)?;
     let logits = model.forward(&ids)?.squeeze(0)?;

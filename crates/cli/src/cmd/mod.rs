@@ -7,6 +7,7 @@ pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod logits;
+pub mod merge;
 pub mod perplexity;
 pub mod serve;
 pub mod sft;

@@ -38,8 +38,10 @@ pub fn run(mut a: Args) -> Result<()> {
         None
     };
     if let Some(base) = &a.kl_base {
+        // The base as it is: --lora applies to the model measured.
         let b = load(&ModelArgs {
             model: Some(base.clone()),
+            lora: Vec::new(),
             ..a.model.clone()
         })?;
         let r = kl_divergence(&b.model, &m.model, &tokens, n_ctx, bos, |done, total| {

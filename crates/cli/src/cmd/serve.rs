@@ -32,6 +32,10 @@ pub struct Args {
     /// Repack the weights at load instead of mapping the cached packed copy.
     #[arg(long)]
     pub no_pack_cache: bool,
+    /// A LoRA adapter (PEFT's layout) applied to every request without merging, scaled by
+    /// SCALE (default 1); repeatable.
+    #[arg(long = "lora", value_name = "DIR[:SCALE]")]
+    pub lora: Vec<String>,
     /// Requests that may wait for a free slot; beyond them the server answers 503.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
@@ -60,6 +64,7 @@ pub fn run(a: Args) -> Result<()> {
         model: a.model.clone(),
         ctx: per_slot,
         no_pack_cache: a.no_pack_cache,
+        lora: a.lora.clone(),
     })?;
     let ctx = a.ctx.unwrap_or(m.n_ctx);
     let model_id = m

@@ -104,6 +104,9 @@ pub struct Args {
 const LORA_LR: f64 = 2e-4;
 
 pub fn run(a: Args) -> Result<()> {
+    a.model.no_adapters(
+        "sft (it trains a new adapter with --lora-rank; merge one first with `ferrollama merge`)",
+    )?;
     crate::cmd::train::keep_freed_memory()?;
     let model_path = crate::load::model_path(&a.model)?;
     let files = TokenizerFiles::load(&model_path)
@@ -241,6 +244,13 @@ pub fn run(a: Args) -> Result<()> {
         _ => {}
     })?;
     bar.finish_and_clear();
+    let peak = crate::cmd::bench::peak_rss_bytes();
+    if peak > 0 {
+        eprintln!(
+            "peak RSS during training: {:.0} MiB",
+            peak as f64 / (1 << 20) as f64
+        );
+    }
     if summary.stopped {
         eprintln!(
             "stopped at step {}; `--resume` with the same settings continues it",

@@ -23,6 +23,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    a.model.no_adapters("tokenize")?;
     let (_, tok, _) = tokenizer(&a.model)?;
     let ids = tok.encode(&a.text, !a.no_add_special, !a.no_parse_special);
     if a.json {

@@ -12,11 +12,11 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::ops::fused::softmax_in_place;
-use crate::ops::matmul::{f32_operand, matmul_strided};
+use crate::ops::matmul::{f32_operand, matmul_strided, with_f32};
 
 /// Mean over rows of `-log softmax(x wᵀ)[target]` for x (n, hidden), w (vocab, hidden).
 pub fn head_loss(x: &Tensor, w: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
@@ -37,20 +37,6 @@ impl HeadLoss {
             residual: Mutex::new(None),
         }
     }
-}
-
-/// The f32 data and layout of a CPU tensor, for a closure to read.
-fn with_f32<R>(
-    t: &Tensor,
-    what: &str,
-    f: impl FnOnce(&[f32], usize, usize, usize, usize) -> candle_core::Result<R>,
-) -> candle_core::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("head loss: {what} must be on the CPU");
-    };
-    let (v, r, c, rs, cs) = f32_operand(cpu, layout, what)?;
-    f(v, r, c, rs, cs)
 }
 
 impl CustomOp2 for HeadLoss {

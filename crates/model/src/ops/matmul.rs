@@ -140,6 +140,21 @@ pub fn matmul_strided(
     Ok(dst)
 }
 
+/// The f32 data of a CPU tensor with its shape and strides, (data, rows, columns, row
+/// stride, column stride), for a closure to read without copying it.
+pub(crate) fn with_f32<R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(&[f32], usize, usize, usize, usize) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("{what} must be on the CPU");
+    };
+    let (v, r, c, rs, cs) = f32_operand(cpu, layout, what)?;
+    f(v, r, c, rs, cs)
+}
+
 /// An f32 2-D operand: its data from the first element, rows, columns, row and column
 /// strides.
 pub(crate) fn f32_operand<'a>(

@@ -7,6 +7,7 @@ pub mod attention_gemm;
 pub mod frozen_quant;
 pub mod fused;
 pub mod head_loss;
+pub mod lora_linear;
 pub mod matmul;
 pub mod norm;
 pub mod rope_heads;
