@@ -1,0 +1,243 @@
+//! `ferrollama sft`, `merge` and `--lora` end to end on the committed tiny model: the mask
+//! is shown, a LoRA run writes a PEFT adapter and a merged model, the adapter applied
+//! unmerged and the merged model give the same logits, `merge` reports its distance from
+//! the unmerged model, and a flag that would do nothing is an error.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferrollama"))
+}
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/tiny/tiny-260k-q8_0.gguf")
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = bin().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn data(dir: &Path) -> PathBuf {
+    let words = ["cat", "dog", "sun", "tree", "boat", "rain", "star", "fish"];
+    let mut text = String::new();
+    for (i, w) in words.iter().cycle().take(24).enumerate() {
+        let rec = serde_json::json!({"prompt": format!("Say {w} twice, {i}."), "completion": format!("{w} {w}")});
+        text.push_str(&format!("{rec}\n"));
+    }
+    let p = dir.join("data.jsonl");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn logits(path: &Path) -> Vec<f32> {
+    let t = candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
+    t["logits"].flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn lora_run_adapter_merge_and_logits_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = data(d);
+    let (tiny, data_s) = (tiny(), data.to_str().unwrap().to_string());
+    let tiny_s = tiny.to_str().unwrap();
+
+    let shown = run(&[
+        "sft",
+        "--model",
+        tiny_s,
+        "--data",
+        &data_s,
+        "--show-mask",
+        "2",
+    ]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.matches("--- conversation").count(), 2, "{shown}");
+    assert!(shown.contains("[[") && shown.contains("]]"), "{shown}");
+
+    let out = d.join("run");
+    let out_s = out.to_str().unwrap();
+    let r = run(&[
+        "sft",
+        "--model",
+        tiny_s,
+        "--data",
+        &data_s,
+        "--lora-rank",
+        "4",
+        "--lora-targets",
+        "q,v,down",
+        "--steps",
+        "3",
+        "--lr",
+        "1e-2",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "4",
+        "--micro-batch",
+        "2",
+        "--out",
+        out_s,
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("peak RSS during training"), "{err}");
+    let adapter = out.join("adapter");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["r"], 4);
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["down_proj", "q_proj", "v_proj"])
+    );
+    assert!(out.join("model.gguf").exists());
+
+    // Unmerged (base + adapter) and merged give the same logits on the training path.
+    let adapter_s = adapter.to_str().unwrap();
+    let (a, b, c) = (
+        d.join("a.safetensors"),
+        d.join("b.safetensors"),
+        d.join("c.safetensors"),
+    );
+    let tokens = "1,45,300,12,7,99,256,3";
+    run(&[
+        "logits",
+        "--model",
+        tiny_s,
+        "--lora",
+        adapter_s,
+        "--tokens",
+        tokens,
+        "--out",
+        a.to_str().unwrap(),
+    ]);
+    let merged = d.join("merged.gguf");
+    let text = d.join("text.txt");
+    std::fs::write(
+        &text,
+        "Once upon a time there was a cat. The cat liked the sun. ".repeat(20),
+    )
+    .unwrap();
+    let m = run(&[
+        "merge",
+        "--model",
+        tiny_s,
+        "--lora",
+        adapter_s,
+        "--out",
+        merged.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--compare-ctx",
+        "64",
+    ]);
+    let report = String::from_utf8_lossy(&m.stdout);
+    assert!(
+        report.contains("KL divergence") && report.contains("perplexity: unmerged"),
+        "{report}"
+    );
+    run(&[
+        "logits",
+        "--model",
+        merged.to_str().unwrap(),
+        "--tokens",
+        tokens,
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    let (la, lb) = (logits(&a), logits(&b));
+    let worst = la
+        .iter()
+        .zip(&lb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "merged and unmerged differ by {worst}");
+    // The adapter does something.
+    run(&[
+        "logits",
+        "--model",
+        tiny_s,
+        "--tokens",
+        tokens,
+        "--out",
+        c.to_str().unwrap(),
+    ]);
+    let base = logits(&c);
+    assert!(la.iter().zip(&base).any(|(x, y)| (x - y).abs() > 1e-3));
+
+    // Generation with the adapter unmerged runs; the exported merged model too.
+    run(&[
+        "generate",
+        "--model",
+        tiny_s,
+        "--lora",
+        &format!("{adapter_s}:0.5"),
+        "-p",
+        "Once",
+        "-n",
+        "4",
+        "--temperature",
+        "0",
+    ]);
+}
+
+#[test]
+fn flags_that_would_do_nothing_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = tiny();
+    let tiny_s = tiny.to_str().unwrap();
+    let fail = |args: &[&str]| -> String {
+        let out = bin().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = fail(&[
+        "tokenize",
+        "--model",
+        tiny_s,
+        "--lora",
+        dir.path().to_str().unwrap(),
+        "hi",
+    ]);
+    assert!(
+        e.contains("adapter_config.json") || e.contains("does not take"),
+        "{e}"
+    );
+    let e = fail(&[
+        "generate",
+        "--model",
+        tiny_s,
+        "--lora",
+        "/nonexistent",
+        "-p",
+        "x",
+    ]);
+    assert!(e.contains("adapter_config.json"), "{e}");
+    let data = data(dir.path());
+    let e = fail(&[
+        "sft",
+        "--model",
+        tiny_s,
+        "--data",
+        data.to_str().unwrap(),
+        "--qlora",
+    ]);
+    assert!(e.contains("lora-rank"), "{e}");
+    let e = fail(&[
+        "merge",
+        "--model",
+        tiny_s,
+        "--out",
+        dir.path().join("m.gguf").to_str().unwrap(),
+    ]);
+    assert!(e.contains("nothing to merge"), "{e}");
+}
