@@ -24,7 +24,9 @@ use crate::error::{io, Error, Result};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::schedule::CosineSchedule;
 use crate::sft_batches::{epoch_order, fit_to_length, lay_out, MicroBatch, Row};
-use crate::trainer::{add_gradients, keep_metrics_through, Event, RunDir, StepMetrics, Summary};
+use crate::trainer::{
+    add_gradients, keep_metrics_through, split_gradients, Event, RunDir, StepMetrics, Summary,
+};
 
 /// Everything that shapes a fine-tuning run; written to the run directory as
 /// `sft.toml`, and digested so that a resume with other settings is refused.
@@ -494,12 +496,7 @@ impl<'a> FineTuner<'a> {
                     loss,
                 });
             }
-            let mut grads = Vec::with_capacity(sizes.len());
-            let mut offset = 0;
-            for &n in &sizes {
-                grads.push(sums[offset..offset + n].iter().map(|&x| x as f32).collect());
-                offset += n;
-            }
+            let mut grads = split_gradients(&sums, &sizes);
             let clip = if cfg.grad_clip > 0.0 {
                 cfg.grad_clip
             } else {

@@ -308,17 +308,7 @@ impl<'a> Trainer<'a> {
                     loss,
                 });
             }
-            let mut grads = Vec::with_capacity(sizes.len());
-            let mut offset = 0;
-            for &n in &sizes {
-                grads.push(
-                    sums[offset..offset + n]
-                        .par_iter()
-                        .map(|&x| x as f32)
-                        .collect::<Vec<f32>>(),
-                );
-                offset += n;
-            }
+            let mut grads = split_gradients(&sums, &sizes);
             let grad_norm = if cfg.grad_clip > 0.0 {
                 clip_grad_norm(&mut grads, cfg.grad_clip)
             } else {
@@ -527,6 +517,23 @@ pub(crate) fn add_gradients(
         offset += var.elem_count();
     }
     Ok(())
+}
+
+/// The summed gradients (f64, all parameters end to end) as one f32 buffer per parameter
+/// of `sizes`, for clipping and the optimizer.
+pub(crate) fn split_gradients(sums: &[f64], sizes: &[usize]) -> Vec<Vec<f32>> {
+    let mut out = Vec::with_capacity(sizes.len());
+    let mut offset = 0;
+    for &n in sizes {
+        out.push(
+            sums[offset..offset + n]
+                .par_iter()
+                .map(|&x| x as f32)
+                .collect(),
+        );
+        offset += n;
+    }
+    out
 }
 
 /// Redraws a run directory's `loss.svg` and `loss.png` from its `metrics.jsonl`.
