@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The fine-tuning demonstration, measured: the date task of scripts/date_task.py (400
 training questions, 200 held-out ones with dates never seen in training), the default
-model before and after `ferrollama sft` (full fine-tuning), `--lora-rank 16` and
-`--lora-rank 16 --qlora`, each scored by `ferrollama eval` on the held-out task file
+model before and after `ferrollama sft` (full fine-tuning), `--lora-rank 16`,
+`--lora-rank 16 --qlora` on the Q4_1 file and on its f32 conversion (NF4), each scored by `ferrollama eval` on the held-out task file
 (greedy, exact match, chat template applied); then the forgetting check: ARC-Easy and
 HellaSwag (first 500 documents each, 0-shot) of the base model and of the LoRA model
 (both f32: the base dequantized, the LoRA model exported merged).
@@ -60,9 +60,14 @@ def main():
     print(json.dumps(rows[-1]), flush=True)
     common = ["--data", data / "train.jsonl", "--seq-len", "512", "--batch-size", "4", "--micro-batch", "4",
               "--epochs", str(a.epochs)]
+    f32 = WORK / "base-f32.gguf"
+    if not f32.exists():
+        sh(BIN, "convert", DEFAULT_MODEL, f32, "--type", "f32", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = [("full fine-tuning, lr 5e-5", "full", ["--lr", "5e-5"]),
             ("LoRA rank 16, all projections, lr 2e-4", "lora", ["--lora-rank", "16"]),
-            ("QLoRA rank 16 on the Q4_1 weights, lr 2e-4", "qlora", ["--lora-rank", "16", "--qlora"])]
+            ("QLoRA rank 16 on the Q4_1 weights, lr 2e-4", "qlora", ["--lora-rank", "16", "--qlora"]),
+            ("QLoRA rank 16, the f32 weights in NF4, lr 2e-4", "qlora-nf4",
+             ["--lora-rank", "16", "--qlora", "--model", f32])]
     for label, name, extra in runs:
         out = WORK / name
         subprocess.run(["rm", "-rf", str(out)], check=True)
@@ -77,9 +82,6 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     report = {"date": datetime.date.today().isoformat(), "cpu": cpu, "epochs": a.epochs, "rows": rows}
     if not a.skip_forgetting:
-        f32 = WORK / "base-f32.gguf"
-        if not f32.exists():
-            sh(BIN, "convert", DEFAULT_MODEL, f32, "--type", "f32", stdout=subprocess.DEVNULL)
         forget = {}
         for label, model in [("base (f32)", f32), ("after LoRA (merged, f32)", WORK / "lora/model.gguf")]:
             res = evaluate(model, "arc_easy,hellaswag", ["--limit", "500"])

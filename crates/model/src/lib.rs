@@ -15,6 +15,7 @@ pub mod linear;
 pub mod llama;
 pub mod lora;
 pub mod mlp;
+pub mod nf4;
 pub mod ops;
 pub mod pack_cache;
 pub mod packing;

@@ -200,40 +200,90 @@ impl TrainableLlama {
         Ok(model)
     }
 
-    /// A GGUF checkpoint for QLoRA: the projections of every block stay quantized as the
-    /// file stores them ([`FrozenQuant`]); the embedding, norms and head are dequantized
-    /// to f32. Everything is frozen, so [`Self::attach_lora`] must give it something to
-    /// train. A projection in a type the kernels do not hold (f32, IQ types) is refused.
+    /// A checkpoint for QLoRA: the projections of every block stay quantized
+    /// ([`FrozenQuant`]): as the GGUF file stores them (Q4_0, Q4_1, Q8_0, K-quants, ...; one
+    /// its quantizer left in f32 stays f32), or, when all are given in f32/f16/bf16 (a
+    /// Hugging Face directory, an f16 GGUF), quantized to NF4 with double quantization;
+    /// the embedding, norms and head are f32. Everything is frozen,
+    /// so [`Self::attach_lora`] must give it something to train. Types the kernels do not
+    /// hold (IQ types) are refused.
     pub fn open_quantized(path: &std::path::Path, max_seq: usize) -> Result<Self> {
-        crate::weights::with_checkpoint(path, |w, mut config| {
-            config.tie_word_embeddings = !w.contains(&layout::global_name(Part::Head));
-            let mut weights = BTreeMap::new();
-            for spec in layout::tensors(&config) {
-                let weight = if crate::lora::module(spec.part).is_some() {
-                    let (rows, cols) = (spec.shape[0], spec.shape[1]);
-                    let matrix = match crate::linear::Linear::load(w, &spec.name, (rows, cols))? {
-                        crate::linear::Linear::Quant(m) => m,
+        crate::weights::with_checkpoint(path, |w, config| {
+            Self::from_source_quantized(w, config, max_seq)
+        })
+    }
+
+    /// [`Self::open_quantized`] of any weight source.
+    pub fn from_source_quantized(
+        w: &dyn WeightSource,
+        mut config: Config,
+        max_seq: usize,
+    ) -> Result<Self> {
+        use crate::ops::frozen_quant::FrozenMatrix;
+        use candle_core::quantized::GgmlDType;
+        config.tie_word_embeddings = !w.contains(&layout::global_name(Part::Head));
+        let float = |t: GgmlDType| matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        let specs = layout::tensors(&config);
+        // A quantized file is kept as it is (a projection its quantizer left in f32 stays
+        // f32); a base given in floats goes to NF4.
+        let mut all_float = true;
+        for spec in specs
+            .iter()
+            .filter(|s| crate::lora::module(s.part).is_some())
+        {
+            all_float &= float(w.get(&spec.name)?.dtype());
+        }
+        let mut weights = BTreeMap::new();
+        for spec in specs {
+            let weight = if crate::lora::module(spec.part).is_some() {
+                let (rows, cols) = (spec.shape[0], spec.shape[1]);
+                let q = w.get(&spec.name)?;
+                let matrix = match q.dtype() {
+                    ty if float(ty) && !all_float => {
+                        let t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
+                        let t = match layout::rotary_heads(&config, spec.part) {
+                            Some(heads) => {
+                                let map = crate::ops::frozen_quant::rope_row_map(rows, heads);
+                                let idx = Tensor::from_vec(map, rows, &Device::Cpu)?;
+                                t.index_select(&idx, 0)?
+                            }
+                            None => t,
+                        };
+                        weights.insert(spec.name, Weight::Dense(t));
+                        continue;
+                    }
+                    ty if float(ty) => {
+                        let v = q
+                            .dequantize(&Device::Cpu)?
+                            .flatten_all()?
+                            .to_vec1::<f32>()?;
+                        FrozenMatrix::Nf4(Arc::new(crate::nf4::Nf4Matrix::quantize(
+                            &v, rows, cols,
+                        )?))
+                    }
+                    ty => match crate::linear::Linear::load(w, &spec.name, (rows, cols))? {
+                        crate::linear::Linear::Quant(m) => FrozenMatrix::Packed(m),
                         crate::linear::Linear::Candle(_) => {
                             return Err(Error::UnsupportedType {
                                 action: "keep quantized for QLoRA",
-                                ty: format!("{:?} (`{}`)", w.get(&spec.name)?.dtype(), spec.name),
+                                ty: format!("{ty:?} (`{}`)", spec.name),
                             })
                         }
-                    };
-                    let rows_map = layout::rotary_heads(&config, spec.part)
-                        .map(|heads| Arc::new(crate::ops::frozen_quant::rope_row_map(rows, heads)));
-                    Weight::Quant(FrozenQuant {
-                        matrix,
-                        rows: rows_map,
-                    })
-                } else {
-                    let t = w.get(&spec.name)?.dequantize(&Device::Cpu)?;
-                    Weight::Dense(t.to_dtype(DType::F32)?)
+                    },
                 };
-                weights.insert(spec.name, weight);
-            }
-            Self::with_weights(config, weights, BTreeMap::new(), max_seq)
-        })
+                let rows_map = layout::rotary_heads(&config, spec.part)
+                    .map(|heads| Arc::new(crate::ops::frozen_quant::rope_row_map(rows, heads)));
+                Weight::Quant(FrozenQuant {
+                    matrix,
+                    rows: rows_map,
+                })
+            } else {
+                let t = w.get(&spec.name)?.dequantize(&Device::Cpu)?;
+                Weight::Dense(t.to_dtype(DType::F32)?)
+            };
+            weights.insert(spec.name, weight);
+        }
+        Self::with_weights(config, weights, BTreeMap::new(), max_seq)
     }
 
     /// Points the blocks, embedding, norm and head at `self.weights`, with the adapter

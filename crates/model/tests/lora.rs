@@ -361,3 +361,52 @@ fn the_inference_path_runs_adapters_unmerged() {
     let mut llama = Llama::load(&base, base.config.clone(), 16).unwrap();
     assert!(llama.attach_lora(dir.path(), 1.0).is_err());
 }
+
+/// QLoRA on a base given in f32: the projections are kept in NF4 (double-quantized
+/// scales), computing exactly what their dequantized values compute, and close to the
+/// f32 base (NF4's rounding only).
+#[test]
+fn an_f32_base_is_kept_in_nf4() {
+    let mut cfg = tiny();
+    cfg.hidden_size = 64;
+    cfg.head_dim = 16;
+    cfg.intermediate_size = 128;
+    let base = TrainableLlama::init(cfg.clone(), 3, 16).unwrap();
+    let nf4 = TrainableLlama::from_source_quantized(&base, cfg.clone(), 16).unwrap();
+    let x = ids();
+    let (lb, lq) = (
+        values(&base.forward(&x).unwrap()),
+        values(&nf4.forward(&x).unwrap()),
+    );
+    let dequantized: BTreeMap<String, Tensor> = nf4
+        .weight_names()
+        .map(|n| (n.to_string(), nf4.effective_weight(n).unwrap()))
+        .collect();
+    let plain = TrainableLlama::from_tensors(cfg, dequantized, 16).unwrap();
+    let ld = values(&plain.forward(&x).unwrap());
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(
+        diff(&lq, &ld) < 1e-5,
+        "nf4 against its dequantized weights: {}",
+        diff(&lq, &ld)
+    );
+    let scale = lb.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(
+        diff(&lq, &lb) > 0.0 && diff(&lq, &lb) < 0.1 * scale,
+        "{} of {scale}",
+        diff(&lq, &lb)
+    );
+    // The Q rows come back in the training order: the dequantized query is near the base's.
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    let (a, b) = (
+        values(&nf4.effective_weight(q).unwrap()),
+        values(&base.effective_weight(q).unwrap()),
+    );
+    let wmax = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(diff(&a, &b) < 0.2 * wmax, "{} of {wmax}", diff(&a, &b));
+}

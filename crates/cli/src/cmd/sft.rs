@@ -92,9 +92,10 @@ pub struct Args {
     /// Scale the update by alpha / sqrt(rank) (rank-stabilised LoRA).
     #[arg(long)]
     pub rslora: bool,
-    /// QLoRA: keep the base model's projections quantized as its GGUF file stores them
-    /// (Q4_0, Q4_1, Q8_0, K-quants, ...), dequantized one projection at a time in the
-    /// forward and backward passes; needs --lora-rank.
+    /// QLoRA: keep the base model's projections quantized, as its GGUF file stores them
+    /// (Q4_0, Q4_1, Q8_0, K-quants, ...) or, for a base in f32/f16/bf16, in NF4 with double
+    /// quantization; dequantized one projection at a time in the forward and backward
+    /// passes; needs --lora-rank.
     #[arg(long, requires = "lora_rank")]
     pub qlora: bool,
 }

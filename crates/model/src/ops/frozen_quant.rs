@@ -1,5 +1,6 @@
 //! A frozen projection kept in its quantized form (QLoRA, Dettmers et al. 2023): the base
-//! weights stay as the GGUF file stores them (Q4_0, Q4_1, Q8_0, K-quants, ...) and are
+//! weights stay as the GGUF file stores them (Q4_0, Q4_1, Q8_0, K-quants, ...), or in NF4
+//! when given in f32/f16 ([`crate::nf4`]), and are
 //! dequantized for each product, forward and backward, one projection at a time, so the
 //! model's resident weights are the file's size rather than four bytes a parameter. Being
 //! frozen, the weight gets no gradient; the input's is dy · W with the same dequantized W,
@@ -11,12 +12,36 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::linear::QuantMatrix;
+use crate::nf4::Nf4Matrix;
 use crate::ops::matmul::{f32_operand, matmul_strided};
+
+/// A frozen weight's storage: the kernels' packing of a GGUF type, or NF4.
+#[derive(Clone)]
+pub enum FrozenMatrix {
+    Packed(Arc<QuantMatrix>),
+    Nf4(Arc<Nf4Matrix>),
+}
+
+impl FrozenMatrix {
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            Self::Packed(m) => m.shape(),
+            Self::Nf4(m) => m.shape(),
+        }
+    }
+
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Self::Packed(m) => m.dequantize_row(r, out),
+            Self::Nf4(m) => m.dequantize_row(r, out),
+        }
+    }
+}
 
 /// The op: y = x Wᵀ for a quantized W (n, k).
 #[derive(Clone)]
 pub struct FrozenQuant {
-    pub matrix: Arc<QuantMatrix>,
+    pub matrix: FrozenMatrix,
     /// The stored row of each output row, when they differ (Q and K: GGUF keeps RoPE
     /// pairs adjacent, training rotates halves); `None`: the same order.
     pub rows: Option<Arc<Vec<u32>>>,
