@@ -54,6 +54,8 @@ pub struct Job {
     pub params: GenerateParams,
     /// Alternatives to report with each token's log-probability (None: no logprobs).
     pub top_logprobs: Option<usize>,
+    /// The model's selectable adapter to run with (`Llama::load_adapter`'s id), or none.
+    pub adapter: Option<usize>,
 }
 
 /// Told what the engine does, for metrics; every method does nothing by default.
@@ -70,6 +72,16 @@ pub trait Observer {
 pub struct NoObserver;
 impl Observer for NoObserver {}
 
+/// Tokens of `prompt` that `slot`'s cache holds already, computed with `adapter`: a cache
+/// computed with another adapter holds other keys and values, so it shares nothing.
+fn shared_prefix(slot: &Slot, prompt: &[u32], adapter: Option<usize>) -> usize {
+    if slot.adapter == adapter {
+        common_prefix(&slot.history, prompt)
+    } else {
+        0
+    }
+}
+
 /// Shared prompt tokens worth waiting a step for instead of computing them again.
 const MIN_SHARED: usize = 4;
 
@@ -77,6 +89,8 @@ struct Slot {
     cache: Cache,
     /// The tokens `cache` holds, in order.
     history: Vec<u32>,
+    /// The adapter `cache` was computed with: its prefix serves only jobs of the same one.
+    adapter: Option<usize>,
     task: Option<Task>,
 }
 
@@ -116,6 +130,7 @@ impl<'a> Engine<'a> {
             .map(|_| Slot {
                 cache: model.new_cache(n_ctx_slot),
                 history: Vec::new(),
+                adapter: None,
                 task: None,
             })
             .collect();
@@ -175,17 +190,24 @@ impl<'a> Engine<'a> {
                 }
             )));
         }
+        let loaded = self.model.adapter_count();
+        if let Some(id) = job.adapter.filter(|&id| id >= loaded) {
+            return Err(Event::Error(format!(
+                "adapter {id} is not loaded ({loaded} are)"
+            )));
+        }
         let Some(slot) = self
             .slots
             .iter_mut()
             .filter(|s| s.task.is_none())
-            .max_by_key(|s| common_prefix(&s.history, &job.prompt))
+            .max_by_key(|s| shared_prefix(s, &job.prompt, job.adapter))
         else {
             return Err(Event::Error("no free slot".into()));
         };
         // Keep the shared prefix, but recompute at least the prompt's last token, whose
         // logits are needed.
-        let keep = common_prefix(&slot.history, &job.prompt).min(job.prompt.len() - 1);
+        let keep = shared_prefix(slot, &job.prompt, job.adapter).min(job.prompt.len() - 1);
+        slot.adapter = job.adapter;
         slot.cache.truncate(keep);
         slot.history.truncate(keep);
         observer.prompt_tokens(job.prompt.len(), keep);
@@ -230,9 +252,10 @@ impl<'a> Engine<'a> {
         }
         let seqs: Vec<SeqBatch> = inputs
             .iter()
-            .map(|(_, t)| SeqBatch {
+            .map(|(i, t)| SeqBatch {
                 tokens: t,
                 outputs: 1,
+                adapter: self.slots[*i].adapter,
             })
             .collect();
         let mut caches: Vec<&mut Cache> = self
@@ -289,6 +312,7 @@ impl<'a> Engine<'a> {
                 let other = &self.slots[*k];
                 other.task.as_ref().is_some_and(|t| {
                     t.next.is_none()
+                        && other.adapter == slot.adapter
                         && other.history.len() <= from
                         && common_prefix(&t.prompt[..other.history.len() + fed.len()], &task.prompt)
                             >= from + MIN_SHARED
@@ -322,7 +346,10 @@ impl<'a> Engine<'a> {
                 .iter()
                 .enumerate()
                 .filter(|&(j, _)| j != i)
-                .map(|(j, s)| (j, common_prefix(&s.history, &task.prompt).min(limit)))
+                .map(|(j, s)| {
+                    let n = shared_prefix(s, &task.prompt, self.slots[i].adapter);
+                    (j, n.min(limit))
+                })
                 .max_by_key(|&(_, n)| n);
             let Some((j, upto)) = best.filter(|&(_, n)| n > have) else {
                 continue;
@@ -426,13 +453,18 @@ impl<'a> Engine<'a> {
     }
 
     /// The L2-normalised mean of each input's final hidden states (embeddings), each
-    /// run alone from an empty cache of its own.
+    /// run alone from an empty cache of its own, with the selectable `adapter` if given.
     pub fn embed(
         &self,
         inputs: &[Vec<u32>],
+        adapter: Option<usize>,
         observer: &dyn Observer,
     ) -> Result<Vec<Vec<f32>>, String> {
         let n_ctx = self.n_ctx_slot();
+        let loaded = self.model.adapter_count();
+        if let Some(id) = adapter.filter(|&id| id >= loaded) {
+            return Err(format!("adapter {id} is not loaded ({loaded} are)"));
+        }
         inputs
             .iter()
             .map(|ids| {
@@ -446,7 +478,7 @@ impl<'a> Engine<'a> {
                 let mut cache = self.model.new_cache(ids.len());
                 let h = self
                     .model
-                    .hidden_states(ids, &mut cache)
+                    .hidden_states_with(ids, &mut cache, adapter)
                     .map_err(|e| e.to_string())?;
                 let mut mean = vec![0f32; h.width()];
                 for r in 0..h.rows() {

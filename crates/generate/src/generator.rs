@@ -117,6 +117,7 @@ impl<'a> Generator<'a> {
             prompt: prompt.to_vec(),
             params: params.clone(),
             top_logprobs: None,
+            adapter: None,
         };
         let failed = |e: Event| match e {
             Event::Error(msg) => Error::Input(msg),

@@ -87,6 +87,7 @@ fn batched_jobs_get_the_text_they_get_alone() {
                 prompt,
                 params: params(24, seeded.then_some(100 + i as u64)),
                 top_logprobs: None,
+                adapter: None,
             })
             .collect()
     };
@@ -119,6 +120,7 @@ fn the_generator_is_the_engine_with_one_slot() {
             prompt: prompt.clone(),
             params: params(16, Some(3)),
             top_logprobs: None,
+            adapter: None,
         }],
     );
     let g = Generator::new(&b.model, &b.tokenizer, 256)
@@ -136,6 +138,7 @@ fn a_cancelled_job_frees_its_slot_and_bad_prompts_are_refused() {
         prompt,
         params: params(100, None),
         top_logprobs: None,
+        adapter: None,
     };
     let p = prompts(&b);
     engine.place(job(1, p[0].clone()), &NoObserver).unwrap();
@@ -164,4 +167,56 @@ fn a_cancelled_job_frees_its_slot_and_bad_prompts_are_refused() {
         });
     }
     assert_eq!(finish, Some(FinishReason::ContextFull));
+}
+
+/// Jobs naming an adapter (a server's per-request `model`) run with it and the others
+/// without, batched together: each gets the tokens it gets alone on a model with that
+/// adapter applied to everything, or none. One prompt under two adapters shares no cached
+/// prefix (its keys and values differ), and an adapter never loaded is refused.
+#[test]
+fn jobs_run_with_the_adapter_they_name() {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/data/tiny/lora-r4"
+    ));
+    let p = prompts(&tiny());
+    let job = |id: u64, prompt: &Vec<u32>, adapter| Job {
+        id,
+        prompt: prompt.clone(),
+        params: params(16, Some(5)),
+        top_logprobs: None,
+        adapter,
+    };
+    // The same prompt three times: with the adapter, without, with it again; and another.
+    let mixed = vec![
+        job(0, &p[0], Some(0)),
+        job(1, &p[0], None),
+        job(2, &p[0], Some(0)),
+        job(3, &p[1], Some(0)),
+    ];
+    let mut adapted = tiny();
+    adapted.model.attach_lora(&dir, 1.0).unwrap();
+    let alone = |b: &Bundle, prompt: &Vec<u32>| {
+        let j = job(9, prompt, None);
+        run(b, 1, vec![j]).remove(&9).unwrap()
+    };
+    let base = tiny();
+    let want = [
+        alone(&adapted, &p[0]),
+        alone(&base, &p[0]),
+        alone(&adapted, &p[0]),
+        alone(&adapted, &p[1]),
+    ];
+    assert_ne!(want[0], want[1], "the adapter changed nothing");
+    let mut served = tiny();
+    assert_eq!(served.model.load_adapter(&dir, 1.0).unwrap(), 0);
+    // Two slots: the first two jobs (one prompt, two adapters) start together, where
+    // prefix sharing would copy one's cache into the other; the rest wait and reuse slots
+    // across adapters.
+    let got = run(&served, 2, mixed);
+    for (id, w) in want.iter().enumerate() {
+        assert_eq!(&got[&(id as u64)], w, "job {id}");
+    }
+    let mut engine = Engine::new(&served.model, &served.tokenizer, 1, 64);
+    assert!(engine.place(job(5, &p[0], Some(1)), &NoObserver).is_err());
 }

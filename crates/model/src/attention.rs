@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use ferrollama_kernels::attention::{decode_attention_with, Heads, Probabilities};
 use rayon::prelude::*;
 
+use crate::adapters::{BlockDeltas, Delta, RowSelection};
 use crate::config::Config;
 use crate::error::Result;
 use crate::kv::LayerKv;
@@ -35,7 +36,9 @@ pub struct Attention {
     head_dim: usize,
     pub precision: Precision,
     /// LoRA updates added to the Q, K, V and output projections (unmerged adapters).
-    pub lora: Vec<(Part, crate::lora::Delta)>,
+    pub lora: Vec<(Part, Delta)>,
+    /// Adapters that sequences select one by one (`SeqBatch::adapter`), by id.
+    pub adapters: Vec<BlockDeltas>,
 }
 
 impl Attention {
@@ -55,21 +58,24 @@ impl Attention {
             head_dim: cfg.head_dim,
             precision: Precision::default(),
             lora: Vec::new(),
+            adapters: Vec::new(),
         })
     }
 
     /// Several sequences in one pass: `x` (1, total, hidden) holds `lens[i]` consecutive
     /// rows for sequence i, which follow what `caches[i]` holds. The projections run
     /// batched (the weights are read once for every sequence); attention runs per sequence
-    /// over its own cache, causally within its rows.
+    /// over its own cache, causally within its rows; `chosen` adds each sequence's
+    /// selected adapter to its rows.
     pub fn forward_multi(
         &self,
         x: &Tensor,
         rope: &Rope,
         lens: &[usize],
         caches: &mut [&mut LayerKv],
+        chosen: &RowSelection,
     ) -> Result<Tensor> {
-        let (q, k, v) = self.project(x)?;
+        let (q, k, v) = self.project(x, chosen)?;
         let mut offset = 0;
         let mut outs = Vec::with_capacity(lens.len());
         for (&n, cache) in lens.iter().zip(caches.iter_mut()) {
@@ -85,24 +91,29 @@ impl Attention {
         };
         let mut y = self.o_proj.forward(&out)?;
         for (_, d) in self.lora.iter().filter(|(p, _)| *p == Part::AttnOutput) {
-            y = (y + d.apply(&out)?)?;
+            y = d.add_to(y, &out, None)?;
         }
-        Ok(y)
+        Ok(chosen.add(y, &out, &self.adapters, Part::AttnOutput)?)
     }
 
     /// Q, K and V projections, each (1, seq_len, heads * head_dim).
-    fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn project(&self, x: &Tensor, chosen: &RowSelection) -> Result<(Tensor, Tensor, Tensor)> {
         let [mut q, mut k, mut v] = <[Tensor; 3]>::try_from(self.qkv.forward(x)?)
             .map_err(|_| crate::error::Error::Internal("Q/K/V projection lost a part".into()))?;
         for (part, d) in &self.lora {
             match part {
-                Part::Query => q = (q + d.apply(x)?)?,
-                Part::Key => k = (k + d.apply(x)?)?,
-                Part::Value => v = (v + d.apply(x)?)?,
+                Part::Query => q = d.add_to(q, x, None)?,
+                Part::Key => k = d.add_to(k, x, None)?,
+                Part::Value => v = d.add_to(v, x, None)?,
                 _ => {}
             }
         }
-        Ok((q, k, v))
+        let add = |t, part| chosen.add(t, x, &self.adapters, part);
+        Ok((
+            add(q, Part::Query)?,
+            add(k, Part::Key)?,
+            add(v, Part::Value)?,
+        ))
     }
 
     /// Attention of projected queries (1, seq_len, n_head * head_dim) over the cache plus

@@ -56,6 +56,9 @@ pub enum Error {
     /// A batched forward pass whose sequences and caches do not pair up.
     #[error("{sequences} sequences for {caches} caches")]
     BatchMismatch { sequences: usize, caches: usize },
+    /// A sequence selecting an adapter that was never loaded.
+    #[error("adapter {id} is not loaded ({loaded} are)")]
+    UnknownAdapter { id: usize, loaded: usize },
     /// A KV cache used in a way it cannot serve (copying past what it holds, ...).
     #[error("KV cache: {0}")]
     Cache(String),

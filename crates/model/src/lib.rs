@@ -3,6 +3,7 @@
 //! inference path (`Llama`, quantized weights and a KV cache) and the training path
 //! (`TrainableLlama`, f32 variables and fused ops with their backward passes).
 
+pub mod adapters;
 pub mod attention;
 pub mod config;
 pub mod convert;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Tensor};
 
+use crate::adapters::RowSelection;
 use crate::attention::Attention;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -197,7 +198,7 @@ impl Llama {
     /// weights stay as they are. Several adapters add up. Changing the adapters
     /// invalidates caches made before.
     pub fn attach_lora(&mut self, dir: &std::path::Path, scale: f64) -> Result<()> {
-        let deltas = crate::lora::inference_deltas(&self.config, dir, scale)?;
+        let deltas = crate::adapters::inference_deltas(&self.config, dir, scale)?;
         for (layer, deltas) in self.layers.iter_mut().zip(deltas) {
             for (part, d) in deltas {
                 match part {
@@ -207,6 +208,27 @@ impl Llama {
             }
         }
         Ok(())
+    }
+
+    /// Loads the LoRA adapter in `dir` (PEFT's layout), its update scaled by `scale`, for
+    /// the sequences that select it ([`SeqBatch::adapter`]) and only those: a server keeps
+    /// several and each request names one. Returns its id (0, 1, ... in load order).
+    pub fn load_adapter(&mut self, dir: &std::path::Path, scale: f64) -> Result<usize> {
+        let deltas = crate::adapters::inference_deltas(&self.config, dir, scale)?;
+        let id = self.adapter_count();
+        for (layer, deltas) in self.layers.iter_mut().zip(deltas) {
+            let (mlp, attn): (Vec<_>, Vec<_>) = deltas
+                .into_iter()
+                .partition(|(p, _)| matches!(p, Part::Gate | Part::Up | Part::Down));
+            layer.mlp.adapters.push(mlp);
+            layer.self_attn.adapters.push(attn);
+        }
+        Ok(id)
+    }
+
+    /// Selectable adapters loaded ([`Llama::load_adapter`]).
+    pub fn adapter_count(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.mlp.adapters.len())
     }
 
     /// Sets where attention rounds its numbers (llama.cpp's f16 by default); changing it
@@ -260,6 +282,7 @@ impl Llama {
             let seq = SeqBatch {
                 tokens,
                 outputs: n_out,
+                adapter: None,
             };
             return self.forward_batch(&[seq], &mut [cache]);
         }
@@ -275,6 +298,7 @@ impl Llama {
             let seq = SeqBatch {
                 tokens: chunk,
                 outputs: wanted.max(1),
+                adapter: None,
             };
             let logits = self.forward_batch(&[seq], &mut [&mut *cache])?;
             if wanted > 0 {
@@ -287,6 +311,16 @@ impl Llama {
     /// The final hidden states (after the last RMSNorm) of `tokens`, run after what
     /// `cache` holds: what embeddings are pooled from. Rows of `hidden_size`.
     pub fn hidden_states(&self, tokens: &[u32], cache: &mut Cache) -> Result<Logits> {
+        self.hidden_states_with(tokens, cache, None)
+    }
+
+    /// [`Llama::hidden_states`] with a selectable adapter ([`Llama::load_adapter`]).
+    pub fn hidden_states_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut Cache,
+        adapter: Option<usize>,
+    ) -> Result<Logits> {
         let mut out = Logits {
             data: Vec::new(),
             width: self.config.hidden_size,
@@ -295,6 +329,7 @@ impl Llama {
             let seq = SeqBatch {
                 tokens: chunk,
                 outputs: chunk.len(),
+                adapter,
             };
             let hidden = on_pool(|| self.run(&[seq], &mut [&mut *cache], Output::Hidden))?;
             out.data.extend(hidden.data);
@@ -319,9 +354,13 @@ impl Llama {
                 caches: caches.len(),
             });
         }
+        let loaded = self.adapter_count();
         for (s, c) in seqs.iter().zip(caches.iter()) {
             if s.tokens.is_empty() {
                 return Err(Error::NoTokens);
+            }
+            if let Some(id) = s.adapter.filter(|&id| id >= loaded) {
+                return Err(Error::UnknownAdapter { id, loaded });
             }
             if c.seq_len() + s.tokens.len() > c.n_ctx {
                 return Err(Error::ContextExceeded {
@@ -332,16 +371,18 @@ impl Llama {
         }
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let all: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let chosen: Vec<Option<usize>> = seqs.iter().map(|s| s.adapter).collect();
+        let chosen = RowSelection::new(&lens, &chosen);
         let mut x = self.embed(&all)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
             let mut kvs: Vec<&mut LayerKv> = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
             let h = layer
                 .self_attn
-                .forward_multi(&h, &self.rope, &lens, &mut kvs)?;
+                .forward_multi(&h, &self.rope, &lens, &mut kvs, &chosen)?;
             x = (x + h)?;
             let h = layer.post_attention_layernorm.forward(&x)?;
-            x = (&x + layer.mlp.forward(&h)?)?;
+            x = (&x + layer.mlp.forward(&h, &chosen)?)?;
         }
         // Only the rows asked for go through the final norm and the output projection.
         let mut rows = Vec::new();
@@ -414,6 +455,9 @@ pub struct SeqBatch<'a> {
     pub tokens: &'a [u32],
     /// How many of the last rows need logits (1 for generation; at least 1).
     pub outputs: usize,
+    /// The selectable adapter this sequence runs with ([`Llama::load_adapter`]'s id), on
+    /// top of those every sequence gets; None for none.
+    pub adapter: Option<usize>,
 }
 
 /// Rows of a forward pass's output as plain f32 values: logits (`vocab` wide) or hidden

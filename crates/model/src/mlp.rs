@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::adapters::{BlockDeltas, Delta, RowSelection};
 use crate::config::Config;
 use crate::error::Result;
 use crate::layout::{layer_name, Part};
@@ -15,7 +16,9 @@ pub struct Mlp {
     gate_up: Stacked,
     down_proj: Linear,
     /// LoRA updates added to the gate, up and down projections (unmerged adapters).
-    pub lora: Vec<(Part, crate::lora::Delta)>,
+    pub lora: Vec<(Part, Delta)>,
+    /// Adapters that sequences select one by one (`SeqBatch::adapter`), by id.
+    pub adapters: Vec<BlockDeltas>,
 }
 
 impl Mlp {
@@ -27,13 +30,16 @@ impl Mlp {
             gate_up: Stacked::load(w, &names, &[f, f], h)?,
             down_proj: Linear::load(w, &layer_name(layer, Part::Down), (h, f))?,
             lora: Vec::new(),
+            adapters: Vec::new(),
         })
     }
 }
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.lora.is_empty() {
+impl Mlp {
+    /// The layer on rows `x` (1, rows, hidden), with the adapters every row gets and
+    /// those `chosen` gives to some rows.
+    pub fn forward(&self, x: &Tensor, chosen: &RowSelection) -> candle_core::Result<Tensor> {
+        if self.lora.is_empty() && chosen.is_empty() {
             if let Some(both) = self.gate_up.forward_stacked(x)? {
                 return self.down_proj.forward(&both.apply_op1_no_bwd(&SwiGlu)?);
             }
@@ -45,17 +51,19 @@ impl Module for Mlp {
             .map_err(|_| candle_core::Error::Msg("gate/up projection lost a part".into()))?;
         for (part, d) in &self.lora {
             match part {
-                Part::Gate => gate = (gate + d.apply(x)?)?,
-                Part::Up => up = (up + d.apply(x)?)?,
+                Part::Gate => gate = d.add_to(gate, x, None)?,
+                Part::Up => up = d.add_to(up, x, None)?,
                 _ => {}
             }
         }
+        let gate = chosen.add(gate, x, &self.adapters, Part::Gate)?;
+        let up = chosen.add(up, x, &self.adapters, Part::Up)?;
         let h = (gate.silu()? * up)?;
         let mut y = self.down_proj.forward(&h)?;
         for (_, d) in self.lora.iter().filter(|(p, _)| *p == Part::Down) {
-            y = (y + d.apply(&h)?)?;
+            y = d.add_to(y, &h, None)?;
         }
-        Ok(y)
+        chosen.add(y, &h, &self.adapters, Part::Down)
     }
 }
 

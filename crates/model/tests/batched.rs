@@ -26,6 +26,7 @@ fn forward_multi(
         .map(|t| SeqBatch {
             tokens: t,
             outputs: 1,
+            adapter: None,
         })
         .collect();
     m.forward_batch(&batch, caches)

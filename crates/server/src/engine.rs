@@ -21,6 +21,8 @@ pub struct GenerateJob {
     pub params: GenerateParams,
     /// Alternatives to report with each token's log-probability (None: no logprobs).
     pub top_logprobs: Option<usize>,
+    /// The model's selectable adapter to run with, if any.
+    pub adapter: Option<usize>,
     /// Which of a request's choices this is; its events carry it.
     pub index: usize,
     pub events: mpsc::UnboundedSender<(usize, Event)>,
@@ -29,6 +31,7 @@ pub struct GenerateJob {
 /// Texts to embed: the L2-normalised mean of each one's final hidden states.
 pub struct EmbedJob {
     pub inputs: Vec<Vec<u32>>,
+    pub adapter: Option<usize>,
     pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
 }
 
@@ -179,9 +182,9 @@ impl Runner<'_> {
             match work {
                 Work::Generate(job) => self.place(job),
                 Work::Embed(job) => {
-                    let _ = job
-                        .reply
-                        .send(self.engine.embed(&job.inputs, &*self.metrics));
+                    let _ =
+                        job.reply
+                            .send(self.engine.embed(&job.inputs, job.adapter, &*self.metrics));
                 }
             }
         }
@@ -197,6 +200,7 @@ impl Runner<'_> {
                 prompt: job.prompt,
                 params: job.params,
                 top_logprobs: job.top_logprobs,
+                adapter: job.adapter,
             },
             &*self.metrics,
         );

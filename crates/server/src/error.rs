@@ -74,6 +74,22 @@ impl ApiError {
         )
     }
 
+    /// 404: a request names a model (an adapter) this server does not have.
+    pub fn model_not_found(name: &str, served: &[&str]) -> Self {
+        Self {
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "the model '{name}' does not exist here; this server has: {}",
+                    served.join(", ")
+                ),
+            )
+        }
+    }
+
     /// 405: the route exists, not with this method.
     pub fn method_not_allowed(method: &str, path: &str) -> Self {
         Self::new(

@@ -28,6 +28,10 @@ pub enum Kind {
 /// One request's jobs, ready to submit.
 pub struct Request {
     pub kind: Kind,
+    /// The selectable adapter every choice runs with, if any.
+    pub adapter: Option<usize>,
+    /// The model name the answer carries (the base's or the adapter's).
+    pub model: String,
     /// One prompt per choice (a completion request may hold several prompts).
     pub prompts: Vec<Vec<u32>>,
     pub params: Vec<GenerateParams>,
@@ -67,6 +71,7 @@ pub async fn run(app: &App, req: Request) -> Result<Response, ApiError> {
             prompt: prompt.clone(),
             params: params.clone(),
             top_logprobs: req.top_logprobs,
+            adapter: req.adapter,
             index,
             events: tx.clone(),
         };
@@ -76,7 +81,7 @@ pub async fn run(app: &App, req: Request) -> Result<Response, ApiError> {
             .map_err(|_| ApiError::busy())?;
     }
     drop(tx);
-    let meta = Meta::new(req.kind, &app.model_id);
+    let meta = Meta::new(req.kind, &req.model);
     if req.stream {
         Ok(stream(app, req, rx, meta).into_response())
     } else {

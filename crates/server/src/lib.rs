@@ -36,6 +36,9 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// Name reported by /v1/models.
     pub model_id: String,
+    /// Names of the model's selectable adapters (`Llama::load_adapter`), by id: a request
+    /// whose `model` is one of them runs with that adapter.
+    pub adapters: Vec<String>,
 }
 
 /// Serves until Ctrl-C or SIGTERM; then stops accepting connections and lets the streams
@@ -63,6 +66,7 @@ pub fn serve_listener(
             ),
         ));
     }
+    check_adapter_names(&opts, served.model.adapter_count())?;
     let metrics = Arc::new(Metrics::default());
     let hidden_size = served.model.config.hidden_size;
     let tokenizer = Arc::new(served.tokenizer.clone());
@@ -81,6 +85,7 @@ pub fn serve_listener(
         tokenizer,
         chat,
         model_id: opts.model_id.clone(),
+        adapters: opts.adapters.clone(),
         api_key: opts.api_key.clone().filter(|k| !k.is_empty()),
         max_tokens: opts.max_tokens,
         body_limit: opts.body_limit,
@@ -102,6 +107,25 @@ pub fn serve_listener(
             .with_graceful_shutdown(shutdown_signal())
             .await
     })
+}
+
+/// One name per loaded adapter, each distinct and none the base model's.
+fn check_adapter_names(opts: &ServeOptions, loaded: usize) -> std::io::Result<()> {
+    let invalid = |msg: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
+    if opts.adapters.len() != loaded {
+        return invalid(format!(
+            "{} adapter names for {loaded} loaded adapters",
+            opts.adapters.len()
+        ));
+    }
+    for (i, name) in opts.adapters.iter().enumerate() {
+        if name.is_empty() || *name == opts.model_id || opts.adapters[..i].contains(name) {
+            return invalid(format!(
+                "adapter name '{name}' is empty, repeated, or the base model's"
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -170,6 +170,8 @@ pub struct StreamOptions {
 /// POST /v1/chat/completions.
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
+    /// The base model or one of the server's adapters.
+    pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
     #[serde(flatten)]
     pub sampling: Sampling,
@@ -224,6 +226,7 @@ pub enum Prompt {
 /// POST /v1/completions.
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
+    pub model: Option<String>,
     pub prompt: Prompt,
     #[serde(flatten)]
     pub sampling: Sampling,
@@ -240,6 +243,7 @@ pub struct CompletionRequest {
 /// POST /v1/embeddings.
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingRequest {
+    pub model: Option<String>,
     pub input: Prompt,
     pub encoding_format: Option<String>,
     pub dimensions: Option<u64>,

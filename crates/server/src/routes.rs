@@ -30,6 +30,8 @@ pub struct AppState {
     pub tokenizer: Arc<Tokenizer>,
     pub chat: ChatFormat,
     pub model_id: String,
+    /// The selectable adapters' names, by id.
+    pub adapters: Vec<String>,
     pub api_key: Option<String>,
     /// Most tokens one request may generate.
     pub max_tokens: usize,
@@ -40,6 +42,26 @@ pub struct AppState {
 }
 
 pub type App = Arc<AppState>;
+
+impl AppState {
+    /// The adapter a request's `model` names (None: the base model) and the name its
+    /// answer carries. With no adapters loaded any name means the one model, as
+    /// llama-server takes it; with adapters an unknown name is an error rather than the
+    /// base model answering in the adapter's place.
+    pub fn select_model(&self, model: Option<&str>) -> Result<(Option<usize>, String), ApiError> {
+        let base = || Ok((None, self.model_id.clone()));
+        let Some(name) = model else { return base() };
+        if let Some(id) = self.adapters.iter().position(|a| a == name) {
+            return Ok((Some(id), name.to_string()));
+        }
+        if name == self.model_id || self.adapters.is_empty() {
+            return base();
+        }
+        let mut served = vec![self.model_id.as_str()];
+        served.extend(self.adapters.iter().map(String::as_str));
+        Err(ApiError::model_not_found(name, &served))
+    }
+}
 
 /// The chat page, served at `/`.
 const PAGE: &str = include_str!("../static/index.html");
@@ -122,13 +144,24 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     )
 }
 
+/// The base model, then each adapter with the base as its `parent` (as vLLM lists them).
 async fn models(State(app): State<App>) -> Json<serde_json::Value> {
-    Json(json!({"object": "list", "data": [{
+    let mut data = vec![json!({
         "id": app.model_id,
         "object": "model",
         "created": app.started,
         "owned_by": "ferrollama",
-    }]}))
+    })];
+    data.extend(app.adapters.iter().map(|name| {
+        json!({
+            "id": name,
+            "object": "model",
+            "created": app.started,
+            "owned_by": "ferrollama",
+            "parent": app.model_id,
+        })
+    }));
+    Json(json!({"object": "list", "data": data}))
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -154,6 +187,7 @@ async fn chat(
     let app = &app;
     let req: ChatRequest = request::parse(&body(app, raw)?)?;
     req.refuse_unsupported()?;
+    let (adapter, model) = app.select_model(req.model.as_deref())?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
@@ -181,6 +215,8 @@ async fn chat(
         app,
         generation::Request {
             kind: Kind::Chat,
+            adapter,
+            model,
             prompt_tokens: prompt.len(),
             prompts: vec![prompt; n],
             params,
@@ -225,6 +261,7 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let app = &app;
     let req: CompletionRequest = request::parse(&body(app, raw)?)?;
+    let (adapter, model) = app.select_model(req.model.as_deref())?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid_param(
             "suffix",
@@ -260,6 +297,8 @@ async fn completions(
         app,
         generation::Request {
             kind: Kind::Completion,
+            adapter,
+            model,
             prompt_tokens: prompts.iter().map(Vec::len).sum(),
             prompts: all,
             params,
@@ -278,6 +317,7 @@ async fn embeddings(
 ) -> Result<Response, ApiError> {
     let app = &app;
     let req: EmbeddingRequest = request::parse(&body(app, raw)?)?;
+    let (adapter, model) = app.select_model(req.model.as_deref())?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -311,7 +351,11 @@ async fn embeddings(
     let total: usize = inputs.iter().map(Vec::len).sum();
     let (reply, answer) = oneshot::channel();
     app.engine
-        .submit(Work::Embed(EmbedJob { inputs, reply }))
+        .submit(Work::Embed(EmbedJob {
+            inputs,
+            adapter,
+            reply,
+        }))
         .map_err(|_| ApiError::busy())?;
     let vectors = answer
         .await
@@ -333,7 +377,7 @@ async fn embeddings(
     Ok(Json(json!({
         "object": "list",
         "data": data,
-        "model": app.model_id,
+        "model": model,
         "usage": {"prompt_tokens": total, "total_tokens": total},
     }))
     .into_response())

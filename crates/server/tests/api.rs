@@ -19,14 +19,25 @@ struct Opts {
     key: Option<&'static str>,
 }
 
-/// Starts a server on a free port in a background thread.
+/// Starts a server on the default model on a free port in a background thread.
 fn start(o: Opts) -> SocketAddr {
     let path = ferrollama_assets::default_model().unwrap();
+    start_with(&path, o, |_| Vec::new())
+}
+
+/// Starts a server on the model at `path`, after `adapt` has loaded adapters into it and
+/// named them.
+fn start_with(
+    path: &std::path::Path,
+    o: Opts,
+    adapt: impl FnOnce(&mut Bundle) -> Vec<String>,
+) -> SocketAddr {
     let open = OpenOptions {
         ctx: Some(o.ctx / o.parallel),
         ..OpenOptions::default()
     };
-    let served = Bundle::open(&path, &open).unwrap();
+    let mut served = Bundle::open(path, &open).unwrap();
+    let adapters = adapt(&mut served);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let opts = ServeOptions {
@@ -38,6 +49,7 @@ fn start(o: Opts) -> SocketAddr {
         max_tokens: 256,
         body_limit: 64 * 1024,
         model_id: "smollm2".into(),
+        adapters,
     };
     std::thread::spawn(move || serve_listener(served, opts, listener).unwrap());
     addr
@@ -632,4 +644,68 @@ fn full_queue_answers_503_and_a_dropped_client_frees_its_slot() {
     assert_eq!(waiting.join().unwrap().status, 200);
     // Counted only for a job stopped while it ran: the holder's 400 tokens never came.
     assert_eq!(metric(a, "ferrollama_cancelled_total"), 1.0);
+}
+
+/// One base model serving an adapter by name: a request whose `model` names it runs with
+/// it (the same text as a server with the adapter applied to everything), the others
+/// without, also when both come at once; /v1/models lists it; an unknown name is a 404
+/// rather than the base model answering in its place. On the tiny model and its adapter
+/// (`tests/data/tiny/`), so this fetches nothing.
+#[test]
+fn a_request_names_the_adapter_it_runs_with() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/tiny");
+    let (model, adapter) = (root.join("tiny-260k-q8_0.gguf"), root.join("lora-r4"));
+    let opts = || Opts {
+        parallel: 2,
+        ctx: 256,
+        queue: 8,
+        key: None,
+    };
+    let named = adapter.clone();
+    let a = start_with(&model, opts(), move |b| {
+        assert_eq!(b.model.load_adapter(&named, 1.0).unwrap(), 0);
+        vec!["fortune".into()]
+    });
+    let merged = start_with(&model, opts(), move |b| {
+        b.model.attach_lora(&adapter, 1.0).unwrap();
+        Vec::new()
+    });
+    let listed = http(a, "GET", "/v1/models", &[], b"").json();
+    assert_eq!(listed["data"][1]["id"], "fortune");
+    assert_eq!(listed["data"][1]["parent"], "smollm2");
+    let ask = |addr, model: Option<&str>| {
+        let mut body = json!({"prompt": "Tell me about love and time.", "max_tokens": 12,
+                              "temperature": 0, "ignore_eos": true});
+        if let Some(m) = model {
+            body["model"] = json!(m);
+        }
+        let r = post(addr, "/v1/completions", &body).json();
+        let text = r["choices"][0]["text"].as_str().unwrap().to_string();
+        (r["model"].as_str().unwrap().to_string(), text)
+    };
+    let (name, adapted) = ask(a, Some("fortune"));
+    assert_eq!(name, "fortune");
+    let (_, base) = ask(a, None);
+    assert_ne!(adapted, base, "the adapter changed nothing");
+    assert_eq!(ask(a, Some("smollm2")).1, base);
+    assert_eq!(ask(merged, None).1, adapted);
+    // Both at once (batched together when their steps overlap).
+    let both = std::thread::scope(|s| {
+        let x = s.spawn(|| ask(a, Some("fortune")).1);
+        let y = s.spawn(|| ask(a, None).1);
+        (x.join().unwrap(), y.join().unwrap())
+    });
+    assert_eq!(both, (adapted, base));
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"model": "fortun", "prompt": "Hi"}),
+    );
+    assert_error(&r, 404, "fortun");
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    let embed = |model: &str| {
+        let body = json!({"model": model, "input": "a fortune"});
+        post(a, "/v1/embeddings", &body).json()["data"][0]["embedding"].clone()
+    };
+    assert_ne!(embed("fortune"), embed("smollm2"));
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::{bail, Context, Result};
 use ferrollama_server::{serve, ServeOptions};
 
-use crate::args::ModelArgs;
+use crate::args::{parse_adapter, ModelArgs};
 use crate::load::load;
 
 #[derive(clap::Args, Debug)]
@@ -36,6 +36,11 @@ pub struct Args {
     /// SCALE (default 1); repeatable.
     #[arg(long = "lora", value_name = "DIR[:SCALE]")]
     pub lora: Vec<String>,
+    /// A LoRA adapter served under NAME: requests whose `model` is NAME run with it, the
+    /// others without (one loaded base, many adapters, batched together); repeatable.
+    /// /v1/models lists them.
+    #[arg(long = "lora-module", value_name = "NAME=DIR[:SCALE]")]
+    pub lora_modules: Vec<String>,
     /// Requests that may wait for a free slot; beyond them the server answers 503.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
@@ -60,7 +65,17 @@ pub fn run(a: Args) -> Result<()> {
             a.ctx.unwrap_or(0)
         );
     }
-    let m = load(&ModelArgs {
+    let modules = a
+        .lora_modules
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((name, dir)) if !name.trim().is_empty() => {
+                Ok((name.trim().to_string(), parse_adapter(dir)?))
+            }
+            _ => bail!("--lora-module {s}: expected NAME=DIR[:SCALE]"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut m = load(&ModelArgs {
         model: a.model.clone(),
         ctx: per_slot,
         no_pack_cache: a.no_pack_cache,
@@ -71,6 +86,17 @@ pub fn run(a: Args) -> Result<()> {
         .path
         .file_stem()
         .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let mut adapters = Vec::new();
+    for (name, (dir, scale)) in modules {
+        if name == model_id || adapters.contains(&name) {
+            bail!("--lora-module {name}: the name is taken (the model is '{model_id}')");
+        }
+        m.model
+            .load_adapter(&dir, scale)
+            .with_context(|| format!("loading the adapter {}", dir.display()))?;
+        eprintln!("adapter '{name}': {}", dir.display());
+        adapters.push(name);
+    }
     let opts = ServeOptions {
         addr: SocketAddr::new(a.host, a.port),
         api_key: a.api_key,
@@ -80,6 +106,7 @@ pub fn run(a: Args) -> Result<()> {
         max_tokens: a.max_tokens.unwrap_or(ctx / parallel),
         body_limit: a.max_body,
         model_id,
+        adapters,
     };
     if !a.host.is_loopback() && opts.api_key.is_none() {
         eprintln!("warning: listening on {} without --api-key", a.host);

@@ -280,6 +280,7 @@ pub fn generate(
                 .map(|p| SeqBatch {
                     tokens: p,
                     outputs: 1,
+                    adapter: None,
                 })
                 .collect();
             let mut refs: Vec<&mut Cache> = caches.iter_mut().collect();
@@ -314,6 +315,7 @@ pub fn generate(
                 .map(|t| SeqBatch {
                     tokens: t,
                     outputs: 1,
+                    adapter: None,
                 })
                 .collect();
             let mut refs: Vec<&mut Cache> = caches

@@ -186,6 +186,7 @@ fn score_batch(model: &Llama, docs: &[Vec<Tokens>], max_len: usize) -> Result<Ve
         .map(|g| SeqBatch {
             tokens: &g.context,
             outputs: 1,
+            adapter: None,
         })
         .collect();
     let mut refs: Vec<&mut Cache> = caches.iter_mut().collect();
@@ -223,6 +224,7 @@ fn score_batch(model: &Llama, docs: &[Vec<Tokens>], max_len: usize) -> Result<Ve
             SeqBatch {
                 tokens: &c[..c.len() - 1],
                 outputs: c.len() - 1,
+                adapter: None,
             }
         })
         .collect();
