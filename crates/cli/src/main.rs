@@ -51,6 +51,9 @@ enum Command {
     /// Fine-tune a model on conversations (loss on the answers only, samples packed;
     /// resumable; exports GGUF and HF at the end).
     Sft(cmd::sft::Args),
+    /// Align a model with preference pairs: DPO (or IPO), full or LoRA, against the model
+    /// as it starts (resumable; exports GGUF and HF at the end).
+    Dpo(cmd::dpo::Args),
     /// Fold LoRA adapters into their base model (GGUF of any type), and compare the result
     /// with the unmerged model (perplexity, KL divergence).
     Merge(cmd::merge::Args),
@@ -98,6 +101,7 @@ fn main() {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Sft(a) => cmd::sft::run(a),
+        Command::Dpo(a) => cmd::dpo::run(a),
         Command::Merge(a) => cmd::merge::run(a),
         Command::Export(a) => cmd::train::export(a),
         Command::Tokenizer(TokenizerCommand::Train(a)) => cmd::train::tokenizer_train(a),

@@ -241,3 +241,84 @@ fn flags_that_would_do_nothing_are_errors() {
     ]);
     assert!(e.contains("nothing to merge"), "{e}");
 }
+
+/// `ferrollama dpo` with LoRA (IPO loss): prints the held-out figures from ln 2 at step 0,
+/// writes the reference, the adapter and the model; the adapter loads for inference;
+/// broken pairs are an error naming the record.
+#[test]
+fn dpo_runs_end_to_end_and_bad_pairs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = ["cat", "dog", "sun", "tree", "boat", "rain", "star", "fish"];
+    let mut text = String::new();
+    for (i, w) in words.iter().cycle().take(24).enumerate() {
+        let rec = serde_json::json!({"prompt": format!("Tell me about the {w}, {i}."),
+            "chosen": format!("The {w} is kind."), "rejected": format!("The {w} is bad.")});
+        text.push_str(&format!("{rec}\n"));
+    }
+    let pairs = dir.path().join("pairs.jsonl");
+    std::fs::write(&pairs, text).unwrap();
+    let out = dir.path().join("dpo");
+    let (tiny, pairs_s, out_s) = (
+        tiny().to_str().unwrap().to_string(),
+        pairs.to_str().unwrap().to_string(),
+        out.to_str().unwrap().to_string(),
+    );
+    let o = run(&[
+        "dpo",
+        "--model",
+        &tiny,
+        "--data",
+        &pairs_s,
+        "--out",
+        &out_s,
+        "--lora-rank",
+        "4",
+        "--loss",
+        "ipo",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--micro-batch",
+        "2",
+        "--seq-len",
+        "48",
+        "--lr",
+        "3e-3",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("step 0, held out: loss"), "{err}");
+    assert!(err.contains("step 4, held out"), "{err}");
+    for f in [
+        "reference.json",
+        "dpo.toml",
+        "adapter/adapter_config.json",
+        "model.gguf",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let adapter = out.join("adapter");
+    run(&[
+        "generate",
+        "--model",
+        &tiny,
+        "--lora",
+        adapter.to_str().unwrap(),
+        "-p",
+        "The cat",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+    ]);
+    std::fs::write(&pairs, "{\"prompt\": \"q\", \"chosen\": \"a\"}\n").unwrap();
+    let o = bin()
+        .args(["dpo", "--model", &tiny, "--data", &pairs_s, "--out", &out_s])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("record 1") && err.contains("rejected"),
+        "{err}"
+    );
+}

@@ -542,6 +542,47 @@ impl TrainableLlama {
         Ok(crate::ops::head_loss::head_loss(&x, self.head(), targets)?)
     }
 
+    /// The summed next-token loss (negative log-likelihood) of each of several groups of
+    /// tokens of one packed batch, from one forward pass: each group is (scored token
+    /// indices into the b * t tokens, row-major; their targets), typically one sample's
+    /// answer. Preference training (DPO, reward ranking) compares these per sample; an
+    /// empty group is an error, as in [`TrainableLlama::loss_on`].
+    pub fn summed_losses_on(
+        &self,
+        tokens: &Tensor,
+        packing: &Packing,
+        groups: &[(Vec<u32>, Vec<u32>)],
+    ) -> Result<Vec<Tensor>> {
+        let (b, t) = tokens.dims2()?;
+        for (scored, targets) in groups {
+            if scored.is_empty() || scored.len() != targets.len() {
+                return Err(Error::Scoring(format!(
+                    "a group of {} scored tokens with {} targets; each needs at least one",
+                    scored.len(),
+                    targets.len()
+                )));
+            }
+            if let Some(&i) = scored.iter().find(|&&i| i as usize >= b * t) {
+                return Err(Error::Scoring(format!(
+                    "token {i} is outside the {b} x {t} batch"
+                )));
+            }
+        }
+        let x = self.final_hidden(tokens, Some(packing))?;
+        groups
+            .iter()
+            .map(|(scored, targets)| {
+                let rows = Tensor::from_slice(scored, scored.len(), &Device::Cpu)?;
+                let mean = crate::ops::head_loss::head_loss(
+                    &x.index_select(&rows, 0)?,
+                    self.head(),
+                    targets,
+                )?;
+                Ok((mean * scored.len() as f64)?)
+            })
+            .collect()
+    }
+
     /// Mean next-token loss of token ids (b, t) against `targets` (b * t ids), with the
     /// output projection and the cross-entropy fused (`head_loss`): the same value as
     /// `cross_entropy` of `forward`, without keeping the logits.

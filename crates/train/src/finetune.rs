@@ -166,20 +166,7 @@ impl SftData {
         let all = encode(&cfg.data)?;
         let (train, val) = match &cfg.val_data {
             Some(p) => (all, encode(p)?),
-            None => {
-                // Held out by a fixed shuffle of the indices (not the run's seed), so runs
-                // with different seeds are scored on the same conversations.
-                let held = (cfg.val_fraction * all.len() as f64).ceil() as usize;
-                let mut out: Vec<bool> = vec![false; all.len()];
-                for &i in epoch_order(all.len(), 0x5f5f, 0).iter().take(held) {
-                    out[i] = true;
-                }
-                let (mut train, mut val) = (Vec::new(), Vec::new());
-                for (s, held_out) in all.into_iter().zip(out) {
-                    if held_out { &mut val } else { &mut train }.push(s);
-                }
-                (train, val)
-            }
+            None => hold_out(all, cfg.val_fraction),
         };
         let (train, cut, dropped) = fit_to_length(train, cfg.seq_len);
         let (val, cut_v, dropped_v) = fit_to_length(val, cfg.seq_len);
@@ -196,6 +183,130 @@ impl SftData {
             dropped: dropped + dropped_v,
         })
     }
+}
+
+/// Splits `all` into (train, held out), `fraction` of it held out by a fixed shuffle of
+/// the indices (not the run's seed), so runs with different seeds are scored on the same
+/// items.
+pub fn hold_out<T>(all: Vec<T>, fraction: f64) -> (Vec<T>, Vec<T>) {
+    let held = (fraction * all.len() as f64).ceil() as usize;
+    let mut out: Vec<bool> = vec![false; all.len()];
+    for &i in epoch_order(all.len(), 0x5f5f, 0).iter().take(held) {
+        out[i] = true;
+    }
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (s, held_out) in all.into_iter().zip(out) {
+        if held_out { &mut val } else { &mut train }.push(s);
+    }
+    (train, val)
+}
+
+/// Opens the model a fine-tuning run trains (the base kept quantized for QLoRA, a fresh
+/// adapter attached for LoRA) and checks it against the tokenizer and the row length.
+pub fn open_model(config: &SftConfig, tokenizer: &Tokenizer) -> Result<TrainableLlama> {
+    config.check()?;
+    let mut model = if config.qlora {
+        TrainableLlama::open_quantized(&config.model, config.seq_len)?
+    } else {
+        TrainableLlama::open(&config.model, config.seq_len)?
+    };
+    if let Some(lora) = &config.lora {
+        model.attach_lora(lora.clone(), config.seed, None)?;
+    }
+    if model.config.vocab_size != tokenizer.vocab_size() {
+        return Err(Error::ModelMismatch(format!(
+            "the model has {} token embeddings, its tokenizer {} tokens",
+            model.config.vocab_size,
+            tokenizer.vocab_size()
+        )));
+    }
+    if config.seq_len > model.config.max_position_embeddings {
+        return Err(Error::Config(format!(
+            "seq_len {} exceeds the model's context of {}",
+            config.seq_len, model.config.max_position_embeddings
+        )));
+    }
+    Ok(model)
+}
+
+/// The optimizer and loop state a run starts from: fresh, or with `resume` those of the
+/// last checkpoint under `run` (its weights loaded into `model`), which must have been
+/// made with the settings `digest` names.
+pub(crate) fn restore(
+    run: &RunDir,
+    model: &TrainableLlama,
+    optim: &AdamWConfig,
+    seed: u64,
+    digest: &str,
+    resume: bool,
+) -> Result<(AdamW, LoopState)> {
+    let fresh = LoopState {
+        step: 0,
+        sequences: 0,
+        tokens: 0,
+        seed,
+        settings: digest.to_string(),
+    };
+    let Some(ck) = resume
+        .then(|| checkpoint::load_latest(&run.checkpoints()))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok((AdamW::new(optim.clone(), model), fresh));
+    };
+    if ck.state.settings != digest {
+        return Err(Error::Resume(format!(
+            "{}: the checkpoint was made with other settings (digest {}, now {digest}); resume with the run's own settings file and flags",
+            ck.dir.display(),
+            ck.state.settings
+        )));
+    }
+    for (name, var) in model.params() {
+        let t = ck.weights.get(name).ok_or_else(|| {
+            Error::Resume(format!(
+                "{}: the checkpoint lacks `{name}`",
+                ck.dir.display()
+            ))
+        })?;
+        if t.shape() != var.shape() {
+            return Err(Error::Resume(format!(
+                "{}: `{name}` has shape {:?}, the model {:?}",
+                ck.dir.display(),
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(t)?;
+    }
+    let mut optimizer = AdamW::new(optim.clone(), model);
+    optimizer.load_state(model, &ck.optimizer, ck.state.step)?;
+    Ok((optimizer, ck.state))
+}
+
+/// Writes a checkpoint of the trained parameters, the optimizer and the loop state
+/// (after syncing the metrics written so far) and redraws the loss plots.
+pub(crate) fn save_checkpoint(
+    run: &RunDir,
+    model: &TrainableLlama,
+    optimizer: &AdamW,
+    state: &LoopState,
+    keep: usize,
+    metrics: &std::fs::File,
+) -> Result<PathBuf> {
+    metrics.sync_all().map_err(|e| io(&run.metrics(), e))?;
+    let weights = model
+        .params()
+        .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+        .collect();
+    let dir = checkpoint::save(
+        &run.checkpoints(),
+        &weights,
+        &optimizer.state_tensors(model)?,
+        state,
+        keep,
+    )?;
+    crate::trainer::plot_run(run)?;
+    Ok(dir)
 }
 
 /// A non-zero key from three numbers (splitmix64's finaliser over their mix).
@@ -252,74 +363,14 @@ impl<'a> FineTuner<'a> {
         out: &Path,
         resume: bool,
     ) -> Result<Self> {
-        config.check()?;
-        let mut model = if config.qlora {
-            TrainableLlama::open_quantized(&config.model, config.seq_len)?
-        } else {
-            TrainableLlama::open(&config.model, config.seq_len)?
-        };
-        if let Some(lora) = &config.lora {
-            model.attach_lora(lora.clone(), config.seed, None)?;
-        }
-        if model.config.vocab_size != tokenizer.vocab_size() {
-            return Err(Error::ModelMismatch(format!(
-                "the model has {} token embeddings, its tokenizer {} tokens",
-                model.config.vocab_size,
-                tokenizer.vocab_size()
-            )));
-        }
+        let model = open_model(&config, tokenizer)?;
         let run = RunDir {
             root: out.to_path_buf(),
         };
         std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
-        if config.seq_len > model.config.max_position_embeddings {
-            return Err(Error::Config(format!(
-                "seq_len {} exceeds the model's context of {}",
-                config.seq_len, model.config.max_position_embeddings
-            )));
-        }
         let digest = config.settings_digest();
-        let mut optimizer = AdamW::new(config.optim.clone(), &model);
-        let mut state = LoopState {
-            step: 0,
-            sequences: 0,
-            tokens: 0,
-            seed: config.seed,
-            settings: digest.clone(),
-        };
-        if let Some(ck) = resume
-            .then(|| checkpoint::load_latest(&run.checkpoints()))
-            .transpose()?
-            .flatten()
-        {
-            if ck.state.settings != digest {
-                return Err(Error::Resume(format!(
-                    "{}: the checkpoint was made with other settings (digest {}, now {digest}); resume with the run's own sft.toml and flags",
-                    ck.dir.display(),
-                    ck.state.settings
-                )));
-            }
-            for (name, var) in model.params() {
-                let t = ck.weights.get(name).ok_or_else(|| {
-                    Error::Resume(format!(
-                        "{}: the checkpoint lacks `{name}`",
-                        ck.dir.display()
-                    ))
-                })?;
-                if t.shape() != var.shape() {
-                    return Err(Error::Resume(format!(
-                        "{}: `{name}` has shape {:?}, the model {:?}",
-                        ck.dir.display(),
-                        t.dims(),
-                        var.dims()
-                    )));
-                }
-                var.set(t)?;
-            }
-            optimizer = AdamW::new(config.optim.clone(), &model);
-            optimizer.load_state(&model, &ck.optimizer, ck.state.step)?;
-            state = ck.state;
-        }
+        let (optimizer, state) =
+            restore(&run, &model, &config.optim, config.seed, &digest, resume)?;
         let text = toml::to_string_pretty(&config)
             .map_err(|e| Error::Internal(format!("encoding the config: {e}")))?;
         checkpoint::write_synced(&run.root.join("sft.toml"), text.as_bytes())?;
@@ -544,20 +595,14 @@ impl<'a> FineTuner<'a> {
     }
 
     fn checkpoint(&self, metrics: &std::fs::File, on_event: &mut dyn FnMut(Event)) -> Result<()> {
-        metrics.sync_all().map_err(|e| io(&self.run.metrics(), e))?;
-        let weights = self
-            .model
-            .params()
-            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
-            .collect();
-        let dir = checkpoint::save(
-            &self.run.checkpoints(),
-            &weights,
-            &self.optimizer.state_tensors(&self.model)?,
+        let dir = save_checkpoint(
+            &self.run,
+            &self.model,
+            &self.optimizer,
             &self.state,
             self.config.keep_checkpoints,
+            metrics,
         )?;
-        crate::trainer::plot_run(&self.run)?;
         on_event(Event::Checkpoint(&dir));
         Ok(())
     }

@@ -27,25 +27,7 @@ pub fn messages_from_record(v: &Value) -> std::result::Result<Vec<Message>, Stri
         }
     };
     if let Some(list) = v.get("messages") {
-        let list = list.as_array().ok_or("`messages` must be a list")?;
-        let mut out = Vec::with_capacity(list.len());
-        for (i, m) in list.iter().enumerate() {
-            let role = m
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("message {} has no `role`", i + 1))?;
-            if !matches!(role, "system" | "user" | "assistant") {
-                return Err(format!(
-                    "message {} has the role {role:?} (system, user or assistant)",
-                    i + 1
-                ));
-            }
-            let content = m
-                .get("content")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("message {} has no text `content`", i + 1))?;
-            out.push(Message::new(role, content));
-        }
+        let out = parse_messages(list, "messages")?;
         if !out.iter().any(|m| m.role == "assistant") {
             return Err("no assistant message: nothing to learn".into());
         }
@@ -67,9 +49,46 @@ pub fn messages_from_record(v: &Value) -> std::result::Result<Vec<Message>, Stri
     Err("a record needs `messages`, `prompt` + `completion`, or `instruction` + `output`".into())
 }
 
+/// A list of `{"role", "content"}` messages (roles system, user, assistant; text content),
+/// the value of field `field`.
+pub fn parse_messages(list: &Value, field: &str) -> std::result::Result<Vec<Message>, String> {
+    let list = list
+        .as_array()
+        .ok_or_else(|| format!("`{field}` must be a list of messages"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("`{field}`: message {} has no `role`", i + 1))?;
+        if !matches!(role, "system" | "user" | "assistant") {
+            return Err(format!(
+                "`{field}`: message {} has the role {role:?} (system, user or assistant)",
+                i + 1
+            ));
+        }
+        let content = m
+            .get("content")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("`{field}`: message {} has no text `content`", i + 1))?;
+        out.push(Message::new(role, content));
+    }
+    Ok(out)
+}
+
 /// Every conversation of a data file: JSON Lines, or one JSON array of records. Errors name
 /// the file and line.
 pub fn read_conversations(path: &Path) -> Result<Vec<Vec<Message>>> {
+    let err = |msg: String| Error::Config(format!("{}: {msg}", path.display()));
+    read_records(path)?
+        .into_iter()
+        .map(|(n, v)| messages_from_record(&v).map_err(|m| err(format!("record {n}: {m}"))))
+        .collect()
+}
+
+/// The records of a JSON Lines file (or one JSON array), each with its line (or index)
+/// number from 1; blank lines skipped.
+pub fn read_records(path: &Path) -> Result<Vec<(usize, Value)>> {
     let err = |msg: String| Error::Config(format!("{}: {msg}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let text = String::from_utf8(bytes).map_err(|e| err(format!("not valid UTF-8 ({e})")))?;
@@ -95,10 +114,7 @@ pub fn read_conversations(path: &Path) -> Result<Vec<Vec<Message>>> {
     if records.is_empty() {
         return Err(err("holds no records".into()));
     }
-    records
-        .into_iter()
-        .map(|(n, v)| messages_from_record(&v).map_err(|m| err(format!("record {n}: {m}"))))
-        .collect()
+    Ok(records)
 }
 
 /// The conversation's text with the scored (learned) parts between `[[` and `]]`.

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod convert;
+pub mod dpo;
 pub mod eval;
 pub mod generate;
 pub mod info;
@@ -13,3 +14,4 @@ pub mod serve;
 pub mod sft;
 pub mod tokenize;
 pub mod train;
+pub mod tuning;
