@@ -7,6 +7,11 @@ Writes into OUT (default: sft-demo/):
   heldout.jsonl   the held-out questions, none of whose dates is in train.jsonl
   date_words.yaml an lm-evaluation-harness task file for `ferrollama eval` (and lm_eval):
                   greedy generation, exact match of the whole answer
+  train_pairs.jsonl, heldout_pairs.jsonl
+                  preference pairs for `ferrollama dpo` on the same questions: the right
+                  answer chosen, a wrong one rejected (one of the mistakes models make with
+                  this task, drawn with the seed), `margin` 1 for a wrong form (a leading
+                  zero, the day first, the ISO date echoed, ...) and 3 for a wrong date
 
 Why it is a fair test: the answers are computed, not written by a model; the held-out dates
 never occur in training (checked below), so a model must learn the rule (month names, no
@@ -42,6 +47,25 @@ def dates(rng, n, exclude):
 def record(d):
     words = f"{calendar.month_name[d.month]} {d.day}, {d.year}"
     return {"prompt": PROMPT.format(iso=d.isoformat()), "completion": words}
+
+
+def mistake(rng, d):
+    """A wrong answer for date d and how wrong it is (1: the form, 3: the date itself)."""
+    month, day, year = calendar.month_name[d.month], d.day, d.year
+    forms = [f"{month} {day:02d}, {year}" if day < 10 else f"{month} {day} {year}",
+             f"{d.month} {day}, {year}", f"{day} {month} {year}", d.isoformat(),
+             f"{calendar.month_abbr[d.month]}. {day}, {year}", f"{month} {day}th, {year}"]
+    wrong = [f"{calendar.month_name[d.month % 12 + 1]} {day}, {year}",
+             f"{month} {day % 28 + 1}, {year}", f"{month} {day}, {year + rng.choice([-1, 1, 10])}"]
+    k = rng.randrange(len(forms) + len(wrong))
+    return (forms[k], 1) if k < len(forms) else (wrong[k - len(forms)], 3)
+
+
+def pair(rng, d):
+    r = record(d)
+    rejected, margin = mistake(rng, d)
+    assert rejected != r["completion"]
+    return {"prompt": r["prompt"], "chosen": r["completion"], "rejected": rejected, "margin": margin}
 
 
 TASK = """task: date_words
@@ -86,6 +110,10 @@ def main():
         with open(os.path.join(a.out, name), "w") as f:
             for d in ds:
                 f.write(json.dumps(record(d)) + "\n")
+    for name, ds in (("train_pairs.jsonl", train), ("heldout_pairs.jsonl", held)):
+        with open(os.path.join(a.out, name), "w") as f:
+            for d in ds:
+                f.write(json.dumps(pair(rng, d)) + "\n")
     with open(os.path.join(a.out, "date_words.yaml"), "w") as f:
         f.write(TASK)
     print(f"{a.out}: {len(train)} training and {len(held)} held-out questions, task date_words.yaml")

@@ -54,6 +54,9 @@ enum Command {
     /// Align a model with preference pairs: DPO (or IPO), full or LoRA, against the model
     /// as it starts (resumable; exports GGUF and HF at the end).
     Dpo(cmd::dpo::Args),
+    /// Reward models: train one on preference pairs, score conversations with it.
+    #[command(subcommand)]
+    Reward(cmd::reward::Command),
     /// Fold LoRA adapters into their base model (GGUF of any type), and compare the result
     /// with the unmerged model (perplexity, KL divergence).
     Merge(cmd::merge::Args),
@@ -102,6 +105,7 @@ fn main() {
         Command::Train(a) => cmd::train::run(a),
         Command::Sft(a) => cmd::sft::run(a),
         Command::Dpo(a) => cmd::dpo::run(a),
+        Command::Reward(c) => cmd::reward::run(c),
         Command::Merge(a) => cmd::merge::run(a),
         Command::Export(a) => cmd::train::export(a),
         Command::Tokenizer(TokenizerCommand::Train(a)) => cmd::train::tokenizer_train(a),

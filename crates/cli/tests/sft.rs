@@ -322,3 +322,93 @@ fn dpo_runs_end_to_end_and_bad_pairs_are_refused() {
         "{err}"
     );
 }
+
+/// `ferrollama reward train` then `reward score`: the held-out pairwise accuracy is
+/// printed, the score head written, and the trained model scores chosen answers above
+/// rejected ones on pairs and on single conversations.
+#[test]
+fn reward_model_trains_and_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = ["cat", "dog", "sun", "tree", "boat", "rain", "star", "fish"];
+    let mut text = String::new();
+    for (i, w) in words.iter().cycle().take(32).enumerate() {
+        let rec = serde_json::json!({"prompt": format!("Tell me about the {w}, {i}."),
+            "chosen": format!("The {w} is kind."), "rejected": format!("The {w} is bad."),
+            "margin": 1});
+        text.push_str(&format!("{rec}\n"));
+    }
+    let pairs = dir.path().join("pairs.jsonl");
+    std::fs::write(&pairs, text).unwrap();
+    let out = dir.path().join("rm");
+    let (tiny, pairs_s, out_s) = (
+        tiny().to_str().unwrap().to_string(),
+        pairs.to_str().unwrap().to_string(),
+        out.to_str().unwrap().to_string(),
+    );
+    let o = run(&[
+        "reward",
+        "train",
+        "--model",
+        &tiny,
+        "--data",
+        &pairs_s,
+        "--out",
+        &out_s,
+        "--lora-rank",
+        "4",
+        "--steps",
+        "12",
+        "--batch-size",
+        "8",
+        "--micro-batch",
+        "4",
+        "--seq-len",
+        "48",
+        "--lr",
+        "3e-3",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("step 12, held out: loss") && err.contains("pairwise accuracy"),
+        "{err}"
+    );
+    assert!(out.join("score.safetensors").exists() && out.join("reward.toml").exists());
+    let single = dir.path().join("single.jsonl");
+    std::fs::write(
+        &single,
+        "{\"prompt\": \"Tell me about the moon.\", \"response\": \"The moon is kind.\"}\n\
+         {\"prompt\": \"Tell me about the moon.\", \"response\": \"The moon is bad.\"}\n",
+    )
+    .unwrap();
+    let score = |file: &Path| -> Vec<serde_json::Value> {
+        let o = run(&[
+            "reward",
+            "score",
+            "--model",
+            &out_s,
+            "--data",
+            file.to_str().unwrap(),
+        ]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let s = score(&single);
+    assert!(
+        s[0]["score"].as_f64().unwrap() > s[1]["score"].as_f64().unwrap(),
+        "{s:?}"
+    );
+    let p = score(&pairs);
+    assert_eq!(p.len(), 32);
+    let won = p
+        .iter()
+        .filter(|v| v["chosen_score"].as_f64() > v["rejected_score"].as_f64())
+        .count();
+    assert!(won >= 30, "{won} of 32");
+    let o = bin()
+        .args(["reward", "score", "--model", &tiny, "--data", &pairs_s])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("reward train"));
+}

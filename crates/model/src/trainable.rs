@@ -390,6 +390,12 @@ impl TrainableLlama {
                 *t = t.detach();
             }
         }
+        // Heads added beside the model (a reward model's score) stay trained.
+        for (name, v) in std::mem::take(&mut self.params) {
+            if !self.weights.contains_key(&name) {
+                params.insert(name, v);
+            }
+        }
         self.params = params;
         self.assemble(&adapters)?;
         self.lora = Some(Lora {
@@ -397,6 +403,34 @@ impl TrainableLlama {
             dropout_key: AtomicU64::new(0),
         });
         Ok(())
+    }
+
+    /// Adds a trained tensor beside the model's own weights (a reward model's score head,
+    /// `score.weight` as Hugging Face's LlamaForSequenceClassification names it): listed
+    /// by [`Self::params`] under `name`, so the optimizer, checkpoints and resume carry it;
+    /// the model's forward passes do not use it. A name the model has is refused.
+    pub fn add_head(&mut self, name: &str, init: &Tensor) -> Result<Var> {
+        if self.weights.contains_key(name) || self.params.contains_key(name) {
+            return Err(Error::Config(format!("`{name}` is taken")));
+        }
+        let v = Var::from_tensor(init)?;
+        self.params.insert(name.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// The final hidden states (after the last RMSNorm) of some rows of a packed batch,
+    /// (rows, hidden): `rows` are indices into its b * t tokens, row-major (a reward model
+    /// scores each sequence at its last token).
+    pub fn hidden_rows(&self, tokens: &Tensor, packing: &Packing, rows: &[u32]) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        if let Some(&i) = rows.iter().find(|&&i| i as usize >= b * t) {
+            return Err(Error::Scoring(format!(
+                "token {i} is outside the {b} x {t} batch"
+            )));
+        }
+        let x = self.final_hidden(tokens, Some(packing))?;
+        let idx = Tensor::from_slice(rows, rows.len(), &Device::Cpu)?;
+        Ok(x.index_select(&idx, 0)?)
     }
 
     /// The attached adapter's shape, if any.

@@ -10,6 +10,7 @@ pub mod info;
 pub mod logits;
 pub mod merge;
 pub mod perplexity;
+pub mod reward;
 pub mod serve;
 pub mod sft;
 pub mod tokenize;

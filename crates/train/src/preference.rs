@@ -1,16 +1,24 @@
-//! Direct preference optimisation (Rafailov et al. 2023): the policy is trained so that
-//! its log-probability ratio to a frozen reference favours each pair's chosen answer,
-//! with the loss -log σ(β h) where
+//! Training on preference pairs: DPO and reward models, one loop.
 //!
-//!   h = (log π(chosen) - log π_ref(chosen)) - (log π(rejected) - log π_ref(rejected)),
+//! Each pair's two sides (whole conversations ending with the chosen and the rejected
+//! answer) run as two rows of one forward pass and give one number each, a_c and a_r; a
+//! pair's loss is a function of z = (a_c - a_r) - offset:
 //!
-//! the log-probabilities summed over each answer's tokens (the assistant's, as SFT scores
-//! them). IPO (Azar et al. 2023) is the option `(h - 1/(2β))²`. The reference is the model
-//! the run starts from: its log-probabilities are computed once, before the first step, and
-//! kept in the run directory (`reference.json`), so no second copy of the model is held and
-//! a resumed run uses the same numbers. With LoRA the start is the base model exactly
-//! (B = 0). The loop is fine-tuning's (AdamW, cosine schedule, clipping, checkpoints that
-//! resume bit for bit); a step is a number of pairs, each pair two rows of one forward.
+//! - **DPO** (Rafailov et al. 2023): a = log π(answer), summed over the answer's tokens
+//!   (the assistant's, as SFT scores them); offset = log π_ref(c) - log π_ref(r), the
+//!   reference being the model the run starts from, so z is DPO's h; loss -log σ(β h), or
+//!   IPO's (h - 1/(2β))² (Azar et al. 2023). The reference's log-probabilities are computed
+//!   once, before the first step, and kept in the run directory (`reference.json`): no
+//!   second copy of the model is held, and a resumed run uses the same numbers. With LoRA
+//!   the start is the base model exactly (B = 0).
+//! - **Reward model** (Touvron et al. 2023, 3.2.2): a = w · h_last, a linear score of the
+//!   final hidden state at the conversation's last token (`score.weight`, as Hugging Face's
+//!   LlamaForSequenceClassification), the backbone trained in full or with LoRA; offset =
+//!   the pair's margin (how much better the chosen answer is; 0 when not given); the
+//!   Llama 2 ranking loss -log σ(r_c - r_r - m).
+//!
+//! The loop is fine-tuning's (AdamW, cosine schedule, clipping, checkpoints that resume
+//! bit for bit); a step is a number of pairs.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -32,7 +40,10 @@ use crate::schedule::CosineSchedule;
 use crate::sft_batches::{epoch_order, fit_to_length, lay_out, MicroBatch};
 use crate::trainer::{add_gradients, keep_metrics_through, split_gradients, RunDir, Summary};
 
-/// The preference loss.
+/// The name of a reward model's score head.
+pub const SCORE: &str = "score.weight";
+
+/// DPO's loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PreferenceLoss {
@@ -42,22 +53,48 @@ pub enum PreferenceLoss {
     Ipo,
 }
 
-/// Everything that shapes a DPO run; written to the run directory as `dpo.toml`.
+/// What the pairs train.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DpoConfig {
-    /// How far the policy may move from the reference (DPO's β; 0.1 in the paper).
-    pub beta: f64,
-    pub loss: PreferenceLoss,
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Objective {
+    /// The policy itself, against the model it starts from. `beta`: how far it may move
+    /// (0.1 in the paper).
+    Dpo { beta: f64, loss: PreferenceLoss },
+    /// A scalar score head on the backbone, ranked by the Llama 2 loss; `use_margin`
+    /// subtracts each pair's margin.
+    Reward { use_margin: bool },
+}
+
+/// Everything that shapes a preference run; written to the run directory (`dpo.toml` or
+/// `reward.toml`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairConfig {
+    pub objective: Objective,
     /// The model, data (pairs), schedule, batch (in pairs) and LoRA settings.
     pub tuning: SftConfig,
 }
 
-impl Default for DpoConfig {
-    fn default() -> Self {
-        Self {
+impl PairConfig {
+    /// DPO's defaults: beta 0.1, lr 1e-6 (full; LoRA's is set by the caller), 1 epoch of
+    /// 8 pairs a step.
+    pub fn dpo() -> Self {
+        Self::with(Objective::Dpo {
             beta: 0.1,
             loss: PreferenceLoss::Sigmoid,
+        })
+    }
+
+    /// A reward model's defaults: the margins used, lr 1e-5 (full), 1 epoch of 8 pairs.
+    pub fn reward() -> Self {
+        let mut c = Self::with(Objective::Reward { use_margin: true });
+        c.tuning.lr = 1e-5;
+        c
+    }
+
+    fn with(objective: Objective) -> Self {
+        Self {
+            objective,
             tuning: SftConfig {
                 lr: 1e-6,
                 epochs: 1,
@@ -68,10 +105,16 @@ impl Default for DpoConfig {
             },
         }
     }
-}
 
-impl DpoConfig {
-    /// The settings a run directory's `dpo.toml` holds.
+    /// The settings file of a run directory.
+    pub fn file_name(&self) -> &'static str {
+        match self.objective {
+            Objective::Dpo { .. } => "dpo.toml",
+            Objective::Reward { .. } => "reward.toml",
+        }
+    }
+
+    /// The settings a run directory's file holds.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
         toml::from_str(&text).map_err(|e| Error::Invalid {
@@ -81,16 +124,16 @@ impl DpoConfig {
     }
 
     pub fn check(&self) -> Result<()> {
-        if !(self.beta > 0.0 && self.beta.is_finite()) {
-            return Err(Error::Config(format!(
-                "beta {} must be positive",
-                self.beta
-            )));
+        if let Objective::Dpo { beta, .. } = self.objective {
+            if !(beta > 0.0 && beta.is_finite()) {
+                return Err(Error::Config(format!("beta {beta} must be positive")));
+            }
         }
         if self.tuning.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
-            // The policy must be its reference's function at the start (h = 0).
+            // DPO's policy must be its reference's function at the start (h = 0), and
+            // both sides of a pair must be scored by the same function.
             return Err(Error::Config(
-                "DPO trains without LoRA dropout: set it to 0".into(),
+                "preference training runs without LoRA dropout: set it to 0".into(),
             ));
         }
         self.tuning.check()
@@ -98,21 +141,50 @@ impl DpoConfig {
 
     /// A digest of what a resumed run must share with the one it continues.
     pub fn settings_digest(&self) -> String {
-        let own = format!(
-            "{} {:?} {}",
-            self.beta,
-            self.loss,
-            self.tuning.settings_digest()
-        );
+        let own = format!("{:?} {}", self.objective, self.tuning.settings_digest());
         crate::config::fnv_digest(&own)
     }
 
-    /// One pair's loss from its h.
-    fn pair_loss(&self, h: f64) -> f64 {
-        match self.loss {
-            // -log σ(βh) = log(1 + e^(-βh)), computed without overflow.
-            PreferenceLoss::Sigmoid => softplus(-self.beta * h),
-            PreferenceLoss::Ipo => (h - 0.5 / self.beta).powi(2),
+    /// One pair's loss from its z.
+    fn pair_loss(&self, z: f64) -> f64 {
+        match self.objective {
+            // -log σ(βz) = log(1 + e^(-βz)), computed without overflow.
+            Objective::Dpo {
+                beta,
+                loss: PreferenceLoss::Sigmoid,
+            } => softplus(-beta * z),
+            Objective::Dpo {
+                beta,
+                loss: PreferenceLoss::Ipo,
+            } => (z - 0.5 / beta).powi(2),
+            Objective::Reward { .. } => softplus(-z),
+        }
+    }
+
+    /// The same as a tensor to differentiate.
+    fn pair_loss_tensor(&self, z: &Tensor) -> Result<Tensor> {
+        let softplus_neg = |z: Tensor| -> Result<Tensor> {
+            let u = z.neg()?;
+            Ok((u.relu()? + (u.abs()?.neg()?.exp()? + 1.0)?.log()?)?)
+        };
+        match self.objective {
+            Objective::Dpo {
+                beta,
+                loss: PreferenceLoss::Sigmoid,
+            } => softplus_neg((z * beta)?),
+            Objective::Dpo {
+                beta,
+                loss: PreferenceLoss::Ipo,
+            } => Ok((z - 0.5 / beta)?.sqr()?),
+            Objective::Reward { .. } => softplus_neg(z.clone()),
+        }
+    }
+
+    /// The scale of z in the reported margin (β for DPO: its implicit reward).
+    fn margin_scale(&self) -> f64 {
+        match self.objective {
+            Objective::Dpo { beta, .. } => beta,
+            Objective::Reward { .. } => 1.0,
         }
     }
 }
@@ -121,11 +193,12 @@ fn softplus(u: f64) -> f64 {
     u.max(0.0) + (-u.abs()).exp().ln_1p()
 }
 
-/// A pair encoded: each side's tokens with its answer marked.
+/// A pair encoded: each side's tokens with its answer marked, and the pair's margin.
 #[derive(Debug, Clone)]
 pub struct PairSample {
     pub chosen: TrainingSample,
     pub rejected: TrainingSample,
+    pub margin: f64,
 }
 
 /// The pairs of a run, encoded, cut to length and split.
@@ -139,8 +212,15 @@ pub struct PreferenceData {
 }
 
 impl PreferenceData {
-    /// Reads and encodes the run's pairs with the model's chat format.
-    pub fn load(cfg: &SftConfig, format: &ChatFormat, tok: &Tokenizer) -> Result<Self> {
+    /// Reads and encodes the run's pairs with the model's chat format. A reward model
+    /// scores a conversation at its last token, so for it a pair with a side longer than
+    /// `seq_len` is dropped rather than cut.
+    pub fn load(
+        cfg: &SftConfig,
+        format: &ChatFormat,
+        tok: &Tokenizer,
+        cut_allowed: bool,
+    ) -> Result<Self> {
         let encode = |path: &Path| -> Result<Vec<PairSample>> {
             crate::prefs::read_pairs(path)?
                 .iter()
@@ -154,6 +234,7 @@ impl PreferenceData {
                     Ok(PairSample {
                         chosen: side(&p.chosen)?,
                         rejected: side(&p.rejected)?,
+                        margin: p.margin,
                     })
                 })
                 .collect()
@@ -167,12 +248,20 @@ impl PreferenceData {
         let mut fit = |pairs: Vec<PairSample>| -> Vec<PairSample> {
             let mut kept = Vec::with_capacity(pairs.len());
             for p in pairs {
+                let margin = p.margin;
                 let (c, c_cut, c_drop) = fit_to_length(vec![p.chosen], cfg.seq_len);
                 let (r, r_cut, r_drop) = fit_to_length(vec![p.rejected], cfg.seq_len);
-                cut += usize::from(c_cut + r_cut > 0);
+                let was_cut = c_cut + r_cut > 0;
+                cut += usize::from(was_cut);
                 match (c.into_iter().next(), r.into_iter().next()) {
-                    (Some(chosen), Some(rejected)) if c_drop + r_drop == 0 => {
-                        kept.push(PairSample { chosen, rejected })
+                    (Some(chosen), Some(rejected))
+                        if c_drop + r_drop == 0 && (cut_allowed || !was_cut) =>
+                    {
+                        kept.push(PairSample {
+                            chosen,
+                            rejected,
+                            margin,
+                        })
                     }
                     _ => dropped += 1,
                 }
@@ -195,26 +284,26 @@ impl PreferenceData {
     }
 }
 
-/// How a model ranks a set of pairs against the reference.
+/// How a model ranks a set of pairs.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PreferenceStats {
-    /// Mean preference loss.
+    /// Mean loss.
     pub loss: f64,
-    /// Mean implicit reward margin β h.
-    pub reward_margin: f64,
-    /// Share of pairs with h > 0 (ties count half: at the start every h is 0).
-    pub reward_accuracy: f64,
-    /// Mean log π(chosen) - log π(rejected): how much more likely the model makes the
-    /// chosen answer, reference aside.
-    pub logp_margin: f64,
-    /// Share of pairs whose chosen answer is the more likely (ties count half).
-    pub logp_accuracy: f64,
+    /// Mean scaled z: DPO's implicit reward margin β h; a reward model's r_c - r_r - m.
+    pub objective_margin: f64,
+    /// Share of pairs with z > 0 (ties count half: at DPO's start every h is 0).
+    pub objective_accuracy: f64,
+    /// Mean a_c - a_r: DPO's log π(chosen) - log π(rejected); a reward model's r_c - r_r.
+    pub margin: f64,
+    /// Share of pairs with a_c > a_r (ties count half): the share whose chosen answer is
+    /// the more likely (DPO), a reward model's pairwise accuracy.
+    pub accuracy: f64,
 }
 
 impl PreferenceStats {
-    /// From each pair's [log π(chosen), log π(rejected)] under the policy and the reference.
-    fn new(cfg: &DpoConfig, policy: &[[f64; 2]], reference: &[[f64; 2]]) -> Self {
-        let n = policy.len().max(1) as f64;
+    /// From each pair's [a_c, a_r] and offset.
+    fn new(cfg: &PairConfig, values: &[[f64; 2]], offsets: &[f64]) -> Self {
+        let n = values.len().max(1) as f64;
         let won = |x: f64| {
             if x > 0.0 {
                 1.0
@@ -224,40 +313,39 @@ impl PreferenceStats {
                 0.0
             }
         };
-        let (mut s, mut rm, mut ra, mut lm, mut la) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for (p, r) in policy.iter().zip(reference) {
-            let h = (p[0] - r[0]) - (p[1] - r[1]);
-            s += cfg.pair_loss(h);
-            rm += cfg.beta * h;
-            ra += won(h);
-            lm += p[0] - p[1];
-            la += won(p[0] - p[1]);
+        let (mut s, mut om, mut oa, mut m, mut a) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (v, off) in values.iter().zip(offsets) {
+            let z = (v[0] - v[1]) - off;
+            s += cfg.pair_loss(z);
+            om += cfg.margin_scale() * z;
+            oa += won(z);
+            m += v[0] - v[1];
+            a += won(v[0] - v[1]);
         }
         Self {
             loss: s / n,
-            reward_margin: rm / n,
-            reward_accuracy: ra / n,
-            logp_margin: lm / n,
-            logp_accuracy: la / n,
+            objective_margin: om / n,
+            objective_accuracy: oa / n,
+            margin: m / n,
+            accuracy: a / n,
         }
     }
 }
 
-/// One DPO step's figures, as written to `metrics.jsonl` (the fields pretraining writes,
-/// so the loss plots read them, and the preference figures).
+/// One step's figures, as written to `metrics.jsonl` (the fields pretraining writes, so
+/// the loss plots read them, and the preference figures).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct DpoMetrics {
+pub struct PairMetrics {
     pub step: u64,
-    /// Mean preference loss over the step's pairs.
+    /// Mean loss over the step's pairs.
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     pub tokens: u64,
-    /// The training pairs' mean reward margin and accuracy this step.
-    pub reward_margin: f64,
-    pub reward_accuracy: f64,
-    /// Held-out preference loss (for the plots) and the held-out figures.
+    /// The training pairs' figures this step.
+    pub train: PreferenceStats,
+    /// Held-out loss (for the plots) and the held-out figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -265,8 +353,8 @@ pub struct DpoMetrics {
 }
 
 /// What a run reports as it goes.
-pub enum DpoEvent<'a> {
-    /// The reference log-probabilities are being computed for this many pairs (a fresh run).
+pub enum PairEvent<'a> {
+    /// DPO's reference log-probabilities are being computed for this many pairs.
     Reference {
         pairs: usize,
     },
@@ -277,42 +365,47 @@ pub enum DpoEvent<'a> {
     },
     /// The held-out figures before the first step.
     Initial(&'a PreferenceStats),
-    Step(&'a DpoMetrics),
+    Step(&'a PairMetrics),
     Checkpoint(&'a Path),
 }
 
-/// The reference's log-probabilities, as kept in the run directory.
+/// Each pair's offset, as kept in the run directory for DPO (the reference's
+/// log-probability margins) or taken from the data (reward margins).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Reference {
+struct Offsets {
     settings: String,
-    train: Vec<[f64; 2]>,
-    val: Vec<[f64; 2]>,
+    train: Vec<f64>,
+    val: Vec<f64>,
 }
 
-/// A DPO run.
-pub struct DpoTrainer<'a> {
-    pub config: DpoConfig,
+/// A preference run.
+pub struct PairTrainer<'a> {
+    pub config: PairConfig,
     pub model: TrainableLlama,
     pub optimizer: AdamW,
     pub data: PreferenceData,
     tokenizer: &'a Tokenizer,
     run: RunDir,
     state: LoopState,
-    reference: Option<Reference>,
+    offsets: Option<Offsets>,
 }
 
-impl<'a> DpoTrainer<'a> {
-    /// Opens the model and with `resume` restores the last checkpoint in `out` (and the
-    /// reference log-probabilities the run computed at its start).
+impl<'a> PairTrainer<'a> {
+    /// Opens the model (with a score head for a reward model) and with `resume` restores
+    /// the last checkpoint in `out` (and DPO's reference, computed at the run's start).
     pub fn new(
-        config: DpoConfig,
+        config: PairConfig,
         data: PreferenceData,
         tokenizer: &'a Tokenizer,
         out: &Path,
         resume: bool,
     ) -> Result<Self> {
         config.check()?;
-        let model = open_model(&config.tuning, tokenizer)?;
+        let mut model = open_model(&config.tuning, tokenizer)?;
+        if let Objective::Reward { .. } = config.objective {
+            let h = model.config.hidden_size;
+            model.add_head(SCORE, &score_init(h, config.tuning.seed)?)?;
+        }
         let run = RunDir {
             root: out.to_path_buf(),
         };
@@ -326,14 +419,23 @@ impl<'a> DpoTrainer<'a> {
             &digest,
             resume,
         )?;
-        let reference = if state.step > 0 {
-            Some(Self::read_reference(&run, &digest, &data)?)
-        } else {
-            None
+        let offsets = match config.objective {
+            Objective::Reward { use_margin } => {
+                let m = |p: &PairSample| if use_margin { p.margin } else { 0.0 };
+                Some(Offsets {
+                    settings: digest.clone(),
+                    train: data.train.iter().map(m).collect(),
+                    val: data.val.iter().map(m).collect(),
+                })
+            }
+            Objective::Dpo { .. } if state.step > 0 => {
+                Some(Self::read_reference(&run, &digest, &data)?)
+            }
+            Objective::Dpo { .. } => None,
         };
         let text = toml::to_string_pretty(&config)
             .map_err(|e| Error::Internal(format!("encoding the config: {e}")))?;
-        crate::checkpoint::write_synced(&run.root.join("dpo.toml"), text.as_bytes())?;
+        crate::checkpoint::write_synced(&run.root.join(config.file_name()), text.as_bytes())?;
         keep_metrics_through(&run.metrics(), state.step)?;
         Ok(Self {
             config,
@@ -343,7 +445,7 @@ impl<'a> DpoTrainer<'a> {
             tokenizer,
             run,
             state,
-            reference,
+            offsets,
         })
     }
 
@@ -351,10 +453,10 @@ impl<'a> DpoTrainer<'a> {
         run.root.join("reference.json")
     }
 
-    fn read_reference(run: &RunDir, digest: &str, data: &PreferenceData) -> Result<Reference> {
+    fn read_reference(run: &RunDir, digest: &str, data: &PreferenceData) -> Result<Offsets> {
         let path = Self::reference_path(run);
         let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        let r: Reference = serde_json::from_str(&text).map_err(|e| Error::Invalid {
+        let r: Offsets = serde_json::from_str(&text).map_err(|e| Error::Invalid {
             file: path.display().to_string(),
             msg: e.to_string(),
         })?;
@@ -375,7 +477,6 @@ impl<'a> DpoTrainer<'a> {
         self.state.step
     }
 
-    /// Optimizer steps of one epoch.
     fn steps_per_epoch(&self) -> u64 {
         self.data
             .train
@@ -399,10 +500,9 @@ impl<'a> DpoTrainer<'a> {
         order[k * b..((k + 1) * b).min(order.len())].to_vec()
     }
 
-    /// The summed answer log-probabilities [chosen, rejected] of `pairs` under the model,
-    /// as tensors to differentiate (one forward per micro-batch of pairs, each side a row),
-    /// handed to `each` micro-batch by micro-batch.
-    fn log_probs(
+    /// Each pair's [a_c, a_r] as tensors to differentiate (one forward per micro-batch of
+    /// pairs, each side a row), handed to `each` micro-batch by micro-batch.
+    fn side_values(
         &self,
         pairs: &[&PairSample],
         each: &mut dyn FnMut(Vec<[Tensor; 2]>) -> Result<()>,
@@ -417,50 +517,81 @@ impl<'a> DpoTrainer<'a> {
             let order: Vec<usize> = (0..sides.len()).collect();
             let rows = lay_out(&sides, &order, seq_len, false);
             let mb = MicroBatch::new(&rows.iter().collect::<Vec<_>>(), pad)?;
-            let mut groups = vec![(Vec::new(), Vec::new()); mb.rows];
-            for (&i, &target) in mb.scored.iter().zip(&mb.targets) {
-                let g = &mut groups[i as usize / mb.t];
-                g.0.push(i);
-                g.1.push(target);
-            }
             let x = Tensor::from_slice(&mb.tokens, (mb.rows, mb.t), &Device::Cpu)?;
-            let nll = self.model.summed_losses_on(&x, &mb.packing, &groups)?;
+            let values: Vec<Tensor> = match self.config.objective {
+                Objective::Dpo { .. } => {
+                    let mut groups = vec![(Vec::new(), Vec::new()); mb.rows];
+                    for (&i, &target) in mb.scored.iter().zip(&mb.targets) {
+                        let g = &mut groups[i as usize / mb.t];
+                        g.0.push(i);
+                        g.1.push(target);
+                    }
+                    let nll = self.model.summed_losses_on(&x, &mb.packing, &groups)?;
+                    nll.iter()
+                        .map(|t| t.neg())
+                        .collect::<candle_core::Result<_>>()?
+                }
+                Objective::Reward { .. } => {
+                    let last: Vec<u32> = rows
+                        .iter()
+                        .enumerate()
+                        .map(|(r, row)| (r * mb.t + row.tokens.len() - 1) as u32)
+                        .collect();
+                    let h = self.model.hidden_rows(&x, &mb.packing, &last)?;
+                    let w = self.score_head()?;
+                    let s = h.matmul(&w.t()?)?.flatten_all()?;
+                    (0..mb.rows)
+                        .map(|i| s.get(i))
+                        .collect::<candle_core::Result<_>>()?
+                }
+            };
             let mut out = Vec::with_capacity(chunk.len());
-            for two in nll.chunks_exact(2) {
-                out.push([two[0].neg()?, two[1].neg()?]);
+            for two in values.chunks_exact(2) {
+                out.push([two[0].clone(), two[1].clone()]);
             }
             each(out)?;
         }
         Ok(())
     }
 
-    /// The log-probabilities of `pairs` as numbers (no gradient kept).
-    fn log_prob_values(&self, pairs: &[PairSample]) -> Result<Vec<[f64; 2]>> {
+    fn score_head(&self) -> Result<Tensor> {
+        self.model
+            .params()
+            .find(|(n, _)| *n == SCORE)
+            .map(|(_, v)| v.as_tensor().clone())
+            .ok_or_else(|| Error::Internal("the reward model has no score head".into()))
+    }
+
+    /// Each pair's [a_c, a_r] as numbers.
+    fn side_value_numbers(&self, pairs: &[PairSample]) -> Result<Vec<[f64; 2]>> {
         let refs: Vec<&PairSample> = pairs.iter().collect();
         let mut out = Vec::with_capacity(pairs.len());
-        self.log_probs(&refs, &mut |lp| {
-            for [c, r] in lp {
-                let v = |t: Tensor| -> Result<f64> { Ok(t.detach().to_scalar::<f32>()? as f64) };
-                out.push([v(c)?, v(r)?]);
+        self.side_values(&refs, &mut |v| {
+            for [c, r] in v {
+                let n = |t: Tensor| -> Result<f64> { Ok(t.detach().to_scalar::<f32>()? as f64) };
+                out.push([n(c)?, n(r)?]);
             }
             Ok(())
         })?;
         Ok(out)
     }
 
+    fn offsets(&self) -> Result<&Offsets> {
+        self.offsets
+            .as_ref()
+            .ok_or_else(|| Error::Internal("no reference yet".into()))
+    }
+
     /// The held-out figures of the model as it is now (None without held-out pairs).
     pub fn validation(&self) -> Result<Option<PreferenceStats>> {
-        let Some(reference) = &self.reference else {
-            return Err(Error::Internal("no reference yet".into()));
-        };
         if self.data.val.is_empty() {
             return Ok(None);
         }
-        let policy = self.log_prob_values(&self.data.val)?;
+        let values = self.side_value_numbers(&self.data.val)?;
         Ok(Some(PreferenceStats::new(
             &self.config,
-            &policy,
-            &reference.val,
+            &values,
+            &self.offsets()?.val,
         )))
     }
 
@@ -468,25 +599,26 @@ impl<'a> DpoTrainer<'a> {
     pub fn run(
         &mut self,
         stop: &AtomicBool,
-        on_event: &mut dyn FnMut(DpoEvent),
+        on_event: &mut dyn FnMut(PairEvent),
     ) -> Result<Summary> {
         let cfg = self.config.clone();
         let total_steps = self.total_steps();
-        // No dropout anywhere (checked): every pass is the model's plain function.
+        // No dropout (checked): every pass is the model's plain function.
         self.model.set_dropout_key(0);
-        if self.reference.is_none() {
-            on_event(DpoEvent::Reference {
+        if self.offsets.is_none() {
+            on_event(PairEvent::Reference {
                 pairs: self.data.train.len() + self.data.val.len(),
             });
-            let reference = Reference {
+            let margins = |v: Vec<[f64; 2]>| v.iter().map(|[c, r]| c - r).collect();
+            let reference = Offsets {
                 settings: cfg.settings_digest(),
-                train: self.log_prob_values(&self.data.train)?,
-                val: self.log_prob_values(&self.data.val)?,
+                train: margins(self.side_value_numbers(&self.data.train)?),
+                val: margins(self.side_value_numbers(&self.data.val)?),
             };
             let text = serde_json::to_string(&reference)
                 .map_err(|e| Error::Internal(format!("encoding the reference: {e}")))?;
             crate::checkpoint::write_synced(&Self::reference_path(&self.run), text.as_bytes())?;
-            self.reference = Some(reference);
+            self.offsets = Some(reference);
         }
         let schedule = CosineSchedule {
             peak: cfg.tuning.lr,
@@ -494,14 +626,14 @@ impl<'a> DpoTrainer<'a> {
             total: total_steps,
             min_ratio: cfg.tuning.min_lr_ratio,
         };
-        on_event(DpoEvent::Started {
+        on_event(PairEvent::Started {
             start_step: self.state.step,
             total_steps,
             parameters: self.model.num_parameters(),
         });
         if self.state.step == 0 {
             if let Some(v) = self.validation()? {
-                on_event(DpoEvent::Initial(&v));
+                on_event(PairEvent::Initial(&v));
             }
         }
         let path = self.run.metrics();
@@ -521,46 +653,34 @@ impl<'a> DpoTrainer<'a> {
             let started = Instant::now();
             let lr = schedule.lr(self.state.step);
             let picked = self.pairs_of_step(self.state.step);
-            let reference = &self
-                .reference
-                .as_ref()
-                .ok_or_else(|| Error::Internal("no reference".into()))?
-                .train;
+            let all = &self.offsets()?.train;
+            let offsets: Vec<f64> = picked.iter().map(|&i| all[i]).collect();
             let pairs: Vec<&PairSample> = picked.iter().map(|&i| &self.data.train[i]).collect();
-            let refs: Vec<[f64; 2]> = picked.iter().map(|&i| reference[i]).collect();
             let tokens: usize = pairs
                 .iter()
                 .map(|p| p.chosen.tokens.len() + p.rejected.tokens.len())
                 .sum();
             sums.fill(0.0);
-            let (model, n, beta) = (&self.model, pairs.len() as f64, cfg.beta);
-            let mut policy: Vec<[f64; 2]> = Vec::with_capacity(pairs.len());
-            self.log_probs(&pairs, &mut |lp| {
+            let (model, n) = (&self.model, pairs.len() as f64);
+            let mut values: Vec<[f64; 2]> = Vec::with_capacity(pairs.len());
+            self.side_values(&pairs, &mut |v| {
                 let mut total: Option<Tensor> = None;
-                for ([c, r], k) in lp.into_iter().zip(policy.len()..) {
-                    let [rc, rr] = refs[k];
-                    // h = (log π(c) - log π(r)) - (log π_ref(c) - log π_ref(r))
-                    let h = ((&c - &r)? - (rc - rr))?;
-                    let loss = match cfg.loss {
-                        PreferenceLoss::Sigmoid => {
-                            let u = (h.clone() * -beta)?;
-                            (u.relu()? + (u.abs()?.neg()?.exp()? + 1.0)?.log()?)?
-                        }
-                        PreferenceLoss::Ipo => (h.clone() - 0.5 / beta)?.sqr()?,
-                    };
+                for ([c, r], k) in v.into_iter().zip(values.len()..) {
+                    let z = ((&c - &r)? - offsets[k])?;
+                    let loss = cfg.pair_loss_tensor(&z)?;
                     total = Some(match total {
                         Some(t) => (t + loss)?,
                         None => loss,
                     });
-                    let v = |t: &Tensor| -> Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
-                    policy.push([v(&c)?, v(&r)?]);
+                    let num = |t: &Tensor| -> Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
+                    values.push([num(&c)?, num(&r)?]);
                 }
                 match total {
                     Some(t) => add_gradients(&(t / n)?.backward()?, model, &mut sums),
                     None => Ok(()),
                 }
             })?;
-            let train = PreferenceStats::new(&cfg, &policy, &refs);
+            let train = PreferenceStats::new(&cfg, &values, &offsets);
             if !train.loss.is_finite() {
                 return Err(Error::Diverged {
                     step: self.state.step + 1,
@@ -586,22 +706,21 @@ impl<'a> DpoTrainer<'a> {
             } else {
                 None
             };
-            let m = DpoMetrics {
+            let m = PairMetrics {
                 step,
                 loss: train.loss,
                 lr,
                 grad_norm,
                 tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
                 tokens: self.state.tokens,
-                reward_margin: train.reward_margin,
-                reward_accuracy: train.reward_accuracy,
+                train,
                 val_loss: val.map(|v| v.loss),
                 val,
             };
             let line = serde_json::to_string(&m)
                 .map_err(|e| Error::Internal(format!("encoding metrics: {e}")))?;
             writeln!(metrics_file, "{line}").map_err(|e| io(&path, e))?;
-            on_event(DpoEvent::Step(&m));
+            on_event(PairEvent::Step(&m));
             if last_step || step.is_multiple_of(cfg.tuning.checkpoint_every) {
                 self.checkpoint(&metrics_file, on_event)?;
                 saved_at = step;
@@ -620,7 +739,7 @@ impl<'a> DpoTrainer<'a> {
     fn checkpoint(
         &self,
         metrics: &std::fs::File,
-        on_event: &mut dyn FnMut(DpoEvent),
+        on_event: &mut dyn FnMut(PairEvent),
     ) -> Result<()> {
         let dir = save_checkpoint(
             &self.run,
@@ -630,9 +749,26 @@ impl<'a> DpoTrainer<'a> {
             self.config.tuning.keep_checkpoints,
             metrics,
         )?;
-        on_event(DpoEvent::Checkpoint(&dir));
+        on_event(PairEvent::Checkpoint(&dir));
         Ok(())
     }
+
+    /// A reward model's score head, (1, hidden).
+    pub fn score_weight(&self) -> Result<Tensor> {
+        self.score_head()
+    }
+}
+
+/// A score head's first values: U(-1/√hidden, 1/√hidden), a linear layer's default
+/// initialisation in PyTorch, drawn from the run's seed.
+fn score_init(hidden: usize, seed: u64) -> Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed ^ 0x5c0e);
+    let bound = 1.0 / (hidden.max(1) as f32).sqrt();
+    let v: Vec<f32> = (0..hidden)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
+    Ok(Tensor::from_vec(v, (1, hidden), &Device::Cpu)?)
 }
 
 #[cfg(test)]
@@ -640,28 +776,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn losses_at_the_start_and_as_h_grows() {
-        let cfg = DpoConfig::default();
+    fn losses_at_the_start_and_as_z_grows() {
+        let cfg = PairConfig::dpo();
         // At the start the policy is its reference: h = 0, loss ln 2, nothing preferred.
         assert!((cfg.pair_loss(0.0) - std::f64::consts::LN_2).abs() < 1e-12);
         assert!(cfg.pair_loss(10.0) < cfg.pair_loss(0.0));
         assert!(cfg.pair_loss(-1e4).is_finite() && cfg.pair_loss(1e4) >= 0.0);
-        let ipo = DpoConfig {
+        let mut ipo = PairConfig::dpo();
+        ipo.objective = Objective::Dpo {
+            beta: 0.1,
             loss: PreferenceLoss::Ipo,
-            ..DpoConfig::default()
         };
         // IPO pulls h to 1/(2β) and no further.
         assert_eq!(ipo.pair_loss(5.0), 0.0);
         assert!(ipo.pair_loss(10.0) > 0.0);
-        let s = PreferenceStats::new(
-            &cfg,
-            &[[-1.0, -3.0], [-2.0, -2.0]],
-            &[[-1.0, -3.0], [-3.0, -2.0]],
-        );
+        let s = PreferenceStats::new(&cfg, &[[-1.0, -3.0], [-2.0, -2.0]], &[2.0, -1.0]);
         // Pair 1: h = 0 (a tie); pair 2: h = 1.
-        assert!((s.reward_accuracy - 0.75).abs() < 1e-12);
-        assert!((s.reward_margin - 0.05).abs() < 1e-12);
-        assert!((s.logp_margin - 1.0).abs() < 1e-12);
-        assert!((s.logp_accuracy - 0.75).abs() < 1e-12);
+        assert!((s.objective_accuracy - 0.75).abs() < 1e-12);
+        assert!((s.objective_margin - 0.05).abs() < 1e-12);
+        assert!((s.margin - 1.0).abs() < 1e-12);
+        assert!((s.accuracy - 0.75).abs() < 1e-12);
+        // The reward model's ranking loss with a margin: -log σ(r_c - r_r - m).
+        let rm = PairConfig::reward();
+        let want = -(1.0 / (1.0 + (-(2.0f64 - 0.5)).exp())).ln();
+        assert!((rm.pair_loss(2.0 - 0.5) - want).abs() < 1e-12);
+        let z = Tensor::new(&[1.5f32], &Device::Cpu).unwrap();
+        let t: Vec<f32> = rm.pair_loss_tensor(&z).unwrap().to_vec1().unwrap();
+        assert!((t[0] as f64 - want).abs() < 1e-6);
     }
 }
