@@ -116,6 +116,25 @@ pub struct TrainableLlama {
     sin_table: Arc<Vec<f32>>,
 }
 
+/// Checks a selection of tokens of a batch (b, t): at least one, each with its target,
+/// each inside the batch.
+fn check_scored(tokens: &Tensor, scored: &[u32], targets: &[u32]) -> Result<()> {
+    let (b, t) = tokens.dims2()?;
+    if scored.is_empty() || scored.len() != targets.len() {
+        return Err(Error::Scoring(format!(
+            "{} selected tokens with {} targets; a selection needs at least one",
+            scored.len(),
+            targets.len()
+        )));
+    }
+    if let Some(&i) = scored.iter().find(|&&i| i as usize >= b * t) {
+        return Err(Error::Scoring(format!(
+            "token {i} is outside the {b} x {t} batch"
+        )));
+    }
+    Ok(())
+}
+
 /// Standard deviation of the initial weights (GPT-2's, as llama2.c and nanoGPT use).
 const INIT_STD: f64 = 0.02;
 
@@ -422,12 +441,7 @@ impl TrainableLlama {
     /// (rows, hidden): `rows` are indices into its b * t tokens, row-major (a reward model
     /// scores each sequence at its last token).
     pub fn hidden_rows(&self, tokens: &Tensor, packing: &Packing, rows: &[u32]) -> Result<Tensor> {
-        let (b, t) = tokens.dims2()?;
-        if let Some(&i) = rows.iter().find(|&&i| i as usize >= b * t) {
-            return Err(Error::Scoring(format!(
-                "token {i} is outside the {b} x {t} batch"
-            )));
-        }
+        check_scored(tokens, rows, rows)?;
         let x = self.final_hidden(tokens, Some(packing))?;
         let idx = Tensor::from_slice(rows, rows.len(), &Device::Cpu)?;
         Ok(x.index_select(&idx, 0)?)
@@ -557,19 +571,7 @@ impl TrainableLlama {
         scored: &[u32],
         targets: &[u32],
     ) -> Result<Tensor> {
-        let (b, t) = tokens.dims2()?;
-        if scored.is_empty() || scored.len() != targets.len() {
-            return Err(Error::Scoring(format!(
-                "{} scored tokens with {} targets; a batch needs at least one",
-                scored.len(),
-                targets.len()
-            )));
-        }
-        if let Some(&i) = scored.iter().find(|&&i| i as usize >= b * t) {
-            return Err(Error::Scoring(format!(
-                "token {i} is outside the {b} x {t} batch"
-            )));
-        }
+        check_scored(tokens, scored, targets)?;
         let x = self.final_hidden(tokens, Some(packing))?;
         let rows = Tensor::from_slice(scored, scored.len(), &Device::Cpu)?;
         let x = x.index_select(&rows, 0)?;
@@ -587,20 +589,8 @@ impl TrainableLlama {
         packing: &Packing,
         groups: &[(Vec<u32>, Vec<u32>)],
     ) -> Result<Vec<Tensor>> {
-        let (b, t) = tokens.dims2()?;
         for (scored, targets) in groups {
-            if scored.is_empty() || scored.len() != targets.len() {
-                return Err(Error::Scoring(format!(
-                    "a group of {} scored tokens with {} targets; each needs at least one",
-                    scored.len(),
-                    targets.len()
-                )));
-            }
-            if let Some(&i) = scored.iter().find(|&&i| i as usize >= b * t) {
-                return Err(Error::Scoring(format!(
-                    "token {i} is outside the {b} x {t} batch"
-                )));
-            }
+            check_scored(tokens, scored, targets)?;
         }
         let x = self.final_hidden(tokens, Some(packing))?;
         groups

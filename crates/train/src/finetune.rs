@@ -309,6 +309,34 @@ pub(crate) fn save_checkpoint(
     Ok(dir)
 }
 
+/// Clips a step's summed gradients at global norm `clip` (0: no clipping) and updates the
+/// model; returns the norm before clipping.
+pub(crate) fn optimizer_step(
+    model: &TrainableLlama,
+    optimizer: &mut AdamW,
+    sums: &[f64],
+    sizes: &[usize],
+    clip: f64,
+    lr: f64,
+) -> Result<f64> {
+    let mut grads = split_gradients(sums, sizes);
+    let clip = if clip > 0.0 { clip } else { f64::INFINITY };
+    let norm = clip_grad_norm(&mut grads, clip);
+    optimizer.step(model, &grads, lr)?;
+    Ok(norm)
+}
+
+/// The run's `metrics.jsonl`, opened to append, and its path.
+pub(crate) fn open_metrics(run: &RunDir) -> Result<(std::fs::File, PathBuf)> {
+    let path = run.metrics();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| io(&path, e))?;
+    Ok((file, path))
+}
+
 /// A non-zero key from three numbers (splitmix64's finaliser over their mix).
 fn mix(seed: u64, step: u64, i: u64) -> u64 {
     let mut z =
@@ -513,12 +541,7 @@ impl<'a> FineTuner<'a> {
                 on_event(Event::InitialValidation { val_loss: v });
             }
         }
-        let path = self.run.metrics();
-        let mut metrics_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io(&path, e))?;
+        let (mut metrics_file, path) = open_metrics(&self.run)?;
         let sizes: Vec<usize> = self.model.params().map(|(_, v)| v.elem_count()).collect();
         let mut sums = vec![0.0f64; sizes.iter().sum()];
         let (mut last, mut stopped, mut saved_at) = (None, false, self.state.step);
@@ -547,14 +570,14 @@ impl<'a> FineTuner<'a> {
                     loss,
                 });
             }
-            let mut grads = split_gradients(&sums, &sizes);
-            let clip = if cfg.grad_clip > 0.0 {
-                cfg.grad_clip
-            } else {
-                f64::INFINITY
-            };
-            let grad_norm = clip_grad_norm(&mut grads, clip);
-            self.optimizer.step(&self.model, &grads, lr)?;
+            let grad_norm = optimizer_step(
+                &self.model,
+                &mut self.optimizer,
+                &sums,
+                &sizes,
+                cfg.grad_clip,
+                lr,
+            )?;
             self.state.step += 1;
             self.state.sequences += rows.len() as u64;
             self.state.tokens += tokens as u64;

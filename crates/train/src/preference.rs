@@ -20,7 +20,6 @@
 //! The loop is fine-tuning's (AdamW, cosine schedule, clipping, checkpoints that resume
 //! bit for bit); a step is a number of pairs.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,11 +33,13 @@ use ferrollama_tokenizer::Tokenizer;
 
 use crate::checkpoint::LoopState;
 use crate::error::{io, Error, Result};
-use crate::finetune::{hold_out, open_model, restore, save_checkpoint, SftConfig};
-use crate::optim::{clip_grad_norm, AdamW};
+use crate::finetune::{
+    hold_out, open_metrics, open_model, optimizer_step, restore, save_checkpoint, SftConfig,
+};
+use crate::optim::AdamW;
 use crate::schedule::CosineSchedule;
 use crate::sft_batches::{epoch_order, fit_to_length, lay_out, MicroBatch};
-use crate::trainer::{add_gradients, keep_metrics_through, split_gradients, RunDir, Summary};
+use crate::trainer::{add_gradients, keep_metrics_through, RunDir, Summary};
 
 /// The name of a reward model's score head.
 pub const SCORE: &str = "score.weight";
@@ -636,12 +637,7 @@ impl<'a> PairTrainer<'a> {
                 on_event(PairEvent::Initial(&v));
             }
         }
-        let path = self.run.metrics();
-        let mut metrics_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io(&path, e))?;
+        let (mut metrics_file, path) = open_metrics(&self.run)?;
         let sizes: Vec<usize> = self.model.params().map(|(_, v)| v.elem_count()).collect();
         let mut sums = vec![0.0f64; sizes.iter().sum()];
         let (mut stopped, mut saved_at) = (false, self.state.step);
@@ -687,14 +683,14 @@ impl<'a> PairTrainer<'a> {
                     loss: train.loss,
                 });
             }
-            let mut grads = split_gradients(&sums, &sizes);
-            let clip = if cfg.tuning.grad_clip > 0.0 {
-                cfg.tuning.grad_clip
-            } else {
-                f64::INFINITY
-            };
-            let grad_norm = clip_grad_norm(&mut grads, clip);
-            self.optimizer.step(&self.model, &grads, lr)?;
+            let grad_norm = optimizer_step(
+                &self.model,
+                &mut self.optimizer,
+                &sums,
+                &sizes,
+                cfg.tuning.grad_clip,
+                lr,
+            )?;
             self.state.step += 1;
             self.state.sequences += 2 * pairs.len() as u64;
             self.state.tokens += tokens as u64;

@@ -4,17 +4,13 @@
 //! the end.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, Result};
-use ferrollama_generate::ChatFormat;
-use ferrollama_tokenizer::TokenizerFiles;
+use anyhow::Result;
 use ferrollama_train::preference::{
     Objective, PairConfig, PairEvent, PairTrainer, PreferenceData, PreferenceLoss, PreferenceStats,
 };
-use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cmd::tuning::{finish, report_peak_rss, TuningArgs};
+use crate::cmd::tuning::{finish, report_peak_rss, steps_bar, tokenizer_of, TuningArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -92,10 +88,7 @@ pub fn run_pairs(
     )?;
     crate::cmd::train::keep_freed_memory()?;
     let model_path = crate::load::model_path(&t.model)?;
-    let files = TokenizerFiles::load(&model_path)
-        .with_context(|| format!("reading the tokenizer of {}", model_path.display()))?;
-    let (tokenizer, template) = (files.tokenizer, files.chat_template);
-    let format = ChatFormat::for_model(template.as_deref());
+    let (tokenizer, template, format) = tokenizer_of(&model_path)?;
     let saved = out.join(start.file_name());
     let mut cfg = if t.resume && saved.exists() {
         PairConfig::from_toml_file(&saved)?
@@ -123,14 +116,7 @@ pub fn run_pairs(
     let (n_train, n_val) = (data.train.len(), data.val.len());
     let stop = crate::cmd::train::stop_on_signals();
     let mut trainer = PairTrainer::new(cfg.clone(), data, &tokenizer, &out, t.resume)?;
-    let bar = ProgressBar::new(trainer.total_steps());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )?
-        .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(500));
+    let bar = steps_bar(trainer.total_steps())?;
     let say = |line: String| bar.suspend(|| eprintln!("{line}"));
     let objective = cfg.objective.clone();
     let summary = trainer.run(stop, &mut |e| match e {

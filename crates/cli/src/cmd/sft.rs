@@ -2,16 +2,13 @@
 //! the assistant's tokens only, samples packed; resumable; exports GGUF and HF at the end.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ferrollama_generate::ChatFormat;
-use ferrollama_tokenizer::TokenizerFiles;
 use ferrollama_train::finetune::{FineTuner, SftConfig, SftData};
 use ferrollama_train::Event;
-use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cmd::tuning::{finish, report_peak_rss, TuningArgs};
+use crate::cmd::tuning::{finish, report_peak_rss, steps_bar, tokenizer_of, TuningArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -44,10 +41,7 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     crate::cmd::train::keep_freed_memory()?;
     let model_path = crate::load::model_path(&t.model)?;
-    let files = TokenizerFiles::load(&model_path)
-        .with_context(|| format!("reading the tokenizer of {}", model_path.display()))?;
-    let (tokenizer, template) = (files.tokenizer, files.chat_template);
-    let format = ChatFormat::for_model(template.as_deref());
+    let (tokenizer, template, format) = tokenizer_of(&model_path)?;
     if let Some(n) = a.show_mask {
         return show_mask(&a.data, &format, &tokenizer, n);
     }
@@ -71,14 +65,7 @@ pub fn run(a: Args) -> Result<()> {
     let stop = crate::cmd::train::stop_on_signals();
     let mut tuner = FineTuner::new(cfg.clone(), data, &tokenizer, &a.out, t.resume)?;
     let total = tuner.total_steps();
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )?
-        .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(500));
+    let bar = steps_bar(total)?;
     let say = |line: String| bar.suspend(|| eprintln!("{line}"));
     let summary = tuner.run(stop, &mut |e| match e {
         Event::Started {

@@ -5,10 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use ferrollama_generate::ChatFormat;
 use ferrollama_gguf::GgmlType;
 use ferrollama_model::TrainableLlama;
-use ferrollama_tokenizer::Tokenizer;
+use ferrollama_tokenizer::{Tokenizer, TokenizerFiles};
 use ferrollama_train::finetune::SftConfig;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::ModelArgs;
 
@@ -185,6 +187,27 @@ pub fn finish(
         );
     }
     crate::cmd::train::export_model(model, tokenizer, template, out, gguf_type)
+}
+
+/// The tokenizer, chat template and chat format of the model a run starts from.
+pub fn tokenizer_of(model_path: &Path) -> Result<(Tokenizer, Option<String>, ChatFormat)> {
+    let files = TokenizerFiles::load(model_path)
+        .with_context(|| format!("reading the tokenizer of {}", model_path.display()))?;
+    let format = ChatFormat::for_model(files.chat_template.as_deref());
+    Ok((files.tokenizer, files.chat_template, format))
+}
+
+/// A training run's progress bar over `total` steps, ticking twice a second.
+pub fn steps_bar(total: u64) -> Result<ProgressBar> {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )?
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(500));
+    Ok(bar)
 }
 
 /// Prints the peak resident memory of the process, when the system tells it.
