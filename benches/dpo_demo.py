@@ -12,7 +12,8 @@ occur in training. For each starting model, `ferrollama dpo --lora-rank 16` (1 e
 
 Starting models: the default model itself, and the same after a short SFT (LoRA rank 16,
 4 steps of 4 conversations: a model that has seen the task a little, as Llama 2's RLHF
-starts from its SFT model).
+starts from its SFT model); from the latter also DPO with `--nll-weight 0.2` (a negative
+log-likelihood term on the chosen answers, as Llama 3's DPO).
 
 With `--part reward`: a helpfulness reward model on the same pairs instead
 (`ferrollama reward train --lora-rank 16`, 1 epoch, the pairs' margins used), its
@@ -57,12 +58,12 @@ def exact_match(model, task):
     return r["exact_match,strip"], r["exact_match_stderr,strip"]
 
 
-def dpo(model, data, out):
+def dpo(model, data, out, extra=()):
     subprocess.run(["rm", "-rf", str(out)], check=True)
     t0 = time.time()
     p = sh(BIN, "dpo", "--model", model, "--data", data / "train_pairs.jsonl", "--val-data",
            data / "heldout_pairs.jsonl", "--seq-len", "128", "--batch-size", "8", "--micro-batch", "8",
-           "--epochs", "1", "--lora-rank", "16", "--eval-every", "1000", "--out", out,
+           "--epochs", "1", "--lora-rank", "16", "--eval-every", "1000", "--out", out, *extra,
            capture_output=True, text=True)
     secs = time.time() - t0
     held = [m.groups() for m in HELD.finditer(p.stderr)]
@@ -119,12 +120,18 @@ def main():
        "--steps", str(a.sft_steps), "--lora-rank", "16", "--out", sft, stdout=subprocess.DEVNULL,
        stderr=subprocess.DEVNULL)
     rows = []
-    for label, name, model in [("the default model (Q4_1)", "from-base", DEFAULT_MODEL),
-                               (f"after {a.sft_steps} SFT steps (LoRA, merged, f32)", "from-sft", sft / "model.gguf")]:
-        before = exact_match(model, task)
-        secs, first, last = dpo(model, data, WORK / name)
+    after_sft = f"after {a.sft_steps} SFT steps (LoRA, merged, f32)"
+    runs = [("the default model (Q4_1)", "DPO", "from-base", DEFAULT_MODEL, ()),
+            (after_sft, "DPO", "from-sft", sft / "model.gguf", ()),
+            (after_sft, "DPO + 0.2 NLL on chosen", "from-sft-nll", sft / "model.gguf", ("--nll-weight", "0.2"))]
+    measured = {}
+    for label, method, name, model, extra in runs:
+        if model not in measured:
+            measured[model] = exact_match(model, task)
+        before = measured[model]
+        secs, first, last = dpo(model, data, WORK / name, extra)
         after = exact_match(WORK / name / "model.gguf", task)
-        rows.append({"start": label, "seconds": round(secs, 1), "before": first, "after": last,
+        rows.append({"start": label, "method": method, "seconds": round(secs, 1), "before": first, "after": last,
                      "exact_match_before": before, "exact_match_after": after})
         print(json.dumps(rows[-1]), flush=True)
     date = datetime.date.today().isoformat()
@@ -135,12 +142,12 @@ def main():
              f"CPU: {cpu}, 2 threads. 400 training pairs, 200 held-out pairs and questions; "
              "`ferrollama dpo --lora-rank 16 --epochs 1 --batch-size 8` (beta 0.1, lr 5e-5); exact match by "
              "`ferrollama eval --apply-chat-template` (greedy).", "",
-             "| start | DPO time (s) | held-out log-prob margin | chosen more likely | held-out reward accuracy | exact match |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| start | method | time (s) | held-out log-prob margin | chosen more likely | held-out reward accuracy | exact match |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         b, f = r["before"], r["after"]
         (eb, sb), (ea, sa) = r["exact_match_before"], r["exact_match_after"]
-        lines.append(f"| {r['start']} | {r['seconds']} | {b['logp_margin']:+.2f} -> {f['logp_margin']:+.2f} | "
+        lines.append(f"| {r['start']} | {r['method']} | {r['seconds']} | {b['logp_margin']:+.2f} -> {f['logp_margin']:+.2f} | "
                      f"{b['logp_accuracy']:.3f} -> {f['logp_accuracy']:.3f} | {b['reward_accuracy']:.3f} -> "
                      f"{f['reward_accuracy']:.3f} | {eb:.3f} ± {sb:.3f} -> {ea:.3f} ± {sa:.3f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

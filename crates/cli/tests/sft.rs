@@ -242,9 +242,9 @@ fn flags_that_would_do_nothing_are_errors() {
     assert!(e.contains("nothing to merge"), "{e}");
 }
 
-/// `ferrollama dpo` with LoRA (IPO loss): prints the held-out figures from ln 2 at step 0,
-/// writes the reference, the adapter and the model; the adapter loads for inference;
-/// broken pairs are an error naming the record.
+/// `ferrollama dpo` with LoRA (IPO loss, an NLL term on the chosen answers): prints the
+/// held-out figures from ln 2 at step 0, writes the reference, the adapter and the model;
+/// the adapter loads for inference; broken pairs are an error naming the record.
 #[test]
 fn dpo_runs_end_to_end_and_bad_pairs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -275,6 +275,8 @@ fn dpo_runs_end_to_end_and_bad_pairs_are_refused() {
         "4",
         "--loss",
         "ipo",
+        "--nll-weight",
+        "0.2",
         "--steps",
         "4",
         "--batch-size",

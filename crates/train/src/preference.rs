@@ -38,7 +38,7 @@ use crate::finetune::{
 };
 use crate::optim::AdamW;
 use crate::schedule::CosineSchedule;
-use crate::sft_batches::{epoch_order, fit_to_length, lay_out, MicroBatch};
+use crate::sft_batches::{epoch_order, fit_to_length, lay_out, scored_targets, MicroBatch};
 use crate::trainer::{add_gradients, keep_metrics_through, RunDir, Summary};
 
 /// The name of a reward model's score head.
@@ -59,8 +59,16 @@ pub enum PreferenceLoss {
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Objective {
     /// The policy itself, against the model it starts from. `beta`: how far it may move
-    /// (0.1 in the paper).
-    Dpo { beta: f64, loss: PreferenceLoss },
+    /// (0.1 in the paper). `nll`: the weight of a negative log-likelihood term on the
+    /// chosen answers, per token (RPO, Pang et al. 2024; Llama 3 used 0.2): plain DPO lowers
+    /// the rejected answers' likelihood and can lower the chosen ones' with it, and the
+    /// model's own generations drift (on the date task it stopped ending its answers).
+    Dpo {
+        beta: f64,
+        loss: PreferenceLoss,
+        #[serde(default)]
+        nll: f64,
+    },
     /// A scalar score head on the backbone, ranked by the Llama 2 loss; `use_margin`
     /// subtracts each pair's margin.
     Reward { use_margin: bool },
@@ -83,6 +91,7 @@ impl PairConfig {
         Self::with(Objective::Dpo {
             beta: 0.1,
             loss: PreferenceLoss::Sigmoid,
+            nll: 0.0,
         })
     }
 
@@ -125,9 +134,12 @@ impl PairConfig {
     }
 
     pub fn check(&self) -> Result<()> {
-        if let Objective::Dpo { beta, .. } = self.objective {
+        if let Objective::Dpo { beta, nll, .. } = self.objective {
             if !(beta > 0.0 && beta.is_finite()) {
                 return Err(Error::Config(format!("beta {beta} must be positive")));
+            }
+            if !(nll >= 0.0 && nll.is_finite()) {
+                return Err(Error::Config(format!("nll weight {nll} must be 0 or more")));
             }
         }
         if self.tuning.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
@@ -153,10 +165,12 @@ impl PairConfig {
             Objective::Dpo {
                 beta,
                 loss: PreferenceLoss::Sigmoid,
+                ..
             } => softplus(-beta * z),
             Objective::Dpo {
                 beta,
                 loss: PreferenceLoss::Ipo,
+                ..
             } => (z - 0.5 / beta).powi(2),
             Objective::Reward { .. } => softplus(-z),
         }
@@ -172,10 +186,12 @@ impl PairConfig {
             Objective::Dpo {
                 beta,
                 loss: PreferenceLoss::Sigmoid,
+                ..
             } => softplus_neg((z * beta)?),
             Objective::Dpo {
                 beta,
                 loss: PreferenceLoss::Ipo,
+                ..
             } => Ok((z - 0.5 / beta)?.sqr()?),
             Objective::Reward { .. } => softplus_neg(z.clone()),
         }
@@ -663,7 +679,14 @@ impl<'a> PairTrainer<'a> {
                 let mut total: Option<Tensor> = None;
                 for ([c, r], k) in v.into_iter().zip(values.len()..) {
                     let z = ((&c - &r)? - offsets[k])?;
-                    let loss = cfg.pair_loss_tensor(&z)?;
+                    let mut loss = cfg.pair_loss_tensor(&z)?;
+                    if let Objective::Dpo { nll, .. } = cfg.objective {
+                        if nll > 0.0 {
+                            // c is log π(chosen): its negative per answer token.
+                            let tokens = scored_targets(&pairs[k].chosen).max(1) as f64;
+                            loss = (loss - (&c * (nll / tokens))?)?;
+                        }
+                    }
                     total = Some(match total {
                         Some(t) => (t + loss)?,
                         None => loss,
@@ -782,6 +805,7 @@ mod tests {
         ipo.objective = Objective::Dpo {
             beta: 0.1,
             loss: PreferenceLoss::Ipo,
+            nll: 0.0,
         };
         // IPO pulls h to 1/(2β) and no further.
         assert_eq!(ipo.pair_loss(5.0), 0.0);

@@ -44,6 +44,7 @@ fn dpo(beta: f64) -> Objective {
     Objective::Dpo {
         beta,
         loss: PreferenceLoss::Sigmoid,
+        nll: 0.0,
     }
 }
 
