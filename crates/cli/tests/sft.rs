@@ -327,7 +327,8 @@ fn dpo_runs_end_to_end_and_bad_pairs_are_refused() {
 
 /// `ferrollama reward train` then `reward score`: the held-out pairwise accuracy is
 /// printed, the score head written, and the trained model scores chosen answers above
-/// rejected ones on pairs and on single conversations.
+/// rejected ones on pairs and on single conversations; combined with a safety model as
+/// Llama 2 combines them.
 #[test]
 fn reward_model_trains_and_scores() {
     let dir = tempfile::tempdir().unwrap();
@@ -413,4 +414,29 @@ fn reward_model_trains_and_scores() {
         .output()
         .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("reward train"));
+    // Combined with a "safety" model (the same one here): on a prompt marked unsafe the
+    // safety score decides, and the whitened column has mean 0 over the file.
+    std::fs::write(
+        &single,
+        "{\"prompt\": \"Tell me about the moon.\", \"response\": \"The moon is kind.\", \"unsafe\": true}\n\
+         {\"prompt\": \"Tell me about the sun.\", \"response\": \"The sun is bad.\"}\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "reward",
+        "score",
+        "--model",
+        &out_s,
+        "--safety-model",
+        &out_s,
+        "--data",
+        single.to_str().unwrap(),
+    ]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["combined"], lines[0]["safety_score"]);
+    let w: f64 = lines.iter().map(|v| v["whitened"].as_f64().unwrap()).sum();
+    assert!(w.abs() < 1e-9, "{lines:?}");
 }

@@ -82,3 +82,60 @@ pub fn save_score(dir: &Path, score: &Tensor) -> Result<()> {
     let tensors = [(SCORE.to_string(), score.clone())].into_iter().collect();
     crate::checkpoint::save_tensors(&dir.join("score.safetensors"), &tensors)
 }
+
+/// Where Llama 2 lets the safety reward model decide: σ(r_s) below this, the answer is
+/// judged unsafe whatever the helpfulness model says.
+pub const SAFETY_THRESHOLD: f64 = 0.15;
+
+/// Llama 2's combined reward (Touvron et al. 2023, 3.2.3): with R = σ(r) for each model's
+/// raw score r,
+///
+///   R_c = R_s  if the prompt is unsafe or R_s < 0.15,  R_h otherwise;
+///   R̃_c = WHITEN(LOGIT(R_c)),
+///
+/// LOGIT undoing the sigmoid (so the chosen model's raw score) and WHITEN standardising
+/// over the batch (mean 0, standard deviation 1; all 0 when the batch does not vary).
+/// Returns (R_c before whitening, as a raw score; R̃_c) per item.
+pub fn combine(helpful: &[f64], safety: &[f64], unsafe_prompt: &[bool]) -> Vec<(f64, f64)> {
+    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let chosen: Vec<f64> = helpful
+        .iter()
+        .zip(safety)
+        .zip(unsafe_prompt)
+        .map(|((&h, &s), &u)| {
+            if u || sigmoid(s) < SAFETY_THRESHOLD {
+                s
+            } else {
+                h
+            }
+        })
+        .collect();
+    let n = chosen.len().max(1) as f64;
+    let mean = chosen.iter().sum::<f64>() / n;
+    let std = (chosen.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    chosen
+        .iter()
+        .map(|&c| (c, if std > 0.0 { (c - mean) / std } else { 0.0 }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::combine;
+
+    #[test]
+    fn safety_decides_on_unsafe_prompts_and_below_the_threshold() {
+        // logit(0.15) = -1.7346: -1.0 is above the threshold, -2.0 below it.
+        let h = [3.0, 3.0, 3.0, 0.5];
+        let s = [-1.0, -2.0, 1.0, 2.0];
+        let unsafe_prompt = [false, false, true, false];
+        let c = combine(&h, &s, &unsafe_prompt);
+        let raw: Vec<f64> = c.iter().map(|x| x.0).collect();
+        assert_eq!(raw, [3.0, -2.0, 1.0, 0.5]);
+        let w: Vec<f64> = c.iter().map(|x| x.1).collect();
+        let mean = w.iter().sum::<f64>() / 4.0;
+        let var = w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 4.0;
+        assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-12);
+        assert_eq!(combine(&[1.0, 1.0], &[0.0, 0.0], &[false, false])[1].1, 0.0);
+    }
+}

@@ -43,6 +43,15 @@ pub struct ScoreArgs {
     /// Conversations per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// A safety reward model (another `reward train` output) to combine with --model as
+    /// Llama 2 does: the safety score decides on unsafe prompts and where σ(safety) < 0.15,
+    /// the helpfulness score elsewhere; then whitened over the file. Adds `safety_score`,
+    /// `combined` and `whitened` to each line (`chosen_`/`rejected_` for pairs).
+    #[arg(long)]
+    pub safety_model: Option<PathBuf>,
+    /// The boolean field of a record that marks its prompt unsafe (with --safety-model).
+    #[arg(long, default_value = "unsafe", requires = "safety_model")]
+    pub unsafe_field: String,
 }
 
 pub fn run(c: Command) -> Result<()> {
@@ -76,8 +85,18 @@ fn score(a: ScoreArgs) -> Result<()> {
     let records = ferrollama_train::sft::read_records(&a.data)?;
     let bad = |n: usize, m: String| anyhow::anyhow!("{}: record {n}: {m}", a.data.display());
     // Every conversation to score, and per record the indices of its own.
-    let (mut samples, mut owners) = (Vec::new(), Vec::new());
+    let (mut samples, mut owners, mut flagged) = (Vec::new(), Vec::new(), Vec::new());
     for (n, v) in &records {
+        let unsafe_prompt = match v.get(&a.unsafe_field) {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(bad(
+                    *n,
+                    format!("`{}` must be true or false", a.unsafe_field),
+                ))
+            }
+        };
         let conversations = if v.get("chosen").is_some() {
             let p = ferrollama_train::prefs::pair_from_record(v).map_err(|m| bad(*n, m))?;
             vec![p.chosen, p.rejected]
@@ -91,6 +110,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         let mut mine = Vec::new();
         for c in conversations {
             mine.push(samples.len());
+            flagged.push(unsafe_prompt);
             samples.push(
                 format
                     .encode_for_training(&c, tok)
@@ -99,15 +119,35 @@ fn score(a: ScoreArgs) -> Result<()> {
         }
         owners.push(mine);
     }
-    let scores = rm.scores(&samples, a.batch_size, tok.eos().unwrap_or(0))?;
+    let pad = tok.eos().unwrap_or(0);
+    let scores = rm.scores(&samples, a.batch_size, pad)?;
+    drop(rm);
+    let combined = match &a.safety_model {
+        Some(dir) => {
+            check_reward_dir(dir)?;
+            let safety = RewardModel::open(dir, context)?.scores(&samples, a.batch_size, pad)?;
+            let both = ferrollama_train::reward::combine(&scores, &safety, &flagged);
+            Some((safety, both))
+        }
+        None => None,
+    };
     let mut out = std::io::stdout().lock();
     for mine in owners {
-        let line = match mine.as_slice() {
-            [c, r] => json!({"chosen_score": scores[*c], "rejected_score": scores[*r]}),
-            [one] => json!({"score": scores[*one]}),
+        let sides: &[(&str, usize)] = match mine.as_slice() {
+            [c, r] => &[("chosen_", *c), ("rejected_", *r)],
+            [one] => &[("", *one)],
             _ => anyhow::bail!("internal error: a record gave {} conversations", mine.len()),
         };
-        writeln!(out, "{line}")?;
+        let mut line = serde_json::Map::new();
+        for &(prefix, i) in sides {
+            line.insert(format!("{prefix}score"), json!(scores[i]));
+            if let Some((safety, both)) = &combined {
+                line.insert(format!("{prefix}safety_score"), json!(safety[i]));
+                line.insert(format!("{prefix}combined"), json!(both[i].0));
+                line.insert(format!("{prefix}whitened"), json!(both[i].1));
+            }
+        }
+        writeln!(out, "{}", Value::Object(line))?;
     }
     Ok(())
 }
