@@ -19,10 +19,15 @@ With `--part reward`: a helpfulness reward model on the same pairs instead
 (`ferrollama reward train --lora-rank 16`, 1 epoch, the pairs' margins used), its
 held-out pairwise accuracy before and after training.
 
-    python3 benches/dpo_demo.py [--part dpo|reward] [--sft-steps 4]
+With `--part rs`: rejection-sampling fine-tuning from the short-SFT model against that
+reward model (`ferrollama rs`, 4 answers per training prompt at temperature 1, the best
+fine-tuned on with LoRA rank 16, 2 rounds): per round the held-out reward (one answer per
+held-out prompt at temperature 1), the KL to the SFT model, and greedy exact match.
 
-Writes benches/results/DATE-dpo-demo.{md,json} (or DATE-reward-demo.{md,json}). Not run
-by CI.
+    python3 benches/dpo_demo.py [--part dpo|reward|rs] [--sft-steps 4] [--rounds 2]
+
+Writes benches/results/DATE-dpo-demo.{md,json} (or DATE-reward-demo, DATE-rs-demo). Not
+run by CI.
 """
 
 import argparse
@@ -100,10 +105,95 @@ def reward(data, cpu):
     print("\n".join(lines))
 
 
+def sft_model(data, steps):
+    """The short-SFT starting model (LoRA rank 16, `steps` steps of 4 conversations)."""
+    sft = WORK / "sft"
+    if not (sft / "model.gguf").exists() or json.loads((sft / "metrics.jsonl").read_text().splitlines()[-1])["step"] != steps:
+        subprocess.run(["rm", "-rf", str(sft)], check=True)
+        sh(BIN, "sft", "--data", data / "train.jsonl", "--seq-len", "512", "--batch-size", "4", "--micro-batch", "4",
+           "--steps", str(steps), "--lora-rank", "16", "--out", sft, stdout=subprocess.DEVNULL,
+           stderr=subprocess.DEVNULL)
+    return sft / "model.gguf"
+
+
+def rs_run(start, data, rm, out, a):
+    """`ferrollama rs` from `start` against reward model `rm` into `out` (kept if done: the
+    run's wall time is stored beside it in seconds.txt)."""
+    if not (out / "seconds.txt").exists():
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        t0 = time.time()
+        sh(BIN, "rs", "--model", start, "--prompts", data / "train.jsonl", "--val-data", data / "heldout.jsonl",
+           "--reward", rm, "--out", out, "--rounds", str(a.rounds), "--samples", "4",
+           "--max-new-tokens", "16", "--lora-rank", "16", "--epochs", "1", "--batch-size", "8", "--micro-batch", "8",
+           "--seq-len", "128")
+        (out / "seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
+    rounds = [json.loads(l) for l in (out / "rounds.jsonl").read_text().splitlines()]
+    return float((out / "seconds.txt").read_text()), rounds
+
+
+def rs(data, task, cpu, a):
+    """RS against the reward model of the synthetic pairs, then against one trained also on
+    pairs from the SFT model's own samples (those of the first run's round 1)."""
+    start = sft_model(data, a.sft_steps)
+    if not (WORK / "reward" / "score.safetensors").exists():
+        reward(data, cpu)
+    runs = []
+    secs, rounds = rs_run(start, data, WORK / "reward", WORK / "rs", a)
+    runs.append(("synthetic pairs (400)", secs, rounds, WORK / "rs"))
+    rm2 = WORK / "reward-own"
+    sh(sys.executable, REPO / "scripts/date_task.py", "--out", data, "--own-samples",
+       WORK / "rs" / "round-1" / "samples.jsonl")
+    own = [json.loads(l) for l in (data / "own_pairs.jsonl").read_text().splitlines()]
+    if not (rm2 / "score.safetensors").exists():
+        both = data / "train_and_own_pairs.jsonl"
+        both.write_text((data / "train_pairs.jsonl").read_text() + (data / "own_pairs.jsonl").read_text())
+        p = sh(BIN, "reward", "train", "--data", both, "--val-data", data / "heldout_pairs.jsonl",
+               "--seq-len", "128", "--batch-size", "8", "--micro-batch", "8", "--epochs", "1", "--lora-rank", "16",
+               "--eval-every", "1000", "--out", rm2, capture_output=True, text=True)
+        (rm2 / "train.log").write_text(p.stderr)
+    held = [m.groups() for m in REWARD.finditer((rm2 / "train.log").read_text())]
+    rm2_acc = float(held[-1][2])
+    secs, rounds = rs_run(start, data, rm2, WORK / "rs-own", a)
+    runs.append((f"synthetic + {len(own)} own-sample pairs", secs, rounds, WORK / "rs-own"))
+    for _, _, rounds, out in runs:
+        for r in rounds:
+            model = start if r["round"] == 0 else out / f"round-{r['round']}" / "model.gguf"
+            r["exact_match"] = exact_match(model, task)
+            print(json.dumps(r), flush=True)
+    date = datetime.date.today().isoformat()
+    report = {"date": date, "cpu": cpu, "sft_steps": a.sft_steps, "own_pairs_reward_accuracy": rm2_acc,
+              "runs": [{"reward_model": n, "seconds": s, "rounds": r} for n, s, r, _ in runs]}
+    path = REPO / "benches/results" / f"{date}-rs-demo"
+    path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    lines = [f"# Rejection sampling on the date task ({date})", "",
+             f"CPU: {cpu}, 2 threads. Start: the default model after {a.sft_steps} SFT steps (LoRA, merged). "
+             "`ferrollama rs --samples 4 --max-new-tokens 16 --lora-rank 16 --epochs 1 --batch-size 8`: 400 "
+             f"training prompts, 4 answers each at temperature 1, the best of each fine-tuned on, {a.rounds} rounds. "
+             "Held out: 200 prompts whose dates never occur in training, one answer each at temperature 1 (reward, "
+             "KL to the start), and greedy exact match (`ferrollama eval --apply-chat-template`). Reward models "
+             "(`reward train --lora-rank 16 --epochs 1`): on the synthetic pairs only (held-out pairwise accuracy "
+             f"0.950), and on those plus pairs from the SFT model's own round-1 samples judged by the exact check "
+             f"({len(own)} pairs; {rm2_acc:.3f} on the held-out synthetic pairs).", "",
+             "| reward model | time (s) | round | held-out reward (mean ± std) | KL to start (nats) | finished | sampled mean | kept mean | exact match |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, secs, rounds, _ in runs:
+        for r in rounds:
+            h = r["heldout"]
+            em, se = r["exact_match"]
+            opt = lambda d: "" if d is None else f"{d['mean']:.3f}"
+            lines.append(f"| {name} | {secs:.0f} | {r['round']} | {h['reward']['mean']:.3f} ± {h['reward']['std']:.3f} | "
+                         f"{h['kl']:.3f} | {h['finished']:.2f} | {opt(r['sampled'])} | {opt(r['kept'])} | "
+                         f"{em:.3f} ± {se:.3f} |")
+    lines += ["", "Rewards are each run's own model's scores: not comparable between the two runs."]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sft-steps", type=int, default=4)
-    ap.add_argument("--part", choices=["dpo", "reward"], default="dpo")
+    ap.add_argument("--part", choices=["dpo", "reward", "rs"], default="dpo")
+    ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
     if not BIN.exists():
         sh("cargo", "build", "--release", cwd=REPO)
@@ -114,11 +204,9 @@ def main():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     if a.part == "reward":
         return reward(data, cpu)
-    sft = WORK / "sft"
-    subprocess.run(["rm", "-rf", str(sft)], check=True)
-    sh(BIN, "sft", "--data", data / "train.jsonl", "--seq-len", "512", "--batch-size", "4", "--micro-batch", "4",
-       "--steps", str(a.sft_steps), "--lora-rank", "16", "--out", sft, stdout=subprocess.DEVNULL,
-       stderr=subprocess.DEVNULL)
+    if a.part == "rs":
+        return rs(data, task, cpu, a)
+    sft = sft_model(data, a.sft_steps).parent
     rows = []
     after_sft = f"after {a.sft_steps} SFT steps (LoRA, merged, f32)"
     runs = [("the default model (Q4_1)", "DPO", "from-base", DEFAULT_MODEL, ()),

@@ -13,6 +13,13 @@ Writes into OUT (default: sft-demo/):
                   this task, drawn with the seed), `margin` 1 for a wrong form (a leading
                   zero, the day first, the ISO date echoed, ...) and 3 for a wrong date
 
+With --own-samples SAMPLES (a `ferrollama rs` round's samples.jsonl: answers the model
+itself sampled for train.jsonl's prompts) it writes instead own_pairs.jsonl: for each
+training prompt, each wrong sampled answer paired with a right one (if the model found one),
+margin 1 when the wrong answer holds the right month name, day and year (a wrong form) and 3
+otherwise: preference pairs from the model's own samples ranked by the exact check, the
+mistakes it really makes. Only training prompts are used.
+
 Why it is a fair test: the answers are computed, not written by a model; the held-out dates
 never occur in training (checked below), so a model must learn the rule (month names, no
 leading zeros, the order of the parts), not memorise answers; the prompt says what is wanted
@@ -26,6 +33,7 @@ import datetime
 import json
 import os
 import random
+import re
 
 PROMPT = "Write the date {iso} in words."
 
@@ -94,13 +102,43 @@ metric_list:
 """
 
 
+def own_pairs(out, samples_path):
+    """Pairs from a model's own sampled answers to the training prompts, judged exactly."""
+    with open(os.path.join(out, "train.jsonl")) as f:
+        prompts = [json.loads(l) for l in f]
+    pairs, seen = [], 0
+    with open(samples_path) as f:
+        for line in f:
+            rec = json.loads(line)
+            p = prompts[rec["prompt"]]
+            truth = p["completion"]
+            texts = list(dict.fromkeys(a["text"].strip() for a in rec["answers"]))
+            seen += len(texts)
+            right = [t for t in texts if t == truth]
+            if not right:
+                continue
+            month, rest = truth.split(" ", 1)
+            day, year = rest.split(", ")
+            for wrong in (t for t in texts if t != truth):
+                form_only = month in wrong and re.search(rf"\b0?{day}\b", wrong) and year in wrong
+                pairs.append({"prompt": p["prompt"], "chosen": truth, "rejected": wrong,
+                              "margin": 1 if form_only else 3})
+    with open(os.path.join(out, "own_pairs.jsonl"), "w") as f:
+        for q in pairs:
+            f.write(json.dumps(q) + "\n")
+    print(f"{out}/own_pairs.jsonl: {len(pairs)} pairs from {seen} distinct sampled answers")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="sft-demo")
     ap.add_argument("--train", type=int, default=400)
     ap.add_argument("--heldout", type=int, default=200)
     ap.add_argument("--seed", type=int, default=20231)
+    ap.add_argument("--own-samples", help="a `ferrollama rs` samples.jsonl: write own_pairs.jsonl from it")
     a = ap.parse_args()
+    if a.own_samples:
+        return own_pairs(a.out, a.own_samples)
     rng = random.Random(a.seed)
     held = dates(rng, a.heldout, [])
     train = dates(rng, a.train, held)

@@ -57,6 +57,9 @@ enum Command {
     /// Reward models: train one on preference pairs, score conversations with it.
     #[command(subcommand)]
     Reward(cmd::reward::Command),
+    /// Rejection-sampling fine-tuning in rounds: K answers per prompt, scored by reward
+    /// models, the best fine-tuned on; held-out reward and KL per round (resumable).
+    Rs(Box<cmd::rs::Args>),
     /// Fold LoRA adapters into their base model (GGUF of any type), and compare the result
     /// with the unmerged model (perplexity, KL divergence).
     Merge(cmd::merge::Args),
@@ -106,6 +109,7 @@ fn main() {
         Command::Sft(a) => cmd::sft::run(a),
         Command::Dpo(a) => cmd::dpo::run(a),
         Command::Reward(c) => cmd::reward::run(c),
+        Command::Rs(a) => cmd::rs::run(*a),
         Command::Merge(a) => cmd::merge::run(a),
         Command::Export(a) => cmd::train::export(a),
         Command::Tokenizer(TokenizerCommand::Train(a)) => cmd::train::tokenizer_train(a),

@@ -439,4 +439,77 @@ fn reward_model_trains_and_scores() {
     assert_eq!(lines[0]["combined"], lines[0]["safety_score"]);
     let w: f64 = lines.iter().map(|v| v["whitened"].as_f64().unwrap()).sum();
     assert!(w.abs() < 1e-9, "{lines:?}");
+
+    // Rejection sampling against it (and it again as the safety model): one round, the
+    // table printed, the round's files written; settings that cannot work are refused.
+    let rs = dir.path().join("rs");
+    let rs_s = rs.to_str().unwrap().to_string();
+    let rs_args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "rs",
+            "--model",
+            &tiny,
+            "--prompts",
+            &pairs_s,
+            "--reward",
+            &out_s,
+            "--safety-reward",
+            &out_s,
+            "--out",
+            &rs_s,
+            "--rounds",
+            "1",
+            "--max-new-tokens",
+            "12",
+            "--stop",
+            ".",
+            "--lora-rank",
+            "4",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--micro-batch",
+            "4",
+            "--seq-len",
+            "48",
+            "--val-fraction",
+            "0.25",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let args = rs_args(&["--samples", "2"]);
+    let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("| 0 |") && table.contains("| 1 |"),
+        "{table}"
+    );
+    let rounds = std::fs::read_to_string(rs.join("rounds.jsonl")).unwrap();
+    assert_eq!(rounds.lines().count(), 2);
+    for f in [
+        "round-1/samples.jsonl",
+        "round-1/best.jsonl",
+        "model.gguf",
+        "rewards.png",
+    ] {
+        assert!(rs.join(f).exists(), "{f}");
+    }
+    for (extra, says) in [
+        (&["--gguf-type", "q8_0"][..], "f32"),
+        (&["--samples", "1"][..], "at least 2"),
+        (&[][..], "--resume"),
+    ] {
+        let args = rs_args(extra);
+        let o = bin().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(says),
+            "{extra:?}: {err}"
+        );
+    }
 }

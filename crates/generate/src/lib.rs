@@ -2,6 +2,7 @@
 //! splits a UTF-8 character, the chat formats (Llama 2's and Jinja templates), and
 //! opening a model with its tokenizer and template (`Bundle`).
 
+pub mod batch;
 pub mod bundle;
 pub mod chat;
 pub mod decoding;
@@ -11,6 +12,7 @@ pub mod generator;
 pub mod stop;
 pub mod utf8;
 
+pub use batch::{generate_all, Completion};
 pub use bundle::{Bundle, OpenOptions};
 pub use chat::{ChatFormat, Message};
 pub use decoding::{Decoding, Step, TokenLogprob};

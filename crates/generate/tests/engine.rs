@@ -220,3 +220,76 @@ fn jobs_run_with_the_adapter_they_name() {
     let mut engine = Engine::new(&served.model, &served.tokenizer, 1, 64);
     assert!(engine.place(job(5, &p[0], Some(1)), &NoObserver).is_err());
 }
+
+/// `generate_all`: K samples of one prompt and other prompts, in the jobs' order, each
+/// what it gets in a one-slot run; a prompt that does not fit fails the batch naming its
+/// job; a stop flag abandons it.
+#[test]
+fn generate_all_keeps_order_and_matches_one_slot() {
+    use std::sync::atomic::AtomicBool;
+    let b = tiny();
+    let ps = prompts(&b);
+    let jobs: Vec<Job> = (0..7)
+        .map(|i| Job {
+            id: 99,
+            prompt: ps[if i < 4 { 1 } else { i - 3 }].clone(),
+            params: GenerateParams {
+                ignore_eos: false,
+                ..params(12 + i, Some(10 + i as u64))
+            },
+            top_logprobs: None,
+            adapter: None,
+        })
+        .collect();
+    let go = AtomicBool::new(false);
+    let mut seen = Vec::new();
+    let batched = ferrollama_generate::generate_all(
+        &b.model,
+        &b.tokenizer,
+        jobs.clone(),
+        4,
+        128,
+        &go,
+        &mut |n| seen.push(n),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(seen, (1..=7).collect::<Vec<_>>());
+    let alone = ferrollama_generate::generate_all(
+        &b.model,
+        &b.tokenizer,
+        jobs.clone(),
+        1,
+        128,
+        &go,
+        &mut |_| {},
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(batched, alone);
+    // Seeds differ, so the four samples of one prompt are not all the same text.
+    assert!(batched[..4].iter().any(|c| c.text != batched[0].text));
+    for (c, j) in batched.iter().zip(&jobs) {
+        assert!(c.ids.len() <= j.params.max_new_tokens);
+        assert!(!c.text.is_empty() || c.ids.is_empty(), "{c:?}");
+    }
+    let mut long = jobs.clone();
+    long[5].prompt = vec![1; 200];
+    let err =
+        ferrollama_generate::generate_all(&b.model, &b.tokenizer, long, 2, 128, &go, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("generation 6"), "{err}");
+    let stop = AtomicBool::new(true);
+    assert!(ferrollama_generate::generate_all(
+        &b.model,
+        &b.tokenizer,
+        jobs,
+        2,
+        128,
+        &stop,
+        &mut |_| {}
+    )
+    .unwrap()
+    .is_none());
+}

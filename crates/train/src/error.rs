@@ -10,6 +10,10 @@ pub enum Error {
     Model(#[from] ferrollama_model::Error),
     #[error(transparent)]
     Tokenizer(#[from] ferrollama_tokenizer::Error),
+    /// Generation or a chat format failed (sampling for rejection sampling or PPO, a
+    /// template that does not render).
+    #[error(transparent)]
+    Generate(#[from] ferrollama_generate::Error),
     /// A file could not be read or written.
     #[error("{file}: {source}")]
     Io {

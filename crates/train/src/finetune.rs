@@ -156,8 +156,8 @@ impl SftData {
             crate::sft::read_conversations(path)?
                 .iter()
                 .enumerate()
-                .map(|(i, m)| {
-                    format.encode_for_training(m, tok).map_err(|e| {
+                .map(|(i, c)| {
+                    c.encode(format, tok).map_err(|e| {
                         Error::Config(format!("{}: record {}: {e}", path.display(), i + 1))
                     })
                 })
@@ -338,7 +338,7 @@ pub(crate) fn open_metrics(run: &RunDir) -> Result<(std::fs::File, PathBuf)> {
 }
 
 /// A non-zero key from three numbers (splitmix64's finaliser over their mix).
-fn mix(seed: u64, step: u64, i: u64) -> u64 {
+pub(crate) fn mix(seed: u64, step: u64, i: u64) -> u64 {
     let mut z =
         seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

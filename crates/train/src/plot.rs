@@ -118,6 +118,121 @@ fn draw<DB: DrawingBackend>(
     root.present()
 }
 
+/// Writes `rewards.svg` and `rewards.png` into `dir`: per round of rejection sampling, the
+/// held-out reward's mean, interquartile range (bar) and extremes (whiskers), and the mean
+/// reward of all sampled and of the kept answers.
+pub fn plot_rounds(rounds: &[crate::rejection::RoundSummary], dir: &Path) -> Result<()> {
+    if rounds.is_empty() {
+        return Ok(());
+    }
+    let text = register_font();
+    let svg = dir.join("rewards.svg");
+    draw_rounds(
+        SVGBackend::new(&svg, (900, 540)).into_drawing_area(),
+        rounds,
+        text,
+    )
+    .map_err(|e| plot_error(&svg, e))?;
+    let png = dir.join("rewards.png");
+    draw_rounds(
+        BitMapBackend::new(&png, (900, 540)).into_drawing_area(),
+        rounds,
+        text,
+    )
+    .map_err(|e| plot_error(&png, e))?;
+    Ok(())
+}
+
+fn draw_rounds<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    rounds: &[crate::rejection::RoundSummary],
+    text: bool,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    let x = |r: &crate::rejection::RoundSummary| r.round as f64;
+    let values = rounds.iter().flat_map(|r| {
+        let h = &r.heldout.reward;
+        [h.min, h.max]
+            .into_iter()
+            .chain(r.sampled.map(|d| d.mean))
+            .chain(r.kept.map(|d| d.mean))
+    });
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let last = rounds.last().map_or(1.0, x).max(1.0);
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(16);
+    if text {
+        builder
+            .caption("Reward per round of rejection sampling", ("sans-serif", 22))
+            .x_label_area_size(40)
+            .y_label_area_size(56);
+    }
+    let mut chart = builder.build_cartesian_2d(-0.3..last + 0.3, (lo - pad)..(hi + pad))?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("round (0: the starting model)")
+            .y_desc("reward")
+            .x_labels(rounds.len() + 1);
+    } else {
+        mesh.disable_x_axis().disable_y_axis();
+    }
+    mesh.draw()?;
+    let blue = BLUE.mix(0.35);
+    for r in rounds {
+        let (c, h) = (x(r), &r.heldout.reward);
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(c - 0.08, h.q25), (c + 0.08, h.q75)],
+            blue.filled(),
+        )))?;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(c, h.min), (c, h.max)],
+            blue,
+        )))?;
+    }
+    let held: Vec<(f64, f64)> = rounds
+        .iter()
+        .map(|r| (x(r), r.heldout.reward.mean))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(held.clone(), &BLUE))?
+        .label("held-out answers: mean, quartiles, range")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    chart.draw_series(held.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))?;
+    let sampled: Vec<(f64, f64)> = rounds
+        .iter()
+        .filter_map(|r| r.sampled.map(|d| (x(r), d.mean)))
+        .collect();
+    let kept: Vec<(f64, f64)> = rounds
+        .iter()
+        .filter_map(|r| r.kept.map(|d| (x(r), d.mean)))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(sampled.clone(), &GREEN))?
+        .label("all K sampled answers (mean)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+    chart.draw_series(sampled.iter().map(|&p| Circle::new(p, 3, GREEN.filled())))?;
+    chart
+        .draw_series(LineSeries::new(kept.clone(), &RED))?
+        .label("kept (best of K) answers (mean)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    chart.draw_series(kept.iter().map(|&p| Circle::new(p, 3, RED.filled())))?;
+    if text {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

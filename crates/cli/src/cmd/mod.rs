@@ -11,6 +11,7 @@ pub mod logits;
 pub mod merge;
 pub mod perplexity;
 pub mod reward;
+pub mod rs;
 pub mod serve;
 pub mod sft;
 pub mod tokenize;

@@ -138,8 +138,8 @@ fn show_mask(
     n: usize,
 ) -> Result<()> {
     let conversations = ferrollama_train::sft::read_conversations(data)?;
-    for (i, m) in conversations.iter().take(n).enumerate() {
-        let s = format.encode_for_training(m, tok)?;
+    for (i, c) in conversations.iter().take(n).enumerate() {
+        let s = c.encode(format, tok)?;
         let learned = s.scored.iter().filter(|&&x| x).count();
         println!(
             "--- conversation {} ({} tokens, {learned} learned, between [[ and ]])",
