@@ -60,6 +60,9 @@ enum Command {
     /// Rejection-sampling fine-tuning in rounds: K answers per prompt, scored by reward
     /// models, the best fine-tuned on; held-out reward and KL per round (resumable).
     Rs(Box<cmd::rs::Args>),
+    /// Training data a model writes for itself: context distillation, Ghost Attention.
+    #[command(subcommand)]
+    Data(cmd::data::Command),
     /// Fold LoRA adapters into their base model (GGUF of any type), and compare the result
     /// with the unmerged model (perplexity, KL divergence).
     Merge(cmd::merge::Args),
@@ -110,6 +113,7 @@ fn main() {
         Command::Dpo(a) => cmd::dpo::run(a),
         Command::Reward(c) => cmd::reward::run(c),
         Command::Rs(a) => cmd::rs::run(*a),
+        Command::Data(c) => cmd::data::run(c),
         Command::Merge(a) => cmd::merge::run(a),
         Command::Export(a) => cmd::train::export(a),
         Command::Tokenizer(TokenizerCommand::Train(a)) => cmd::train::tokenizer_train(a),

@@ -513,3 +513,72 @@ fn reward_model_trains_and_scores() {
         );
     }
 }
+
+/// `ferrollama data distill` and `data gatt` end to end: SFT data that `sft` reads, the
+/// pre-prompt absent, the instruction on the first turn only; a missing instruction is an
+/// error.
+#[test]
+fn data_commands_write_sft_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = tiny().to_str().unwrap().to_string();
+    let prompts = data(dir.path());
+    let out = dir.path().join("distilled.jsonl");
+    let o = run(&[
+        "data",
+        "distill",
+        "--model",
+        &tiny,
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--preprompt",
+        "Be kind and safe.",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0.8",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("distilled answers"), "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(!text.contains("Be kind and safe"));
+    let dialogues = dir.path().join("dialogues.jsonl");
+    std::fs::write(
+        &dialogues,
+        "{\"turns\": [\"Tell me a story.\", \"And then?\", \"How did it end?\"]}\n\
+         {\"messages\": [{\"role\": \"user\", \"content\": \"Hi.\"}, {\"role\": \"assistant\", \"content\": \"x\"}, {\"role\": \"user\", \"content\": \"Go on.\"}]}\n",
+    )
+    .unwrap();
+    let gatt = dir.path().join("gatt.jsonl");
+    let args = [
+        "data",
+        "gatt",
+        "--model",
+        &tiny,
+        "--dialogues",
+        dialogues.to_str().unwrap(),
+        "--out",
+        gatt.to_str().unwrap(),
+        "--max-new-tokens",
+        "200",
+        "--temperature",
+        "0.8",
+    ];
+    let o = bin().args(args).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--instruction"));
+    let mut with = args.to_vec();
+    with.extend(["--instruction", "Speak like a pirate."]);
+    run(&with);
+    let written = std::fs::read_to_string(&gatt).unwrap();
+    assert!(written.lines().count() >= 3, "{written}");
+    for line in written.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            v["messages"].to_string().matches("pirate").count(),
+            1,
+            "{v}"
+        );
+        assert_eq!(v["instruction"], "Speak like a pirate.");
+    }
+}

@@ -22,6 +22,7 @@ pub mod sample;
 pub mod schedule;
 pub mod sft;
 pub mod sft_batches;
+pub mod synth;
 pub mod tokenizer_file;
 pub mod trainer;
 
