@@ -570,6 +570,32 @@ fn data_commands_write_sft_data() {
     let mut with = args.to_vec();
     with.extend(["--instruction", "Speak like a pirate."]);
     run(&with);
+    let sampled = dir.path().join("sampled.jsonl");
+    run(&[
+        "data",
+        "sample",
+        "--model",
+        &tiny,
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--out",
+        sampled.to_str().unwrap(),
+        "--samples",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "1",
+    ]);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&sampled)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 24);
+    assert_eq!(lines[0]["answers"].as_array().unwrap().len(), 3);
+    assert_eq!(lines[0]["prompt_messages"][0]["role"], "user");
+    assert_eq!(lines[0]["completion"], "cat cat");
     let written = std::fs::read_to_string(&gatt).unwrap();
     assert!(written.lines().count() >= 3, "{written}");
     for line in written.lines() {

@@ -82,11 +82,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Reads a TOML file; unknown keys are an error so a typo does not pass silently.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| crate::error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Invalid {
-            file: path.display().to_string(),
-            msg: e.to_string(),
-        })
+        read_toml(path)
     }
 
     /// Micro-batches accumulated per optimizer step.
@@ -180,6 +176,15 @@ impl TrainConfig {
 }
 
 /// FNV-1a of `text` in hex: stable across Rust versions, unlike the standard hasher.
+/// A settings file (`config.toml`, `sft.toml`, `rs.toml`, ...) read into its type.
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::error::io(path, e))?;
+    toml::from_str(&text).map_err(|e| Error::Invalid {
+        file: path.display().to_string(),
+        msg: e.to_string(),
+    })
+}
+
 pub(crate) fn fnv_digest(text: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {

@@ -101,11 +101,7 @@ impl Default for SftConfig {
 impl SftConfig {
     /// The settings a run directory's `sft.toml` holds.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Invalid {
-            file: path.display().to_string(),
-            msg: e.to_string(),
-        })
+        crate::config::read_toml(path)
     }
 
     pub fn check(&self) -> Result<()> {

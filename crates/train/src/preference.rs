@@ -126,11 +126,7 @@ impl PairConfig {
 
     /// The settings a run directory's file holds.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Invalid {
-            file: path.display().to_string(),
-            msg: e.to_string(),
-        })
+        crate::config::read_toml(path)
     }
 
     pub fn check(&self) -> Result<()> {

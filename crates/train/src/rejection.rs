@@ -95,11 +95,7 @@ impl Default for RsConfig {
 
 impl RsConfig {
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Invalid {
-            file: path.display().to_string(),
-            msg: e.to_string(),
-        })
+        crate::config::read_toml(path)
     }
 
     pub fn check(&self) -> Result<()> {
@@ -462,15 +458,7 @@ impl<'a> RejectionSampling<'a> {
         for p in &answers {
             let Some(b) = p.best else { continue };
             let c = self.train[p.prompt].answered(&p.answers[b].text);
-            let mut messages: Vec<serde_json::Value> = c
-                .messages
-                .iter()
-                .map(|m| json!({"role": m.role, "content": m.content}))
-                .collect();
-            for &k in &c.unlearned {
-                messages[k]["weight"] = json!(0);
-            }
-            best.push_str(&json!({ "messages": messages }).to_string());
+            best.push_str(&c.to_record().to_string());
             best.push('\n');
         }
         write_atomic(&dir.join("best.jsonl"), best.as_bytes())?;

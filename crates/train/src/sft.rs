@@ -36,6 +36,20 @@ impl Conversation {
         }
     }
 
+    /// The conversation as a record `sft` reads (`messages`, unlearned answers marked
+    /// `"weight": 0`).
+    pub fn to_record(&self) -> Value {
+        let mut messages: Vec<Value> = self
+            .messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+            .collect();
+        for &k in &self.unlearned {
+            messages[k]["weight"] = serde_json::json!(0);
+        }
+        serde_json::json!({ "messages": messages })
+    }
+
     /// Tokens and scored mask with `format`: the assistant messages' spans, less the
     /// unlearned ones.
     pub fn encode(&self, format: &ChatFormat, tok: &Tokenizer) -> Result<TrainingSample> {

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::policy::{sample_answers, Prompt, Reward, Sampling};
+use crate::sft::Conversation;
 
 /// Where a pre-prompt or instruction goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -71,16 +72,7 @@ impl Distilled {
     /// The SFT record: the prompt without the pre-prompt, the distilled answer, and what
     /// it was compared with.
     pub fn record(&self, p: &Prompt) -> Value {
-        let c = p.answered(&self.answer);
-        let mut messages: Vec<Value> = c
-            .messages
-            .iter()
-            .map(|m| json!({"role": m.role, "content": m.content}))
-            .collect();
-        for &k in &c.unlearned {
-            messages[k]["weight"] = json!(0);
-        }
-        let mut rec = json!({ "messages": messages });
+        let mut rec = p.answered(&self.answer).to_record();
         if let Some((plain, with, without)) = &self.plain {
             rec["plain_answer"] = json!(plain);
             rec["reward"] = json!(with);
@@ -199,17 +191,17 @@ impl GattDialogue {
                     messages.push(Message::new("assistant", answer));
                 }
                 let messages = with_preprompt(&messages, &self.instruction, placement);
-                let mut out: Vec<Value> = messages
-                    .iter()
-                    .map(|m| json!({"role": m.role, "content": m.content}))
+                let mut unlearned: Vec<usize> = (0..messages.len())
+                    .filter(|&i| messages[i].role == "assistant")
                     .collect();
-                let assistant: Vec<usize> = (0..out.len())
-                    .filter(|&i| out[i]["role"] == "assistant")
-                    .collect();
-                for &i in &assistant[..assistant.len() - 1] {
-                    out[i]["weight"] = json!(0);
+                unlearned.pop();
+                let mut rec = Conversation {
+                    messages,
+                    unlearned,
                 }
-                json!({"messages": out, "instruction": self.instruction})
+                .to_record();
+                rec["instruction"] = json!(self.instruction);
+                rec
             })
             .collect()
     }

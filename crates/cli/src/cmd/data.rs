@@ -19,6 +19,26 @@ pub enum Command {
     /// Ghost Attention: dialogues answered turn by turn with an instruction joined to every
     /// user turn, written with it on the first turn only and earlier answers unlearned.
     Gatt(GattArgs),
+    /// K answers per prompt, one JSON line per prompt (the record with `prompt_messages`, the
+    /// prompt as asked, and `answers`, each `text` and `finished`): material for preference
+    /// pairs.
+    Sample(SampleArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompts (`messages` ending with a user turn, `prompt`, or `instruction`).
+    #[arg(long)]
+    pub prompts: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Answers per prompt.
+    #[arg(long, default_value_t = 4)]
+    pub samples: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 /// How answers are sampled (both commands).
@@ -133,7 +153,69 @@ pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Distill(a) => distill(a),
         Command::Gatt(a) => gatt(a),
+        Command::Sample(a) => sample(a),
     }
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    a.model
+        .no_adapters("data sample (merge the adapter first)")?;
+    if a.samples == 0 {
+        anyhow::bail!("--samples must be at least 1");
+    }
+    let model = crate::load::model_path(&a.model)?;
+    let records = ferrollama_train::sft::read_records(&a.prompts)?;
+    let prompts = ferrollama_train::policy::read_prompts(&a.prompts, "unsafe")?;
+    let stop = crate::cmd::train::stop_on_signals();
+    let bar = progress_bar()?;
+    let done = ferrollama_train::policy::sample_answers(
+        &model,
+        &prompts,
+        a.samples,
+        &a.sampling.sampling(),
+        a.sampling.seed,
+        stop,
+        &mut |d, t| {
+            bar.set_length(t as u64);
+            bar.set_position(d as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    let Some(done) = done else {
+        anyhow::bail!("stopped; nothing written");
+    };
+    let lines: Vec<serde_json::Value> = records
+        .into_iter()
+        .zip(&prompts)
+        .zip(done)
+        .map(|(((_, mut rec), p), answers)| {
+            let messages: Vec<serde_json::Value> = p
+                .messages
+                .iter()
+                .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+                .collect();
+            let answers: Vec<serde_json::Value> = answers
+                .iter()
+                .map(|c| {
+                    serde_json::json!({"text": c.text,
+                        "finished": c.finish == ferrollama_generate::FinishReason::Stop})
+                })
+                .collect();
+            if let serde_json::Value::Object(o) = &mut rec {
+                o.insert("prompt_messages".into(), messages.into());
+                o.insert("answers".into(), answers.into());
+            }
+            rec
+        })
+        .collect();
+    write_lines(&a.out, &lines)?;
+    eprintln!(
+        "wrote {} answers to {} prompts to {}",
+        lines.len() * a.samples,
+        lines.len(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn write_lines(path: &PathBuf, lines: &[serde_json::Value]) -> Result<()> {
