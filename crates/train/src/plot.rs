@@ -178,7 +178,8 @@ fn draw_rounds<DB: DrawingBackend>(
     if text {
         mesh.x_desc("round (0: the starting model)")
             .y_desc("reward")
-            .x_labels(rounds.len() + 1);
+            .x_labels(rounds.len() + 1)
+            .x_label_formatter(&|x| format!("{x:.0}"));
     } else {
         mesh.disable_x_axis().disable_y_axis();
     }

@@ -130,6 +130,10 @@ pub struct GattArgs {
     /// Where the instruction goes: before the user's text, or a system message.
     #[arg(long, value_enum, default_value = "user")]
     pub placement: PlacementArg,
+    /// Keep dialogues with an answer cut at --max-new-tokens (transcripts to check a model
+    /// with, not data to train on: a cut answer teaches the model not to stop).
+    #[arg(long)]
+    pub keep_cut: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -346,16 +350,21 @@ fn gatt(a: GattArgs) -> Result<()> {
     };
     let lines: Vec<serde_json::Value> = done
         .iter()
-        .filter(|d| d.finished)
+        .filter(|d| d.finished || a.keep_cut)
         .flat_map(|d| d.records(learned, a.placement.into()))
         .collect();
     write_lines(&a.out, &lines)?;
     eprintln!(
-        "wrote {} samples from {} of {} dialogues to {} (dialogues with an answer cut at --max-new-tokens are left out)",
+        "wrote {} samples from {} of {} dialogues to {}{}",
         lines.len(),
-        done.iter().filter(|d| d.finished).count(),
+        done.iter().filter(|d| d.finished || a.keep_cut).count(),
         done.len(),
-        a.out.display()
+        a.out.display(),
+        if a.keep_cut {
+            ""
+        } else {
+            " (dialogues with an answer cut at --max-new-tokens are left out)"
+        }
     );
     Ok(())
 }
