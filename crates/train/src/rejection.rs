@@ -329,6 +329,11 @@ impl<'a> RejectionSampling<'a> {
             write_atomic(&self.out.join("rounds.jsonl"), lines.as_bytes())?;
             crate::plot::plot_rounds(&summaries, &self.out)?;
         }
+        // The f16 sampling copies are made again on demand (a resume with more rounds);
+        // each is half the model's f32 size.
+        for round in 0..=self.config.rounds {
+            let _ = std::fs::remove_file(self.round_dir(round).join("sampling-f16.gguf"));
+        }
         let last = self.round_dir(self.config.rounds).join("model.gguf");
         let link = self.out.join("model.gguf");
         let _ = std::fs::remove_file(&link);
