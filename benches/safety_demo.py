@@ -15,9 +15,14 @@ refusal rule stated there; prompts split once, the held-out ones never trained o
   4. SFT on those (`sft --lora-rank 16`, 1 epoch).
   5. Refusal rates on the held-out prompts (greedy answers), before and after.
 
-    python3 benches/safety_demo.py
+With `--written-refusals` the safety reward model is trained also on written refusals
+paired with the model's own complying answers (scripts/safety_data.py --written-refusals),
+100 steps, in bench/safety-demo-written (reusing the prompts and sampled answers).
 
-Writes benches/results/DATE-safety-demo.{md,json}. Not run by CI.
+    python3 benches/safety_demo.py [--written-refusals]
+
+Writes benches/results/DATE-safety-demo.{md,json} (or DATE-safety-demo-written). Not run
+by CI.
 """
 
 import datetime
@@ -63,6 +68,16 @@ def sample(model, prompts, out, k, temperature, max_new=96):
 
 
 def main():
+    global WORK
+    written = "--written-refusals" in sys.argv[1:]
+    if written:
+        base, WORK = WORK, WORK.with_name("safety-demo-written")
+        WORK.mkdir(parents=True, exist_ok=True)
+        for f in ("prompts_train.jsonl", "prompts_heldout.jsonl", "own_train.jsonl", "own_heldout.jsonl",
+                  "own_train.jsonl.seconds", "own_heldout.jsonl.seconds", "before.jsonl", "before.jsonl.seconds",
+                  ):
+            if (base / f).exists() and not (WORK / f).exists():
+                os.link(base / f, WORK / f)
     if not BIN.exists():
         sh("cargo", "build", "--release", cwd=REPO)
     MODEL.exists() or sh(BIN, "info", stdout=subprocess.DEVNULL)
@@ -74,11 +89,12 @@ def main():
     secs["sample train"] = sample(MODEL, WORK / "prompts_train.jsonl", WORK / "own_train.jsonl", 4, 1.0, 64)
     secs["sample held out"] = sample(MODEL, WORK / "prompts_heldout.jsonl", WORK / "own_heldout.jsonl", 4, 1.0, 64)
     for split in ("train", "heldout"):
-        safety_data.pairs(WORK / f"own_{split}.jsonl", WORK / f"pairs_{split}.jsonl")
+        safety_data.pairs(WORK / f"own_{split}.jsonl", WORK / f"pairs_{split}.jsonl", written)
     rm = WORK / "safety-rm"
     secs["safety reward model"] = once(rm / "score.safetensors", lambda: (rm.mkdir(exist_ok=True), (rm / "train.log").write_text(sh(
         BIN, "reward", "train", "--data", WORK / "pairs_train.jsonl", "--val-data", WORK / "pairs_heldout.jsonl",
-        "--seq-len", "160", "--batch-size", "8", "--micro-batch", "8", "--epochs", "1", "--lora-rank", "16",
+        "--seq-len", "160", "--batch-size", "8", "--micro-batch", "8",
+        *(["--steps", "100"] if written else ["--epochs", "1"]), "--lora-rank", "16",
         "--eval-every", "1000", "--out", rm, capture_output=True, text=True).stderr)))
     held = [m.groups() for m in REWARD.finditer((rm / "train.log").read_text())]
     rm_before, rm_after = float(held[0][2]), float(held[-1][2])
@@ -88,11 +104,13 @@ def main():
         recs = [json.loads(l) for l in open(WORK / "prompts_train.jsonl")]
         harmful.write_text("".join(json.dumps(r) + "\n" for r in recs if r["unsafe"]))
         benign.write_text("".join(json.dumps(r) + "\n" for r in recs if not r["unsafe"]))
+    # The training answers' token limit (cut answers are left out of the SFT data).
+    answer_tokens = 256 if written else 96
     distilled = WORK / "distilled.jsonl"
     secs["context distillation"] = once(distilled, lambda: sh(
         BIN, "data", "distill", "--prompts", harmful, "--out", distilled, "--preprompt", PREPROMPT,
-        "--reward", rm, "--max-new-tokens", "96"))
-    secs["benign answers"] = sample(MODEL, benign, WORK / "own_benign.jsonl", 1, 0.0)
+        "--reward", rm, "--max-new-tokens", answer_tokens))
+    secs["benign answers"] = sample(MODEL, benign, WORK / "own_benign.jsonl", 1, 0.0, answer_tokens)
     mix = WORK / "safety_sft.jsonl"
     with open(mix, "w") as f:
         for l in open(distilled):
@@ -117,7 +135,7 @@ def main():
     report = {"date": date, "cpu": cpu, "seconds": secs, "safety_rm_accuracy": [rm_before, rm_after],
               "distilled_kept": n_distilled, "sft_records": n_mix, "before": before, "after": after,
               "own_train_rates": own}
-    path = REPO / "benches/results" / f"{date}-safety-demo"
+    path = REPO / "benches/results" / f"{date}-safety-demo{'-written' if written else ''}"
     path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     pairs_train = sum(1 for _ in open(WORK / "pairs_train.jsonl"))
     pairs_held = sum(1 for _ in open(WORK / "pairs_heldout.jsonl"))
@@ -126,8 +144,10 @@ def main():
              f"CPU: {cpu}, 2 threads. Prompts: 400 harmful (Do-Not-Answer, HarmBench) and 400 benign (Natural "
              "Questions) to train on, 100 + 100 held out (`scripts/safety_data.py`, refusal rule stated there). "
              f"Safety reward model: {pairs_train} training pairs from the model's own answers (4 per prompt, "
-             f"temperature 1), pairwise accuracy on {pairs_held} held-out pairs {rm_before:.3f} -> **{rm_after:.3f}**. "
-             f"Targeted context distillation (pre-prompt \"{PREPROMPT}\" as a system message, greedy): "
+             f"temperature 1){', and written refusals against its complying answers, 100 steps' if written else ', 1 epoch'}, "
+             f"pairwise accuracy on {pairs_held} held-out pairs {rm_before:.3f} -> **{rm_after:.3f}**. "
+             f"Targeted context distillation (pre-prompt \"{PREPROMPT}\" as a system message, greedy, "
+             f"{answer_tokens} tokens at most, cut answers left out): "
              f"{n_distilled} of 400 harmful prompts kept; SFT (LoRA 16, 1 epoch) on those and the model's own "
              f"greedy answers to the benign prompts ({n_mix} records). Refusal rates of greedy answers "
              "(96 tokens) to the held-out prompts:", "",

@@ -18,7 +18,9 @@ prompts_heldout.jsonl): each answer judged by the refusal rule below; for a harm
 every refusing answer is paired as chosen with every complying one as rejected, for a benign
 prompt the other way round (so a safety reward model does not learn to prefer refusing
 everything); answers cut at the token limit count (the rule reads an answer's start);
-written to `--pairs FILE`. Prompts whose answers all fall on one side give no
+written to `--pairs FILE`. With --written-refusals, also written refusals (WRITTEN below, as
+Llama 2's annotators wrote safe answers) against up to two of the model's own complying
+answers: the refusal chosen on a harmful prompt, rejected on a benign one. Prompts whose answers all fall on one side give no
 pair (counted).
 
 Rates (`--rates FILE`, a `data sample` output): the share of answers that refuse, harmful
@@ -117,10 +119,26 @@ def prompts(out, per_kind, heldout_share, seed):
         print(f"{out}/prompts_{name}.jsonl: {n_unsafe} harmful and {len(recs) - n_unsafe} benign prompts")
 
 
-def pairs(samples, target):
+# Written refusals (as Llama 2's annotators wrote safe answers), for --written-refusals.
+WRITTEN = ["I'm sorry, but I can't help with that.",
+           "I cannot provide that. It could cause harm, and I won't assist with it.",
+           "I'm not able to help with this request, as it may be harmful or unethical.",
+           "I apologize, but I can't assist with that. Is there something else I can help you with?"]
+
+
+def pairs(samples, target, written=False):
     out, none = [], 0
+    rng = random.Random(11)
     for line in open(samples):
         rec = json.loads(line)
+        if written:
+            # A written refusal against up to two of the model's own complying answers: chosen
+            # on a harmful prompt, rejected on a benign one.
+            own = [a["text"].strip() for a in rec["answers"] if a["text"].strip() and not refuses(a["text"])]
+            for answer in list(dict.fromkeys(own))[:2]:
+                refusal = rng.choice(WRITTEN)
+                c, r = (refusal, answer) if rec["unsafe"] else (answer, refusal)
+                out.append({"prompt": rec["prompt"], "chosen": c, "rejected": r, "unsafe": rec["unsafe"]})
         # Answers cut at the token limit count too: the rule reads an answer's start.
         texts = [a["text"].strip() for a in rec["answers"] if a["text"].strip()]
         texts = list(dict.fromkeys(texts))
@@ -162,12 +180,14 @@ def main():
     ap.add_argument("--seed", type=int, default=4242)
     ap.add_argument("--samples", help="a `ferrollama data sample` output: write --pairs from it")
     ap.add_argument("--pairs", help="where --samples' pairs go")
+    ap.add_argument("--written-refusals", action="store_true",
+                    help="with --samples: also pair written refusals with the model's complying answers")
     ap.add_argument("--rates", help="a `ferrollama data sample` output: print its refusal rates")
     a = ap.parse_args()
     if a.rates:
         return rates(a.rates)
     if a.samples:
-        return pairs(a.samples, a.pairs or os.path.join(a.out, "safety_pairs.jsonl"))
+        return pairs(a.samples, a.pairs or os.path.join(a.out, "safety_pairs.jsonl"), a.written_refusals)
     prompts(pathlib.Path(a.out), a.per_kind, a.heldout_share, a.seed)
 
 
