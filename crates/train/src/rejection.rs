@@ -217,6 +217,9 @@ pub enum RsEvent<'a> {
     Round(&'a RoundSummary),
 }
 
+/// Answers per prompt, and the reward of each.
+type Answered = (Vec<Vec<Completion>>, Vec<Vec<f64>>);
+
 /// A rejection-sampling run.
 pub struct RejectionSampling<'a> {
     pub config: RsConfig,
@@ -413,30 +416,19 @@ impl<'a> RejectionSampling<'a> {
         on_event: &mut dyn FnMut(RsEvent),
     ) -> Result<Option<Vec<PromptAnswers>>> {
         let cfg = &self.config;
-        let Some(completions) = sample_answers(
-            &self.sampler_of(round - 1)?,
-            &self.train,
+        let seed = crate::finetune::mix(cfg.seed, round as u64, 1);
+        let Some((completions, rewards)) = self.answered(
+            round,
+            false,
             cfg.samples,
             &cfg.sampling,
-            crate::finetune::mix(cfg.seed, round as u64, 1),
+            seed,
             stop,
-            &mut |done, total| {
-                on_event(RsEvent::Sampling {
-                    round,
-                    heldout: false,
-                    done,
-                    total,
-                })
-            },
+            on_event,
         )?
         else {
             return Ok(None);
         };
-        on_event(RsEvent::Stage {
-            round,
-            what: "scoring the answers",
-        });
-        let rewards = self.rewards(&self.train, &completions)?;
         let answers: Vec<PromptAnswers> = completions
             .iter()
             .zip(rewards)
@@ -474,6 +466,55 @@ impl<'a> RejectionSampling<'a> {
             .map_err(|e| Error::Internal(format!("encoding answers: {e}")))?;
         write_atomic(&dir.join("samples.jsonl"), lines.as_bytes())?;
         Ok(Some(answers))
+    }
+
+    /// `per_prompt` answers to the training (or `heldout`) prompts from the policy after
+    /// round `round - 1` (held out: after `round`), and their rewards; None when stopped.
+    #[allow(clippy::too_many_arguments)]
+    fn answered(
+        &self,
+        round: usize,
+        heldout: bool,
+        per_prompt: usize,
+        sampling: &Sampling,
+        seed: u64,
+        stop: &AtomicBool,
+        on_event: &mut dyn FnMut(RsEvent),
+    ) -> Result<Option<Answered>> {
+        let (prompts, policy) = if heldout {
+            (&self.val, round)
+        } else {
+            (&self.train, round - 1)
+        };
+        let Some(completions) = sample_answers(
+            &self.sampler_of(policy)?,
+            prompts,
+            per_prompt,
+            sampling,
+            seed,
+            stop,
+            &mut |done, total| {
+                on_event(RsEvent::Sampling {
+                    round,
+                    heldout,
+                    done,
+                    total,
+                })
+            },
+        )?
+        else {
+            return Ok(None);
+        };
+        on_event(RsEvent::Stage {
+            round,
+            what: if heldout {
+                "scoring held-out answers"
+            } else {
+                "scoring the answers"
+            },
+        });
+        let rewards = self.rewards(prompts, &completions)?;
+        Ok(Some((completions, rewards)))
     }
 
     /// The reward of every completion, prompt by prompt.
@@ -564,30 +605,12 @@ impl<'a> RejectionSampling<'a> {
             top_p: 1.0,
             ..cfg.sampling.clone()
         };
-        let Some(completions) = sample_answers(
-            &self.sampler_of(round)?,
-            &self.val,
-            cfg.val_samples,
-            &own,
-            crate::finetune::mix(cfg.seed, 0, 2),
-            stop,
-            &mut |done, total| {
-                on_event(RsEvent::Sampling {
-                    round,
-                    heldout: true,
-                    done,
-                    total,
-                })
-            },
-        )?
+        let seed = crate::finetune::mix(cfg.seed, 0, 2);
+        let Some((completions, rewards)) =
+            self.answered(round, true, cfg.val_samples, &own, seed, stop, on_event)?
         else {
             return Ok(None);
         };
-        on_event(RsEvent::Stage {
-            round,
-            what: "scoring held-out answers",
-        });
-        let rewards = self.rewards(&self.val, &completions)?;
         let kl_each = match model {
             None => vec![0.0; completions.iter().map(Vec::len).sum()],
             Some(m) => {
