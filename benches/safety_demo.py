@@ -17,7 +17,12 @@ refusal rule stated there; prompts split once, the held-out ones never trained o
 
 With `--written-refusals` the safety reward model is trained also on written refusals
 paired with the model's own complying answers (scripts/safety_data.py --written-refusals),
-100 steps, in bench/safety-demo-written (reusing the prompts and sampled answers).
+100 steps, in bench/safety-demo-written (reusing the prompts and sampled answers); the
+distilled answers are sampled with the pre-prompt and three demonstrations
+(benches/safety_examples.json: two refusals, one plain answer), since the default model
+refuses *less* with the bare pre-prompt (greedy, on the first 50 held-out harmful and 30
+benign prompts: harmful refused 0.14 plain, 0.10 with the pre-prompt, 0.64 with the
+demonstrations too; benign 0.00, 0.00, 0.03).
 
     python3 benches/safety_demo.py [--written-refusals]
 
@@ -109,6 +114,7 @@ def main():
     distilled = WORK / "distilled.jsonl"
     secs["context distillation"] = once(distilled, lambda: sh(
         BIN, "data", "distill", "--prompts", harmful, "--out", distilled, "--preprompt", PREPROMPT,
+        *(["--examples", REPO / "benches/safety_examples.json"] if written else []),
         "--reward", rm, "--max-new-tokens", answer_tokens))
     secs["benign answers"] = sample(MODEL, benign, WORK / "own_benign.jsonl", 1, 0.0, answer_tokens)
     mix = WORK / "safety_sft.jsonl"
@@ -146,7 +152,8 @@ def main():
              f"Safety reward model: {pairs_train} training pairs from the model's own answers (4 per prompt, "
              f"temperature 1){', and written refusals against its complying answers, 100 steps' if written else ', 1 epoch'}, "
              f"pairwise accuracy on {pairs_held} held-out pairs {rm_before:.3f} -> **{rm_after:.3f}**. "
-             f"Targeted context distillation (pre-prompt \"{PREPROMPT}\" as a system message, greedy, "
+             f"Targeted context distillation (pre-prompt \"{PREPROMPT}\" as a system message"
+             f"{' and three demonstrations (benches/safety_examples.json)' if written else ''}, greedy, "
              f"{answer_tokens} tokens at most, cut answers left out): "
              f"{n_distilled} of 400 harmful prompts kept; SFT (LoRA 16, 1 epoch) on those and the model's own "
              f"greedy answers to the benign prompts ({n_mix} records). Refusal rates of greedy answers "

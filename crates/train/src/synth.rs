@@ -47,6 +47,77 @@ pub fn with_preprompt(prompt: &[Message], text: &str, placement: Placement) -> V
     out
 }
 
+/// The context an answer is distilled from: a pre-prompt placed as `placement`, and
+/// optionally demonstrations (user and assistant turns, for example refusals of harmful
+/// requests next to plain answers of harmless ones) put before the prompt's own turns.
+/// Llama 2 adds answer templates to its pre-prompts; a small model follows demonstrations
+/// far better than it follows an instruction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreContext {
+    pub preprompt: String,
+    pub placement: Placement,
+    pub examples: Vec<Message>,
+}
+
+impl PreContext {
+    /// A pre-prompt alone.
+    pub fn new(preprompt: &str, placement: Placement) -> Self {
+        Self {
+            preprompt: preprompt.into(),
+            placement,
+            examples: Vec::new(),
+        }
+    }
+
+    /// `prompt` with the pre-prompt, then the demonstrations after its system message.
+    pub fn apply(&self, prompt: &[Message]) -> Vec<Message> {
+        let mut out = with_preprompt(prompt, &self.preprompt, self.placement);
+        let at = out.iter().take_while(|m| m.role == "system").count();
+        out.splice(at..at, self.examples.iter().cloned());
+        out
+    }
+}
+
+/// Demonstration turns from a JSON file: `{"messages": [...]}` or a bare list of
+/// `{"role", "content"}`, user and assistant turns alternating, starting with a user turn
+/// and ending with an answer.
+pub fn read_examples(path: &Path) -> Result<Vec<Message>> {
+    let err = |m: String| Error::Config(format!("{}: {m}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let list = match v.get("messages").unwrap_or(&v) {
+        Value::Array(a) => a,
+        _ => {
+            return Err(err(
+                "expected a list of messages or {\"messages\": [...]}".into()
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let field = |k: &str| m.get(k).and_then(Value::as_str);
+        let (Some(role), Some(content)) = (field("role"), field("content")) else {
+            return Err(err(format!(
+                "message {i}: needs string `role` and `content`"
+            )));
+        };
+        let want = if i % 2 == 0 { "user" } else { "assistant" };
+        if role != want {
+            return Err(err(format!(
+                "message {i}: role `{role}` where `{want}` was expected (user and assistant \
+                 turns alternate; the pre-prompt is the system message)"
+            )));
+        }
+        out.push(Message::new(role, content));
+    }
+    if out.is_empty() || out.len() % 2 != 0 {
+        return Err(err(
+            "the demonstrations must be whole exchanges (a user turn and its answer)".into(),
+        ));
+    }
+    Ok(out)
+}
+
 /// One context-distillation record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Distilled {
@@ -82,29 +153,28 @@ impl Distilled {
     }
 }
 
-/// Context distillation of `prompts` by the model at `model`: an answer to each with
-/// `preprompt` placed as `placement` (one sample at `sampling`'s temperature, seeded by
+/// Context distillation of `prompts` by the model at `model`: an answer to each in
+/// `context` (one sample at `sampling`'s temperature, seeded by
 /// the prompt's index), and with `reward` also an answer without it and both scored.
 /// `None` when `stop` was set.
 #[allow(clippy::too_many_arguments)]
 pub fn distill(
     model: &Path,
     prompts: &[Prompt],
-    preprompt: &str,
-    placement: Placement,
+    context: &PreContext,
     sampling: &Sampling,
     seed: u64,
     reward: Option<&dyn Reward>,
     stop: &AtomicBool,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Option<Vec<Distilled>>> {
-    if preprompt.trim().is_empty() {
+    if context.preprompt.trim().is_empty() {
         return Err(Error::Config("the pre-prompt is empty".into()));
     }
     let guided: Vec<Prompt> = prompts
         .iter()
         .map(|p| Prompt {
-            messages: with_preprompt(&p.messages, preprompt, placement),
+            messages: context.apply(&p.messages),
             unsafe_prompt: p.unsafe_prompt,
         })
         .collect();
@@ -366,6 +436,39 @@ mod tests {
             with_preprompt(&s, "Be safe.", Placement::System)[0].content,
             "Be safe.\nS"
         );
+    }
+
+    #[test]
+    fn demonstrations_go_between_the_system_message_and_the_prompt() {
+        let mut c = PreContext::new("Be safe.", Placement::System);
+        c.examples = vec![Message::new("user", "Q"), Message::new("assistant", "A")];
+        let p = vec![Message::new("user", "Hi")];
+        let roles = |m: Vec<Message>| m.into_iter().map(|m| m.content).collect::<Vec<_>>();
+        assert_eq!(roles(c.apply(&p)), ["Be safe.", "Q", "A", "Hi"]);
+        c.placement = Placement::User;
+        assert_eq!(roles(c.apply(&p)), ["Q", "A", "Be safe.\nHi"]);
+        let dir = std::env::temp_dir().join(format!("ferrollama-examples-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("e.json");
+        std::fs::write(&f, r#"{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}"#).unwrap();
+        assert_eq!(read_examples(&f).unwrap(), c.examples);
+        std::fs::write(&f, r#"[{"role": "user", "content": "Q"}]"#).unwrap();
+        assert!(read_examples(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("whole exchanges"));
+        std::fs::write(
+            &f,
+            r#"[{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]"#,
+        )
+        .unwrap();
+        assert!(read_examples(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("role `system`"));
+        std::fs::write(&f, "[1").unwrap();
+        assert!(read_examples(&f).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use ferrollama_generate::Message;
 use ferrollama_train::policy::{Prompt, Reward, Sampling};
 use ferrollama_train::sft::Conversation;
-use ferrollama_train::synth::{distill, gatt, Learned, Placement};
+use ferrollama_train::synth::{distill, gatt, Learned, Placement, PreContext};
 
 fn tiny_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/tiny/tiny-260k-q8_0.gguf")
@@ -50,8 +50,7 @@ fn distilled_answers_lose_the_preprompt_and_targeting_keeps_improvements() {
     let plain = distill(
         &tiny_model(),
         &prompts,
-        pre,
-        Placement::User,
+        &PreContext::new(pre, Placement::User),
         &sampling(),
         1,
         None,
@@ -63,8 +62,7 @@ fn distilled_answers_lose_the_preprompt_and_targeting_keeps_improvements() {
     let targeted = distill(
         &tiny_model(),
         &prompts,
-        pre,
-        Placement::User,
+        &PreContext::new(pre, Placement::User),
         &sampling(),
         1,
         Some(&Short),

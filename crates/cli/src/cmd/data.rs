@@ -87,6 +87,11 @@ pub struct DistillArgs {
     /// Where the pre-prompt goes: a system message, or before the user's text.
     #[arg(long, value_enum, default_value = "system")]
     pub placement: PlacementArg,
+    /// Demonstrations put before each prompt when sampling (not in the data written): a
+    /// JSON file, `{"messages": [...]}` of user and assistant turns, for example refusals
+    /// of harmful requests and plain answers of harmless ones.
+    #[arg(long)]
+    pub examples: Option<PathBuf>,
     /// Targeted distillation: a reward model (`reward train` output) scores the distilled
     /// answer and the plain one, without the pre-prompt; only improvements are kept.
     #[arg(long)]
@@ -258,13 +263,16 @@ fn distill(a: DistillArgs) -> Result<()> {
         }
         None => None,
     };
+    let mut context = ferrollama_train::synth::PreContext::new(&a.preprompt, a.placement.into());
+    if let Some(f) = &a.examples {
+        context.examples = ferrollama_train::synth::read_examples(f)?;
+    }
     let stop = crate::cmd::train::stop_on_signals();
     let bar = progress_bar()?;
     let done = ferrollama_train::synth::distill(
         &model,
         &prompts,
-        &a.preprompt,
-        a.placement.into(),
+        &context,
         &a.sampling.sampling(),
         a.sampling.seed,
         rewards
