@@ -60,6 +60,9 @@ enum Command {
     /// Rejection-sampling fine-tuning in rounds: K answers per prompt, scored by reward
     /// models, the best fine-tuned on; held-out reward and KL per round (resumable).
     Rs(Box<cmd::rs::Args>),
+    /// PPO against reward models: a LoRA adapter and a value head trained on the policy's
+    /// own answers, per-token KL penalty to the base; held-out reward and KL (resumable).
+    Ppo(Box<cmd::ppo::Args>),
     /// Training data a model writes for itself: context distillation, Ghost Attention.
     #[command(subcommand)]
     Data(cmd::data::Command),
@@ -113,6 +116,7 @@ fn main() {
         Command::Dpo(a) => cmd::dpo::run(a),
         Command::Reward(c) => cmd::reward::run(c),
         Command::Rs(a) => cmd::rs::run(*a),
+        Command::Ppo(a) => cmd::ppo::run(*a),
         Command::Data(c) => cmd::data::run(c),
         Command::Merge(a) => cmd::merge::run(a),
         Command::Export(a) => cmd::train::export(a),

@@ -7,7 +7,7 @@
 //! in `tests/parity.rs` hold them together).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -93,6 +93,9 @@ struct Lora {
     config: LoraConfig,
     /// Seeds this forward pass's dropout masks; 0 = no dropout (evaluation).
     dropout_key: AtomicU64,
+    /// Whether forward passes apply the adapter (off: the base model, PPO's reference,
+    /// without a second copy of the weights).
+    enabled: AtomicBool,
 }
 
 /// A Llama whose weights are candle variables.
@@ -420,6 +423,7 @@ impl TrainableLlama {
         self.lora = Some(Lora {
             config: lora,
             dropout_key: AtomicU64::new(0),
+            enabled: AtomicBool::new(true),
         });
         Ok(())
     }
@@ -459,6 +463,21 @@ impl TrainableLlama {
         if let Some(l) = &self.lora {
             l.dropout_key.store(key, Ordering::Relaxed);
         }
+    }
+
+    /// Turns the attached adapter on or off for the next forward passes (no effect without
+    /// one): off, the model computes as its frozen base, the reference PPO's KL penalty and
+    /// DPO measure against.
+    pub fn set_adapter_enabled(&self, on: bool) {
+        if let Some(l) = &self.lora {
+            l.enabled.store(on, Ordering::Relaxed);
+        }
+    }
+
+    /// Next-token logits (rows, vocab) of final hidden states (rows, hidden), as
+    /// [`Self::hidden_rows`] gives them: the output projection alone.
+    pub fn vocab_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        linear(hidden, self.head())
     }
 
     /// A weight as the model computes with it: the base weight, plus the adapter's
@@ -634,6 +653,9 @@ impl TrainableLlama {
         else {
             return w.linear(x);
         };
+        if !lora.enabled.load(Ordering::Relaxed) {
+            return w.linear(x);
+        }
         let key = lora.dropout_key.load(Ordering::Relaxed);
         let p = lora.config.dropout;
         let mask = (p > 0.0 && key != 0).then(|| {

@@ -349,8 +349,11 @@ pub fn save_peft_adapter(model: &TrainableLlama, dir: &Path, base_model: &str) -
         .lora_config()
         .ok_or_else(|| Error::Config("no LoRA adapter is attached".into()))?;
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    // The adapter's matrices only: a head trained beside them (PPO's value head) is not
+    // part of it.
     let tensors = model
         .params()
+        .filter(|(n, _)| n.contains(".lora_"))
         .map(|(n, v)| {
             (
                 format!("{}{n}", ferrollama_model::lora::PEFT_PREFIX),

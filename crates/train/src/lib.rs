@@ -4,6 +4,7 @@
 //! tokenized once into memory-mapped shards; runs checkpoint atomically and resume bit
 //! for bit; the result exports to GGUF and a Hugging Face directory.
 
+pub mod advantage;
 pub mod checkpoint;
 pub mod collective;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod finetune;
 pub mod optim;
 pub mod plot;
 pub mod policy;
+pub mod ppo;
 pub mod preference;
 pub mod prefs;
 pub mod rejection;

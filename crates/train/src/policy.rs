@@ -108,6 +108,24 @@ pub fn sample_answers(
     stop: &AtomicBool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Option<Vec<Vec<Completion>>>> {
+    sample_answers_with(
+        model_path, None, prompts, per_prompt, sampling, seed, stop, progress,
+    )
+}
+
+/// [`sample_answers`] from the model at `model_path` with the LoRA adapter in `adapter`
+/// (PEFT's layout) applied by the engine, as a server applies one.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_answers_with(
+    model_path: &Path,
+    adapter: Option<&Path>,
+    prompts: &[Prompt],
+    per_prompt: usize,
+    sampling: &Sampling,
+    seed: u64,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Option<Vec<Vec<Completion>>>> {
     let files = TokenizerFiles::load(model_path)?;
     let format = ChatFormat::for_model(files.chat_template.as_deref());
     let encoded: Vec<Vec<u32>> = prompts
@@ -124,13 +142,16 @@ pub fn sample_answers(
         )));
     }
     let n_ctx = (longest + sampling.max_new_tokens).min(context);
-    let bundle = Bundle::open(
+    let mut bundle = Bundle::open(
         model_path,
         &OpenOptions {
             ctx: Some(n_ctx),
             pack_cache_dir: None,
         },
     )?;
+    let adapter = adapter
+        .map(|dir| bundle.model.load_adapter(dir, 1.0))
+        .transpose()?;
     let jobs: Vec<Job> = encoded
         .iter()
         .enumerate()
@@ -140,7 +161,7 @@ pub fn sample_answers(
                 prompt: p.clone(),
                 params: sampling.params(crate::finetune::mix(seed, i as u64, k as u64)),
                 top_logprobs: None,
-                adapter: None,
+                adapter,
             })
         })
         .collect();

@@ -11,6 +11,7 @@ pub mod info;
 pub mod logits;
 pub mod merge;
 pub mod perplexity;
+pub mod ppo;
 pub mod reward;
 pub mod rs;
 pub mod serve;
