@@ -512,6 +512,60 @@ fn reward_model_trains_and_scores() {
             "{extra:?}: {err}"
         );
     }
+
+    // PPO against the same reward models: two iterations, the table and the policy
+    // written; without --lora-rank it is refused, naming what is missing.
+    let ppo = dir.path().join("ppo");
+    let ppo_s = ppo.to_str().unwrap().to_string();
+    let ppo_args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "ppo",
+            "--model",
+            &tiny,
+            "--prompts",
+            &pairs_s,
+            "--reward",
+            &out_s,
+            "--safety-reward",
+            &out_s,
+            "--out",
+            &ppo_s,
+            "--iterations",
+            "2",
+            "--rollouts",
+            "4",
+            "--minibatch",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--micro-batch",
+            "2",
+            "--seq-len",
+            "80",
+            "--val-fraction",
+            "0.25",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let o = bin().args(ppo_args(&[])).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--lora-rank"), "{err}");
+    let args = ppo_args(&["--lora-rank", "4"]);
+    let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("| 0 |") && table.contains("| 2 |"),
+        "{table}"
+    );
+    let metrics = std::fs::read_to_string(ppo.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    for f in ["model.gguf", "adapter/adapter_config.json", "evals.jsonl"] {
+        assert!(ppo.join(f).exists(), "{f}");
+    }
 }
 
 /// `ferrollama data distill` and `data gatt` end to end: SFT data that `sft` reads, the
