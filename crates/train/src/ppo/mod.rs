@@ -19,8 +19,9 @@
 //! sampling measures it: reward, KL to the reference (summed over each answer's tokens),
 //! share finished (`evals.jsonl`, `eval/iter-N.jsonl`).
 //!
-//! The run directory: `ppo.toml`, `iter-N/adapter/` (the policy that sampled iteration N)
-//! and `iter-N/rollouts.jsonl`, `metrics.jsonl` (one line per iteration), `checkpoints/`
+//! The run directory: `ppo.toml`, `iter-N/rollouts.jsonl` (every answer, its ids and score;
+//! `iter-N/adapter/`, the policy that sampled them, is removed once the iteration is
+//! checkpointed), `metrics.jsonl` (one line per iteration), `checkpoints/`
 //! (after every iteration), and at the end `adapter/`, `model.gguf` and `hf/` (merged).
 //! A stopped run resumes at the start of the iteration it stopped in and ends with the
 //! same bytes as one run straight through.
