@@ -175,7 +175,6 @@ impl TrainConfig {
     }
 }
 
-/// FNV-1a of `text` in hex: stable across Rust versions, unlike the standard hasher.
 /// A settings file (`config.toml`, `sft.toml`, `rs.toml`, ...) read into its type.
 pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| crate::error::io(path, e))?;
@@ -185,6 +184,22 @@ pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
     })
 }
 
+/// A JSON file a finished stage wrote (a round's summary, a measurement), or None when
+/// the stage has not written it yet.
+pub(crate) fn read_json_if_done<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| crate::error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::Invalid {
+            file: path.display().to_string(),
+            msg: e.to_string(),
+        })
+}
+
+/// FNV-1a of `text` in hex: stable across Rust versions, unlike the standard hasher.
 pub(crate) fn fnv_digest(text: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {

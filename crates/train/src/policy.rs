@@ -64,6 +64,58 @@ pub fn read_prompts(path: &Path, unsafe_field: &str) -> Result<Vec<Prompt>> {
         .collect()
 }
 
+/// The training and held-out prompts of a run: `val_prompts` when given, otherwise
+/// `val_fraction` of `prompts` held out; both must be non-empty.
+pub fn split_prompts(
+    prompts: &Path,
+    val_prompts: Option<&Path>,
+    val_fraction: f64,
+    unsafe_field: &str,
+) -> Result<(Vec<Prompt>, Vec<Prompt>)> {
+    let all = read_prompts(prompts, unsafe_field)?;
+    let (train, val) = match val_prompts {
+        Some(p) => (all, read_prompts(p, unsafe_field)?),
+        None => crate::finetune::hold_out(all, val_fraction),
+    };
+    if train.is_empty() || val.is_empty() {
+        return Err(Error::Config(format!(
+            "{} training and {} held-out prompts: both are needed",
+            train.len(),
+            val.len()
+        )));
+    }
+    Ok((train, val))
+}
+
+/// Claims the run directory `out` for a run whose settings file is `settings` (a path in
+/// it): a new run is refused where one is already (`kind` names it), a resumed one unless
+/// `same` says the settings saved there shape the run as this one's do (`may_change`
+/// names what may differ).
+pub fn claim_run_dir(
+    out: &Path,
+    settings: &Path,
+    kind: &str,
+    resume: bool,
+    may_change: &str,
+    same: impl FnOnce(&Path) -> Result<bool>,
+) -> Result<()> {
+    if settings.exists() {
+        if !resume {
+            return Err(Error::Resume(format!(
+                "{} holds a {kind} run; pass --resume to continue it, or choose another --out",
+                out.display()
+            )));
+        }
+        if !same(settings)? {
+            return Err(Error::Resume(format!(
+                "{}: the run was made with other settings; resume with the same ones (only {may_change} may change)",
+                settings.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| crate::error::io(out, e))
+}
+
 /// How answers are sampled.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -78,6 +130,21 @@ pub struct Sampling {
 }
 
 impl Sampling {
+    /// Refuses settings that cannot sample a policy's own answers.
+    pub fn check(&self) -> Result<()> {
+        if self.max_new_tokens == 0 || self.parallel == 0 {
+            return Err(Error::Config(
+                "max_new_tokens and parallel must be at least 1".into(),
+            ));
+        }
+        if self.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            return Err(Error::Config(
+                "the temperature must be above 0 (greedy answers are all the same)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The settings of one job: nothing but temperature and top-p shape the draw.
     fn params(&self, seed: u64) -> GenerateParams {
         GenerateParams {

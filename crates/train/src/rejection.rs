@@ -106,12 +106,7 @@ impl RsConfig {
         if self.samples < 2 {
             return bad("rejection sampling needs at least 2 samples per prompt to choose from");
         }
-        if self.sampling.max_new_tokens == 0 || self.sampling.parallel == 0 {
-            return bad("max_new_tokens and parallel must be at least 1");
-        }
-        if self.sampling.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-            return bad("the temperature must be above 0 (greedy answers are all the same)");
-        }
+        self.sampling.check()?;
         if !(0.0..1.0).contains(&self.val_fraction) {
             return bad("val_fraction must be in [0, 1)");
         }
@@ -238,39 +233,25 @@ impl<'a> RejectionSampling<'a> {
     pub fn new(config: RsConfig, out: &Path, resume: bool, reward: &'a dyn Reward) -> Result<Self> {
         config.check()?;
         let settings = out.join("rs.toml");
-        if settings.exists() {
-            if !resume {
-                return Err(Error::Resume(format!(
-                    "{} holds a rejection-sampling run; pass --resume to continue it, or choose another --out",
-                    out.display()
-                )));
-            }
-            let before = RsConfig::from_toml_file(&settings)?;
-            if before.settings_digest() != config.settings_digest() {
-                return Err(Error::Resume(format!(
-                    "{}: the run was made with other settings; resume with the same ones (only the number of rounds may change)",
-                    settings.display()
-                )));
-            }
-        }
-        std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+        crate::policy::claim_run_dir(
+            out,
+            &settings,
+            "rejection-sampling",
+            resume,
+            "the number of rounds",
+            |f| Ok(RsConfig::from_toml_file(f)?.settings_digest() == config.settings_digest()),
+        )?;
         let text = toml::to_string_pretty(&config)
             .map_err(|e| Error::Internal(format!("encoding the settings: {e}")))?;
         write_atomic(&settings, text.as_bytes())?;
         let files = TokenizerFiles::load(&config.tuning.model)?;
         let format = ChatFormat::for_model(files.chat_template.as_deref());
-        let all = crate::policy::read_prompts(&config.prompts, &config.unsafe_field)?;
-        let (train, val) = match &config.val_prompts {
-            Some(p) => (all, crate::policy::read_prompts(p, &config.unsafe_field)?),
-            None => crate::finetune::hold_out(all, config.val_fraction),
-        };
-        if train.is_empty() || val.is_empty() {
-            return Err(Error::Config(format!(
-                "{} training and {} held-out prompts: both are needed",
-                train.len(),
-                val.len()
-            )));
-        }
+        let (train, val) = crate::policy::split_prompts(
+            &config.prompts,
+            config.val_prompts.as_deref(),
+            config.val_fraction,
+            &config.unsafe_field,
+        )?;
         Ok(Self {
             config,
             out: out.to_path_buf(),
@@ -705,17 +686,7 @@ fn last_step(metrics: &Path) -> u64 {
 }
 
 fn read_summary(dir: &Path) -> Result<Option<RoundSummary>> {
-    let path = dir.join("summary.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::Invalid {
-            file: path.display().to_string(),
-            msg: e.to_string(),
-        })
+    crate::config::read_json_if_done(&dir.join("summary.json"))
 }
 
 fn write_summary(dir: &Path, s: &RoundSummary) -> Result<()> {

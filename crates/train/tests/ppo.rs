@@ -5,52 +5,16 @@
 //! its final measurement, and resumed each time, ends with the same bytes as one run
 //! straight through; bad settings are refused.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use common::{tiny_model, write_prompts, Short};
 use ferrollama_model::lora::{LoraConfig, TARGETS};
 use ferrollama_train::finetune::SftConfig;
-use ferrollama_train::policy::{Reward, Sampling};
+use ferrollama_train::policy::Sampling;
 use ferrollama_train::ppo::{Ppo, PpoConfig, PpoEval, PpoEvent, PpoMetrics};
-use ferrollama_train::sft::Conversation;
-
-fn tiny_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/tiny/tiny-260k-q8_0.gguf")
-}
-
-/// Shorter answers are better: minus the answer's length in characters, over ten.
-struct Short;
-
-impl Reward for Short {
-    fn scores(
-        &self,
-        conversations: &[Conversation],
-        _: &[bool],
-    ) -> ferrollama_train::Result<Vec<f64>> {
-        Ok(conversations
-            .iter()
-            .map(|c| -(c.messages.last().unwrap().content.chars().count() as f64) / 10.0)
-            .collect())
-    }
-}
-
-fn write_prompts(dir: &Path) -> PathBuf {
-    let words = [
-        "cat", "dog", "sun", "tree", "boat", "rain", "star", "fish", "bird", "moon", "king",
-        "ship", "road", "sand", "wind", "fire",
-    ];
-    let mut text = String::new();
-    for i in 0..40 {
-        let (a, b) = (words[i % 16], words[(i * 7 + 3) % 16]);
-        text.push_str(&format!(
-            "{}\n",
-            serde_json::json!({"prompt": format!("Tell me about the {a} and the {b}.")})
-        ));
-    }
-    let path = dir.join("prompts.jsonl");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 fn config(prompts: &Path) -> PpoConfig {
     PpoConfig {

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ferrollama_train::policy::RewardModels;
 use ferrollama_train::ppo::{Ppo, PpoConfig, PpoEval, PpoEvent};
 
+use crate::cmd::rs::PolicyArgs;
 use crate::cmd::tuning::TuningArgs;
 
 #[derive(clap::Args, Debug)]
@@ -18,19 +18,8 @@ pub struct Args {
     /// (default: --val-fraction of --prompts); --seq-len must hold a prompt and its answer.
     #[command(flatten)]
     pub tuning: TuningArgs,
-    /// Prompts, JSON Lines: `messages` (ending with a user turn), `prompt`, or
-    /// `instruction` (+ `input`); optional boolean --unsafe-field.
-    #[arg(long)]
-    pub prompts: PathBuf,
-    /// The helpfulness reward model (a `ferrollama reward train` output).
-    #[arg(long)]
-    pub reward: PathBuf,
-    /// A safety reward model, combined with --reward as Llama 2 does.
-    #[arg(long)]
-    pub safety_reward: Option<PathBuf>,
-    /// The boolean field of a prompt record that marks it unsafe.
-    #[arg(long)]
-    pub unsafe_field: Option<String>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// The run directory.
     #[arg(long, default_value = "ppo-run")]
     pub out: PathBuf,
@@ -98,7 +87,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let default_lr = if resumed { cfg.tuning.lr } else { LORA_LR };
     let lr = cfg.tuning.lr;
-    cfg.tuning = t.apply(cfg.tuning, &model_path, &a.prompts, default_lr)?;
+    cfg.tuning = t.apply(cfg.tuning, &model_path, &a.policy.prompts, default_lr)?;
     if t.lora_rank.is_none() && t.lr.is_none() && !resumed {
         cfg.tuning.lr = lr;
     }
@@ -119,9 +108,11 @@ pub fn run(a: Args) -> Result<()> {
         vf_coef,
         lam,
         gamma,
-        val_fraction,
-        unsafe_field
+        val_fraction
     );
+    if let Some(v) = &a.policy.unsafe_field {
+        cfg.unsafe_field = v.clone();
+    }
     if let Some(v) = a.eval_every_iterations {
         cfg.eval_every = v;
     }
@@ -137,17 +128,8 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(v) = a.parallel {
         cfg.sampling.parallel = v;
     }
-    cfg.reward = a.reward.canonicalize()?;
-    cfg.safety_reward = a
-        .safety_reward
-        .as_ref()
-        .map(|p| p.canonicalize())
-        .transpose()?;
-    crate::cmd::dpo::check_reward_dir(&cfg.reward)?;
-    if let Some(s) = &cfg.safety_reward {
-        crate::cmd::dpo::check_reward_dir(s)?;
-    }
-    let rewards = RewardModels::open(&cfg.reward, cfg.safety_reward.as_deref(), cfg.score_batch)?;
+    let (reward, safety_reward, rewards) = a.policy.open_rewards(cfg.score_batch)?;
+    (cfg.reward, cfg.safety_reward) = (reward, safety_reward);
     let mut ppo = Ppo::new(cfg.clone(), &a.out, t.resume, &rewards)?;
     let stop = crate::cmd::train::stop_on_signals();
     let outcome = ppo.run(stop, &mut |e| match e {
@@ -205,16 +187,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn eval_line(e: &PpoEval) -> String {
-    let h = &e.heldout;
-    format!(
-        "after {} iterations: held-out reward mean {:.3} (std {:.3}, median {:.3}), KL to the reference {:.3} nats, {:.0} % of answers finished",
-        e.iteration,
-        h.reward.mean,
-        h.reward.std,
-        h.reward.median,
-        h.kl,
-        100.0 * h.finished
-    )
+    crate::cmd::rs::heldout_line(&format!("after {} iterations", e.iteration), &e.heldout)
 }
 
 /// The measurements as a Markdown table.

@@ -19,19 +19,8 @@ pub struct Args {
     /// held-out prompts here; default: --val-fraction of --prompts).
     #[command(flatten)]
     pub tuning: TuningArgs,
-    /// Prompts, JSON Lines: `messages` (ending with a user turn; a final assistant message
-    /// is dropped), `prompt`, or `instruction` (+ `input`); optional boolean --unsafe-field.
-    #[arg(long)]
-    pub prompts: PathBuf,
-    /// The helpfulness reward model (a `ferrollama reward train` output).
-    #[arg(long)]
-    pub reward: PathBuf,
-    /// A safety reward model, combined with --reward as Llama 2 does.
-    #[arg(long)]
-    pub safety_reward: Option<PathBuf>,
-    /// The boolean field of a prompt record that marks it unsafe.
-    #[arg(long)]
-    pub unsafe_field: Option<String>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// The run directory.
     #[arg(long, default_value = "rs-run")]
     pub out: PathBuf,
@@ -64,6 +53,43 @@ pub struct Args {
     pub val_fraction: Option<f64>,
 }
 
+/// What RS and PPO train a policy on: prompts and the reward models that score its answers.
+#[derive(clap::Args, Debug)]
+pub struct PolicyArgs {
+    /// Prompts, JSON Lines: `messages` (ending with a user turn; a final assistant message
+    /// is dropped), `prompt`, or `instruction` (+ `input`); optional boolean --unsafe-field.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// The helpfulness reward model (a `ferrollama reward train` output).
+    #[arg(long)]
+    pub reward: PathBuf,
+    /// A safety reward model, combined with --reward as Llama 2 does.
+    #[arg(long)]
+    pub safety_reward: Option<PathBuf>,
+    /// The boolean field of a prompt record that marks it unsafe.
+    #[arg(long)]
+    pub unsafe_field: Option<String>,
+}
+
+impl PolicyArgs {
+    /// The reward models' directories (absolute, checked) and the models opened, scoring
+    /// `batch` conversations per forward.
+    pub fn open_rewards(&self, batch: usize) -> Result<(PathBuf, Option<PathBuf>, RewardModels)> {
+        let helpful = self.reward.canonicalize()?;
+        let safety = self
+            .safety_reward
+            .as_ref()
+            .map(|p| p.canonicalize())
+            .transpose()?;
+        crate::cmd::dpo::check_reward_dir(&helpful)?;
+        if let Some(s) = &safety {
+            crate::cmd::dpo::check_reward_dir(s)?;
+        }
+        let models = RewardModels::open(&helpful, safety.as_deref(), batch)?;
+        Ok((helpful, safety, models))
+    }
+}
+
 /// LoRA's peak learning rate, as `sft`'s.
 const LORA_LR: f64 = 2e-4;
 
@@ -87,7 +113,7 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         cfg.tuning.lr
     };
-    cfg.tuning = t.apply(cfg.tuning, &model_path, &a.prompts, sft_lr)?;
+    cfg.tuning = t.apply(cfg.tuning, &model_path, &a.policy.prompts, sft_lr)?;
     cfg.prompts = cfg.tuning.data.clone();
     if let Some(v) = cfg.tuning.val_data.take() {
         cfg.val_prompts = Some(v);
@@ -95,7 +121,10 @@ pub fn run(a: Args) -> Result<()> {
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { cfg.$field = v; } )* };
     }
-    set!(rounds, samples, val_samples, val_fraction, unsafe_field);
+    set!(rounds, samples, val_samples, val_fraction);
+    if let Some(v) = &a.policy.unsafe_field {
+        cfg.unsafe_field = v.clone();
+    }
     if let Some(v) = a.temperature {
         cfg.sampling.temperature = v;
     }
@@ -111,17 +140,8 @@ pub fn run(a: Args) -> Result<()> {
     if !a.stop.is_empty() {
         cfg.sampling.stop = a.stop.clone();
     }
-    cfg.reward = a.reward.canonicalize()?;
-    cfg.safety_reward = a
-        .safety_reward
-        .as_ref()
-        .map(|p| p.canonicalize())
-        .transpose()?;
-    crate::cmd::dpo::check_reward_dir(&cfg.reward)?;
-    if let Some(s) = &cfg.safety_reward {
-        crate::cmd::dpo::check_reward_dir(s)?;
-    }
-    let rewards = RewardModels::open(&cfg.reward, cfg.safety_reward.as_deref(), cfg.score_batch)?;
+    let (reward, safety_reward, rewards) = a.policy.open_rewards(cfg.score_batch)?;
+    (cfg.reward, cfg.safety_reward) = (reward, safety_reward);
     let rs = RejectionSampling::new(cfg.clone(), &a.out, t.resume, &rewards)?;
     let stop = crate::cmd::train::stop_on_signals();
     let bar = ProgressBar::hidden();
@@ -222,10 +242,13 @@ fn restyle(bar: &ProgressBar, total: u64, unit: &str) {
 }
 
 fn round_line(s: &RoundSummary) -> String {
-    let h = &s.heldout;
+    heldout_line(&format!("round {}", s.round), &s.heldout)
+}
+
+/// A policy's held-out measurement in one line, after `label`.
+pub fn heldout_line(label: &str, h: &ferrollama_train::rejection::HeldOut) -> String {
     format!(
-        "round {}: held-out reward mean {:.3} (std {:.3}, median {:.3}), KL to the start {:.3} nats, {:.0} % of answers finished",
-        s.round,
+        "{label}: held-out reward mean {:.3} (std {:.3}, median {:.3}), KL to the start {:.3} nats, {:.0} % of answers finished",
         h.reward.mean,
         h.reward.std,
         h.reward.median,

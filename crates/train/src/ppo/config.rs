@@ -97,12 +97,7 @@ impl PpoConfig {
         if self.minibatch == 0 || self.val_samples == 0 || self.score_batch == 0 {
             return bad("minibatch, val_samples and score_batch must be at least 1");
         }
-        if self.sampling.max_new_tokens == 0 || self.sampling.parallel == 0 {
-            return bad("max_new_tokens and parallel must be at least 1");
-        }
-        if self.sampling.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-            return bad("PPO samples from the policy: the temperature must be above 0");
-        }
+        self.sampling.check()?;
         let finite_nonneg = |x: f64| x.is_finite() && x >= 0.0;
         if !(finite_nonneg(self.kl_coef) && self.clip > 0.0 && self.clip < 1.0) {
             return bad("kl_coef must be 0 or more and clip in (0, 1)");

@@ -78,36 +78,22 @@ impl<'a> Ppo<'a> {
     ) -> Result<Self> {
         config.check()?;
         let settings = out.join("ppo.toml");
-        if settings.exists() {
-            if !resume {
-                return Err(Error::Resume(format!(
-                    "{} holds a PPO run; pass --resume to continue it, or choose another --out",
-                    out.display()
-                )));
-            }
-            let before = PpoConfig::from_toml_file(&settings)?;
-            if before.settings_digest() != config.settings_digest() {
-                return Err(Error::Resume(format!(
-                    "{}: the run was made with other settings; resume with the same ones (only the number of iterations may change)",
-                    settings.display()
-                )));
-            }
-        }
-        std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+        crate::policy::claim_run_dir(
+            out,
+            &settings,
+            "PPO",
+            resume,
+            "the number of iterations",
+            |f| Ok(PpoConfig::from_toml_file(f)?.settings_digest() == config.settings_digest()),
+        )?;
         let files = TokenizerFiles::load(&config.tuning.model)?;
         let format = ChatFormat::for_model(files.chat_template.as_deref());
-        let all = crate::policy::read_prompts(&config.prompts, &config.unsafe_field)?;
-        let (train, val) = match &config.val_prompts {
-            Some(p) => (all, crate::policy::read_prompts(p, &config.unsafe_field)?),
-            None => crate::finetune::hold_out(all, config.val_fraction),
-        };
-        if train.is_empty() || val.is_empty() {
-            return Err(Error::Config(format!(
-                "{} training and {} held-out prompts: both are needed",
-                train.len(),
-                val.len()
-            )));
-        }
+        let (train, val) = crate::policy::split_prompts(
+            &config.prompts,
+            config.val_prompts.as_deref(),
+            config.val_fraction,
+            &config.unsafe_field,
+        )?;
         let longest = train
             .iter()
             .chain(&val)
@@ -260,17 +246,7 @@ impl<'a> Ppo<'a> {
     }
 
     fn read_eval(&self, iteration: usize) -> Result<Option<PpoEval>> {
-        let path = self.eval_path(iteration);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| Error::Invalid {
-                file: path.display().to_string(),
-                msg: e.to_string(),
-            })
+        crate::config::read_json_if_done(&self.eval_path(iteration))
     }
 
     /// Writes the policy's adapter (PEFT layout) to `dir`, whole or not at all.

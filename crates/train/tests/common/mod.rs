@@ -50,3 +50,44 @@ pub fn write_corpus(dir: &Path, n: usize) -> PathBuf {
     std::fs::write(&path, documents(n).join("\n%\n")).unwrap();
     path
 }
+
+/// The committed tiny GGUF model (260k parameters, Q8_0).
+pub fn tiny_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/tiny/tiny-260k-q8_0.gguf")
+}
+
+/// A rule as the reward, for RS and PPO: shorter answers are better (minus the answer's
+/// length in characters, over ten), so what training should do is known.
+pub struct Short;
+
+impl ferrollama_train::policy::Reward for Short {
+    fn scores(
+        &self,
+        conversations: &[ferrollama_train::sft::Conversation],
+        _: &[bool],
+    ) -> ferrollama_train::Result<Vec<f64>> {
+        Ok(conversations
+            .iter()
+            .map(|c| -(c.messages.last().unwrap().content.chars().count() as f64) / 10.0)
+            .collect())
+    }
+}
+
+/// 40 prompts ("Tell me about the cat and the tree.") in `dir/prompts.jsonl`.
+pub fn write_prompts(dir: &Path) -> PathBuf {
+    let words = [
+        "cat", "dog", "sun", "tree", "boat", "rain", "star", "fish", "bird", "moon", "king",
+        "ship", "road", "sand", "wind", "fire",
+    ];
+    let mut text = String::new();
+    for i in 0..40 {
+        let (a, b) = (words[i % 16], words[(i * 7 + 3) % 16]);
+        text.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"prompt": format!("Tell me about the {a} and the {b}.")})
+        ));
+    }
+    let path = dir.join("prompts.jsonl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
