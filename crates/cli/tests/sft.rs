@@ -514,7 +514,7 @@ fn reward_model_trains_and_scores() {
     }
 
     // PPO against the same reward models: two iterations, the table and the policy
-    // written; without --lora-rank it is refused, naming what is missing.
+    // written; LoRA dropout is refused, naming why.
     let ppo = dir.path().join("ppo");
     let ppo_s = ppo.to_str().unwrap().to_string();
     let ppo_args = |extra: &[&str]| -> Vec<String> {
@@ -551,9 +551,12 @@ fn reward_model_trains_and_scores() {
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
-    let o = bin().args(ppo_args(&[])).output().unwrap();
+    let o = bin()
+        .args(ppo_args(&["--lora-rank", "4", "--lora-dropout", "0.1"]))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("--lora-rank"), "{err}");
+    assert!(!o.status.success() && err.contains("dropout"), "{err}");
     let args = ppo_args(&["--lora-rank", "4"]);
     let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let table = String::from_utf8_lossy(&o.stdout);

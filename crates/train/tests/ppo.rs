@@ -3,7 +3,8 @@
 //! reference starts at exactly 0 (the adapter starts as a no-op and the reference is the
 //! model with it switched off) and grows; a run stopped in its sampling, its update and
 //! its final measurement, and resumed each time, ends with the same bytes as one run
-//! straight through; bad settings are refused.
+//! straight through; full-weight PPO (its reference a second copy) learns and resumes too;
+//! bad settings are refused.
 
 mod common;
 
@@ -205,9 +206,6 @@ fn settings_that_cannot_work_are_refused() {
             .expect("refused")
             .to_string()
     };
-    let mut full = config(&prompts);
-    full.tuning.lora = None;
-    assert!(err(full).contains("LoRA"));
     let mut dropout = config(&prompts);
     dropout.tuning.lora.as_mut().unwrap().dropout = 0.1;
     assert!(err(dropout).contains("dropout"));
@@ -220,4 +218,55 @@ fn settings_that_cannot_work_are_refused() {
     let mut greedy = config(&prompts);
     greedy.sampling.temperature = 0.0;
     assert!(err(greedy).contains("temperature"));
+}
+
+#[test]
+fn full_weight_ppo_learns_against_a_copy_of_the_start_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = write_prompts(dir.path());
+    let mut cfg = config(&prompts);
+    cfg.tuning.lora = None;
+    cfg.tuning.lr = 2e-3;
+    cfg.iterations = 6;
+    let straight = dir.path().join("straight");
+    let evals = run(&cfg, &straight, false, None).unwrap();
+    let m = metrics(&straight);
+    for e in &evals {
+        eprintln!(
+            "full weights, after {}: held-out reward {:.3}, KL {:.4}",
+            e.iteration, e.heldout.reward.mean, e.heldout.kl
+        );
+    }
+    // The reference is the start exactly: nothing moved yet, nothing to pay.
+    assert_eq!(m[0].kl, 0.0);
+    assert_eq!(evals[0].heldout.kl, 0.0);
+    assert!(evals[1].heldout.kl > 0.0, "{evals:?}");
+    assert!(
+        evals[1].heldout.reward.mean > evals[0].heldout.reward.mean + 0.3,
+        "{evals:?}"
+    );
+    assert!(straight.join("model.gguf").exists() && !straight.join("adapter").exists());
+    assert!(
+        !straight.join("iter-3/policy").exists(),
+        "the sampled policy is not kept"
+    );
+    let stopped = dir.path().join("stopped");
+    let at_sampling = |e: &PpoEvent| {
+        matches!(
+            e,
+            PpoEvent::Sampling {
+                iteration: 3,
+                heldout: false,
+                done: 5,
+                ..
+            }
+        )
+    };
+    assert!(run(&cfg, &stopped, false, Some(&at_sampling)).is_none());
+    assert_eq!(run(&cfg, &stopped, true, None).unwrap(), evals);
+    let bytes = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert_eq!(
+        bytes(&straight, "model.gguf"),
+        bytes(&stopped, "model.gguf")
+    );
 }

@@ -13,9 +13,10 @@ use crate::cmd::tuning::TuningArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The model to start from and the adapter trained (--lora-rank is required; the
-    /// reference is the model without it). `--val-data` names held-out prompts here
-    /// (default: --val-fraction of --prompts); --seq-len must hold a prompt and its answer.
+    /// The model to start from and what is trained: a LoRA adapter (--lora-rank; the
+    /// reference is the model without it) or all weights (the reference a second copy).
+    /// `--val-data` names held-out prompts here (default: --val-fraction of --prompts);
+    /// --seq-len must hold a prompt and its answer.
     #[command(flatten)]
     pub tuning: TuningArgs,
     #[command(flatten)]
@@ -69,13 +70,13 @@ pub struct Args {
     pub val_fraction: Option<f64>,
 }
 
-/// LoRA's peak learning rate for PPO.
+/// LoRA's peak learning rate for PPO (full weights: 1e-6, Llama 2's).
 const LORA_LR: f64 = 1e-4;
 
 pub fn run(a: Args) -> Result<()> {
     let t = &a.tuning;
     t.model
-        .no_adapters("ppo (it trains a new adapter with --lora-rank)")?;
+        .no_adapters("ppo (merge the adapter first; --lora-rank trains a new one)")?;
     crate::cmd::train::keep_freed_memory()?;
     let model_path = crate::load::model_path(&t.model)?;
     let saved = a.out.join("ppo.toml");

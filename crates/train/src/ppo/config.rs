@@ -74,8 +74,9 @@ impl Default for PpoConfig {
             eval_every: 0,
             val_samples: 1,
             score_batch: 8,
+            // Llama 2's PPO rate for full weights; the CLI gives LoRA 1e-4.
             tuning: SftConfig {
-                lr: 1e-4,
+                lr: 1e-6,
                 warmup: 0,
                 val_fraction: 0.0,
                 ..SftConfig::default()
@@ -114,14 +115,8 @@ impl PpoConfig {
         if !(0.0..1.0).contains(&self.val_fraction) {
             return bad("val_fraction must be in [0, 1)");
         }
-        match &self.tuning.lora {
-            None => {
-                return bad("PPO trains a LoRA adapter (its reference is the base without it): give --lora-rank; full-weight PPO is not supported yet")
-            }
-            Some(l) if l.dropout > 0.0 => {
-                return bad("PPO runs without LoRA dropout (the ratio to the sampling policy must start at 1): set it to 0")
-            }
-            _ => {}
+        if self.tuning.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+            return bad("PPO runs without LoRA dropout (the ratio to the sampling policy must start at 1): set it to 0");
         }
         self.tuning.check()
     }

@@ -1,12 +1,15 @@
 //! PPO against a reward (Llama 2-Chat, Touvron et al. 2023, 3.2.3; the recipe of Ouyang et
 //! et al. 2022): each iteration the policy answers a batch of training prompts on the decode
-//! engine (its LoRA adapter applied there, as a server would), the reward models score the
-//! answers, and a few clipped-objective passes over those answers update the adapter and
-//! a value head on the same backbone.
+//! engine (its LoRA adapter applied there, as a server would, or its weights written for
+//! it), the reward models score the
+//! answers, and a few clipped-objective passes over those answers update the adapter (or
+//! the weights) and a value head on the same backbone.
 //!
-//! - Reference: the base model without the adapter (the adapter switched off for one
-//!   forward pass), so no second copy of the weights; the per-token KL penalty is
-//!   -β (log π - log π_ref) on every answer token (β 0.01 in the paper).
+//! - Reference: with LoRA, the base model without the adapter (the adapter switched off
+//!   for one forward pass), so no second copy of the weights; with full weights, a second
+//!   copy of the start, and the policy is written whole (f16) for the engine each
+//!   iteration. The per-token KL penalty is -β (log π - log π_ref) on every answer token
+//!   (β 0.01 in the paper).
 //! - Reward: the score (Llama 2's combination of the helpfulness and safety models when
 //!   both are given), whitened over the iteration's answers, added at the last token.
 //! - Advantages: GAE ([`crate::advantage`]) from the value head's estimates, whitened over
@@ -58,6 +61,9 @@ pub struct Ppo<'a> {
     pub model: TrainableLlama,
     optimizer: AdamW,
     state: LoopState,
+    /// Full-weight PPO's reference, a second copy of the start (with LoRA the reference is
+    /// the policy with its adapter off).
+    reference: Option<TrainableLlama>,
     run: RunDir,
     reward: &'a dyn Reward,
     tokenizer: Tokenizer,
@@ -115,6 +121,13 @@ impl<'a> Ppo<'a> {
             )));
         }
         let mut model = open_model(&config.tuning, &files.tokenizer)?;
+        let reference = match config.tuning.lora {
+            Some(_) => None,
+            None => Some(TrainableLlama::open(
+                &config.tuning.model,
+                config.tuning.seq_len,
+            )?),
+        };
         let zeros = Tensor::zeros(
             (1, model.config.hidden_size),
             candle_core::DType::F32,
@@ -148,6 +161,7 @@ impl<'a> Ppo<'a> {
             model,
             optimizer,
             state,
+            reference,
             run,
             reward,
             tokenizer: files.tokenizer,
@@ -167,7 +181,8 @@ impl<'a> Ppo<'a> {
         self.run.root.join(format!("iter-{iteration}"))
     }
 
-    /// The file the engine samples from: the start model (an f16 copy of an f32 GGUF).
+    /// The file the engine samples a LoRA policy from: the start model (an f16 copy of an
+    /// f32 GGUF).
     fn sampler(&self) -> Result<PathBuf> {
         crate::policy::sampling_copy(
             &self.config.tuning.model,
@@ -249,17 +264,42 @@ impl<'a> Ppo<'a> {
         crate::config::read_json_if_done(&self.eval_path(iteration))
     }
 
-    /// Writes the policy's adapter (PEFT layout) to `dir`, whole or not at all.
-    fn save_adapter(&self, dir: &Path) -> Result<()> {
-        if dir.join("adapter_config.json").exists() {
-            return Ok(());
+    /// Writes the policy to `dir` for the engine, whole or not at all (kept if there):
+    /// with LoRA its adapter (PEFT layout; the engine applies it to the start model), with
+    /// full weights the model as f16 GGUF. Returns the model file to sample and the adapter.
+    fn write_policy(&self, dir: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+        let done = |d: &Path| {
+            if self.reference.is_none() {
+                d.join("adapter_config.json")
+            } else {
+                d.join("model.gguf")
+            }
+        };
+        if !done(dir).exists() {
+            let tmp = dir.with_extension("tmp");
+            let _ = std::fs::remove_dir_all(&tmp);
+            if self.reference.is_none() {
+                let base = self.config.tuning.model.display().to_string();
+                crate::finetune::save_peft_adapter(&self.model, &tmp, &base)?;
+            } else {
+                crate::export::export(&self.model, &self.export_info(), &tmp, GgmlType::F16)?;
+                let _ = std::fs::remove_dir_all(tmp.join("hf"));
+            }
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
         }
-        let tmp = dir.with_extension("tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        let base = self.config.tuning.model.display().to_string();
-        crate::finetune::save_peft_adapter(&self.model, &tmp, &base)?;
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))
+        Ok(match self.reference {
+            None => (self.sampler()?, Some(dir.to_path_buf())),
+            Some(_) => (dir.join("model.gguf"), None),
+        })
+    }
+
+    fn export_info(&self) -> crate::export::ExportInfo<'_> {
+        crate::export::ExportInfo {
+            tokenizer: &self.tokenizer,
+            chat_template: self.template.as_deref(),
+            name: "ppo",
+        }
     }
 
     /// Answers of the policy as it is now, `per_prompt` to each of `prompts`, scored.
@@ -275,20 +315,22 @@ impl<'a> Ppo<'a> {
         stop: &AtomicBool,
         on_event: &mut dyn FnMut(PpoEvent),
     ) -> Result<Option<(Vec<Completion>, Vec<f64>)>> {
-        let adapter = if heldout {
+        // Where the policy as it is now is written for the engine: its adapter, or (full
+        // weights) the whole model in f16.
+        let written = if heldout {
             self.run
                 .root
                 .join("eval")
-                .join(format!("adapter-{iteration}"))
+                .join(format!("policy-{iteration}"))
         } else {
-            self.iter_dir(iteration).join("adapter")
+            self.iter_dir(iteration).join("policy")
         };
-        std::fs::create_dir_all(adapter.parent().unwrap_or(&self.run.root))
-            .map_err(|e| io(&adapter, e))?;
-        self.save_adapter(&adapter)?;
+        std::fs::create_dir_all(written.parent().unwrap_or(&self.run.root))
+            .map_err(|e| io(&written, e))?;
+        let (model, adapter) = self.write_policy(&written)?;
         let Some(completions) = crate::policy::sample_answers_with(
-            &self.sampler()?,
-            Some(&adapter),
+            &model,
+            adapter.as_deref(),
             prompts,
             per_prompt,
             sampling,
@@ -307,8 +349,8 @@ impl<'a> Ppo<'a> {
             return Ok(None);
         };
         if heldout {
-            // The measurement's adapter is the checkpoint's; it is not kept twice.
-            let _ = std::fs::remove_dir_all(&adapter);
+            // The measurement's policy is the checkpoint's; it is not kept twice.
+            let _ = std::fs::remove_dir_all(&written);
         }
         on_event(PpoEvent::Stage {
             iteration,
@@ -514,15 +556,17 @@ impl<'a> Ppo<'a> {
 
     /// The final policy: its adapter, and the merged model (`model.gguf`, f32, and `hf/`).
     fn export(&self) -> Result<()> {
-        let adapter = self.run.root.join("adapter");
-        let _ = std::fs::remove_dir_all(&adapter);
-        self.save_adapter(&adapter)?;
-        let info = crate::export::ExportInfo {
-            tokenizer: &self.tokenizer,
-            chat_template: self.template.as_deref(),
-            name: "ppo",
-        };
-        crate::export::export(&self.model, &info, &self.run.root, GgmlType::F32)?;
+        if self.reference.is_none() {
+            let adapter = self.run.root.join("adapter");
+            let _ = std::fs::remove_dir_all(&adapter);
+            self.write_policy(&adapter)?;
+        }
+        crate::export::export(
+            &self.model,
+            &self.export_info(),
+            &self.run.root,
+            GgmlType::F32,
+        )?;
         Ok(())
     }
 }

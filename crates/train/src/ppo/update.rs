@@ -43,8 +43,9 @@ struct Prepared {
 
 impl Ppo<'_> {
     /// One forward pass over `samples` (at most a micro-batch): each one's scored tokens'
-    /// log-probabilities and values (tensors, differentiable) and their spans in them.
-    fn pass(&self, samples: &[&TrainingSample], entropy: bool) -> Result<Pass> {
+    /// log-probabilities and values (tensors, differentiable) and their spans in them; with
+    /// `reference`, the reference's log-probabilities (values 0).
+    fn pass(&self, samples: &[&TrainingSample], entropy: bool, reference: bool) -> Result<Pass> {
         let owned: Vec<TrainingSample> = samples.iter().map(|s| (*s).clone()).collect();
         let order: Vec<usize> = (0..owned.len()).collect();
         let rows = lay_out(&owned, &order, self.config.tuning.seq_len, false);
@@ -66,8 +67,14 @@ impl Ppo<'_> {
         }
         spans.truncate(owned.len());
         let x = Tensor::from_slice(&mb.tokens, (mb.rows, mb.t), &Device::Cpu)?;
-        let h = self.model.hidden_rows(&x, &mb.packing, &mb.scored)?;
-        let logits = self.model.vocab_logits(&h)?;
+        // The reference: full-weight PPO's second model, or the policy itself with its
+        // adapter switched off by the caller.
+        let model = match (&self.reference, reference) {
+            (Some(r), true) => r,
+            _ => &self.model,
+        };
+        let h = model.hidden_rows(&x, &mb.packing, &mb.scored)?;
+        let logits = model.vocab_logits(&h)?;
         let max = logits.max_keepdim(1)?.detach();
         let shifted = logits.broadcast_sub(&max)?;
         let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
@@ -75,8 +82,11 @@ impl Ppo<'_> {
         let n = mb.targets.len();
         let idx = Tensor::from_slice(&mb.targets, (n, 1), &Device::Cpu)?;
         let logp = lsm.gather(&idx, 1)?.flatten_all()?;
-        let w = self.value_head()?;
-        let values = h.matmul(&w.t()?)?.flatten_all()?;
+        let values = if reference {
+            Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu)?
+        } else {
+            h.matmul(&self.value_head()?.t()?)?.flatten_all()?
+        };
         let ent = if entropy {
             Some((lsm.exp()? * &lsm)?.sum(1)?.neg()?)
         } else {
@@ -115,7 +125,7 @@ impl Ppo<'_> {
                     values,
                     entropy: ent,
                     spans,
-                } = self.pass(&refs, !reference)?;
+                } = self.pass(&refs, !reference, reference)?;
                 let v = |t: &Tensor| -> Result<Vec<f64>> {
                     Ok(t.detach()
                         .to_vec1::<f32>()?
@@ -225,7 +235,7 @@ impl Ppo<'_> {
                         values,
                         spans,
                         ..
-                    } = self.pass(&refs, false)?;
+                    } = self.pass(&refs, false, false)?;
                     let gather = |f: &dyn Fn(&Prepared) -> &[f64]| -> Result<Tensor> {
                         let v: Vec<f32> = chunk
                             .iter()
@@ -323,9 +333,10 @@ impl Ppo<'_> {
             &metrics,
         )?;
         on_event(PpoEvent::Checkpoint(&dir));
-        // The adapter that sampled this iteration is the last checkpoint's weights; written
-        // again if ever needed, it is the same bytes (19 MB at rank 16 for a 135M model).
-        let _ = std::fs::remove_dir_all(self.iter_dir(iteration).join("adapter"));
+        // The policy that sampled this iteration is the last checkpoint's weights; written
+        // again if ever needed, it is the same bytes (an adapter: 19 MB at rank 16 for a
+        // 135M model; full weights: the model in f16).
+        let _ = std::fs::remove_dir_all(self.iter_dir(iteration).join("policy"));
         Ok(Some(m))
     }
 }
