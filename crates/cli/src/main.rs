@@ -28,6 +28,9 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Print the token ids and pieces of a text.
     Tokenize(cmd::tokenize::Args),
+    /// Sentence embeddings from a BERT-family encoder (default all-MiniLM-L6-v2), one JSON
+    /// line per text.
+    Embed(cmd::embed::Args),
     /// Print a model's architecture, parameter count and tensor types.
     Info(cmd::info::Args),
     /// Write the logits of every position of a prompt (f32, optionally with a LoRA
@@ -103,6 +106,7 @@ fn main() {
         Command::Chat(a) => cmd::chat::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Embed(a) => cmd::embed::run(a),
         Command::Info(a) => cmd::info::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),

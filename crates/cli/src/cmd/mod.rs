@@ -5,6 +5,7 @@ pub mod chat;
 pub mod convert;
 pub mod data;
 pub mod dpo;
+pub mod embed;
 pub mod eval;
 pub mod generate;
 pub mod info;

