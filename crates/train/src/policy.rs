@@ -286,6 +286,34 @@ pub trait Reward {
     fn scores(&self, conversations: &[Conversation], unsafe_prompt: &[bool]) -> Result<Vec<f64>>;
 }
 
+/// The reward of every answer, prompt by prompt: `completions[i]` answers `prompts[i]`.
+pub fn score_answers(
+    reward: &dyn Reward,
+    prompts: &[Prompt],
+    completions: &[Vec<Completion>],
+) -> Result<Vec<Vec<f64>>> {
+    let (mut conversations, mut flags) = (Vec::new(), Vec::new());
+    for (p, cs) in prompts.iter().zip(completions) {
+        for c in cs {
+            conversations.push(p.answered(&c.text));
+            flags.push(p.unsafe_prompt);
+        }
+    }
+    let flat = reward.scores(&conversations, &flags)?;
+    if flat.len() != conversations.len() {
+        return Err(Error::Internal(format!(
+            "the reward gave {} scores for {} answers",
+            flat.len(),
+            conversations.len()
+        )));
+    }
+    let mut it = flat.into_iter();
+    Ok(completions
+        .iter()
+        .map(|cs| it.by_ref().take(cs.len()).collect())
+        .collect())
+}
+
 /// Llama 2's reward: a helpfulness reward model, and optionally a safety one combined with
 /// it ([`crate::reward::combine`], before whitening: a raw score, comparable across
 /// batches). Each model reads conversations in its own chat format.

@@ -494,36 +494,8 @@ impl<'a> RejectionSampling<'a> {
                 "scoring the answers"
             },
         });
-        let rewards = self.rewards(prompts, &completions)?;
+        let rewards = crate::policy::score_answers(self.reward, prompts, &completions)?;
         Ok(Some((completions, rewards)))
-    }
-
-    /// The reward of every completion, prompt by prompt.
-    fn rewards(
-        &self,
-        prompts: &[Prompt],
-        completions: &[Vec<Completion>],
-    ) -> Result<Vec<Vec<f64>>> {
-        let (mut conversations, mut flags) = (Vec::new(), Vec::new());
-        for (p, cs) in prompts.iter().zip(completions) {
-            for c in cs {
-                conversations.push(p.answered(&c.text));
-                flags.push(p.unsafe_prompt);
-            }
-        }
-        let flat = self.reward.scores(&conversations, &flags)?;
-        if flat.len() != conversations.len() {
-            return Err(Error::Internal(format!(
-                "the reward gave {} scores for {} answers",
-                flat.len(),
-                conversations.len()
-            )));
-        }
-        let mut it = flat.into_iter();
-        Ok(completions
-            .iter()
-            .map(|cs| it.by_ref().take(cs.len()).collect())
-            .collect())
     }
 
     /// Fine-tunes the round's policy on its best answers (resuming the round's SFT run if

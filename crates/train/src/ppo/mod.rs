@@ -356,21 +356,11 @@ impl<'a> Ppo<'a> {
             iteration,
             what: "scoring the answers",
         });
+        let scores = crate::policy::score_answers(self.reward, prompts, &completions)?
+            .into_iter()
+            .flatten()
+            .collect();
         let flat: Vec<Completion> = completions.into_iter().flatten().collect();
-        let (mut conversations, mut flags) = (Vec::new(), Vec::new());
-        for (k, c) in flat.iter().enumerate() {
-            let p = &prompts[k / per_prompt];
-            conversations.push(p.answered(&c.text));
-            flags.push(p.unsafe_prompt);
-        }
-        let scores = self.reward.scores(&conversations, &flags)?;
-        if scores.len() != flat.len() {
-            return Err(Error::Internal(format!(
-                "the reward gave {} scores for {} answers",
-                scores.len(),
-                flat.len()
-            )));
-        }
         Ok(Some((flat, scores)))
     }
 
