@@ -100,11 +100,22 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(out.flush()?);
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let mut vectors = Vec::with_capacity(refs.len());
     for chunk in refs.chunks(a.batch.max(1)) {
-        for (t, v) in chunk.iter().zip(e.embed(chunk, a.batch)?) {
-            let line = serde_json::json!({"text": t, "embedding": v});
-            writeln!(out, "{line}")?;
-        }
+        vectors.extend(e.embed(chunk, a.batch)?);
     }
-    Ok(out.flush()?)
+    let secs = started.elapsed().as_secs_f64();
+    for (t, v) in refs.iter().zip(vectors) {
+        let line = serde_json::json!({"text": t, "embedding": v});
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    eprintln!(
+        "embedded {} texts in {secs:.3} s ({:.1} texts/s, batch {}, the model loaded beforehand)",
+        refs.len(),
+        refs.len() as f64 / secs.max(1e-9),
+        a.batch
+    );
+    Ok(())
 }
