@@ -102,15 +102,21 @@ impl Embedder {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// One vector per text, `batch` texts per forward pass.
+    /// One vector per text, in order, `batch` texts per forward pass. Texts are batched by
+    /// length, longest first (as sentence-transformers does), so a batch pads little.
     pub fn embed(&self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(batch.max(1)) {
-            let ids = chunk
-                .iter()
-                .map(|t| self.token_ids(t))
-                .collect::<Result<Vec<_>>>()?;
-            out.extend(self.embed_ids(&ids)?);
+        let ids = texts
+            .iter()
+            .map(|t| self.token_ids(t))
+            .collect::<Result<Vec<_>>>()?;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+        let mut out = vec![Vec::new(); ids.len()];
+        for chunk in order.chunks(batch.max(1)) {
+            let group: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+            for (&i, v) in chunk.iter().zip(self.embed_ids(&group)?) {
+                out[i] = v;
+            }
         }
         Ok(out)
     }

@@ -100,15 +100,17 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(out.flush()?);
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let started = std::time::Instant::now();
-    let mut vectors = Vec::with_capacity(refs.len());
-    for chunk in refs.chunks(a.batch.max(1)) {
-        vectors.extend(e.embed(chunk, a.batch)?);
-    }
-    let secs = started.elapsed().as_secs_f64();
-    for (t, v) in refs.iter().zip(vectors) {
-        let line = serde_json::json!({"text": t, "embedding": v});
-        writeln!(out, "{line}")?;
+    // Windows of texts sorted by length within each (little padding) and written as they
+    // finish, so a large file is not held as vectors all at once.
+    let mut secs = 0.0;
+    for window in refs.chunks(4096) {
+        let started = std::time::Instant::now();
+        let vectors = e.embed(window, a.batch)?;
+        secs += started.elapsed().as_secs_f64();
+        for (t, v) in window.iter().zip(vectors) {
+            let line = serde_json::json!({"text": t, "embedding": v});
+            writeln!(out, "{line}")?;
+        }
     }
     out.flush()?;
     eprintln!(
