@@ -43,13 +43,27 @@ fn absolute() -> String {
 }
 
 struct Linear {
-    w: Tensor,
+    /// The weight transposed once at load, (in, out), contiguous.
+    wt: Tensor,
     b: Tensor,
 }
 
 impl Linear {
+    /// `x` (..., in) as one (rows, in) product: a 3-d `broadcast_matmul` would run one
+    /// small product per batch row.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_matmul(&self.w.t()?)?.broadcast_add(&self.b)?)
+        let dims = x.dims().to_vec();
+        let inp = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / inp.max(1);
+        let y = x
+            .reshape((rows, inp))?
+            .matmul(&self.wt)?
+            .broadcast_add(&self.b)?;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = self.wt.dims()[1];
+        }
+        Ok(y.reshape(out)?)
     }
 }
 
@@ -156,7 +170,9 @@ impl BertEncoder {
                       inp: usize|
          -> Result<Linear> {
             Ok(Linear {
-                w: take(&format!("{name}.weight"), &[out, inp])?,
+                wt: take(&format!("{name}.weight"), &[out, inp])?
+                    .t()?
+                    .contiguous()?,
                 b: take(&format!("{name}.bias"), &[out])?,
             })
         };
