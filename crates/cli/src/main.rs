@@ -31,6 +31,9 @@ enum Command {
     /// Sentence embeddings from a BERT-family encoder (default all-MiniLM-L6-v2), one JSON
     /// line per text.
     Embed(cmd::embed::Args),
+    /// Texts compared by their embeddings: nearest neighbours, the cosine matrix, or
+    /// k-means clusters.
+    Similar(cmd::similar::Args),
     /// Print a model's architecture, parameter count and tensor types.
     Info(cmd::info::Args),
     /// Write the logits of every position of a prompt (f32, optionally with a LoRA
@@ -107,6 +110,7 @@ fn main() {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Tokenize(a) => cmd::tokenize::run(a),
         Command::Embed(a) => cmd::embed::run(a),
+        Command::Similar(a) => cmd::similar::run(a),
         Command::Info(a) => cmd::info::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),

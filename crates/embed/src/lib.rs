@@ -4,6 +4,7 @@
 //! tokens by default) and, when the model lists a `Normalize` module, unit length.
 
 pub mod bert;
+pub mod cluster;
 pub mod error;
 
 use std::path::Path;

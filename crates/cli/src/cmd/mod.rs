@@ -17,6 +17,7 @@ pub mod reward;
 pub mod rs;
 pub mod serve;
 pub mod sft;
+pub mod similar;
 pub mod tokenize;
 pub mod train;
 pub mod tuning;
