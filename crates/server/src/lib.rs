@@ -39,6 +39,24 @@ pub struct ServeOptions {
     /// Names of the model's selectable adapters (`Llama::load_adapter`), by id: a request
     /// whose `model` is one of them runs with that adapter.
     pub adapters: Vec<String>,
+    /// A sentence encoder serving `/v1/embeddings` (by default, and under its name; the
+    /// chat model's own mean-pooled states stay available under the chat model's name).
+    pub embedding: Option<EmbeddingModel>,
+}
+
+/// An encoder the server embeds text with, and the name requests give it.
+#[derive(Clone)]
+pub struct EmbeddingModel {
+    pub name: String,
+    pub embedder: std::sync::Arc<ferrollama_embed::Embedder>,
+}
+
+impl std::fmt::Debug for EmbeddingModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingModel")
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 /// Serves until Ctrl-C or SIGTERM; then stops accepting connections and lets the streams
@@ -90,6 +108,7 @@ pub fn serve_listener(
         max_tokens: opts.max_tokens,
         body_limit: opts.body_limit,
         hidden_size,
+        embedding: opts.embedding.clone(),
         metrics,
         started: SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -37,6 +37,7 @@ pub struct AppState {
     pub max_tokens: usize,
     pub body_limit: usize,
     pub hidden_size: usize,
+    pub embedding: Option<crate::EmbeddingModel>,
     pub metrics: Arc<Metrics>,
     pub started: u64,
 }
@@ -152,6 +153,14 @@ async fn models(State(app): State<App>) -> Json<serde_json::Value> {
         "created": app.started,
         "owned_by": "ferrollama",
     })];
+    if let Some(em) = &app.embedding {
+        data.push(json!({
+            "id": em.name,
+            "object": "model",
+            "created": app.started,
+            "owned_by": "ferrollama",
+        }));
+    }
     data.extend(app.adapters.iter().map(|name| {
         json!({
             "id": name,
@@ -317,7 +326,6 @@ async fn embeddings(
 ) -> Result<Response, ApiError> {
     let app = &app;
     let req: EmbeddingRequest = request::parse(&body(app, raw)?)?;
-    let (adapter, model) = app.select_model(req.model.as_deref())?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -328,6 +336,16 @@ async fn embeddings(
             ))
         }
     };
+    if let Some(em) = app
+        .embedding
+        .as_ref()
+        .filter(|em| req.model.as_deref().is_none_or(|m| m == em.name))
+    {
+        let vectors = encoder_embeddings(em, req.input, req.dimensions).await?;
+        let total = vectors.1;
+        return Ok(embedding_list(&vectors.0, base64, &em.name, total));
+    }
+    let (adapter, model) = app.select_model(req.model.as_deref())?;
     if let Some(d) = req.dimensions.filter(|&d| d as usize != app.hidden_size) {
         return Err(ApiError::invalid_param(
             "dimensions",
@@ -361,6 +379,11 @@ async fn embeddings(
         .await
         .map_err(|_| ApiError::internal("the engine stopped"))?
         .map_err(ApiError::internal)?;
+    Ok(embedding_list(&vectors, base64, &model, total))
+}
+
+/// The OpenAI-shaped answer of /v1/embeddings.
+fn embedding_list(vectors: &[Vec<f32>], base64: bool, model: &str, tokens: usize) -> Response {
     let data: Vec<_> = vectors
         .iter()
         .enumerate()
@@ -374,13 +397,57 @@ async fn embeddings(
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
-    Ok(Json(json!({
+    Json(json!({
         "object": "list",
         "data": data,
         "model": model,
-        "usage": {"prompt_tokens": total, "total_tokens": total},
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }))
-    .into_response())
+    .into_response()
+}
+
+/// Texts embedded by the served encoder (off the async workers: it is a CPU-bound pass),
+/// and the tokens they took. The encoder reads text: token-id inputs are refused.
+async fn encoder_embeddings(
+    em: &crate::EmbeddingModel,
+    input: request::Prompt,
+    dimensions: Option<u64>,
+) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+    let texts = match input {
+        request::Prompt::Text(t) => vec![t],
+        request::Prompt::Texts(t) => t,
+        _ => {
+            return Err(ApiError::invalid_param(
+                "input",
+                format!(
+                    "{} reads text, not token ids (its vocabulary is not the chat model's)",
+                    em.name
+                ),
+            ))
+        }
+    };
+    if texts.is_empty() {
+        return Err(ApiError::invalid_param("input", "input is empty"));
+    }
+    let width = em.embedder.encoder.config.hidden_size;
+    if let Some(d) = dimensions.filter(|&d| d as usize != width) {
+        return Err(ApiError::invalid_param(
+            "dimensions",
+            format!("{}'s embeddings have {width} dimensions, not {d}", em.name),
+        ));
+    }
+    let embedder = em.embedder.clone();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let tokens = refs
+            .iter()
+            .map(|t| embedder.token_ids(t).map(|ids| ids.len()))
+            .sum::<Result<usize, _>>()?;
+        embedder.embed(&refs, 32).map(|v| (v, tokens))
+    })
+    .await
+    .map_err(|_| ApiError::internal("the embedding task stopped"))?
+    .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ fn start_with(
         body_limit: 64 * 1024,
         model_id: "smollm2".into(),
         adapters,
+        embedding: None,
     };
     std::thread::spawn(move || serve_listener(served, opts, listener).unwrap());
     addr
@@ -708,4 +709,75 @@ fn a_request_names_the_adapter_it_runs_with() {
         post(a, "/v1/embeddings", &body).json()["data"][0]["embedding"].clone()
     };
     assert_ne!(embed("fortune"), embed("smollm2"));
+}
+
+/// With a sentence encoder served, /v1/embeddings answers from it by default and under its
+/// name (the same vectors `Embedder::embed` gives), from the chat model under the chat
+/// model's name; token-id inputs and another dimension count are refused.
+#[test]
+fn an_embedding_model_serves_embeddings_beside_the_chat_model() {
+    let dir = ferrollama_assets::default_embedding_model().unwrap();
+    let embedder = std::sync::Arc::new(ferrollama_embed::Embedder::open(&dir).unwrap());
+    let path = ferrollama_assets::default_model().unwrap();
+    let served = Bundle::open(
+        &path,
+        &OpenOptions {
+            ctx: Some(512),
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = listener.local_addr().unwrap();
+    let opts = ServeOptions {
+        addr: a,
+        api_key: None,
+        parallel: 1,
+        ctx: 512,
+        queue: 8,
+        max_tokens: 64,
+        body_limit: 64 * 1024,
+        model_id: "smollm2".into(),
+        adapters: Vec::new(),
+        embedding: Some(ferrollama_server::EmbeddingModel {
+            name: "minilm".into(),
+            embedder: embedder.clone(),
+        }),
+    };
+    std::thread::spawn(move || serve_listener(served, opts, listener).unwrap());
+    let texts = ["A man is eating food.", "A man is eating a piece of bread."];
+    let want = embedder.embed(&texts, 32).unwrap();
+    for body in [
+        json!({"input": texts}),
+        json!({"input": texts, "model": "minilm"}),
+    ] {
+        let r = post(a, "/v1/embeddings", &body).json();
+        assert_eq!(r["model"], "minilm", "{r}");
+        for (k, w) in want.iter().enumerate() {
+            let got: Vec<f32> = serde_json::from_value(r["data"][k]["embedding"].clone()).unwrap();
+            assert_eq!(&got, w);
+        }
+    }
+    let chat = post(
+        a,
+        "/v1/embeddings",
+        &json!({"input": "hi", "model": "smollm2"}),
+    )
+    .json();
+    assert_eq!(chat["model"], "smollm2");
+    assert_eq!(chat["data"][0]["embedding"].as_array().unwrap().len(), 576);
+    let r = post(a, "/v1/embeddings", &json!({"input": [1, 2, 3]}));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("reads text"));
+    let r = post(a, "/v1/embeddings", &json!({"input": "x", "dimensions": 7}));
+    assert_eq!(r.status, 400);
+    let models = http(a, "GET", "/v1/models", &[], b"").json();
+    assert!(models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == "minilm"));
 }

@@ -50,6 +50,11 @@ pub struct Args {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 2 << 20)]
     pub max_body: usize,
+    /// A sentence encoder for /v1/embeddings: a sentence-transformers directory, or
+    /// `default` (all-MiniLM-L6-v2, fetched on first use). Requests without `model`, or
+    /// naming it (its directory's name), use it; naming the chat model, its own states.
+    #[arg(long, value_name = "DIR|default")]
+    pub embedding_model: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -105,6 +110,7 @@ pub fn run(a: Args) -> Result<()> {
         queue: a.queue,
         max_tokens: a.max_tokens.unwrap_or(ctx / parallel),
         body_limit: a.max_body,
+        embedding: embedding_model(a.embedding_model.as_deref(), &model_id, &adapters)?,
         model_id,
         adapters,
     };
@@ -117,4 +123,31 @@ pub fn run(a: Args) -> Result<()> {
         ctx / parallel
     );
     serve(m, opts).with_context(|| format!("serving on {}:{}", a.host, a.port))
+}
+
+/// The encoder `--embedding-model` names, opened, under its directory's name.
+fn embedding_model(
+    arg: Option<&std::path::Path>,
+    model_id: &str,
+    adapters: &[String],
+) -> Result<Option<ferrollama_server::EmbeddingModel>> {
+    let Some(arg) = arg else { return Ok(None) };
+    let dir = if arg == std::path::Path::new("default") {
+        ferrollama_assets::default_embedding_model()?
+    } else {
+        arg.to_path_buf()
+    };
+    let name = dir
+        .file_name()
+        .map_or_else(|| "embedding".into(), |s| s.to_string_lossy().into_owned());
+    if name == model_id || adapters.contains(&name) {
+        bail!("--embedding-model: the name '{name}' is taken by the chat model or an adapter");
+    }
+    let embedder = ferrollama_embed::Embedder::open(&dir)
+        .with_context(|| format!("--embedding-model {}", dir.display()))?;
+    eprintln!("embedding model '{name}': {}", dir.display());
+    Ok(Some(ferrollama_server::EmbeddingModel {
+        name,
+        embedder: std::sync::Arc::new(embedder),
+    }))
 }
