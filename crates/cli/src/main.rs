@@ -34,6 +34,9 @@ enum Command {
     /// Texts compared by their embeddings: nearest neighbours, the cosine matrix, or
     /// k-means clusters.
     Similar(cmd::similar::Args),
+    /// Retrieval-augmented generation: index files into a store (SQLite), search it, and
+    /// answer questions from what it finds, citing it.
+    Rag(cmd::rag::Args),
     /// Print a model's architecture, parameter count and tensor types.
     Info(cmd::info::Args),
     /// Write the logits of every position of a prompt (f32, optionally with a LoRA
@@ -111,6 +114,7 @@ fn main() {
         Command::Tokenize(a) => cmd::tokenize::run(a),
         Command::Embed(a) => cmd::embed::run(a),
         Command::Similar(a) => cmd::similar::run(a),
+        Command::Rag(a) => cmd::rag::run(a),
         Command::Info(a) => cmd::info::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),

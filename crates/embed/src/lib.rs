@@ -29,10 +29,13 @@ pub enum Pooling {
 pub struct Embedder {
     pub encoder: BertEncoder,
     tokenizer: tokenizers::Tokenizer,
+    /// The same tokenizer without truncation, for splitting long documents.
+    splitter: tokenizers::Tokenizer,
     pub pooling: Pooling,
     pub normalize: bool,
     /// Tokens per text at most, [CLS] and [SEP] included (`max_seq_length`).
     pub max_tokens: usize,
+    name: String,
 }
 
 impl Embedder {
@@ -79,6 +82,11 @@ impl Embedder {
         // Padding is ours (to the longest text of a batch); truncation as
         // sentence-transformers asks for it, the special tokens counted.
         tokenizer.with_padding(None);
+        // tokenizer.json may carry a truncation of its own (all-MiniLM's: 128).
+        let mut splitter = tokenizer.clone();
+        splitter
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {
                 max_length: max_tokens,
@@ -88,9 +96,15 @@ impl Embedder {
         Ok(Self {
             encoder,
             tokenizer,
+            splitter,
             pooling,
             normalize,
             max_tokens,
+            name: dir
+                .canonicalize()
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| dir.display().to_string()),
         })
     }
 
@@ -101,6 +115,22 @@ impl Embedder {
             .encode(text, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The byte ranges in `text` of its word pieces, without [CLS]/[SEP] and without
+    /// truncation: where a long document may be cut into chunks the encoder reads whole.
+    pub fn piece_offsets(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+        let enc = self
+            .splitter
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_offsets().to_vec())
+    }
+
+    /// A name for the encoder: its directory's name (what a store records, so that a
+    /// query is never embedded by another model than the documents were).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// One vector per text, in order, `batch` texts per forward pass. Texts are batched by
