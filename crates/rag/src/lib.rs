@@ -6,14 +6,26 @@
 pub mod chunk;
 pub mod error;
 pub mod index;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
 use ferrollama_embed::Embedder;
 
 pub use error::{Error, Result};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use store::{Chunk, Stats, Store, StoreMeta};
+
+/// Opens the store `db`: a PostgreSQL URL (`postgres://` or `postgresql://`) or else a
+/// SQLite file, created when absent.
+pub fn open_store(db: &str) -> Result<Box<dyn Store>> {
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        Ok(Box::new(PostgresStore::connect(db)?))
+    } else {
+        Ok(Box::new(SqliteStore::open(std::path::Path::new(db))?))
+    }
+}
 
 /// How chunks are found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use ferrollama_embed::Embedder;
 use ferrollama_rag::index::{self, ChunkOptions};
-use ferrollama_rag::{Hit, Method, SqliteStore, Store};
+use ferrollama_rag::{Hit, Method, Store};
 
 use crate::args::{ModelArgs, SamplingArgs};
 
@@ -35,9 +35,10 @@ pub enum RagCommand {
 /// The store and its encoder.
 #[derive(clap::Args, Debug)]
 pub struct StoreArgs {
-    /// The store: a SQLite file (created when absent).
+    /// The store: a SQLite file (created when absent), or a PostgreSQL database as
+    /// `postgres://user[:password]@host[:port]/database` (tables created when absent).
     #[arg(long)]
-    pub db: PathBuf,
+    pub db: String,
     /// The sentence encoder (a sentence-transformers directory; default all-MiniLM-L6-v2,
     /// fetched on first use). A store is searched with the encoder that indexed it.
     #[arg(long)]
@@ -45,8 +46,8 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    pub fn open(&self) -> Result<(SqliteStore, Embedder)> {
-        let store = SqliteStore::open(&self.db)?;
+    pub fn open(&self) -> Result<(Box<dyn Store>, Embedder)> {
+        let store = ferrollama_rag::open_store(&self.db)?;
         let dir = match &self.embedding_model {
             Some(d) => d.clone(),
             None => ferrollama_assets::default_embedding_model()?,
@@ -152,7 +153,7 @@ fn run_index(a: IndexArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files {elapsed} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let report = index::index(&mut store, &embedder, &a.paths, &opts, |i, n, _| {
+    let report = index::index(store.as_mut(), &embedder, &a.paths, &opts, |i, n, _| {
         bar.set_length(n as u64);
         bar.set_position(i as u64);
     })?;
@@ -164,7 +165,7 @@ fn run_index(a: IndexArgs) -> Result<()> {
     eprintln!(
         "{}: {} added, {} replaced, {} unchanged, {} removed; {} chunks embedded in {:.1} s; \
          the store holds {} documents, {} chunks",
-        a.store.db.display(),
+        store.describe(),
         report.added,
         report.replaced,
         report.unchanged,
@@ -179,7 +180,7 @@ fn run_index(a: IndexArgs) -> Result<()> {
 
 fn run_search(a: SearchArgs) -> Result<()> {
     let (store, embedder) = a.store.open()?;
-    let hits = ferrollama_rag::search(&store, &embedder, &a.query, a.method, a.k)?;
+    let hits = ferrollama_rag::search(store.as_ref(), &embedder, &a.query, a.method, a.k)?;
     let mut out = std::io::stdout().lock();
     if a.json {
         for h in &hits {

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use ferrollama_generate::{ChatFormat, GenerateParams, Generator, Message};
-use ferrollama_rag::{Hit, Store};
+use ferrollama_rag::Hit;
 
 use super::rag::{describe_hit, AskArgs};
 use crate::load::load;
@@ -30,10 +30,10 @@ pub fn run(a: AskArgs) -> Result<()> {
     if store.stats()?.chunks == 0 {
         anyhow::bail!(
             "the store {} holds no chunks: `ferrollama rag index` first",
-            a.store.db.display()
+            store.describe()
         );
     }
-    let mut hits = ferrollama_rag::search(&store, &embedder, &a.question, a.method, a.k)?;
+    let mut hits = ferrollama_rag::search(store.as_ref(), &embedder, &a.question, a.method, a.k)?;
     if hits.is_empty() {
         anyhow::bail!("no chunk matches the question (method {:?})", a.method);
     }

@@ -19,8 +19,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         anyhow::bail!("--k takes positive numbers");
     }
     let (store, embedder) = a.store.open()?;
-    ferrollama_rag::check_encoder(&store, &embedder)?;
-    let stats = ferrollama_store_stats(&store)?;
+    ferrollama_rag::check_encoder(store.as_ref(), &embedder)?;
+    let stats = ferrollama_store_stats(store.as_ref())?;
     let depth = *a.k.iter().max().unwrap_or(&1);
     let started = std::time::Instant::now();
     let texts: Vec<&str> = questions.iter().map(|q| q.0.as_str()).collect();
@@ -36,7 +36,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let mut ranks = Vec::with_capacity(questions.len());
         let mut hits_all = Vec::new();
         for ((q, gold), v) in questions.iter().zip(&vectors) {
-            let hits = search_embedded(&store, q, v, method, depth)?;
+            let hits = search_embedded(store.as_ref(), q, v, method, depth)?;
             ranks.push(
                 hits.iter()
                     .position(|h| gold.contains(&h.chunk.source))
