@@ -9,6 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::{Error, Result};
+use crate::fused;
 
 /// The encoder's shape, from `config.json`.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -46,24 +47,28 @@ struct Linear {
     /// The weight transposed once at load, (in, out), contiguous.
     wt: Tensor,
     b: Tensor,
+    /// The bias as plain values, for the fused passes.
+    bias: Vec<f32>,
+    /// `wt` as plain values, for products split over threads by rows.
+    w: Vec<f32>,
 }
 
 impl Linear {
-    /// `x` (..., in) as one (rows, in) product: a 3-d `broadcast_matmul` would run one
-    /// small product per batch row.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let inp = *dims.last().unwrap_or(&0);
-        let rows = x.elem_count() / inp.max(1);
-        let y = x
-            .reshape((rows, inp))?
-            .matmul(&self.wt)?
-            .broadcast_add(&self.b)?;
-        let mut out = dims;
-        if let Some(last) = out.last_mut() {
-            *last = self.wt.dims()[1];
-        }
-        Ok(y.reshape(out)?)
+    /// `x` (rows, in) times the weight, without the bias. Each thread runs `gemm` alone on
+    /// its own rows (candle's threading inside `gemm` scales worse on these shapes).
+    fn product(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let (inp, out) = self.wt.dims2()?;
+        let rows = x.len() / inp.max(1);
+        Ok(ferrollama_model::ops::matmul::matmul_strided(
+            x,
+            (inp, 1),
+            &self.w,
+            (out, 1),
+            rows,
+            inp,
+            out,
+            1.0,
+        )?)
     }
 }
 
@@ -71,6 +76,9 @@ struct Norm {
     w: Tensor,
     b: Tensor,
     eps: f64,
+    /// The same gain and shift as plain values, for the fused pass.
+    wv: Vec<f32>,
+    bv: Vec<f32>,
 }
 
 impl Norm {
@@ -84,9 +92,8 @@ impl Norm {
 }
 
 struct Block {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// The query, key and value projections as one (hidden, 3 x hidden) product.
+    qkv: Linear,
     attn_out: Linear,
     attn_norm: Norm,
     up: Linear,
@@ -169,19 +176,27 @@ impl BertEncoder {
                       out: usize,
                       inp: usize|
          -> Result<Linear> {
+            let b = take(&format!("{name}.bias"), &[out])?;
+            let wt = take(&format!("{name}.weight"), &[out, inp])?
+                .t()?
+                .contiguous()?;
             Ok(Linear {
-                wt: take(&format!("{name}.weight"), &[out, inp])?
-                    .t()?
-                    .contiguous()?,
-                b: take(&format!("{name}.bias"), &[out])?,
+                w: wt.flatten_all()?.to_vec1()?,
+                wt,
+                bias: b.to_vec1()?,
+                b,
             })
         };
         let eps = config.layer_norm_eps;
         let norm =
             |take: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, name: &str| -> Result<Norm> {
+                let w = take(&format!("{name}.weight"), &[h])?;
+                let b = take(&format!("{name}.bias"), &[h])?;
                 Ok(Norm {
-                    w: take(&format!("{name}.weight"), &[h])?,
-                    b: take(&format!("{name}.bias"), &[h])?,
+                    wv: w.to_vec1()?,
+                    bv: b.to_vec1()?,
+                    w,
+                    b,
                     eps,
                 })
             };
@@ -199,10 +214,18 @@ impl BertEncoder {
         let inter = config.intermediate_size;
         for l in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
+            let q = linear(&mut take, &format!("{p}.attention.self.query"), h, h)?;
+            let k = linear(&mut take, &format!("{p}.attention.self.key"), h, h)?;
+            let v = linear(&mut take, &format!("{p}.attention.self.value"), h, h)?;
+            let b = Tensor::cat(&[&q.b, &k.b, &v.b], 0)?;
+            let wt = Tensor::cat(&[&q.wt, &k.wt, &v.wt], 1)?.contiguous()?;
             blocks.push(Block {
-                query: linear(&mut take, &format!("{p}.attention.self.query"), h, h)?,
-                key: linear(&mut take, &format!("{p}.attention.self.key"), h, h)?,
-                value: linear(&mut take, &format!("{p}.attention.self.value"), h, h)?,
+                qkv: Linear {
+                    w: wt.flatten_all()?.to_vec1()?,
+                    wt,
+                    bias: b.to_vec1()?,
+                    b,
+                },
                 attn_out: linear(&mut take, &format!("{p}.attention.output.dense"), h, h)?,
                 attn_norm: norm(&mut take, &format!("{p}.attention.output.LayerNorm"))?,
                 up: linear(&mut take, &format!("{p}.intermediate.dense"), inter, h)?,
@@ -238,36 +261,43 @@ impl BertEncoder {
         let positions = self.position.narrow(0, 0, t)?;
         let types = self.token_type.narrow(0, 0, 1)?;
         let x = words.broadcast_add(&positions)?.broadcast_add(&types)?;
-        let mut x = self.embed_norm.forward(&x)?;
+        let mut x: Vec<f32> = self.embed_norm.forward(&x)?.flatten_all()?.to_vec1()?;
         // Padding gets a large negative score before the softmax, as BertModel's extended
         // attention mask does (the dtype's minimum there; any value that underflows works).
         let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((b, 1, 1, t))?;
         let heads = self.config.num_attention_heads;
         let hd = h / heads;
         let scale = 1.0 / (hd as f64).sqrt();
-        let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
+        let cpu = Device::Cpu;
         for block in &self.blocks {
-            let q = split(block.query.forward(&x)?)?;
-            let k = split(block.key.forward(&x)?)?;
-            let v = split(block.value.forward(&x)?)?;
+            // (rows, 3h) -> (3, b, heads, t, hd): queries, keys and values by head.
+            let mut qkv = block.qkv.product(&x)?;
+            let three = block.qkv.bias.len();
+            qkv.chunks_mut(three)
+                .for_each(|r| r.iter_mut().zip(&block.qkv.bias).for_each(|(v, b)| *v += b));
+            let qkv = Tensor::from_vec(qkv, (b, t, 3, heads, hd), &cpu)?
+                .permute((2, 0, 3, 1, 4))?
+                .contiguous()?;
+            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
-            let max = scores.max_keepdim(D::Minus1)?;
-            let e = scores.broadcast_sub(&max)?.exp()?;
-            let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+            let p = candle_nn::ops::softmax_last_dim(&scores)?;
             let ctx = p
                 .matmul(&v)?
                 .transpose(1, 2)?
                 .contiguous()?
-                .reshape((b, t, h))?;
-            let a = block.attn_out.forward(&ctx)?;
-            x = block.attn_norm.forward(&(a + &x)?)?;
-            let m = block.down.forward(&block.up.forward(&x)?.gelu_erf()?)?;
-            x = block.out_norm.forward(&(m + &x)?)?;
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let mut a = block.attn_out.product(&ctx)?;
+            let n = &block.attn_norm;
+            fused::bias_residual_layer_norm(&mut a, &block.attn_out.bias, &x, &n.wv, &n.bv, n.eps);
+            x = a;
+            let mut u = block.up.product(&x)?;
+            fused::bias_gelu(&mut u, &block.up.bias);
+            let mut m = block.down.product(&u)?;
+            let n = &block.out_norm;
+            fused::bias_residual_layer_norm(&mut m, &block.down.bias, &x, &n.wv, &n.bv, n.eps);
+            x = m;
         }
-        Ok(x)
+        Ok(Tensor::from_vec(x, (b, t, h), &cpu)?)
     }
 }

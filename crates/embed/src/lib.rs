@@ -6,6 +6,7 @@
 pub mod bert;
 pub mod cluster;
 pub mod error;
+pub mod fused;
 
 use std::path::Path;
 
