@@ -41,8 +41,14 @@ else
         echo "test-chat-page: no server binary at $bin (cargo build --release first)" >&2
         exit 1
     fi
+    # A two-document store, so that the page's chat with documents is tested too.
+    docs=$(mktemp -d)
+    echo "The capital of the made-up land of Quorvia is the city of Zelmont." > "$docs/quorvia.txt"
+    echo "Photosynthesis turns light, water and carbon dioxide into sugar." > "$docs/plants.txt"
+    "$bin" rag index --db "$docs.db" "$docs" >&2
+    export RAG_QUESTION="What is the capital of Quorvia?" RAG_SOURCE="quorvia.txt"
     # shellcheck disable=SC2206  # SERVE_ARGS is split into words on purpose
-    server=("$bin" serve --port 0 ${SERVE_ARGS:-})
+    server=("$bin" serve --port 0 --rag-db "$docs.db" ${SERVE_ARGS:-})
 fi
 
 # shellcheck source=scripts/serve-lib.sh
@@ -56,4 +62,5 @@ echo "test-chat-page: server at $url" >&2
 status=0
 SERVER_URL=$url node tests/browser/chat_page.mjs || status=$?
 [ "$status" = 0 ] || server_tail
+[ -n "${docs:-}" ] && rm -rf "$docs" "$docs.db" "$docs.db-wal" "$docs.db-shm"
 exit "$status"

@@ -293,6 +293,42 @@ async function main() {
       await page.fill('#max_tokens', '256');
     });
 
+    // With a document store (scripts/test-chat-page.sh indexes one and sets RAG_QUESTION
+    // and RAG_SOURCE), the switch appears, sends `rag`, and the cited chunks are shown.
+    if (process.env.RAG_QUESTION) {
+      await step('chat with documents shows the chunks the answer was given', async () => {
+        await ensureSettingsOpen(page);
+        await page.waitForSelector('#rag-field:not([hidden])', { timeout: 10000 });
+        const label = await page.textContent('#rag-label');
+        check(/\(\d+ indexed\)/.test(label), `switch label is ${JSON.stringify(label)}`);
+        await page.check('#rag');
+        await page.click('#input');
+        await page.keyboard.type(process.env.RAG_QUESTION);
+        const before = await counts(page);
+        const nreq = requests.length;
+        await page.click('#send');
+        const r = await watchReply(page, before.assistant, before.error, REPLY_TIMEOUT);
+        check(r.done, describeReply(r));
+        const body = requests[nreq];
+        check(body?.rag?.k === 4, `request rag is ${JSON.stringify(body?.rag)}`);
+        const items = await page.$$eval('#messages .turn.assistant', (ts) => {
+          const last = ts[ts.length - 1].querySelector('.sources');
+          return last ? Array.from(last.querySelectorAll('li'), (li) => li.textContent) : [];
+        });
+        check(items.length >= 1, 'no sources shown under the answer');
+        check(items[0].startsWith('[1] ') && items[0].includes(process.env.RAG_SOURCE),
+          `first source is ${JSON.stringify(items[0])}`);
+        console.log(`   sources: ${JSON.stringify(items.map((t) => t.slice(0, 60)))}`);
+        const n = await page.$$eval('.sources *', (els) => els.filter((e) => !['LI', 'SPAN'].includes(e.tagName)).length);
+        check(n === 0, `${n} unexpected element(s) inside the sources list`);
+        await page.reload({ waitUntil: 'load' });
+        const kept = await page.$$eval('#messages .sources li', (els) => els.length);
+        check(kept === items.length, `sources after reload: ${kept}, before: ${items.length}`);
+        await ensureSettingsOpen(page);
+        await page.uncheck('#rag');
+      });
+    }
+
     await step('no JavaScript errors on the page', async () => {
       check(pageErrors.length === 0, `page errors: ${pageErrors.join('; ')}`);
     });

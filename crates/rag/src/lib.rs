@@ -7,6 +7,7 @@ pub mod chunk;
 pub mod error;
 pub mod index;
 pub mod postgres;
+pub mod prompt;
 pub mod sqlite;
 pub mod store;
 
@@ -19,7 +20,7 @@ pub use store::{Chunk, Stats, Store, StoreMeta};
 
 /// Opens the store `db`: a PostgreSQL URL (`postgres://` or `postgresql://`) or else a
 /// SQLite file, created when absent.
-pub fn open_store(db: &str) -> Result<Box<dyn Store>> {
+pub fn open_store(db: &str) -> Result<Box<dyn Store + Send>> {
     if db.starts_with("postgres://") || db.starts_with("postgresql://") {
         Ok(Box::new(PostgresStore::connect(db)?))
     } else {

@@ -43,6 +43,9 @@ pub struct Request {
     pub echo: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The chunks a chat with documents was given, returned beside the answer (in the
+    /// first streamed chunk).
+    pub sources: Option<Value>,
 }
 
 /// Submits every choice and answers, streamed or whole.
@@ -249,7 +252,7 @@ async fn collect(
         Kind::Chat => "chat.completion",
         Kind::Completion => "text_completion",
     };
-    Ok(Json(json!({
+    let mut body = json!({
         "id": meta.id,
         "object": object,
         "created": meta.created,
@@ -257,8 +260,11 @@ async fn collect(
         "choices": items,
         "usage": usage_json(req.prompt_tokens, completion, cached),
         "system_fingerprint": null,
-    }))
-    .into_response())
+    });
+    if let Some(s) = &req.sources {
+        body["sources"] = s.clone();
+    }
+    Ok(Json(body).into_response())
 }
 
 /// Streams chunks as the engine produces tokens; ends with `data: [DONE]`. When the client
@@ -300,7 +306,11 @@ fn stream(
                     json!([{"index": i, "text": echo, "logprobs": null, "finish_reason": null}])
                 }
             };
-            if !send(chunk(first)).await {
+            let mut first = chunk(first);
+            if let (0, Some(s)) = (i, &req.sources) {
+                first["sources"] = s.clone();
+            }
+            if !send(first).await {
                 return;
             }
         }

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod metrics;
+pub mod rag;
 pub mod request;
 pub mod routes;
 
@@ -42,6 +43,8 @@ pub struct ServeOptions {
     /// A sentence encoder serving `/v1/embeddings` (by default, and under its name; the
     /// chat model's own mean-pooled states stay available under the chat model's name).
     pub embedding: Option<EmbeddingModel>,
+    /// A document store chat requests may answer from (`"rag"`).
+    pub rag: Option<rag::RagService>,
 }
 
 /// An encoder the server embeds text with, and the name requests give it.
@@ -109,6 +112,7 @@ pub fn serve_listener(
         body_limit: opts.body_limit,
         hidden_size,
         embedding: opts.embedding.clone(),
+        rag: opts.rag.clone(),
         metrics,
         started: SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -182,6 +182,8 @@ pub struct ChatRequest {
     pub stream_options: Option<StreamOptions>,
     pub response_format: Option<ResponseFormat>,
     pub tools: Option<Vec<serde_json::Value>>,
+    /// Answer from the server's documents (an extension: `true` or `{"k", "method"}`).
+    pub rag: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -38,6 +38,7 @@ pub struct AppState {
     pub body_limit: usize,
     pub hidden_size: usize,
     pub embedding: Option<crate::EmbeddingModel>,
+    pub rag: Option<crate::rag::RagService>,
     pub metrics: Arc<Metrics>,
     pub started: u64,
 }
@@ -77,6 +78,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/rag", get(crate::rag::info))
+        .route("/v1/rag/search", post(crate::rag::search))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), check_key))
@@ -120,7 +123,9 @@ async fn record(State(app): State<App>, req: Request, next: Next) -> Response {
         | "/v1/models"
         | "/v1/chat/completions"
         | "/v1/completions"
-        | "/v1/embeddings" => path,
+        | "/v1/embeddings"
+        | "/v1/rag"
+        | "/v1/rag/search" => path,
         _ => "other".into(),
     };
     let start = Instant::now();
@@ -182,7 +187,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// The body, or the right error for one that could not be read (too large, cut off).
-fn body(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(app.body_limit),
         _ => ApiError::bad_request(format!("could not read the request body: {e}")),
@@ -203,11 +208,15 @@ async fn chat(
             "messages must not be empty",
         ));
     }
-    let messages = req
+    let mut messages = req
         .messages
         .iter()
         .map(|m| Ok(Message::new(&m.role, &m.text()?)))
         .collect::<Result<Vec<_>, ApiError>>()?;
+    let sources = match crate::rag::requested(req.rag.as_ref())? {
+        Some((k, method)) => Some(crate::rag::augment(app, &mut messages, k, method).await?),
+        None => None,
+    };
     let prompt = app
         .chat
         .encode(&messages, &app.tokenizer)
@@ -233,6 +242,7 @@ async fn chat(
             echo: Vec::new(),
             stream: req.stream.unwrap_or(false),
             include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+            sources,
         },
     )
     .await
@@ -315,6 +325,7 @@ async fn completions(
             echo: echoes,
             stream: req.stream.unwrap_or(false),
             include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+            sources: None,
         },
     )
     .await

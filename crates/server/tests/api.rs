@@ -51,6 +51,7 @@ fn start_with(
         model_id: "smollm2".into(),
         adapters,
         embedding: None,
+        rag: None,
     };
     std::thread::spawn(move || serve_listener(served, opts, listener).unwrap());
     addr
@@ -718,6 +719,28 @@ fn a_request_names_the_adapter_it_runs_with() {
 fn an_embedding_model_serves_embeddings_beside_the_chat_model() {
     let dir = ferrollama_assets::default_embedding_model().unwrap();
     let embedder = std::sync::Arc::new(ferrollama_embed::Embedder::open(&dir).unwrap());
+    // Two documents in a store, for chat with documents on the same server.
+    let docs = tempfile::tempdir().unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        docs.path().join("quorvia.txt"),
+        "The capital of the made-up land of Quorvia is the city of Zelmont.",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.path().join("plants.txt"),
+        "Photosynthesis turns light, water and carbon dioxide into sugar.",
+    )
+    .unwrap();
+    let mut store = ferrollama_rag::SqliteStore::open(&db_dir.path().join("s.db")).unwrap();
+    ferrollama_rag::index::index(
+        &mut store,
+        &embedder,
+        &[docs.path().to_path_buf()],
+        &Default::default(),
+        |_, _, _| {},
+    )
+    .unwrap();
     let path = ferrollama_assets::default_model().unwrap();
     let served = Bundle::open(
         &path,
@@ -741,6 +764,10 @@ fn an_embedding_model_serves_embeddings_beside_the_chat_model() {
         adapters: Vec::new(),
         embedding: Some(ferrollama_server::EmbeddingModel {
             name: "minilm".into(),
+            embedder: embedder.clone(),
+        }),
+        rag: Some(ferrollama_server::rag::RagService {
+            store: std::sync::Arc::new(std::sync::Mutex::new(Box::new(store))),
             embedder: embedder.clone(),
         }),
     };
@@ -780,4 +807,88 @@ fn an_embedding_model_serves_embeddings_beside_the_chat_model() {
         .unwrap()
         .iter()
         .any(|m| m["id"] == "minilm"));
+
+    // Chat with documents: what the store holds, search alone, and an answer whose
+    // prompt held the sources, which come back beside it (whole and streamed).
+    let info = http(a, "GET", "/v1/rag", &[], b"").json();
+    assert_eq!(
+        (info["documents"].clone(), info["chunks"].clone()),
+        (json!(2), json!(2))
+    );
+    let q = "What is the capital city of Quorvia?";
+    let found = post(a, "/v1/rag/search", &json!({"query": q, "k": 1})).json();
+    assert!(
+        found["data"][0]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("quorvia.txt"),
+        "{found}"
+    );
+    let ask = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": q}],
+                              "max_tokens": 4, "temperature": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        post(a, "/v1/chat/completions", &body)
+    };
+    let plain = ask(json!({})).json();
+    assert!(plain.get("sources").is_none());
+    let r = ask(json!({"rag": {"k": 2}})).json();
+    let sources = r["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 2);
+    assert!(sources[0]["text"].as_str().unwrap().contains("Zelmont"));
+    let tokens = |r: &Value| r["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        tokens(&r) > tokens(&plain) + 30,
+        "{} vs {}",
+        tokens(&r),
+        tokens(&plain)
+    );
+    let streamed = ask(json!({"rag": true, "stream": true}));
+    let first: Value = serde_json::from_str(&streamed.events()[0]).unwrap();
+    assert!(
+        first["sources"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Zelmont"),
+        "{first}"
+    );
+    for (bad, what) in [
+        (json!({"k": 0}), "rag.k"),
+        (json!({"k": 21}), "rag.k"),
+        (json!({"method": "cosine"}), "rag.method"),
+        (json!({"top": 3}), "top"),
+    ] {
+        let r = ask(json!({"rag": bad}));
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains(what),
+            "{bad}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let r = post(a, "/v1/rag/search", &json!({"query": "  "}));
+    assert_eq!(r.status, 400);
+}
+
+/// A server without a store says so when a request asks for documents.
+#[test]
+fn chat_with_documents_needs_a_store() {
+    let a = shared();
+    let r = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}], "rag": true, "max_tokens": 2}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("--rag-db"));
+    assert_eq!(http(a, "GET", "/v1/rag", &[], b"").status, 400);
+    // `"rag": false` is a plain chat.
+    let r = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}], "rag": false, "max_tokens": 2}),
+    );
+    assert_eq!(r.status, 200);
 }

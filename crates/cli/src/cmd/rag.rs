@@ -46,7 +46,7 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    pub fn open(&self) -> Result<(Box<dyn Store>, Embedder)> {
+    pub fn open(&self) -> Result<(Box<dyn Store + Send>, Embedder)> {
         let store = ferrollama_rag::open_store(&self.db)?;
         let dir = match &self.embedding_model {
             Some(d) => d.clone(),

@@ -5,25 +5,10 @@ use std::io::Write;
 
 use anyhow::Result;
 use ferrollama_generate::{ChatFormat, GenerateParams, Generator, Message};
-use ferrollama_rag::Hit;
+use ferrollama_rag::prompt::{user_turn, SYSTEM};
 
 use super::rag::{describe_hit, AskArgs};
 use crate::load::load;
-
-/// What the model is told to do with the sources.
-pub const SYSTEM: &str = "You answer questions using only the numbered sources given. \
-Cite each source you use by its number in square brackets, like [1]. If the sources do not \
-hold the answer, say that you do not know.";
-
-/// The user turn: the sources, numbered from 1, then the question.
-pub fn user_turn(question: &str, hits: &[Hit]) -> String {
-    let mut s = String::from("Sources:\n\n");
-    for (i, h) in hits.iter().enumerate() {
-        s.push_str(&format!("[{}] {}\n\n", i + 1, h.chunk.text.trim()));
-    }
-    s.push_str(&format!("Question: {}", question.trim()));
-    s
-}
 
 pub fn run(a: AskArgs) -> Result<()> {
     let (store, embedder) = a.store.open()?;

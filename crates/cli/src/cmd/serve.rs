@@ -55,6 +55,12 @@ pub struct Args {
     /// naming it (its directory's name), use it; naming the chat model, its own states.
     #[arg(long, value_name = "DIR|default")]
     pub embedding_model: Option<std::path::PathBuf>,
+    /// A document store (`ferrollama rag index`; a SQLite file or postgres:// URL) that
+    /// chat requests with `"rag"` answer from, searched with the encoder that indexed it
+    /// (--embedding-model, else all-MiniLM-L6-v2); also /v1/rag and /v1/rag/search, and
+    /// a switch on the chat page.
+    #[arg(long, value_name = "FILE|URL")]
+    pub rag_db: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -102,6 +108,11 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("adapter '{name}': {}", dir.display());
         adapters.push(name);
     }
+    let embedding = embedding_model(a.embedding_model.as_deref(), &model_id, &adapters)?;
+    let rag = match &a.rag_db {
+        Some(db) => Some(rag_service(db, embedding.as_ref())?),
+        None => None,
+    };
     let opts = ServeOptions {
         addr: SocketAddr::new(a.host, a.port),
         api_key: a.api_key,
@@ -110,7 +121,8 @@ pub fn run(a: Args) -> Result<()> {
         queue: a.queue,
         max_tokens: a.max_tokens.unwrap_or(ctx / parallel),
         body_limit: a.max_body,
-        embedding: embedding_model(a.embedding_model.as_deref(), &model_id, &adapters)?,
+        embedding,
+        rag,
         model_id,
         adapters,
     };
@@ -150,4 +162,32 @@ fn embedding_model(
         name,
         embedder: std::sync::Arc::new(embedder),
     }))
+}
+
+/// The store `--rag-db` names with its encoder (the served one, else the default), checked
+/// to be the encoder that indexed it.
+fn rag_service(
+    db: &str,
+    served: Option<&ferrollama_server::EmbeddingModel>,
+) -> Result<ferrollama_server::rag::RagService> {
+    let embedder = match served {
+        Some(e) => e.embedder.clone(),
+        None => std::sync::Arc::new(ferrollama_embed::Embedder::open(
+            &ferrollama_assets::default_embedding_model()?,
+        )?),
+    };
+    let store = ferrollama_rag::open_store(db).with_context(|| format!("--rag-db {db}"))?;
+    ferrollama_rag::check_encoder(store.as_ref(), &embedder)
+        .with_context(|| format!("--rag-db {db}"))?;
+    let stats = store.stats()?;
+    eprintln!(
+        "documents: {} ({} documents, {} chunks)",
+        store.describe(),
+        stats.documents,
+        stats.chunks
+    );
+    Ok(ferrollama_server::rag::RagService {
+        store: std::sync::Arc::new(std::sync::Mutex::new(store)),
+        embedder,
+    })
 }
