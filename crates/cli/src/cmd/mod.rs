@@ -6,6 +6,7 @@ pub mod convert;
 pub mod data;
 pub mod dpo;
 pub mod embed;
+pub mod encoder;
 pub mod eval;
 pub mod generate;
 pub mod info;
