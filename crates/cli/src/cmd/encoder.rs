@@ -12,7 +12,8 @@ use ferrollama_generate::Bundle;
 use crate::args::ModelArgs;
 
 pub enum Encoder {
-    Sentence(Embedder),
+    // Boxed: the encoder's weights and tokenizer make a large value.
+    Sentence(Box<Embedder>),
     Decoder {
         bundle: Bundle,
         pooling: Pooling,
@@ -41,10 +42,12 @@ impl Encoder {
     /// The encoder `model` names (default: all-MiniLM-L6-v2, fetched on first use).
     pub fn open(model: Option<&Path>) -> Result<Self> {
         match model {
-            None => Ok(Self::Sentence(Embedder::open(
+            None => Ok(Self::Sentence(Box::new(Embedder::open(
                 &ferrollama_assets::default_embedding_model()?,
-            )?)),
-            Some(p) if p.is_dir() && is_bert_dir(p) => Ok(Self::Sentence(Embedder::open(p)?)),
+            )?))),
+            Some(p) if p.is_dir() && is_bert_dir(p) => {
+                Ok(Self::Sentence(Box::new(Embedder::open(p)?)))
+            }
             Some(p) => {
                 let bundle = crate::load::load(&ModelArgs {
                     model: Some(p.to_path_buf()),
