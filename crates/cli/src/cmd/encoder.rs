@@ -12,10 +12,10 @@ use ferrollama_generate::Bundle;
 use crate::args::ModelArgs;
 
 pub enum Encoder {
-    // Boxed: the encoder's weights and tokenizer make a large value.
+    // Both boxed: each is a large value (weights, tokenizer, caches' shapes).
     Sentence(Box<Embedder>),
     Decoder {
-        bundle: Bundle,
+        bundle: Box<Bundle>,
         pooling: Pooling,
         normalize: bool,
     },
@@ -56,7 +56,7 @@ impl Encoder {
                     lora: Vec::new(),
                 })?;
                 Ok(Self::Decoder {
-                    bundle,
+                    bundle: Box::new(bundle),
                     pooling: Pooling::Mean,
                     normalize: true,
                 })
