@@ -28,6 +28,10 @@ pub struct BertConfig {
     pub hidden_act: String,
     #[serde(default = "absolute")]
     pub position_embedding_type: String,
+    /// `bert`; RoBERTa, XLM-R and the rotary/ALiBi BERTs differ in ways this encoder does
+    /// not build (position offsets, other position schemes), so they are refused.
+    #[serde(default = "bert")]
+    pub model_type: String,
 }
 
 fn two() -> usize {
@@ -38,6 +42,9 @@ fn eps() -> f64 {
 }
 fn gelu() -> String {
     "gelu".into()
+}
+fn bert() -> String {
+    "bert".into()
 }
 fn absolute() -> String {
     "absolute".into()
@@ -120,9 +127,35 @@ impl BertEncoder {
             file: cfg_path.display().to_string(),
             msg: e.to_string(),
         })?;
+        let weights_path = dir.join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
+            Error::Format {
+                file: weights_path.display().to_string(),
+                msg: e.to_string(),
+            }
+        })?;
+        Self::from_tensors(config, tensors, &weights_path.display().to_string())
+    }
+
+    /// The encoder of `config` from its weights under Hugging Face's names (an optional
+    /// `bert.` prefix accepted); `file` names their source in errors.
+    pub(crate) fn from_tensors(
+        config: BertConfig,
+        mut tensors: HashMap<String, Tensor>,
+        file: &str,
+    ) -> Result<Self> {
+        if config.model_type != "bert" {
+            return Err(Error::Format {
+                file: file.to_string(),
+                msg: format!(
+                    "model_type {:?}: only BERT is built (not RoBERTa, XLM-R or the rotary/ALiBi variants)",
+                    config.model_type
+                ),
+            });
+        }
         if config.hidden_act != "gelu" || config.position_embedding_type != "absolute" {
             return Err(Error::Format {
-                file: cfg_path.display().to_string(),
+                file: file.to_string(),
                 msg: format!(
                     "hidden_act {:?} with {:?} positions: only BERT's gelu and absolute positions are built",
                     config.hidden_act, config.position_embedding_type
@@ -135,25 +168,10 @@ impl BertEncoder {
                 .is_multiple_of(config.num_attention_heads)
         {
             return Err(Error::Format {
-                file: cfg_path.display().to_string(),
+                file: file.to_string(),
                 msg: "hidden_size must be a multiple of num_attention_heads".into(),
             });
         }
-        let weights_path = dir.join("model.safetensors");
-        let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
-            Error::Format {
-                file: weights_path.display().to_string(),
-                msg: e.to_string(),
-            }
-        })?;
-        Self::from_tensors(config, tensors, &weights_path.display().to_string())
-    }
-
-    fn from_tensors(
-        config: BertConfig,
-        mut tensors: HashMap<String, Tensor>,
-        file: &str,
-    ) -> Result<Self> {
         let h = config.hidden_size;
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t = tensors

@@ -7,6 +7,7 @@ pub mod bert;
 pub mod cluster;
 pub mod error;
 pub mod fused;
+pub mod gguf;
 
 use std::path::Path;
 
@@ -43,8 +44,12 @@ pub struct Embedder {
 
 impl Embedder {
     /// Opens `dir`: `config.json`, `model.safetensors`, `tokenizer.json`, and where
-    /// present `1_Pooling/config.json`, `modules.json` and `sentence_bert_config.json`.
+    /// present `1_Pooling/config.json`, `modules.json` and `sentence_bert_config.json`;
+    /// or, when `dir` is a file, a BERT GGUF (see [`gguf`]).
     pub fn open(dir: &Path) -> Result<Self> {
+        if dir.is_file() {
+            return Self::open_gguf(dir);
+        }
         let encoder = BertEncoder::open(dir)?;
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
@@ -108,6 +113,40 @@ impl Embedder {
                 .ok()
                 .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| dir.display().to_string()),
+        })
+    }
+
+    /// A BERT GGUF as llama.cpp's converter writes it: its pooling (`bert.pooling_type`),
+    /// unit-length vectors (as llama.cpp's embedding tools give by default; GGUF records
+    /// no `Normalize` module), texts truncated at `bert.context_length` (GGUF records no
+    /// `max_seq_length` either: all-MiniLM-L6-v2 reads 512 tokens from GGUF, 256 from its
+    /// sentence-transformers directory).
+    fn open_gguf(path: &Path) -> Result<Self> {
+        let parts = gguf::read(path)?;
+        let file = path.display().to_string();
+        let encoder = BertEncoder::from_tensors(parts.config, parts.tensors, &file)?;
+        let mut tokenizer: tokenizers::Tokenizer = parts
+            .tokenizer_json
+            .parse()
+            .map_err(|e| Error::Tokenizer(format!("{file}: {e}")))?;
+        let splitter = tokenizer.clone();
+        let max_tokens = encoder.config.max_position_embeddings;
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Self {
+            encoder,
+            tokenizer,
+            splitter,
+            pooling: parts.pooling,
+            normalize: true,
+            max_tokens,
+            name: path
+                .file_stem()
+                .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned()),
         })
     }
 

@@ -93,4 +93,12 @@ fn broken_model_directories_are_errors() {
     .unwrap();
     let e = Embedder::open(dir.path()).err().unwrap().to_string();
     assert!(e.contains("relu"), "{e}");
+    // A RoBERTa (same shapes, offset positions) is refused, not read as BERT.
+    let cfg = std::fs::read_to_string(src.join("config.json"))
+        .unwrap()
+        .replace("\"bert\"", "\"roberta\"");
+    assert!(cfg.contains("roberta"));
+    std::fs::write(dir.path().join("config.json"), cfg).unwrap();
+    let e = Embedder::open(dir.path()).err().unwrap().to_string();
+    assert!(e.contains("roberta"), "{e}");
 }

@@ -38,6 +38,15 @@ fn is_bert_dir(dir: &Path) -> bool {
             .is_some_and(|a| a.iter().filter_map(|x| x.as_str()).any(bert))
 }
 
+/// Whether `file` is a GGUF of a BERT-family encoder (`general.architecture = bert`).
+fn is_bert_gguf(file: &Path) -> bool {
+    ferrollama_gguf::GgufFile::open(file).is_ok_and(|g| {
+        g.header
+            .get_str("general.architecture")
+            .is_ok_and(|a| a == "bert")
+    })
+}
+
 impl Encoder {
     /// The encoder `model` names (default: all-MiniLM-L6-v2, fetched on first use).
     pub fn open(model: Option<&Path>) -> Result<Self> {
@@ -45,7 +54,7 @@ impl Encoder {
             None => Ok(Self::Sentence(Box::new(Embedder::open(
                 &ferrollama_assets::default_embedding_model()?,
             )?))),
-            Some(p) if p.is_dir() && is_bert_dir(p) => {
+            Some(p) if (p.is_dir() && is_bert_dir(p)) || (p.is_file() && is_bert_gguf(p)) => {
                 Ok(Self::Sentence(Box::new(Embedder::open(p)?)))
             }
             Some(p) => {
