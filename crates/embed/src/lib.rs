@@ -52,7 +52,7 @@ impl Embedder {
         }
         let encoder = BertEncoder::open(dir)?;
         let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?;
         let json = |name: &str| -> Result<Option<serde_json::Value>> {
             let p = dir.join(name);
@@ -87,10 +87,27 @@ impl Embedder {
         let max_tokens = json("sentence_bert_config.json")?
             .and_then(|v| v.get("max_seq_length").and_then(|x| x.as_u64()))
             .map_or(limit, |m| (m as usize).min(limit));
-        // Padding is ours (to the longest text of a batch); truncation as
-        // sentence-transformers asks for it, the special tokens counted.
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| dir.display().to_string());
+        Self::assemble(encoder, tokenizer, pooling, normalize, max_tokens, name)
+    }
+
+    /// The embedder of an encoder and its tokenizer: padding is ours (to the longest text
+    /// of a batch), truncation at `max_tokens` with the special tokens counted, and a copy
+    /// without truncation (a tokenizer.json may carry its own: all-MiniLM's 128) for
+    /// cutting long documents.
+    fn assemble(
+        encoder: BertEncoder,
+        mut tokenizer: tokenizers::Tokenizer,
+        pooling: Pooling,
+        normalize: bool,
+        max_tokens: usize,
+        name: String,
+    ) -> Result<Self> {
         tokenizer.with_padding(None);
-        // tokenizer.json may carry a truncation of its own (all-MiniLM's: 128).
         let mut splitter = tokenizer.clone();
         splitter
             .with_truncation(None)
@@ -108,11 +125,7 @@ impl Embedder {
             pooling,
             normalize,
             max_tokens,
-            name: dir
-                .canonicalize()
-                .ok()
-                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| dir.display().to_string()),
+            name,
         })
     }
 
@@ -125,29 +138,15 @@ impl Embedder {
         let parts = gguf::read(path)?;
         let file = path.display().to_string();
         let encoder = BertEncoder::from_tensors(parts.config, parts.tensors, &file)?;
-        let mut tokenizer: tokenizers::Tokenizer = parts
+        let tokenizer: tokenizers::Tokenizer = parts
             .tokenizer_json
             .parse()
             .map_err(|e| Error::Tokenizer(format!("{file}: {e}")))?;
-        let splitter = tokenizer.clone();
         let max_tokens = encoder.config.max_position_embeddings;
-        tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams {
-                max_length: max_tokens,
-                ..Default::default()
-            }))
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(Self {
-            encoder,
-            tokenizer,
-            splitter,
-            pooling: parts.pooling,
-            normalize: true,
-            max_tokens,
-            name: path
-                .file_stem()
-                .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned()),
-        })
+        let name = path
+            .file_stem()
+            .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned());
+        Self::assemble(encoder, tokenizer, parts.pooling, true, max_tokens, name)
     }
 
     /// The token ids of `text` as the encoder reads it ([CLS] ... [SEP], truncated).

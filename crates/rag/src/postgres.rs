@@ -105,50 +105,18 @@ impl Store for PostgresStore {
             .borrow_mut()
             .query("SELECT key, value FROM rag_meta", &[])
             .map_err(|e| self.err(e))?;
-        let get = |k: &str| {
+        StoreMeta::from_pairs(&self.name, |k| {
             rows.iter()
                 .find(|r| r.get::<_, String>(0) == k)
                 .map(|r| r.get::<_, String>(1))
-        };
-        let Some(model) = get("model") else {
-            return Ok(None);
-        };
-        let num = |k: &str| -> Result<usize> {
-            get(k)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| Error::Store {
-                    store: self.name.clone(),
-                    msg: format!("meta `{k}` missing or not a number"),
-                })
-        };
-        Ok(Some(StoreMeta {
-            model,
-            dim: num("dim")?,
-            chunk_tokens: num("chunk_tokens")?,
-            overlap: num("overlap")?,
-        }))
+        })
     }
 
     fn set_meta(&mut self, meta: &StoreMeta) -> Result<()> {
-        if let Some(old) = self.meta()? {
-            if (old.model != meta.model || old.dim != meta.dim) && self.stats()?.chunks > 0 {
-                return Err(Error::ModelMismatch {
-                    store: self.describe(),
-                    stored: old.model,
-                    stored_dim: old.dim,
-                    given: meta.model.clone(),
-                    given_dim: meta.dim,
-                });
-            }
-        }
+        crate::store::check_meta_change(self, meta)?;
         let mut client = self.client.borrow_mut();
         let mut tx = client.transaction().map_err(|e| self.err(e))?;
-        for (k, v) in [
-            ("model", meta.model.clone()),
-            ("dim", meta.dim.to_string()),
-            ("chunk_tokens", meta.chunk_tokens.to_string()),
-            ("overlap", meta.overlap.to_string()),
-        ] {
+        for (k, v) in meta.pairs() {
             tx.execute(
                 "INSERT INTO rag_meta(key, value) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",

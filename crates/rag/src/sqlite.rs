@@ -179,50 +179,27 @@ impl Store for SqliteStore {
     }
 
     fn meta(&self) -> Result<Option<StoreMeta>> {
-        let get = |k: &str| -> Result<Option<String>> {
-            self.conn
-                .query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
-                .optional()
-                .map_err(|e| self.err(e))
-        };
-        let Some(model) = get("model")? else {
-            return Ok(None);
-        };
-        let num = |k: &str| -> Result<usize> {
-            get(k)?
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| self.msg(format!("meta `{k}` missing or not a number")))
-        };
-        Ok(Some(StoreMeta {
-            model,
-            dim: num("dim")?,
-            chunk_tokens: num("chunk_tokens")?,
-            overlap: num("overlap")?,
-        }))
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM meta")
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))?;
+        StoreMeta::from_pairs(&self.describe(), |k| {
+            rows.iter().find(|r| r.0 == k).map(|r| r.1.clone())
+        })
     }
 
     fn set_meta(&mut self, meta: &StoreMeta) -> Result<()> {
-        if let Some(old) = self.meta()? {
-            if (old.model != meta.model || old.dim != meta.dim) && self.stats()?.chunks > 0 {
-                return Err(Error::ModelMismatch {
-                    store: self.describe(),
-                    stored: old.model,
-                    stored_dim: old.dim,
-                    given: meta.model.clone(),
-                    given_dim: meta.dim,
-                });
-            }
-        }
+        crate::store::check_meta_change(self, meta)?;
         let tx = self
             .conn
             .transaction()
             .map_err(|e| sql_error(&self.path, e))?;
-        for (k, v) in [
-            ("model", meta.model.clone()),
-            ("dim", meta.dim.to_string()),
-            ("chunk_tokens", meta.chunk_tokens.to_string()),
-            ("overlap", meta.overlap.to_string()),
-        ] {
+        for (k, v) in meta.pairs() {
             tx.execute(
                 "INSERT INTO meta(key, value) VALUES (?1, ?2) \
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",

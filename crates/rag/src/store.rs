@@ -79,6 +79,56 @@ pub trait Store {
     fn stats(&self) -> Result<Stats>;
 }
 
+impl StoreMeta {
+    /// As the stores keep it: key and value text.
+    pub fn pairs(&self) -> [(&'static str, String); 4] {
+        [
+            ("model", self.model.clone()),
+            ("dim", self.dim.to_string()),
+            ("chunk_tokens", self.chunk_tokens.to_string()),
+            ("overlap", self.overlap.to_string()),
+        ]
+    }
+
+    /// Read back from those pairs (`get` finds a key's value); None when nothing was
+    /// recorded yet.
+    pub fn from_pairs(store: &str, get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
+        let Some(model) = get("model") else {
+            return Ok(None);
+        };
+        let num = |k: &str| -> Result<usize> {
+            get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| crate::Error::Store {
+                    store: store.to_string(),
+                    msg: format!("meta `{k}` missing or not a number"),
+                })
+        };
+        Ok(Some(Self {
+            model,
+            dim: num("dim")?,
+            chunk_tokens: num("chunk_tokens")?,
+            overlap: num("overlap")?,
+        }))
+    }
+}
+
+/// Refuses to record `meta` in a store that holds chunks of another encoder.
+pub fn check_meta_change(store: &dyn Store, meta: &StoreMeta) -> Result<()> {
+    if let Some(old) = store.meta()? {
+        if (old.model != meta.model || old.dim != meta.dim) && store.stats()?.chunks > 0 {
+            return Err(crate::Error::ModelMismatch {
+                store: store.describe(),
+                stored: old.model,
+                stored_dim: old.dim,
+                given: meta.model.clone(),
+                given_dim: meta.dim,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The words of a query for a full-text search: runs of letters and digits, lower-cased,
 /// each once, in order. Operators and quotes a user types are not syntax here.
 pub fn query_words(query: &str) -> Vec<String> {
