@@ -158,7 +158,9 @@ fn search_eval_and_ask_from_the_command_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("rag index"));
 
-    ok(bin().args(["rag", "index", "--db", dbs]).arg(docs.path()));
+    ok(bin()
+        .args(["rag", "index", "--ann", "--db", dbs])
+        .arg(docs.path()));
     let out = ok(bin().args([
         "rag",
         "search",
@@ -200,6 +202,9 @@ fn search_eval_and_ask_from_the_command_line() {
         .arg(&q));
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["questions"], 3);
+    // Built by --ann: 48 chunks, 7 lists (about the square root), all probed by default
+    // (at least 8).
+    assert_eq!(r["dense_search"]["approximate"]["lists"], 7, "{r}");
     assert_eq!(r["methods"]["bm25"]["recall@5"], 1.0, "{r}");
     assert_eq!(r["methods"]["hybrid"]["recall@5"], 1.0, "{r}");
 

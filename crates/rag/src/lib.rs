@@ -6,6 +6,7 @@
 pub mod chunk;
 pub mod error;
 pub mod index;
+pub mod ivf;
 pub mod postgres;
 pub mod prompt;
 pub mod sqlite;

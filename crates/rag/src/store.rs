@@ -77,6 +77,24 @@ pub trait Store {
     /// The chunks with these ids, in the order asked (ids not found are left out).
     fn chunks(&self, ids: &[i64]) -> Result<Vec<Chunk>>;
     fn stats(&self) -> Result<Stats>;
+    /// Builds (or rebuilds) an approximate index for [`Store::nearest`] with `lists`
+    /// lists (default: about the square root of the chunk count); returns the count.
+    fn build_ann(&mut self, lists: Option<usize>) -> Result<usize> {
+        let _ = lists;
+        Err(crate::Error::Store {
+            store: self.describe(),
+            msg: "this store has no approximate index; its scan is exact".into(),
+        })
+    }
+    /// The approximate index's list count, if the store has one.
+    fn ann_lists(&self) -> Result<Option<usize>> {
+        Ok(None)
+    }
+    /// How [`Store::nearest`] searches when an approximate index exists: exactly anyway,
+    /// or through the `nprobe` nearest lists (default: an eighth of them, at least 8).
+    fn set_search(&mut self, exact: bool, nprobe: Option<usize>) {
+        let _ = (exact, nprobe);
+    }
 }
 
 impl StoreMeta {

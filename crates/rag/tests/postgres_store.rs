@@ -31,6 +31,9 @@ fn postgres_store_behaves_as_every_store() {
         .expect("connected")
         .to_string();
     assert!(e.contains("no_such_database"), "{e}");
-    let s = PostgresStore::connect(&url).unwrap();
+    let mut s = PostgresStore::connect(&url).unwrap();
     assert_eq!(s.stats().unwrap().chunks, 0);
+    // No approximate index here (no pgvector in the registries): said, not pretended.
+    let e = s.build_ann(None).unwrap_err().to_string();
+    assert!(e.contains("exact"), "{e}");
 }

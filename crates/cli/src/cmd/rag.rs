@@ -43,11 +43,19 @@ pub struct StoreArgs {
     /// fetched on first use). A store is searched with the encoder that indexed it.
     #[arg(long)]
     pub embedding_model: Option<PathBuf>,
+    /// Search exactly even when the store has an approximate index.
+    #[arg(long)]
+    pub exact: bool,
+    /// Lists the approximate index probes per query (default: an eighth of them, at
+    /// least 8); more is slower and closer to exact.
+    #[arg(long)]
+    pub nprobe: Option<usize>,
 }
 
 impl StoreArgs {
     pub fn open(&self) -> Result<(Box<dyn Store + Send>, Embedder)> {
-        let store = ferrollama_rag::open_store(&self.db)?;
+        let mut store = ferrollama_rag::open_store(&self.db)?;
+        store.set_search(self.exact, self.nprobe);
         let dir = match &self.embedding_model {
             Some(d) => d.clone(),
             None => ferrollama_assets::default_embedding_model()?,
@@ -69,6 +77,14 @@ pub struct IndexArgs {
     /// Chunks per forward pass of the encoder.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Then build (or rebuild) the approximate index for dense search (an inverted file:
+    /// k-means lists; SQLite stores). Chunks added later join their nearest list; rebuild
+    /// when the store has grown a lot.
+    #[arg(long)]
+    pub ann: bool,
+    /// The approximate index's lists (default: about the square root of the chunks).
+    #[arg(long, requires = "ann")]
+    pub lists: Option<usize>,
     /// Files and directories (walked; names starting with `.` left out).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
@@ -158,6 +174,14 @@ fn run_index(a: IndexArgs) -> Result<()> {
         bar.set_position(i as u64);
     })?;
     bar.finish_and_clear();
+    if a.ann {
+        let t = std::time::Instant::now();
+        let lists = store.build_ann(a.lists)?;
+        eprintln!(
+            "approximate index: {lists} lists, built in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
     for (source, why) in &report.skipped {
         eprintln!("skipped {source}: {why}");
     }

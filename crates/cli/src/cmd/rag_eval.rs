@@ -91,6 +91,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         "questions": questions.len(),
         "store": {"documents": stats.0, "chunks": stats.1},
         "embedding_model": embedder.name(),
+        "dense_search": match (a.store.exact, store.ann_lists()?) {
+            (false, Some(lists)) => serde_json::json!({"approximate": {"lists": lists, "nprobe": a.store.nprobe.unwrap_or((lists / 8).max(8))}}),
+            _ => serde_json::json!("exact"),
+        },
         "question_embedding_s": embed_secs,
         "methods": results,
     });
