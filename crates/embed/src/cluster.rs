@@ -77,7 +77,7 @@ fn kmeans_once(vectors: &[Vec<f32>], k: usize, seed: u64) -> Clusters {
     // k-means++: each next centre drawn with probability proportional to its squared
     // distance (on the sphere, 2 - 2 cos) to the nearest centre so far.
     let mut rng = SplitMix(seed);
-    let mut centroids = vec![points[(rng.next() % n as u64) as usize].clone()];
+    let mut centroids = vec![points[(rng.next_u64() % n as u64) as usize].clone()];
     while centroids.len() < k {
         let d: Vec<f64> = points
             .iter()
@@ -145,11 +145,12 @@ fn kmeans_once(vectors: &[Vec<f32>], k: usize, seed: u64) -> Clusters {
     }
 }
 
-/// splitmix64: a small seeded generator (the clustering's only randomness).
-struct SplitMix(u64);
+/// splitmix64: a small seeded generator (the clustering's only randomness; the RAG
+/// index's sampling uses it too).
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -158,8 +159,8 @@ impl SplitMix {
     }
 
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -10,17 +10,15 @@
 
 use std::time::Instant;
 
+use ferrollama_embed::cluster::SplitMix;
 use ferrollama_rag::store::NewChunk;
 use ferrollama_rag::{SqliteStore, Store, StoreMeta};
 
-struct Rng(u64);
+/// Uniform in [-1, 1) from the project's seeded generator.
+struct Rng(SplitMix);
 impl Rng {
     fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
+        self.0.unit() as f32 * 2.0 - 1.0
     }
 }
 
@@ -42,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         chunk_tokens: 128,
         overlap: 32,
     })?;
-    let mut rng = Rng(42);
+    let mut rng = Rng(SplitMix(42));
     let clusters = 2000;
     let centres: Vec<Vec<f32>> = (0..clusters)
         .map(|_| (0..dim).map(|_| rng.next()).collect())

@@ -10,18 +10,7 @@ const SAMPLE_PER_LIST: usize = 64;
 /// Lloyd iterations of a training run.
 const ITERATIONS: usize = 10;
 
-/// A seeded generator for sampling (SplitMix64).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
+use ferrollama_embed::cluster::SplitMix;
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -61,7 +50,7 @@ pub fn train(vectors: &[f32], dim: usize, lists: usize, seed: u64) -> Vec<f32> {
     let mut rows: Vec<usize> = (0..n).collect();
     let take = (lists * SAMPLE_PER_LIST).min(n);
     for i in 0..take {
-        let j = i + (rng.next() % (n - i) as u64) as usize;
+        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
         rows.swap(i, j);
     }
     let sample = &rows[..take];
@@ -88,7 +77,7 @@ pub fn train(vectors: &[f32], dim: usize, lists: usize, seed: u64) -> Vec<f32> {
         for l in 0..lists {
             let c = &mut sums[l * dim..(l + 1) * dim];
             if counts[l] == 0 {
-                c.copy_from_slice(row(sample[(rng.next() % take as u64) as usize]));
+                c.copy_from_slice(row(sample[(rng.next_u64() % take as u64) as usize]));
             }
             unit(c);
         }
@@ -121,7 +110,7 @@ mod tests {
     /// `clusters` groups of unit vectors around random centres in `dim` dimensions.
     fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
         let mut rng = SplitMix(seed);
-        let mut uniform = move || (rng.next() >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0;
+        let mut uniform = move || rng.unit() as f32 * 2.0 - 1.0;
         let centres: Vec<Vec<f32>> = (0..clusters)
             .map(|_| (0..dim).map(|_| uniform()).collect())
             .collect();
