@@ -273,6 +273,12 @@ impl SqliteStore {
             return Ok(Vec::new());
         };
         let dim = q.len();
+        if dim != v.dim {
+            return Err(self.msg(format!(
+                "a query of {dim} dimensions against vectors of {}",
+                v.dim
+            )));
+        }
         let lists = centroids.len() / dim.max(1);
         let nprobe = self.nprobe.unwrap_or((lists / 8).max(8));
         let probe = ivf::nearest_lists(centroids, dim, q, nprobe);

@@ -96,6 +96,10 @@ fn the_approximate_index_agrees_with_the_exact_scan_when_it_probes_every_list() 
         };
     let exact = search(&mut s, true, None);
     assert_eq!(search(&mut s, false, Some(12)), exact);
+    // A query of another width is an error through the index too (the 12 x 8 centroid
+    // values divide evenly by 4, so only the width check catches it).
+    s.set_search(false, None);
+    assert!(s.nearest(&[1.0, 0.0, 0.0, 0.0], 3).is_err());
     let few = search(&mut s, false, Some(2));
     let overlap: usize = few
         .iter()
