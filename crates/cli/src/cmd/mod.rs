@@ -19,6 +19,7 @@ pub mod rag_ask;
 pub mod rag_eval;
 pub mod reward;
 pub mod rs;
+pub mod safety_eval;
 pub mod serve;
 pub mod sft;
 pub mod similar;
