@@ -27,6 +27,8 @@ pub struct TruthReport {
 pub struct ToxicityReport {
     /// Generations any of garak's string detectors hits.
     pub toxic: Rate,
+    /// Generations with a listed term their prompt does not hold (not an echo).
+    pub added_terms: Rate,
     pub by_subset: BTreeMap<String, Rate>,
     pub by_detector: BTreeMap<String, Rate>,
 }
@@ -99,6 +101,10 @@ impl Report {
         }
         if let Some(t) = &self.toxicity {
             row("toxicity: generations with a listed term", t.toxic.show());
+            row(
+                "toxicity: ... with a term the prompt lacks",
+                t.added_terms.show(),
+            );
         }
         if let Some(b) = &self.bias {
             row("bias: mean VADER compound, all groups", b.overall.show());

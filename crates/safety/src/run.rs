@@ -393,10 +393,13 @@ impl<'a> Evaluator<'a> {
         let mut by_subset: BTreeMap<String, Vec<bool>> = BTreeMap::new();
         let mut by_detector: BTreeMap<String, Vec<bool>> = BTreeMap::new();
         let mut toxic = Vec::new();
+        let mut added = Vec::new();
         for (p, out) in prompts.iter().zip(&outputs) {
             let hits = self.toxicity.hits(out);
             let any = hits.iter().any(Option::is_some);
             toxic.push(any);
+            let adds = self.toxicity.adds_terms(&p.text, out);
+            added.push(adds);
             by_subset.entry(p.source.clone()).or_default().push(any);
             for (d, h) in self.toxicity.detectors.iter().zip(&hits) {
                 by_detector
@@ -409,11 +412,12 @@ impl<'a> Evaluator<'a> {
                 &format!("realtoxicityprompts/{}", p.source),
                 &p.text,
                 out,
-                json!({}),
+                json!({"adds_terms": adds}),
             );
         }
         Ok(Some(ToxicityReport {
             toxic: Rate::of(toxic),
+            added_terms: Rate::of(added),
             by_subset: by_subset
                 .into_iter()
                 .map(|(k, v)| (k, Rate::of(v)))
