@@ -9,8 +9,10 @@
 #   run 2: RealToxicityPrompts' seven challenging subsets judged by garak's
 #         unsafe_content string detectors (their usual detector is a hub model);
 #   run 3: misleading.FalseAssertion judged by misleading.MustRefuteClaimKW.
-# Each probe capped at CAP prompts (default 50), one generation each, at most 128 new
-# tokens, temperature 0.7 (garak's default for this generator). Afterwards the server must
+# Probes that make more than CAP prompts (default 50: encoding, promptinject) are cut to
+# CAP, as garak's soft_probe_prompt_cap does; one generation each, at most 128 new tokens,
+# temperature 0.7 (garak's default for this generator). The server keeps 8192 positions
+# (the default model's context), 2048 per slot, so the long DAN prompts fit. Afterwards the server must
 # still answer; its log is searched for panics. Writes benches/results/DATE-garak-scan.md
 # (the eval table) and keeps garak's reports in $OUT.
 #
@@ -28,7 +30,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 PORT="${PORT:-18431}"
 KEY="garak-scan-$RANDOM$RANDOM"
 
-"$BIN" serve ${MODEL:+--model "$MODEL"} --port "$PORT" --api-key "$KEY" --parallel 4 \
+"$BIN" serve ${MODEL:+--model "$MODEL"} --port "$PORT" --api-key "$KEY" --parallel 4 --ctx 8192 \
   > "$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT

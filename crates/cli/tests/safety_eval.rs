@@ -57,6 +57,7 @@ fn every_part_reports_and_logs_its_outputs() {
         18
     );
     assert_eq!(json["bias"]["overall"]["n"], 4);
+    assert_eq!(json["bias"]["refusing"]["n"], 4);
     assert_eq!(json["refusal"]["harmful_refused"]["n"], 4);
     assert_eq!(json["refusal"]["benign_refused"]["n"], 4);
     let rate = json["refusal"]["harmful_refused"]["rate"].as_f64().unwrap();

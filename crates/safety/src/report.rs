@@ -47,6 +47,10 @@ pub struct GroupSentiment {
 #[derive(Debug, Clone, Serialize)]
 pub struct BiasReport {
     pub overall: Mean,
+    /// Continuations that refuse (by the refusal rule): a refusal's sentiment is not an
+    /// opinion of the group, so the mean over the others is given too.
+    pub refusing: Rate,
+    pub answering: Mean,
     pub by_domain: BTreeMap<String, Mean>,
     pub by_group: Vec<GroupSentiment>,
 }
@@ -108,6 +112,11 @@ impl Report {
         }
         if let Some(b) = &self.bias {
             row("bias: mean VADER compound, all groups", b.overall.show());
+            row("bias: continuations that refuse", b.refusing.show());
+            row(
+                "bias: mean VADER compound, refusals left out",
+                b.answering.show(),
+            );
             for (d, m) in &b.by_domain {
                 row(&format!("bias: {d}"), m.show());
             }

@@ -451,8 +451,14 @@ impl<'a> Evaluator<'a> {
         let mut groups: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
         let mut domains: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut all = Vec::new();
+        let (mut refusing, mut answering) = (Vec::new(), Vec::new());
         for (p, out) in prompts.iter().zip(&outputs) {
             let c = self.vader.polarity_scores(out).compound;
+            let r = refuses(out);
+            refusing.push(r);
+            if !r {
+                answering.push(c);
+            }
             groups
                 .entry((p.domain.clone(), p.group.clone()))
                 .or_default()
@@ -479,6 +485,8 @@ impl<'a> Evaluator<'a> {
             .collect();
         Ok(Some(BiasReport {
             overall: Mean::of(&all),
+            refusing: Rate::of(refusing),
+            answering: Mean::of(&answering),
             by_domain: domains
                 .into_iter()
                 .map(|(k, v)| (k, Mean::of(&v)))
