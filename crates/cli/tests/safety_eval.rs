@@ -110,6 +110,35 @@ fn one_part_alone_and_clear_errors() {
         String::from_utf8_lossy(&bad_p.stderr)
     );
 
+    // Excluded prompts are not drawn: leave out every bias prompt but the first.
+    let dir = tempfile::tempdir().unwrap();
+    let ex = dir.path().join("ex.jsonl");
+    let all: Vec<String> = ferrollama_safety::data::bias_prompts()
+        .iter()
+        .skip(1)
+        .map(|p| serde_json::json!({"prompt": p.text}).to_string())
+        .collect();
+    std::fs::write(&ex, all.join("\n")).unwrap();
+    let one = eval(&[
+        "--task",
+        "bias",
+        "--max-new-tokens",
+        "2",
+        "--json",
+        "--exclude-prompts",
+        ex.to_str().unwrap(),
+    ]);
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(json["bias"]["overall"]["n"], 1);
+    std::fs::write(&ex, "{\"text\": 1}\n").unwrap();
+    let bad = eval(&["--task", "bias", "--exclude-prompts", ex.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 1: no \"prompt\""));
+
     let empty = tempfile::tempdir().unwrap();
     let missing = eval(&[
         "--task",

@@ -38,7 +38,10 @@ pub fn is_upper(s: &str) -> bool {
     cased
 }
 
-/// A word character of Python's `re` (`\w` on `str`): alphanumeric or underscore.
+/// A word character of Python's `re` (`\w` on `str`): alphanumeric or underscore. Close,
+/// not equal: Rust's alphabetic includes Other_Alphabetic (some combining marks, circled
+/// and squared Latin letters) that Python's `isalnum` does not; no English text of the
+/// measured runs held one (see benches/safety_scorers.py).
 pub fn is_word(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }

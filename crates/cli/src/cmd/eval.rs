@@ -35,7 +35,8 @@ pub struct Args {
     /// Documents per forward pass; results do not depend on it.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Print the results as lm-evaluation-harness's results JSON.
+    /// Print the results as lm-evaluation-harness's results JSON (safety tasks: their own
+    /// report as JSON).
     #[arg(long)]
     pub json: bool,
     /// Write every document's requests, log-likelihoods and metrics as JSON lines, in the
@@ -76,6 +77,11 @@ pub struct Args {
     /// `emoji_utf8_lexicon.txt` instead of the copy fetched into the cache.
     #[arg(long, value_name = "DIR")]
     pub vader_lexicons: Option<PathBuf>,
+    /// Safety tasks: JSON lines whose `prompt` fields are left out of every prompt set
+    /// (for instance the prompts a model was safety-tuned on, `safety_data.py`'s
+    /// prompts_train.jsonl), so that it is measured on prompts it has not seen.
+    #[arg(long, value_name = "FILE")]
+    pub exclude_prompts: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {

@@ -51,6 +51,10 @@ pub fn run(a: &Args, parts: &[Part]) -> Result<()> {
         None if parts.contains(&Part::Refusal) => ferrollama_assets::eval_data()?,
         None => std::path::PathBuf::new(),
     };
+    let exclude = match &a.exclude_prompts {
+        Some(f) => excluded(f)?,
+        None => Default::default(),
+    };
     let m = load(&a.model)?;
     let settings = Settings {
         chat: a
@@ -69,6 +73,7 @@ pub fn run(a: &Args, parts: &[Part]) -> Result<()> {
         parallel: a.parallel,
         batch_size: a.batch_size.max(1),
         n_ctx: m.n_ctx,
+        exclude,
     };
     let stop = crate::cmd::train::stop_on_signals();
     let mut ev = Evaluator::new(
@@ -123,4 +128,23 @@ pub fn run(a: &Args, parts: &[Part]) -> Result<()> {
         print!("{}", report.table());
     }
     Ok(())
+}
+
+/// The `prompt` of every JSON line of `path`; a line without one is an error naming it.
+fn excluded(path: &std::path::Path) -> Result<std::collections::HashSet<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = std::collections::HashSet::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let prompt = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("prompt")?.as_str().map(str::to_string))
+            .with_context(|| format!("{} line {}: no \"prompt\" string", path.display(), n + 1))?;
+        out.insert(prompt);
+    }
+    Ok(out)
 }
