@@ -31,6 +31,12 @@ pub enum Error {
     /// A continuation longer than the model's context.
     #[error("a continuation of {tokens} tokens does not fit the context of {max_len}")]
     ContinuationTooLong { tokens: usize, max_len: usize },
+    /// The decode engine refused or failed a generation.
+    #[error("generation: {0}")]
+    Generation(String),
+    /// The run was told to stop before it finished.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// Result with this crate's [`Error`].

@@ -179,6 +179,59 @@ filter_list:
 "#,
     ),
     (
+        "nq_open",
+        "nq_open/none",
+        r#"
+output_type: generate_until
+test_split: validation
+fewshot_split: validation
+description: "Answer these questions:\n\n"
+doc_to_text: "Q: {{question}}?\nA:"
+doc_to_target: "{{answer}}"
+fewshot_delimiter: "\n"
+target_delimiter: " "
+generation_kwargs:
+  until: ["\n", ".", ","]
+  do_sample: false
+  temperature: 0.0
+filter_list:
+  - name: remove_whitespace
+    filter: [{function: remove_whitespace}, {function: take_first}]
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: true
+    regexes_to_ignore: ['\b(?:The |the |An |A |The |a |an )']
+"#,
+    ),
+    (
+        "triviaqa",
+        "trivia_qa/rc.wikipedia.nocontext",
+        r#"
+output_type: generate_until
+test_split: validation
+fewshot_split: validation
+doc_to_text: "Question: {{question}}?\nAnswer:"
+doc_to_target: "{{answer.aliases}}"
+target_delimiter: " "
+generation_kwargs:
+  until: ["\n", ".", ","]
+  do_sample: false
+  temperature: 0.0
+filter_list:
+  - name: remove_whitespace
+    filter: [{function: remove_whitespace}, {function: take_first}]
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: true
+"#,
+    ),
+    (
         "lambada",
         "oe_eval_tasks/lambada/bpb_0shot",
         r#"

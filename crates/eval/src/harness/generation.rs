@@ -1,26 +1,41 @@
-//! `generate_until` as the harness runs it: greedy generation until a stop string (or the
-//! end-of-text token, or `max_gen_toks`), the text cut at the first stop string; then its
+//! `generate_until` as the harness runs it: greedy (or seeded sampled) generation until a
+//! stop string (or the end-of-text token, or `max_gen_toks`), the text cut at the first stop string; then its
 //! filters (`regex`, `take_first`, `lowercase`, `uppercase`, `remove_whitespace`) pick the
 //! answer, and `exact_match` compares it with the target after its `regexes_to_ignore`,
 //! `ignore_case` and `ignore_punctuation`, as the harness's `exact_match_hf_evaluate`.
 
-use ferrollama_model::llama::{Cache, SeqBatch};
+use std::sync::atomic::AtomicBool;
+
+use ferrollama_generate::{generate_all, GenerateParams, Job};
 use ferrollama_model::Llama;
+use ferrollama_sampling::SamplingParams;
 use ferrollama_tokenizer::Tokenizer;
 use serde_yaml::Value as Yaml;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// `generation_kwargs`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     pub until: Vec<String>,
     pub max_gen_toks: usize,
+    /// `do_sample: true` (or a temperature above 0): sampled with these settings, each
+    /// document from its own seed; otherwise greedy.
+    pub sampled: Option<Sampled>,
+}
+
+/// The sampling settings of `generation_kwargs`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampled {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
 }
 
 impl Generation {
-    /// Reads `generation_kwargs`; only greedy decoding is offered (the harness's tasks that
-    /// are scored by exact match decode greedily).
+    /// Reads `generation_kwargs` (`until`, `max_gen_toks`, `do_sample`, `temperature`,
+    /// `top_p`, `top_k`; as Hugging Face's `generate`, `do_sample` without a temperature
+    /// samples at 1.0, and a temperature without `do_sample` is greedy unless above 0).
     pub fn from_yaml(
         v: Option<&Yaml>,
         fewshot_delimiter: &str,
@@ -33,26 +48,65 @@ impl Generation {
             Some(Yaml::String(s)) => vec![s.clone()],
             _ => vec![fewshot_delimiter.to_string()],
         };
-        let max_gen_toks = v
-            .and_then(|g| g.get("max_gen_toks"))
-            .and_then(Yaml::as_u64)
-            .map_or(256, |n| n as usize);
-        let sampled = v.and_then(|g| g.get("do_sample")).and_then(Yaml::as_bool) == Some(true)
-            || v.and_then(|g| g.get("temperature"))
-                .and_then(Yaml::as_f64)
-                .is_some_and(|t| t > 0.0);
-        if sampled {
-            return Err("generation_kwargs: only greedy decoding (do_sample: false, temperature: 0) is supported".into());
-        }
+        let number = |k: &str| v.and_then(|g| g.get(k)).and_then(Yaml::as_f64);
+        let max_gen_toks = number("max_gen_toks").map_or(256, |n| n.max(0.0) as usize);
+        let do_sample = v.and_then(|g| g.get("do_sample")).and_then(Yaml::as_bool);
+        let temperature = number("temperature");
+        let sampled = match (do_sample, temperature) {
+            (Some(false), _) | (None, None) => None,
+            (_, Some(t)) if t <= 0.0 => None,
+            (_, t) => {
+                let s = Sampled {
+                    temperature: t.unwrap_or(1.0) as f32,
+                    top_p: number("top_p").unwrap_or(1.0) as f32,
+                    top_k: number("top_k").unwrap_or(0.0).max(0.0) as usize,
+                };
+                if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+                    return Err(format!(
+                        "generation_kwargs: top_p {} is not in (0, 1]",
+                        s.top_p
+                    ));
+                }
+                Some(s)
+            }
+        };
         Ok(Self {
             until,
             max_gen_toks,
+            sampled,
         })
     }
 
     /// As the harness logs it in `arguments`.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({"until": self.until, "do_sample": false, "temperature": 0.0, "max_gen_toks": self.max_gen_toks})
+        match self.sampled {
+            None => {
+                serde_json::json!({"until": self.until, "do_sample": false, "temperature": 0.0, "max_gen_toks": self.max_gen_toks})
+            }
+            Some(s) => {
+                serde_json::json!({"until": self.until, "do_sample": true, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "max_gen_toks": self.max_gen_toks})
+            }
+        }
+    }
+
+    /// The decode engine's settings for the document with this seed.
+    pub fn params(&self, stops: &[String], seed: u64) -> GenerateParams {
+        let sampling = match self.sampled {
+            None => SamplingParams::greedy(),
+            Some(s) => SamplingParams {
+                temperature: s.temperature,
+                top_p: s.top_p,
+                top_k: s.top_k,
+                seed,
+                ..SamplingParams::greedy()
+            },
+        };
+        GenerateParams {
+            max_new_tokens: self.max_gen_toks,
+            stop: stops.to_vec(),
+            sampling,
+            ignore_eos: false,
+        }
     }
 }
 
@@ -242,115 +296,65 @@ impl ExactMatch {
     }
 }
 
-/// Greedy continuations of `contexts` (token ids), `batch` at a time: each generation stops at an
-/// end-of-text token, at `max_gen_toks`, or once its text holds a stop string, and is cut
-/// at the first stop string (the harness adds the EOS text to them). Contexts longer than
-/// `max_len - max_gen_toks` lose tokens from the left, as there.
+/// How [`generate`] runs.
+pub struct Run<'a> {
+    /// The longest input in tokens: contexts longer than `max_len - max_gen_toks` lose
+    /// tokens from the left, as the harness truncates them.
+    pub max_len: usize,
+    /// Sequences decoded together (the engine's slots; a slot that finishes takes the next
+    /// prompt at once, and prompts sharing a prefix with a slot's cache reuse it).
+    pub parallel: usize,
+    /// Document `i` samples with seed `seed + i` (sampled tasks only).
+    pub seed: u64,
+    /// Set to abandon the run between steps.
+    pub stop: &'a AtomicBool,
+}
+
+/// Continuations of `contexts` (token ids) on the decode engine: each generation stops at an
+/// end-of-generation token, at `max_gen_toks`, or where a stop string appears (the
+/// harness adds the EOS text to them), and its text ends before that stop string.
 pub fn generate(
     model: &Llama,
     tok: &Tokenizer,
     contexts: &[Vec<u32>],
     g: &Generation,
-    max_len: usize,
-    batch: usize,
-    mut progress: impl FnMut(usize),
+    run: &Run,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<String>> {
     let mut until = g.until.clone();
     if let Some(eos) = tok.eos().and_then(|e| tok.decode_lossy(&[e], false).ok()) {
         until.push(eos);
     }
     until.retain(|u| !u.is_empty());
-    let budget = max_len.saturating_sub(g.max_gen_toks).max(1);
-    let mut out = Vec::with_capacity(contexts.len());
-    for chunk in contexts.chunks(batch.max(1)) {
-        let prompts: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|t| t[t.len().saturating_sub(budget)..].to_vec())
-            .collect();
-        let mut caches: Vec<Cache> = prompts
-            .iter()
-            .map(|p| model.new_cache(p.len() + g.max_gen_toks))
-            .collect();
-        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); chunk.len()];
-        let mut done = vec![g.max_gen_toks == 0; chunk.len()];
-        // The prompts first, then one token per unfinished sequence per pass.
-        let mut next: Vec<u32> = {
-            let seqs: Vec<SeqBatch> = prompts
-                .iter()
-                .map(|p| SeqBatch {
-                    tokens: p,
-                    outputs: 1,
-                    adapter: None,
-                })
-                .collect();
-            let mut refs: Vec<&mut Cache> = caches.iter_mut().collect();
-            let logits = model.forward_batch(&seqs, &mut refs)?;
-            (0..chunk.len()).map(|i| argmax(logits.row(i))).collect()
-        };
-        loop {
-            for i in 0..chunk.len() {
-                if done[i] {
-                    continue;
-                }
-                let t = next[i];
-                if tok.is_eog(t) {
-                    done[i] = true;
-                    continue;
-                }
-                generated[i].push(t);
-                let text = tok.decode_lossy(&generated[i], true).unwrap_or_default();
-                if generated[i].len() >= g.max_gen_toks
-                    || until.iter().any(|u| text.contains(u.as_str()))
-                {
-                    done[i] = true;
-                }
-            }
-            let active: Vec<usize> = (0..chunk.len()).filter(|&i| !done[i]).collect();
-            if active.is_empty() {
-                break;
-            }
-            let tokens: Vec<[u32; 1]> = active.iter().map(|&i| [next[i]]).collect();
-            let seqs: Vec<SeqBatch> = tokens
-                .iter()
-                .map(|t| SeqBatch {
-                    tokens: t,
-                    outputs: 1,
-                    adapter: None,
-                })
-                .collect();
-            let mut refs: Vec<&mut Cache> = caches
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| !done[*i])
-                .map(|(_, c)| c)
-                .collect();
-            let logits = model.forward_batch(&seqs, &mut refs)?;
-            for (row, &i) in active.iter().enumerate() {
-                next[i] = argmax(logits.row(row));
-            }
-        }
-        for g_ids in generated {
-            let mut text = tok.decode_lossy(&g_ids, true).unwrap_or_default();
-            for u in &until {
-                if let Some(pos) = text.find(u.as_str()) {
-                    text.truncate(pos);
-                }
-            }
-            out.push(text);
-        }
-        progress(out.len());
+    let budget = run.max_len.saturating_sub(g.max_gen_toks).max(1);
+    let jobs: Vec<Job> = contexts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Job {
+            id: i as u64,
+            prompt: t[t.len().saturating_sub(budget)..].to_vec(),
+            params: g.params(&until, run.seed.wrapping_add(i as u64)),
+            top_logprobs: None,
+            adapter: None,
+        })
+        .collect();
+    if jobs.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
+    let longest = jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(1);
+    let slot = longest + g.max_gen_toks + 1;
+    let out = generate_all(
+        model,
+        tok,
+        jobs,
+        run.parallel.max(1),
+        slot,
+        run.stop,
+        progress,
+    )
+    .map_err(|e| Error::Generation(e.to_string()))?
+    .ok_or(Error::Interrupted)?;
+    Ok(out.into_iter().map(|c| c.text).collect())
 }
 
 #[cfg(test)]
@@ -405,5 +409,48 @@ mod tests {
         assert_eq!(em.score("$1,800.", target).unwrap(), 1.0);
         assert_eq!(em.score("1800", target).unwrap(), 1.0);
         assert_eq!(em.score("180", target).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn nq_open_and_triviaqa_answers_match_as_the_harness_normalises_them() {
+        // nq_open's metric: articles dropped, case and ASCII punctuation ignored.
+        let nq = ExactMatch {
+            ignore_case: true,
+            ignore_punctuation: true,
+            regexes_to_ignore: vec![r"\b(?:The |the |An |A |The |a |an )".into()],
+        };
+        assert_eq!(nq.score("the Beatles", "The Beatles").unwrap(), 1.0);
+        assert_eq!(nq.score("Beatles", "The Beatles").unwrap(), 1.0);
+        assert_eq!(nq.score("U.S.A.", "USA").unwrap(), 1.0);
+        assert_eq!(nq.score("Beatles band", "The Beatles").unwrap(), 0.0);
+        // "Theresa" keeps its "The": the article needs the space after it.
+        assert_eq!(nq.score("resa", "Theresa").unwrap(), 0.0);
+        let strip = Filter {
+            name: "remove_whitespace".into(),
+            steps: vec![Step::RemoveWhitespace, Step::TakeFirst],
+        };
+        assert_eq!(strip.apply(&["  Paris".into()]).unwrap(), "Paris");
+    }
+
+    #[test]
+    fn sampling_settings_are_read_as_hugging_face_reads_them() {
+        let y = |s: &str| serde_yaml::from_str::<Yaml>(s).unwrap();
+        let g = Generation::from_yaml(
+            Some(&y("{until: [x], do_sample: false, temperature: 0.7}")),
+            "\n\n",
+        )
+        .unwrap();
+        assert_eq!(g.sampled, None);
+        let g = Generation::from_yaml(Some(&y("{do_sample: true}")), "\n\n").unwrap();
+        assert_eq!(g.sampled.unwrap().temperature, 1.0);
+        assert_eq!(g.until, ["\n\n"]);
+        let g = Generation::from_yaml(
+            Some(&y("{temperature: 0.2, top_p: 0.95, max_gen_toks: 9}")),
+            "",
+        )
+        .unwrap();
+        assert_eq!(g.sampled.unwrap().top_p, 0.95);
+        assert_eq!(g.max_gen_toks, 9);
+        assert!(Generation::from_yaml(Some(&y("{do_sample: true, top_p: 0}")), "").is_err());
     }
 }

@@ -233,14 +233,20 @@ fn run_generation(
             .collect::<Result<_>>()?,
     };
     let total = prompts.len();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let run = generation::Run {
+        max_len: opts.max_len,
+        parallel: opts.batch_size,
+        seed: opts.seed,
+        stop: &never,
+    };
     let generated = generation::generate(
         model,
         tokenizer,
         &prompts,
         &task.generation,
-        opts.max_len,
-        opts.batch_size,
-        |d| progress(d, total),
+        &run,
+        &mut |d| progress(d, total),
     )?;
     let mut samples = Vec::with_capacity(total);
     for (req, text) in prepared.requests.into_iter().zip(generated) {
