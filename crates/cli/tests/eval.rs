@@ -136,3 +136,77 @@ fn clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+#[test]
+fn generation_and_code_tasks_report_in_the_harness_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dir.path().join("samples.jsonl");
+    let out = eval(&[
+        "--task",
+        "nq_open,triviaqa,mbpp_rust,humaneval",
+        "--limit",
+        "2",
+        "--samples-per-problem",
+        "2",
+        "--pass-k",
+        "1,2",
+        "--json",
+        "--log-samples",
+        samples.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("reference solutions pass their translated tests"),
+        "{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &json["results"];
+    assert!(
+        r["nq_open"]["exact_match,remove_whitespace"].is_f64(),
+        "{r}"
+    );
+    assert!(
+        r["triviaqa"]["exact_match,remove_whitespace"].is_f64(),
+        "{r}"
+    );
+    for key in ["pass@1,none", "pass@2,none"] {
+        assert!(r["mbpp_rust"][key].is_f64(), "{key}: {r}");
+    }
+    assert!(r["humaneval"]["pass@2,create_test"].is_f64(), "{r}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&samples)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let trivia = lines
+        .iter()
+        .find(|l| l["doc"]["question_id"].is_string())
+        .unwrap();
+    assert!(
+        trivia["target"].as_array().unwrap().len() > 1,
+        "every alias is a target"
+    );
+    let code: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["execution"].is_array()).collect();
+    assert_eq!(code.len(), 4);
+    for l in code {
+        assert_eq!(
+            l["resps"][0].as_array().unwrap().len(),
+            2,
+            "both samples logged"
+        );
+        assert_eq!(l["execution"].as_array().unwrap().len(), 2);
+    }
+    // Greedy gives one answer: more samples need sampling, and k cannot exceed n.
+    let out = eval(&["--task", "mbpp", "--limit", "1", "--pass-k", "5"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass@k"));
+    let out = eval(&[
+        "--task",
+        "mbpp",
+        "--export-tasks",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+}

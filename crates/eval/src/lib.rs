@@ -2,6 +2,7 @@
 //! (KL divergence, top-token agreement), comparable with llama.cpp's figures; and
 //! benchmarks scored as lm-evaluation-harness scores them ([`harness`]).
 
+pub mod code;
 pub mod error;
 pub mod harness;
 pub mod kl;

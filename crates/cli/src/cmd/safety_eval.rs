@@ -61,8 +61,8 @@ pub fn run(a: &Args, parts: &[Part]) -> Result<()> {
             .apply_chat_template
             .then(|| ferrollama_generate::ChatFormat::for_model(m.chat_template.as_deref())),
         sampling: SamplingParams {
-            temperature: a.temperature,
-            top_p: a.top_p,
+            temperature: a.temperature.unwrap_or(0.1),
+            top_p: a.top_p.unwrap_or(0.9),
             top_k: 0,
             min_p: 0.0,
             ..SamplingParams::greedy()
@@ -115,8 +115,8 @@ pub fn run(a: &Args, parts: &[Part]) -> Result<()> {
         eprintln!(
             "{}: sampling at temperature {}, top-p {}, at most {} new tokens, seed {}{}",
             m.path.display(),
-            a.temperature,
-            a.top_p,
+            a.temperature.unwrap_or(0.1),
+            a.top_p.unwrap_or(0.9),
             a.max_new_tokens,
             a.seed,
             if a.apply_chat_template {

@@ -74,6 +74,11 @@ pub struct Sample {
     pub filtered: Vec<(String, String)>,
     /// Metric values; a generation task's are named `metric,filter`.
     pub metrics: Vec<(String, metrics::Value)>,
+    /// Further generations of the same prompt (code tasks' samples for pass@k), logged in
+    /// `resps` after `generated`.
+    pub repeats: Vec<String>,
+    /// Fields added to each logged line (code tasks: each program's execution).
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The documents of a task, formatted into requests (before any model runs).
@@ -182,10 +187,12 @@ pub fn run(
             generated: None,
             filtered: Vec::new(),
             metrics: m,
+            repeats: Vec::new(),
+            extra: Default::default(),
         });
     }
     finish(
-        &prepared.task,
+        &prepared.task.task,
         prepared.num_fewshot,
         prepared.n_original,
         samples,
@@ -280,10 +287,12 @@ fn run_generation(
             generated: Some(text),
             filtered,
             metrics: m,
+            repeats: Vec::new(),
+            extra: Default::default(),
         });
     }
     finish(
-        task,
+        &task.task,
         prepared.num_fewshot,
         prepared.n_original,
         samples,
@@ -292,8 +301,8 @@ fn run_generation(
 }
 
 /// Aggregates per-document metric values into the task's result.
-fn finish(
-    task: &TaskConfig,
+pub(crate) fn finish(
+    task: &str,
     num_fewshot: usize,
     n_original: usize,
     samples: Vec<Sample>,
@@ -313,7 +322,7 @@ fn finish(
         })
         .collect();
     Ok(TaskResult {
-        task: task.task.clone(),
+        task: task.to_string(),
         num_fewshot,
         n_original,
         n_effective: samples.len(),

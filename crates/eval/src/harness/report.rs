@@ -38,7 +38,8 @@ pub fn sample_lines(s: &super::Sample) -> Vec<Value> {
             .iter()
             .map(|(filter, answer)| {
                 let mut out = base(filter);
-                out.insert("resps".into(), json!([[text]]));
+                let all: Vec<&String> = std::iter::once(text).chain(&s.repeats).collect();
+                out.insert("resps".into(), json!([all]));
                 out.insert("filtered_resps".into(), json!([answer]));
                 let mine: Vec<_> = s
                     .metrics
@@ -58,6 +59,7 @@ pub fn sample_lines(s: &super::Sample) -> Vec<Value> {
                         metric_json(v),
                     );
                 }
+                out.extend(s.extra.clone());
                 Value::Object(out)
             })
             .collect();
