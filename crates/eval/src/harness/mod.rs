@@ -8,6 +8,7 @@ pub mod docs;
 pub mod export;
 pub mod generation;
 pub mod metrics;
+pub mod minerva;
 pub mod prompt;
 pub mod pyrandom;
 pub mod report;
@@ -214,11 +215,12 @@ fn run_generation(
         task: task.task.clone(),
         msg,
     };
-    if let Some(m) = task
-        .metrics
-        .iter()
-        .find(|m| !matches!(m.as_str(), "exact_match" | "squad_em" | "squad_f1"))
-    {
+    if let Some(m) = task.metrics.iter().find(|m| {
+        !matches!(
+            m.as_str(),
+            "exact_match" | "squad_em" | "squad_f1" | "minerva_exact_match"
+        )
+    }) {
         return Err(err(format!(
             "metric {m:?} is not supported for generate_until"
         )));
@@ -273,6 +275,7 @@ fn run_generation(
                     let v = match metric.as_str() {
                         "squad_em" => generation::squad_em(&answer, t),
                         "squad_f1" => generation::squad_f1(&answer, t),
+                        "minerva_exact_match" => minerva::exact_match(&answer, t),
                         _ => task.exact_match.score(&answer, t).map_err(err)?,
                     };
                     best = f64::max(best, v);
