@@ -5,9 +5,10 @@ Rust MBPP also checks its reference solutions first), and the generative QA task
 their scores; one task at a time, nothing else running.
 
     python3 benches/eval_code_tasks.py [--model GGUF] [--tasks humaneval,mbpp,mbpp_rust]
-        [--limit N]
+        [--limit N] [--name code-tasks]
 
-Writes benches/results/DATE-code-tasks.{md,json} (the samples logs stay in
+Any generation task runs the same way (`--tasks squad,coqa,... --name qa-tasks`).
+Writes benches/results/DATE-NAME.{md,json} (the samples logs stay in
 ~/.cache/ferrollama/bench/code-tasks/).
 """
 
@@ -28,6 +29,7 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--tasks", default="humaneval,mbpp,mbpp_rust")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--name", default="code-tasks")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -56,13 +58,14 @@ def main():
         print(json.dumps(row), flush=True)
     report = {"date": datetime.date.today().isoformat(), "cpu": cpu, "model": args.model or "default (SmolLM2-135M-Instruct Q4_1)",
               "rows": rows}
-    lines = [f"# Code tasks, pass@1 greedy ({report['date']})", "",
-             f"CPU: {cpu}, 2 threads. Model: {report['model']}. Programs run in ferrollama's sandbox, 2 at a time.", "",
+    lines = [f"# {args.name}: greedy generation ({report['date']})", "",
+             f"CPU: {cpu}, 2 threads. Model: {report['model']}. Limit: {args.limit or 'none'}. "
+             "Code runs in ferrollama's sandbox, 2 programs at a time.", "",
              "| task | metric | value | problems' results | seconds |", "|---|---|---:|---|---:|"]
     for r in rows:
         for k, v in r["metrics"].items():
             se = r["stderr"].get(k.replace(",", "_stderr,"), None)
-            res = ", ".join(f"{n} {c}" for c, n in sorted(r["results"].items(), key=lambda x: -x[1]))
+            res = ", ".join(f"{n} {c}" for c, n in sorted(r["results"].items(), key=lambda x: -x[1])) or "-"
             lines.append(f"| {r['task']} | {k} | {v:.4f}" + (f" ± {se:.4f}" if isinstance(se, float) else "")
                          + f" | {res} | {r['seconds']} |")
     for r in rows:
@@ -70,7 +73,7 @@ def main():
             lines.append(f"\n{n}")
     md = "\n".join(lines) + "\n"
     print(md)
-    out = REPO / "benches/results" / f"{report['date']}-code-tasks"
+    out = REPO / "benches/results" / f"{report['date']}-{args.name}"
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(md)
 
