@@ -27,15 +27,27 @@ pub enum Ty {
     Option(Box<Ty>),
     Map(String, Box<Ty>, Box<Ty>),
     Set(String, Box<Ty>),
+    /// A type parameter of the function: the literal's own type is written (ints as
+    /// i64, floats as f64, strings as &str), and the compiler infers it.
+    Generic(String),
 }
 
 const INTS: [&str; 12] = [
     "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize",
 ];
 
-/// Parses a type (lifetimes ignored); generic parameters and traits are refused.
+/// Parses a type (lifetimes ignored); traits and unknown names are refused.
 pub fn parse_type(s: &str) -> Result<Ty, String> {
+    parse_type_in(s, &[])
+}
+
+/// Parses a type of a function whose type parameters are `generics`.
+fn parse_type_in(s: &str, generics: &[String]) -> Result<Ty, String> {
+    let parse_type = |t: &str| parse_type_in(t, generics);
     let s = s.trim();
+    if generics.iter().any(|g| g == s) {
+        return Ok(Ty::Generic(s.to_string()));
+    }
     if let Some(rest) = s.strip_prefix('&') {
         let rest = rest.trim_start();
         // A lifetime: `&'a T`.
@@ -138,6 +150,7 @@ fn text(t: &Ty) -> String {
         Ty::Option(t) => format!("Option<{}>", text(t)),
         Ty::Map(h, k, v) => format!("std::collections::{h}<{}, {}>", text(k), text(v)),
         Ty::Set(h, t) => format!("std::collections::{h}<{}>", text(t)),
+        Ty::Generic(_) => "_".into(),
     }
 }
 
@@ -173,11 +186,12 @@ pub fn signatures(code: &str) -> Vec<Signature> {
             .chars()
             .take_while(|c| c.is_alphanumeric() || *c == '_')
             .collect();
-        let after = &rest[name.len()..];
-        if !after.trim_start().starts_with('(') {
-            continue; // generic: `fn f<T>(...)`
-        }
-        if let Ok((params, ret)) = parse_header(&header) {
+        let after = rest[name.len()..].trim_start();
+        // (Type parameters hold no parentheses, so the first one opens the parameters.)
+        let Some(generics) = type_parameters(after) else {
+            continue;
+        };
+        if let Ok((params, ret)) = parse_header(&header, &generics) {
             out.push(Signature {
                 name,
                 params,
@@ -190,7 +204,40 @@ pub fn signatures(code: &str) -> Vec<Signature> {
     out
 }
 
-fn parse_header(header: &str) -> Result<(Vec<Ty>, Ty), String> {
+/// The type parameters of `fn name<...>(` (lifetimes skipped); None for const generics,
+/// bounds with parentheses, or no parameter list after them.
+fn type_parameters(after: &str) -> Option<Vec<String>> {
+    let Some(inner) = after.strip_prefix('<') else {
+        return after.starts_with('(').then(Vec::new);
+    };
+    let mut depth = 1;
+    let close = inner.char_indices().find_map(|(i, c)| {
+        match c {
+            '<' => depth += 1,
+            '>' => depth -= 1,
+            _ => {}
+        }
+        (depth == 0).then_some(i)
+    })?;
+    let list = &inner[..close];
+    if list.contains('(') || !inner[close + 1..].trim_start().starts_with('(') {
+        return None;
+    }
+    let mut names = Vec::new();
+    for p in split_top(list, ',') {
+        let p = p.trim();
+        if p.is_empty() || p.starts_with('\'') {
+            continue;
+        }
+        if p.starts_with("const ") {
+            return None;
+        }
+        names.push(p.split(':').next().unwrap_or(p).trim().to_string());
+    }
+    Some(names)
+}
+
+fn parse_header(header: &str, generics: &[String]) -> Result<(Vec<Ty>, Ty), String> {
     let open = header.find('(').ok_or("no (")?;
     let mut depth = 0;
     let mut close = None;
@@ -213,15 +260,15 @@ fn parse_header(header: &str) -> Result<(Vec<Ty>, Ty), String> {
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
             let (_, ty) = p.split_once(':').ok_or_else(|| format!("parameter {p}"))?;
-            parse_type(ty)
+            parse_type_in(ty, generics)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let tail = header[close + 1..].trim_end_matches('{').trim();
-    if tail.contains("where") {
-        return Err("where clause".into());
-    }
+    // A where clause only bounds the parameters.
+    let tail = tail.split(" where").next().unwrap_or(tail).trim();
+    let tail = tail.strip_prefix("where").map_or(tail, |_| "");
     let ret = match tail.strip_prefix("->") {
-        Some(t) => parse_type(t)?,
+        Some(t) => parse_type_in(t, generics)?,
         None => Ty::Tuple(Vec::new()),
     };
     Ok((params, ret))
@@ -301,6 +348,7 @@ pub fn emit(v: &Py, t: &Ty) -> Result<String, String> {
                 if parts.len() == 1 { "," } else { "" }
             ))
         }
+        (Ty::Generic(_), _) => natural(v),
         (Ty::Tuple(ts), Py::None) if ts.is_empty() => Ok("()".into()),
         (Ty::Option(_), Py::None) => Ok("None".into()),
         (Ty::Option(inner), _) => Ok(format!("Some({})", emit(v, inner)?)),
@@ -325,6 +373,28 @@ pub fn emit(v: &Py, t: &Ty) -> Result<String, String> {
             ))
         }
         _ => no(),
+    }
+}
+
+/// A literal in the type Rust would pick for it (for a type parameter): ints i64, floats
+/// f64, strings &str, lists `vec![]`, tuples as tuples.
+fn natural(v: &Py) -> Result<String, String> {
+    let all = |xs: &[Py]| -> Result<Vec<String>, String> { xs.iter().map(natural).collect() };
+    match v {
+        Py::Int(i) => Ok(format!("{i}i64")),
+        Py::Float(_, s) => Ok(format!("{}f64", float_text(s))),
+        Py::Bool(b) => Ok(b.to_string()),
+        Py::Str(s) => Ok(format!("{s:?}")),
+        Py::List(xs) if !xs.is_empty() => Ok(format!("vec![{}]", all(xs)?.join(", "))),
+        Py::Tuple(xs) if !xs.is_empty() => {
+            let parts = all(xs)?;
+            Ok(format!(
+                "({}{})",
+                parts.join(", "),
+                if parts.len() == 1 { "," } else { "" }
+            ))
+        }
+        other => Err(format!("{other:?} for a type parameter")),
     }
 }
 
@@ -427,14 +497,22 @@ mod tests {
             Ty::Map(..)
         ));
         assert!(parse_type("T").is_err());
+        assert_eq!(
+            parse_type_in("&[T]", &["T".into()]).unwrap(),
+            Ty::Slice(Box::new(Ty::Generic("T".into())), false)
+        );
         assert!(parse_type("impl Iterator<Item = u8>").is_err());
     }
 
     #[test]
     fn an_mbpp_problem_translates() {
-        let code = "use std::collections::HashSet;\n\npub fn remove_occ(s: &str, ch: char) -> String {\n    s.to_string()\n}\n\nfn helper<T>(x: T) -> T { x }\n";
+        let code = "use std::collections::HashSet;\n\npub fn remove_occ(s: &str, ch: char) -> String {\n    s.to_string()\n}\n\nfn helper<'a, T: Ord + Clone>(x: &'a [T], n: usize) -> Vec<T> where T: Copy { x }\nfn fixed<const N: usize>(x: [u8; N]) {\n}\n";
         let sigs = signatures(code);
-        assert_eq!(sigs.len(), 1);
+        assert_eq!(sigs.len(), 2, "{sigs:?}");
+        assert_eq!(
+            translate(&["assert helper([25, 35], 1) == [35]".to_string()], &sigs).unwrap(),
+            "    assert_eq!(helper(&[25i64, 35i64][..], 1usize), vec![35i64]);"
+        );
         assert_eq!(
             sigs[0].header,
             "pub fn remove_occ(s: &str, ch: char) -> String {"
