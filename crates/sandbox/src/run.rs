@@ -124,8 +124,13 @@ impl Sandbox {
         let out = reader(child.stdout.take(), limits.output_bytes, overflow.clone());
         let err = reader(child.stderr.take(), limits.output_bytes, overflow.clone());
         if let Some(mut w) = child.stdin.take() {
-            // A program that exits without reading its input is not an error.
-            let _ = w.write_all(stdin);
+            // Written from a thread: a program that does not read its input must not block
+            // the wait below on a full pipe (it ends with the program; an unread input is
+            // not an error).
+            let input = stdin.to_vec();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&input);
+            });
         }
         let status = wait(&mut child, start + limits.wall, &overflow)?;
         let wall = start.elapsed();

@@ -180,3 +180,26 @@ fn a_flood_of_output_is_cut_off() {
     assert_eq!(o.status, Status::OutputLimit, "{:?}", o.status);
     assert!(o.stdout.len() <= 64 << 10);
 }
+
+#[test]
+fn input_is_given_and_an_unread_one_does_not_hang_the_run() {
+    let sb = Sandbox::new().unwrap();
+    sb.write("echo.py", b"import sys\nprint(sys.stdin.read().upper())\n")
+        .unwrap();
+    sb.write("deaf.py", b"import time\ntime.sleep(0.2)\n")
+        .unwrap();
+    let args =
+        |f: &'static str| -> [&'static OsStr; 3] { ["-I".as_ref(), "-B".as_ref(), f.as_ref()] };
+    let o = sb.run(&py(), &args("echo.py"), b"hello", &quick()).unwrap();
+    assert_eq!(o.stdout.trim(), "HELLO");
+    // Far more than a pipe holds, to a program that never reads it: the wall clock still
+    // ends it.
+    let big = vec![b'x'; 8 << 20];
+    let limits = Limits {
+        wall: Duration::from_secs(1),
+        ..quick()
+    };
+    let o = sb.run(&py(), &args("deaf.py"), &big, &limits).unwrap();
+    assert_eq!(o.status, Status::TimedOut);
+    assert!(o.wall < Duration::from_secs(3), "{:?}", o.wall);
+}
