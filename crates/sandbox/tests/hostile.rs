@@ -186,7 +186,7 @@ fn input_is_given_and_an_unread_one_does_not_hang_the_run() {
     let sb = Sandbox::new().unwrap();
     sb.write("echo.py", b"import sys\nprint(sys.stdin.read().upper())\n")
         .unwrap();
-    sb.write("deaf.py", b"import time\ntime.sleep(0.2)\n")
+    sb.write("deaf.py", b"import time\ntime.sleep(30)\n")
         .unwrap();
     let args =
         |f: &'static str| -> [&'static OsStr; 3] { ["-I".as_ref(), "-B".as_ref(), f.as_ref()] };
