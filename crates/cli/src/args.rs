@@ -106,3 +106,50 @@ impl SamplingArgs {
         }
     }
 }
+
+/// Constrained output: a grammar or a JSON Schema the text must follow.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct GrammarArgs {
+    /// Only text this GBNF grammar accepts (llama.cpp's format; its example grammars work).
+    #[arg(long, value_name = "FILE", conflicts_with = "json_schema")]
+    pub grammar: Option<PathBuf>,
+    /// Only JSON this JSON Schema accepts (properties in the schema's order; unsupported
+    /// keywords such as `pattern` are an error, not ignored).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
+}
+
+impl GrammarArgs {
+    /// Where the grammar comes from, if one was asked for.
+    pub fn source(&self) -> anyhow::Result<Option<ferrollama_generate::GrammarSource>> {
+        use anyhow::Context;
+        use ferrollama_generate::GrammarSource;
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        Ok(match (&self.grammar, &self.json_schema) {
+            (Some(g), _) => Some(GrammarSource::Gbnf(read(g)?)),
+            (None, Some(s)) => Some(GrammarSource::JsonSchema(read(s)?)),
+            (None, None) => None,
+        })
+    }
+
+    /// The constraint for `tok`'s vocabulary, if one was asked for.
+    pub fn constraint(
+        &self,
+        tok: &ferrollama_tokenizer::Tokenizer,
+    ) -> anyhow::Result<Option<ferrollama_grammar::Constraint>> {
+        use anyhow::Context;
+        let Some(source) = self.source()? else {
+            return Ok(None);
+        };
+        let what = match (&self.grammar, &self.json_schema) {
+            (Some(p), _) | (None, Some(p)) => p.display().to_string(),
+            _ => String::new(),
+        };
+        let vocab = ferrollama_generate::grammar_vocabulary(tok);
+        let c = ferrollama_generate::constraint(&source, &vocab)
+            .with_context(|| format!("grammar from {what}"))?;
+        Ok(Some(c))
+    }
+}

@@ -3,10 +3,11 @@
 //! whether generation is over. The [`Generator`](crate::Generator) drives one of these;
 //! a server drives one per request, several per batched forward.
 
+use ferrollama_grammar::Constraint;
 use ferrollama_sampling::Sampler;
 use ferrollama_tokenizer::Tokenizer;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generator::{FinishReason, GenerateParams};
 use crate::stop::{StopMatcher, StopState};
 use crate::utf8::Utf8Stream;
@@ -38,6 +39,8 @@ pub struct Decoding {
     utf8: Utf8Stream,
     max_new_tokens: usize,
     ignore_eos: bool,
+    /// The grammar the text must follow, if any.
+    grammar: Option<Constraint>,
     /// How many alternatives to report with each token's log-probability (None: none).
     top_logprobs: Option<usize>,
     ids: Vec<u32>,
@@ -57,6 +60,7 @@ impl Decoding {
             utf8: Utf8Stream::new(),
             max_new_tokens: params.max_new_tokens,
             ignore_eos: params.ignore_eos,
+            grammar: params.grammar.clone(),
             top_logprobs: None,
             ids: Vec::new(),
             text: String::new(),
@@ -103,7 +107,15 @@ impl Decoding {
             return Ok(self.end(FinishReason::Length));
         }
         let ranked = self.top_logprobs.map(|top| log_softmax_top(logits, top));
-        let token = self.sampler.sample(logits, history);
+        let token = match self.grammar.as_mut() {
+            None => self.sampler.sample(logits, history),
+            Some(g) => match sample_constrained(&mut self.sampler, g, logits, history)? {
+                Some(t) => t,
+                // Complete, and this vocabulary has no end-of-generation token to say so.
+                None => return Ok(self.end(FinishReason::Stop)),
+            },
+        };
+        let grammar_done = self.grammar.as_ref().is_some_and(|g| g.is_finished());
         let logprob = ranked.map(|(lse, top)| {
             // The chosen token's log-probability from the logits as they were before the
             // sampler penalised them; `top` was taken before sampling too.
@@ -120,7 +132,7 @@ impl Decoding {
                 top,
             )
         });
-        if tok.is_eog(token) && !self.ignore_eos {
+        if tok.is_eog(token) && (!self.ignore_eos || self.grammar.is_some()) {
             let mut step = self.end(FinishReason::Stop);
             step.logprob = logprob;
             return Ok(step);
@@ -143,6 +155,11 @@ impl Decoding {
         if stopped {
             self.text.truncate(end);
             self.finish = Some(FinishReason::Stop);
+            step.finish = self.finish;
+        } else if grammar_done {
+            // Nothing may follow: end now rather than spend a forward pass on the
+            // end-of-generation token the grammar would force.
+            step.text += &self.end(FinishReason::Stop).text;
             step.finish = self.finish;
         } else if self.ids.len() >= self.max_new_tokens {
             step.text += &self.end(FinishReason::Length).text;
@@ -174,6 +191,42 @@ impl Decoding {
             ..Step::default()
         }
     }
+}
+
+/// Samples a token the grammar allows and advances the grammar past it; `None` when the
+/// grammar is complete and no token (not even an end-of-generation one) is allowed.
+///
+/// Greedy decoding first tries the unconstrained choice: when the grammar allows it, it is
+/// the constrained argmax too, and the full mask (a walk over the vocabulary) is skipped.
+/// Sampled decoding always masks first, so the draw is from the allowed tokens'
+/// distribution after truncation, as llama.cpp's grammar sampler gives it.
+fn sample_constrained(
+    sampler: &mut Sampler,
+    grammar: &mut Constraint,
+    logits: &mut [f32],
+    history: &[u32],
+) -> Result<Option<u32>> {
+    if sampler.params().temperature <= 0.0 {
+        let mut trial = logits.to_vec();
+        let t = sampler.sample(&mut trial, history);
+        if grammar.allows(t)? {
+            grammar.accept(t)?;
+            return Ok(Some(t));
+        }
+    }
+    let mask = grammar.mask()?;
+    if mask.count() == 0 {
+        if grammar.is_complete() {
+            return Ok(None);
+        }
+        return Err(Error::Input(
+            "the grammar allows no token of this vocabulary here".into(),
+        ));
+    }
+    mask.apply(logits);
+    let t = sampler.sample(logits, history);
+    grammar.accept(t)?;
+    Ok(Some(t))
 }
 
 /// The normaliser of a softmax, to give any token's log-probability.

@@ -13,6 +13,9 @@ pub enum Error {
     /// A sampling setting outside its range.
     #[error(transparent)]
     Sampling(#[from] ferrollama_sampling::InvalidSetting),
+    /// A grammar or JSON Schema that cannot be used, or a grammar the model cannot follow.
+    #[error(transparent)]
+    Grammar(#[from] ferrollama_grammar::Error),
     /// The chat template failed to parse or render.
     #[error("chat template: {0}")]
     Template(String),

@@ -22,6 +22,9 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Keep going past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Only text this grammar accepts (GBNF or a JSON Schema, see [`crate::constrain`]);
+    /// generation ends when the grammar is complete and nothing more may follow.
+    pub grammar: Option<ferrollama_grammar::Constraint>,
 }
 
 impl Default for GenerateParams {
@@ -31,6 +34,7 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             sampling: SamplingParams::default(),
             ignore_eos: false,
+            grammar: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod bundle;
 pub mod chat;
+pub mod constrain;
 pub mod decoding;
 pub mod engine;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod utf8;
 pub use batch::{generate_all, Completion};
 pub use bundle::{Bundle, OpenOptions};
 pub use chat::{ChatFormat, Message};
+pub use constrain::{constraint, grammar_vocabulary, GrammarSource};
 pub use decoding::{Decoding, Step, TokenLogprob};
 pub use engine::{Engine, Event, Job, JobId, Observer, Usage};
 pub use error::{Error, Result};

@@ -29,6 +29,7 @@ fn params(n: usize, seed: Option<u64>) -> GenerateParams {
     GenerateParams {
         max_new_tokens: n,
         ignore_eos: true,
+        grammar: None,
         sampling,
         ..GenerateParams::default()
     }
@@ -235,6 +236,7 @@ fn generate_all_keeps_order_and_matches_one_slot() {
             prompt: ps[if i < 4 { 1 } else { i - 3 }].clone(),
             params: GenerateParams {
                 ignore_eos: false,
+                grammar: None,
                 ..params(12 + i, Some(10 + i as u64))
             },
             top_logprobs: None,

@@ -89,6 +89,7 @@ fn same_seed_same_text_and_other_seed_other_text() {
                 ..SamplingParams::default()
             },
             ignore_eos: true,
+            grammar: None,
             ..GenerateParams::default()
         };
         Generator::new(&f.model, &f.tok, 256)
@@ -186,6 +187,7 @@ fn generation_stops_when_the_context_is_full() {
     let prompt = f.tok.encode("One two three", true, true);
     let params = GenerateParams {
         ignore_eos: true,
+        grammar: None,
         ..greedy(100)
     };
     let out = Generator::new(&f.model, &f.tok, 12)

@@ -224,6 +224,7 @@ impl<'a> Evaluator<'a> {
                     stop: Vec::new(),
                     sampling,
                     ignore_eos: false,
+                    grammar: None,
                 },
                 top_logprobs: None,
                 adapter: None,

@@ -37,7 +37,7 @@ pub struct EmbedJob {
 
 /// Work the engine accepts.
 pub enum Work {
-    Generate(GenerateJob),
+    Generate(Box<GenerateJob>),
     Embed(EmbedJob),
 }
 
@@ -180,7 +180,7 @@ impl Runner<'_> {
             };
             self.metrics.queued(-1);
             match work {
-                Work::Generate(job) => self.place(job),
+                Work::Generate(job) => self.place(*job),
                 Work::Embed(job) => {
                     let _ =
                         job.reply

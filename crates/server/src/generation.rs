@@ -80,7 +80,7 @@ pub async fn run(app: &App, req: Request) -> Result<Response, ApiError> {
         };
         // On refusal the jobs already queued see their channel closed and are dropped.
         app.engine
-            .submit(Work::Generate(job))
+            .submit(Work::Generate(Box::new(job)))
             .map_err(|_| ApiError::busy())?;
     }
     drop(tx);

@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod error;
 pub mod generation;
+pub mod grammar;
 pub mod metrics;
 pub mod rag;
 pub mod request;
@@ -117,6 +118,7 @@ pub fn serve_listener(
         started: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        grammar: Default::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -103,6 +103,8 @@ impl Sampling {
             },
             sampling,
             ignore_eos: self.ignore_eos,
+            // Set by the handler from the body (`crate::grammar`).
+            grammar: None,
         })
     }
 }
@@ -193,18 +195,10 @@ pub struct ResponseFormat {
 }
 
 impl ChatRequest {
-    /// Features a client relies on (JSON output, tool calls) are refused rather than
-    /// silently ignored, so that the client learns it cannot have them.
+    /// Features a client relies on (tool calls) are refused rather than silently
+    /// ignored, so that the client learns it cannot have them. (`response_format` is
+    /// read by `crate::grammar`, which refuses the kinds it does not know.)
     pub fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        if let Some(f) = self.response_format.as_ref().filter(|f| f.kind != "text") {
-            return Err(ApiError::invalid_param(
-                "response_format",
-                format!(
-                    "response_format '{}' is not supported (only 'text')",
-                    f.kind
-                ),
-            ));
-        }
         if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(ApiError::invalid_param(
                 "tools",

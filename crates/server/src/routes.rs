@@ -41,6 +41,8 @@ pub struct AppState {
     pub rag: Option<crate::rag::RagService>,
     pub metrics: Arc<Metrics>,
     pub started: u64,
+    /// The vocabulary as grammars see it, built on the first constrained request.
+    pub grammar: crate::grammar::GrammarVocabulary,
 }
 
 pub type App = Arc<AppState>;
@@ -199,8 +201,12 @@ async fn chat(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let app = &app;
-    let req: ChatRequest = request::parse(&body(app, raw)?)?;
+    let raw = body(app, raw)?;
+    let req: ChatRequest = request::parse(&raw)?;
     req.refuse_unsupported()?;
+    let grammar = crate::grammar::requested(&raw)?
+        .map(|g| app.grammar.constraint(&app.tokenizer, &g))
+        .transpose()?;
     let (adapter, model) = app.select_model(req.model.as_deref())?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param(
@@ -227,8 +233,12 @@ async fn chat(
         _ => None,
     };
     let params = (0..n)
-        .map(|i| req.sampling.params(app.max_tokens, i))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|i| {
+            let mut p = req.sampling.params(app.max_tokens, i)?;
+            p.grammar = grammar.clone();
+            Ok(p)
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     generation::run(
         app,
         generation::Request {
@@ -279,7 +289,11 @@ async fn completions(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let app = &app;
-    let req: CompletionRequest = request::parse(&body(app, raw)?)?;
+    let raw = body(app, raw)?;
+    let req: CompletionRequest = request::parse(&raw)?;
+    let grammar = crate::grammar::requested(&raw)?
+        .map(|g| app.grammar.constraint(&app.tokenizer, &g))
+        .transpose()?;
     let (adapter, model) = app.select_model(req.model.as_deref())?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid_param(
@@ -303,7 +317,9 @@ async fn completions(
     let (mut all, mut params, mut echoes) = (Vec::new(), Vec::new(), Vec::new());
     for p in &prompts {
         for i in 0..n {
-            params.push(req.sampling.params(app.max_tokens, i)?);
+            let mut choice = req.sampling.params(app.max_tokens, i)?;
+            choice.grammar = grammar.clone();
+            params.push(choice);
             all.push(p.clone());
             echoes.push(if echo {
                 app.tokenizer.decode_lossy(p, true).unwrap_or_default()

@@ -427,9 +427,20 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         post(a, "/v1/chat/completions", &b)
     };
     assert_error(
-        &unsupported(json!({"response_format": {"type": "json_object"}})),
+        &unsupported(json!({"response_format": {"type": "yaml"}})),
         400,
         "not supported",
+    );
+    assert_error(
+        &unsupported(json!({"response_format": {"type": "json_schema",
+            "json_schema": {"schema": {"type": "string", "pattern": "a+"}}}})),
+        400,
+        "keyword `pattern` is not supported",
+    );
+    assert_error(
+        &unsupported(json!({"grammar": "root ::= ("})),
+        400,
+        "grammar, line 1",
     );
     assert_error(
         &unsupported(json!({"tools": [{"type": "function"}]})),
@@ -444,6 +455,62 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
                 "user": "u", "response_format": {"type": "text"}, "tools_future_field": [1]}),
     );
     assert_eq!(ok.status, 200);
+}
+
+#[test]
+fn constrained_requests_answer_what_the_grammar_allows() {
+    let a = shared();
+    // OpenAI's structured output: the reply is JSON of the schema, properties in its order.
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+        "population": {"type": "integer"}}, "required": ["city", "population"], "additionalProperties": false});
+    let body = json!({"messages": [{"role": "user", "content": "Give the largest city of France as JSON."}],
+        "max_tokens": 60, "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "city", "strict": true, "schema": schema}}});
+    let r = post(a, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let reply = r.json();
+    let content = reply["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v: Value = serde_json::from_str(&content).unwrap_or_else(|e| panic!("{e}: {content}"));
+    assert!(
+        v["city"].is_string() && v["population"].is_i64(),
+        "{content}"
+    );
+    let at = |k: &str| content.find(k).unwrap();
+    assert!(
+        at("\"city\"") < at("\"population\""),
+        "the schema's order: {content}"
+    );
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop");
+    // The same streamed.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let pieces: String = post(a, "/v1/chat/completions", &streamed)
+        .events()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(pieces, content);
+    // llama.cpp's `grammar` on a completion, sampled: every choice is one of the words.
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "My favourite colour is", "max_tokens": 10, "n": 4, "temperature": 1.5, "seed": 3,
+                "grammar": "root ::= \" \" (\"red\" | \"green\" | \"blue\")"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for c in r.json()["choices"].as_array().unwrap() {
+        let t = c["text"].as_str().unwrap();
+        assert!([" red", " green", " blue"].contains(&t), "{t}");
+        assert_eq!(c["finish_reason"], "stop");
+    }
 }
 
 #[test]

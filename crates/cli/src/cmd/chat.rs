@@ -8,7 +8,7 @@ use anyhow::Result;
 use ferrollama_generate::{ChatFormat, GenerateParams, Generator, Message};
 use ferrollama_tokenizer::Tokenizer;
 
-use crate::args::{ModelArgs, SamplingArgs};
+use crate::args::{GrammarArgs, ModelArgs, SamplingArgs};
 use crate::load::load;
 
 #[derive(clap::Args, Debug)]
@@ -17,6 +17,9 @@ pub struct Args {
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Every reply follows this grammar or schema.
+    #[command(flatten)]
+    pub grammar: GrammarArgs,
     /// System prompt for the conversation.
     #[arg(short, long)]
     pub system: Option<String>,
@@ -42,6 +45,7 @@ pub fn run(a: Args) -> Result<()> {
         max_new_tokens: a.max_tokens,
         stop: a.stop.clone(),
         sampling: a.sampling.params(),
+        grammar: a.grammar.constraint(&m.tokenizer)?,
         ..GenerateParams::default()
     };
     let mut generator = Generator::new(&m.model, &m.tokenizer, m.n_ctx);

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 use ferrollama_generate::{ChatFormat, GenerateParams, Generator, Message};
 
-use crate::args::{ModelArgs, SamplingArgs};
+use crate::args::{GrammarArgs, ModelArgs, SamplingArgs};
 use crate::load::load;
 
 #[derive(clap::Args, Debug)]
@@ -14,6 +14,8 @@ pub struct Args {
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub grammar: GrammarArgs,
     /// The text to continue.
     #[arg(short, long)]
     pub prompt: String,
@@ -61,6 +63,7 @@ pub fn run(a: Args) -> Result<()> {
         stop: a.stop.clone(),
         sampling: a.sampling.params(),
         ignore_eos: a.ignore_eos,
+        grammar: a.grammar.constraint(&m.tokenizer)?,
     };
     let mut generator = Generator::new(&m.model, &m.tokenizer, m.n_ctx);
     let mut out = std::io::stdout().lock();

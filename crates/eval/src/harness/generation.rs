@@ -106,6 +106,7 @@ impl Generation {
             stop: stops.to_vec(),
             sampling,
             ignore_eos: false,
+            grammar: None,
         }
     }
 }
