@@ -66,6 +66,10 @@ enum Command {
     /// Reward models: train one on preference pairs, score conversations with it.
     #[command(subcommand)]
     Reward(cmd::reward::Command),
+    /// The seminar's probes of linguistic knowledge: dependency analyses scored against a
+    /// treebank and drawn.
+    #[command(subcommand)]
+    Probe(cmd::probe::Command),
     /// Rejection-sampling fine-tuning in rounds: K answers per prompt, scored by reward
     /// models, the best fine-tuned on; held-out reward and KL per round (resumable).
     Rs(Box<cmd::rs::Args>),
@@ -127,6 +131,7 @@ fn main() {
         Command::Sft(a) => cmd::sft::run(a),
         Command::Dpo(a) => cmd::dpo::run(a),
         Command::Reward(c) => cmd::reward::run(c),
+        Command::Probe(c) => cmd::probe::run(c),
         Command::Rs(a) => cmd::rs::run(*a),
         Command::Ppo(a) => cmd::ppo::run(*a),
         Command::Data(c) => cmd::data::run(c),

@@ -122,7 +122,7 @@ fn err(path: &str, message: impl Into<String>) -> Error {
 }
 
 /// A GBNF string literal for `s`.
-pub(crate) fn literal(s: &str) -> String {
+pub fn literal(s: &str) -> String {
     let mut out = String::from("\"");
     for ch in s.chars() {
         match ch {

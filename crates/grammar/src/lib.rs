@@ -21,6 +21,6 @@ pub use constraint::{matches, Constraint};
 pub use error::{Error, Result};
 pub use grammar::Grammar;
 pub use json::Json;
-pub use json_schema::{schema_json_to_gbnf, schema_to_gbnf};
+pub use json_schema::{literal, schema_json_to_gbnf, schema_to_gbnf};
 pub use parse::parse;
 pub use vocab::{TokenMask, Vocabulary};

@@ -14,6 +14,15 @@ use crate::error::ApiError;
 
 /// The grammar a request body asks for, if any. At most one way of asking is accepted.
 pub fn requested(body: &[u8]) -> Result<Option<GrammarSource>, ApiError> {
+    let mentions = |key: &[u8]| body.windows(key.len()).any(|w| w == key);
+    // A key written with `\u` escapes is still that key: parse those bodies too.
+    if !(mentions(b"response_format")
+        || mentions(b"grammar")
+        || mentions(b"json_schema")
+        || mentions(b"\\u"))
+    {
+        return Ok(None);
+    }
     let Ok(doc) = serde_json::from_slice::<Json>(body) else {
         // The typed parse has already accepted the body; nothing more to find here.
         return Ok(None);
@@ -54,12 +63,14 @@ pub fn requested(body: &[u8]) -> Result<Option<GrammarSource>, ApiError> {
                     GrammarSource::JsonSchema(schema.compact()),
                 ));
             }
-            other => return Err(ApiError::invalid_param(
-                "response_format",
-                format!(
+            other => {
+                return Err(ApiError::invalid_param(
+                    "response_format",
+                    format!(
                     "response_format '{other}' is not supported (text, json_object, json_schema)"
                 ),
-            )),
+                ))
+            }
         }
     }
     match doc.get("json_schema") {
@@ -131,6 +142,10 @@ mod tests {
     #[test]
     fn each_way_of_asking_is_read_with_member_order_kept() {
         assert_eq!(req(r#"{"messages": []}"#).unwrap(), None);
+        assert_eq!(
+            req(r#"{"\u0067rammar": "root ::= \"a\""}"#).unwrap(),
+            Some(GrammarSource::Gbnf("root ::= \"a\"".into()))
+        );
         assert_eq!(
             req(r#"{"response_format": {"type": "text"}}"#).unwrap(),
             None

@@ -15,6 +15,7 @@ pub mod logits;
 pub mod merge;
 pub mod perplexity;
 pub mod ppo;
+pub mod probe;
 pub mod rag;
 pub mod rag_ask;
 pub mod rag_eval;

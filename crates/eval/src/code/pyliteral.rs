@@ -251,6 +251,17 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Parses the Python literal at the start of `text` (leading whitespace skipped);
+/// returns it and how many bytes it took. Text after it is left alone.
+pub fn parse_literal_prefix(text: &str) -> R<(Py, usize)> {
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+    };
+    let v = p.value()?;
+    Ok((v, p.i))
+}
+
 /// Parses one `assert ...` line of an MBPP test list.
 pub fn parse_assert(line: &str) -> R<Check> {
     let line = line.trim();
