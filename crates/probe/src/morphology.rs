@@ -50,26 +50,76 @@ pub fn prompt(word: &str, template: Option<&str>, one_shot: bool) -> String {
     }
 }
 
-/// The GBNF grammar of an answer: a space or line break, then one well-formed tree of
-/// at most [`MAX_DEPTH`] levels, labels from [`LABELS`], 1-4 children per node, leaves
-/// of lowercase letters (apostrophes and hyphens too).
-pub fn grammar() -> String {
+/// Most morphemes (leaves) a tree may have.
+pub const MAX_MORPHEMES: usize = 6;
+
+/// Longest leaf the grammar allows for `word`: its length and a few letters for spelling
+/// changes (happy in happiness).
+fn leaf_limit(word: &str) -> usize {
+    word.chars().count() + 4
+}
+
+/// The GBNF grammar of an answer for `word`: a space or line break, then one tree of at
+/// most [`MAX_DEPTH`] levels and [`MAX_MORPHEMES`] leaves, each node one or two children
+/// (word formation is binary: the seminar's example and every reference tree are), labels
+/// from [`LABELS`], leaves of lowercase letters (apostrophes, hyphens) no longer than the
+/// word and four letters. Its longest sentence is therefore short, and
+/// [`answer_budget`] covers it: a constrained answer is never cut off.
+///
+/// `t-d-k` is a tree at depth d with at most k leaves; a binary node splits its k.
+pub fn grammar(word: &str) -> String {
     let labels: Vec<String> = LABELS.iter().map(|l| format!("\"{l}\"")).collect();
     let mut g = format!(
-        "root ::= [ \\n] tree-0\nlabel ::= {}\nleaf ::= \"[\" [a-z'-]{{1,24}} \"]\"\n",
-        labels.join(" | ")
+        "root ::= [ \\n] t-0-{MAX_MORPHEMES}\nlabel ::= {}\nleaf ::= \"[\" [a-z'-]{{1,{}}} \"]\"\n",
+        labels.join(" | "),
+        leaf_limit(word)
     );
     for d in 0..MAX_DEPTH {
-        if d + 1 == MAX_DEPTH {
-            g.push_str(&format!("tree-{d} ::= leaf\n"));
-        } else {
-            g.push_str(&format!(
-                "tree-{d} ::= leaf | \"[\" label (\" \" tree-{n}){{1,4}} \"]\"\n",
-                n = d + 1
-            ));
+        for k in 1..=MAX_MORPHEMES {
+            if d + 1 == MAX_DEPTH {
+                g.push_str(&format!("t-{d}-{k} ::= leaf\n"));
+                continue;
+            }
+            let n = d + 1;
+            let mut alts = vec![
+                "leaf".to_string(),
+                format!("\"[\" label \" \" t-{n}-{k} \"]\""),
+            ];
+            for j in 1..k {
+                alts.push(format!(
+                    "\"[\" label \" \" t-{n}-{j} \" \" t-{n}-{} \"]\"",
+                    k - j
+                ));
+            }
+            g.push_str(&format!("t-{d}-{k} ::= {}\n", alts.join(" | ")));
         }
     }
     g
+}
+
+/// Characters of the longest answer [`grammar`] allows for `word` (every token is at
+/// least one character, so this many tokens always suffice).
+pub fn answer_budget(word: &str) -> usize {
+    let label = LABELS.iter().map(|l| l.len()).max().unwrap_or(0);
+    let leaf = leaf_limit(word) + 2;
+    // longest[d][k], filled from the deepest level up.
+    let mut longest = vec![vec![0usize; MAX_MORPHEMES + 1]; MAX_DEPTH];
+    for d in (0..MAX_DEPTH).rev() {
+        for k in 1..=MAX_MORPHEMES {
+            longest[d][k] = if d + 1 == MAX_DEPTH {
+                leaf
+            } else {
+                let below = &longest[d + 1];
+                let unary = label + 3 + below[k];
+                let binary = (1..k)
+                    .map(|j| label + 4 + below[j] + below[k - j])
+                    .max()
+                    .unwrap_or(0);
+                leaf.max(unary).max(binary)
+            };
+        }
+    }
+    1 + longest[0][MAX_MORPHEMES]
 }
 
 /// Reads a tree from the start of `text` (leading blanks skipped); text after it is left.
@@ -280,7 +330,7 @@ mod tests {
 
     #[test]
     fn the_grammar_takes_well_formed_trees_only() {
-        let g = parse_gbnf(&grammar()).unwrap();
+        let g = parse_gbnf(&grammar(EXAMPLE.0)).unwrap();
         assert!(matches(&g, &format!(" {}", EXAMPLE.1)).unwrap());
         assert!(matches(
             &g,
@@ -293,9 +343,62 @@ mod tests {
             " [noun [Cat]]".to_string(),
             " [noun]x".to_string(),
             format!(" {}[a]{}", "[noun ".repeat(6), "]".repeat(6)),
+            " [noun [a] [b] [c]]".to_string(),
+            format!(" [noun [{}]]", "a".repeat(18)),
+            " [noun [noun [a] [b]] [noun [noun [c] [d]] [noun [e] [noun [f] [g]]]]]".to_string(),
         ] {
             assert!(!matches(&g, &bad).unwrap(), "{bad}");
         }
+        // Six morphemes fit.
+        assert!(matches(
+            &g,
+            " [noun [noun [a] [b]] [noun [noun [c] [d]] [noun [e] [f]]]]"
+        )
+        .unwrap());
+    }
+
+    #[test]
+    fn the_budget_covers_the_longest_tree_the_grammar_allows() {
+        // The longest tree: unary chains as deep as allowed over binary splits, longest
+        // labels and leaves. Build it greedily from the same recursion and check it.
+        fn longest(d: usize, k: usize, leaf: &str) -> Tree {
+            let label = "adjective".to_string();
+            if d + 1 == MAX_DEPTH {
+                return Tree {
+                    label: leaf.into(),
+                    children: vec![],
+                };
+            }
+            let size = |t: &Tree| write(t).len();
+            let mut best = Tree {
+                label: leaf.into(),
+                children: vec![],
+            };
+            let unary = Tree {
+                label: label.clone(),
+                children: vec![longest(d + 1, k, leaf)],
+            };
+            if size(&unary) > size(&best) {
+                best = unary;
+            }
+            for j in 1..k {
+                let t = Tree {
+                    label: label.clone(),
+                    children: vec![longest(d + 1, j, leaf), longest(d + 1, k - j, leaf)],
+                };
+                if size(&t) > size(&best) {
+                    best = t;
+                }
+            }
+            best
+        }
+        let word = "unlockable";
+        let leaf = "x".repeat(leaf_limit(word));
+        let t = longest(0, MAX_MORPHEMES, &leaf);
+        let answer = format!(" {}", write(&t));
+        assert!(matches(&parse_gbnf(&grammar(word)).unwrap(), &answer).unwrap());
+        assert_eq!(answer.len(), answer_budget(word));
+        assert!(answer_budget(word) < 1200, "{}", answer_budget(word));
     }
 
     #[test]
@@ -384,7 +487,6 @@ pub fn probe(
     } = settings;
     use ferrollama_generate::{generate_all, FinishReason, GenerateParams, Job};
     use std::sync::Arc;
-    let grammar = Arc::new(ferrollama_grammar::parse(&grammar())?);
     let mut jobs = Vec::with_capacity(words.len());
     let mut longest = 0;
     for (i, w) in words.iter().enumerate() {
@@ -397,19 +499,20 @@ pub fn probe(
             None => tok.encode(&text, true, true),
         };
         let constraint = if *constrained {
-            Some(ferrollama_grammar::Constraint::new(
-                Arc::clone(&grammar),
-                Arc::clone(vocab),
-            )?)
+            let g = Arc::new(ferrollama_grammar::parse(&grammar(w))?);
+            Some(ferrollama_grammar::Constraint::new(g, Arc::clone(vocab))?)
         } else {
             None
         };
-        longest = longest.max(prompt.len() + 160);
+        // A free answer gets 160 tokens (plenty for a tree; a free run that rambles
+        // would otherwise take the whole grammar bound).
+        let budget = if *constrained { answer_budget(w) } else { 160 };
+        longest = longest.max(prompt.len() + budget);
         jobs.push(Job {
             id: i as u64,
             prompt,
             params: GenerateParams {
-                max_new_tokens: 160,
+                max_new_tokens: budget,
                 stop: vec!["\n\n".into()],
                 sampling: ferrollama_sampling::SamplingParams::greedy(),
                 ignore_eos: false,
@@ -473,10 +576,10 @@ mod reference_tests {
     fn every_shipped_reference_is_a_tree_the_grammar_takes() {
         let refs = read_references(REFERENCE).unwrap();
         assert!(refs.len() >= 300, "{}", refs.len());
-        let g = parse_gbnf(&grammar()).unwrap();
         let mut ambiguous = 0;
         for (word, trees) in &refs {
             ambiguous += usize::from(trees.len() > 1);
+            let g = parse_gbnf(&grammar(word)).unwrap();
             for t in trees {
                 assert!(
                     matches(&g, &format!(" {}", write(t))).unwrap(),
