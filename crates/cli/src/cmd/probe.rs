@@ -54,8 +54,8 @@ pub struct MorphologyArgs {
     #[arg(long, value_name = "FILE")]
     pub write_sft: Option<PathBuf>,
     /// Write each tree as SVG and PNG into this directory (`WORD.svg`, `WORD.png`).
-    #[arg(long)]
-    pub draw: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    pub svg: Option<PathBuf>,
     /// Sequences decoded at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
@@ -446,7 +446,7 @@ fn morphology_probe(a: MorphologyArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    if let Some(dir) = &a.draw {
+    if let Some(dir) = &a.svg {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for o in &outcomes {
             if let Ok(t) = &o.tree {
