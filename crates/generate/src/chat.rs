@@ -145,6 +145,8 @@ pub fn render_template_with(
     add_generation_prompt: bool,
 ) -> Result<String> {
     let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(
         "raise_exception",
@@ -168,9 +170,62 @@ pub fn render_template_with(
         bos_token => piece(tok.bos()),
         eos_token => piece(tok.eos()),
     };
-    env.get_template("chat")
-        .and_then(|t| t.render(ctx))
-        .map_err(|e| Error::Template(format!("{e:#}")))
+    let template = env
+        .get_template("chat")
+        .map_err(|e| Error::Template(format!("{e:#}")))?;
+    let mut out = CappedOutput {
+        bytes: Vec::new(),
+        cap: TEMPLATE_OUTPUT_BASE
+            + TEMPLATE_OUTPUT_PER_INPUT_BYTE
+                * messages
+                    .iter()
+                    .map(|m| m.content.len() + m.role.len())
+                    .sum::<usize>(),
+    };
+    // The captured state borrows the environment: keep only whether rendering succeeded.
+    let rendered = template.render_captured_to(ctx, &mut out).map(drop);
+    match rendered {
+        Ok(()) => String::from_utf8(out.bytes)
+            .map_err(|_| Error::Template("the template wrote invalid UTF-8".into())),
+        Err(_) if out.bytes.len() >= out.cap => Err(Error::Template(format!(
+            "the template's output passed {} bytes (the limit for these messages)",
+            out.cap
+        ))),
+        Err(e) => Err(Error::Template(format!("{e:#}"))),
+    }
+}
+
+/// Chat templates are programs from model files, and the messages they format come from
+/// whoever calls the server, so rendering is bounded: at most this many template
+/// instructions (minijinja's fuel; SmolLM2's template spends about 40 per message, so a
+/// real conversation never comes near) ...
+const TEMPLATE_FUEL: u64 = 2_000_000;
+/// ... nesting of macro calls and blocks at most this deep ...
+const TEMPLATE_RECURSION: usize = 64;
+/// ... and output at most 64 KiB plus 8 bytes for each byte of the messages (a template
+/// adds headers around the text; one that repeats the text in a loop is refused).
+const TEMPLATE_OUTPUT_BASE: usize = 64 << 10;
+const TEMPLATE_OUTPUT_PER_INPUT_BYTE: usize = 8;
+
+/// A writer that refuses to grow past `cap` bytes (ending the render with an error).
+struct CappedOutput {
+    bytes: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.cap {
+            self.bytes.resize(self.cap, 0);
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 pub use ferrollama_tokenizer::chat_template_from_config as template_from_tokenizer_config;
