@@ -83,3 +83,48 @@ fn broken_template_is_an_error() {
     .unwrap_err();
     assert!(err.to_string().contains("no system role"), "{err}");
 }
+
+/// A template is a program from a model file: one that loops for ever, recurses without
+/// end or writes without bound ends in an error, quickly, while a long real conversation
+/// renders.
+#[test]
+fn hostile_templates_end_in_errors() {
+    let (tok, file) = tokenizer(ferrollama_assets::default_model().unwrap());
+    let render = |t: &str, msgs: &[Message]| {
+        let start = std::time::Instant::now();
+        let r = ferrollama_generate::chat::render_template(t, msgs, &tok);
+        (r, start.elapsed())
+    };
+    let hi = [Message::new("user", &"x".repeat(1000))];
+    for (template, says) in [
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "fuel",
+        ),
+        (
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+            "recursion",
+        ),
+        (
+            "{% for i in range(10000) %}{{ messages[0].content }}{% endfor %}",
+            "output passed",
+        ),
+    ] {
+        let (r, took) = render(template, &hi);
+        let err = r.unwrap_err().to_string();
+        assert!(err.to_lowercase().contains(says), "{template}: {err}");
+        assert!(took.as_secs() < 5, "{template}: {took:?}");
+    }
+    // 400 turns with SmolLM2's own template stay well inside the limits.
+    let template = file.header.get_str("tokenizer.chat_template").unwrap();
+    let long: Vec<Message> = (0..400)
+        .map(|i| {
+            Message::new(
+                if i % 2 == 0 { "user" } else { "assistant" },
+                "Tell me more.",
+            )
+        })
+        .collect();
+    let (r, _) = render(template, &long);
+    assert_eq!(r.unwrap().matches("<|im_start|>").count(), 401);
+}

@@ -121,6 +121,31 @@ impl ApiError {
         }
     }
 
+    /// 503: the server holds as many connections as it serves at once.
+    pub fn busy_connections(max: usize) -> Self {
+        Self {
+            code: Some("too_many_connections"),
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!("the server has {max} connections open, its limit; retry shortly"),
+            )
+        }
+    }
+
+    /// 408: the body did not arrive in time.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "the request body did not arrive within {:.1} s",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
     /// 500: the model failed on a valid request.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod grammar;
+pub mod listen;
 pub mod metrics;
 pub mod rag;
 pub mod request;
@@ -46,6 +47,8 @@ pub struct ServeOptions {
     pub embedding: Option<EmbeddingModel>,
     /// A document store chat requests may answer from (`"rag"`).
     pub rag: Option<rag::RagService>,
+    /// Connections, header and body timeouts.
+    pub limits: listen::Limits,
 }
 
 /// An encoder the server embeds text with, and the name requests give it.
@@ -119,6 +122,7 @@ pub fn serve_listener(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         grammar: Default::default(),
+        limits: opts.limits,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -128,9 +132,13 @@ pub fn serve_listener(
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         eprintln!("listening on http://{}", listener.local_addr()?);
-        axum::serve(listener, routes::router(app))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        listen::serve(
+            listener,
+            routes::router(app),
+            opts.limits,
+            shutdown_signal(),
+        )
+        .await
     })
 }
 

@@ -43,6 +43,7 @@ pub struct AppState {
     pub started: u64,
     /// The vocabulary as grammars see it, built on the first constrained request.
     pub grammar: crate::grammar::GrammarVocabulary,
+    pub limits: crate::listen::Limits,
 }
 
 pub type App = Arc<AppState>;
@@ -84,6 +85,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/rag/search", post(crate::rag::search))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), read_body))
         .layer(middleware::from_fn_with_state(app.clone(), check_key))
         .layer(DefaultBodyLimit::max(app.body_limit))
         .layer(middleware::from_fn_with_state(app.clone(), record))
@@ -114,6 +116,32 @@ async fn check_key(State(app): State<App>, req: Request, next: Next) -> Response
         }
     }
     next.run(req).await
+}
+
+/// Reads the whole body before any handler runs, within the size limit and
+/// [`Limits::body_timeout`](crate::listen::Limits): a client that sends its body a byte at a
+/// time gets a 408 instead of holding a task for ever.
+async fn read_body(State(app): State<App>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, app.body_limit);
+    let read = tokio::time::timeout(
+        app.limits.body_timeout,
+        http_body_util::BodyExt::collect(limited),
+    )
+    .await;
+    let bytes = match read {
+        Err(_) => return ApiError::body_timeout(app.limits.body_timeout).into_response(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::too_large(app.body_limit).into_response()
+        }
+        Ok(Err(e)) => {
+            return ApiError::bad_request(format!("could not read the request body: {e}"))
+                .into_response()
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 async fn record(State(app): State<App>, req: Request, next: Next) -> Response {

@@ -17,6 +17,7 @@ struct Opts {
     ctx: usize,
     queue: usize,
     key: Option<&'static str>,
+    limits: ferrollama_server::listen::Limits,
 }
 
 /// Starts a server on the default model on a free port in a background thread.
@@ -41,6 +42,7 @@ fn start_with(
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let opts = ServeOptions {
+        limits: o.limits,
         addr,
         api_key: o.key.map(String::from),
         parallel: o.parallel,
@@ -66,6 +68,7 @@ fn shared() -> SocketAddr {
             ctx: 2048,
             queue: 64,
             key: None,
+            limits: Default::default(),
         })
     })
 }
@@ -520,6 +523,7 @@ fn prefix_cache_reuses_a_shared_prompt() {
         ctx: 256,
         queue: 4,
         key: None,
+        limits: Default::default(),
     });
     let ask = |q: &str| {
         post(
@@ -555,6 +559,7 @@ fn a_burst_sharing_a_system_prompt_computes_it_once() {
         ctx: 1024,
         queue: 8,
         key: None,
+        limits: Default::default(),
     });
     let system = "You are a careful assistant. Answer every question in one short sentence, \
                   without lists, and never mention that you are an assistant.";
@@ -595,6 +600,7 @@ fn a_burst_sharing_a_system_prompt_computes_it_once() {
         ctx: 256,
         queue: 8,
         key: None,
+        limits: Default::default(),
     });
     for (q, r) in questions.iter().zip(&together) {
         let alone = post(fresh, "/v1/chat/completions", &body(q)).json();
@@ -612,6 +618,7 @@ fn api_key_is_required_when_set() {
         ctx: 256,
         queue: 4,
         key: Some("s3cret"),
+        limits: Default::default(),
     });
     assert_error(&http(a, "GET", "/v1/models", &[], b""), 401, "API key");
     assert_error(
@@ -682,6 +689,7 @@ fn full_queue_answers_503_and_a_dropped_client_frees_its_slot() {
         ctx: 512,
         queue: 1,
         key: None,
+        limits: Default::default(),
     });
     // One request holds the only slot; a second waits in the one queue place.
     let holder = open_stream(a, 400);
@@ -729,6 +737,7 @@ fn a_request_names_the_adapter_it_runs_with() {
         ctx: 256,
         queue: 8,
         key: None,
+        limits: Default::default(),
     };
     let named = adapter.clone();
     let a = start_with(&model, opts(), move |b| {
@@ -820,6 +829,7 @@ fn an_embedding_model_serves_embeddings_beside_the_chat_model() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let a = listener.local_addr().unwrap();
     let opts = ServeOptions {
+        limits: Default::default(),
         addr: a,
         api_key: None,
         parallel: 1,
@@ -957,5 +967,69 @@ fn chat_with_documents_needs_a_store() {
         "/v1/chat/completions",
         &json!({"messages": [{"role": "user", "content": "hi"}], "rag": false, "max_tokens": 2}),
     );
+    assert_eq!(r.status, 200);
+}
+
+/// Clients that hold connections without finishing their requests: headers sent a line at
+/// a time and never ended are cut off at the header timeout; a body that stops arriving is
+/// a 408 with an OpenAI-shaped error at the body timeout; connections past the limit get a
+/// 503 with one; the server keeps serving through all of it.
+#[test]
+fn slow_and_excess_clients_are_cut_off_with_errors() {
+    let limits = ferrollama_server::listen::Limits {
+        max_connections: 3,
+        header_timeout: Duration::from_millis(800),
+        body_timeout: Duration::from_millis(800),
+    };
+    let addr = start(Opts {
+        parallel: 1,
+        ctx: 512,
+        queue: 4,
+        key: None,
+        limits,
+    });
+    let read_all = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    // Slowloris: the headers never end; the server hangs up.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let _ = read_all(&mut slow);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // A body that stops halfway: 408.
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"messages\"")
+        .unwrap();
+    let answer = read_all(&mut half);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("\"error\"") && answer.contains("did not arrive"),
+        "{answer}"
+    );
+
+    // Three idle connections fill the limit; a fourth gets a 503 with a JSON body.
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut extra = TcpStream::connect(addr).unwrap();
+    let answer = read_all(&mut extra);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["error"]["code"], "too_many_connections");
+    drop(held);
+
+    // Once the idle ones are cut off, requests are served again.
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = http(addr, "GET", "/health", &[], b"");
     assert_eq!(r.status, 200);
 }

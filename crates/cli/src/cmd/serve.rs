@@ -50,6 +50,15 @@ pub struct Args {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 2 << 20)]
     pub max_body: usize,
+    /// Connections served at once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (slow senders are cut off).
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds a client has to send a request's body once its headers are in (then 408).
+    #[arg(long, default_value_t = 30.0)]
+    pub body_timeout: f64,
     /// A sentence encoder for /v1/embeddings: a sentence-transformers directory, or
     /// `default` (all-MiniLM-L6-v2, fetched on first use). Requests without `model`, or
     /// naming it (its directory's name), use it; naming the chat model, its own states.
@@ -114,6 +123,11 @@ pub fn run(a: Args) -> Result<()> {
         None => None,
     };
     let opts = ServeOptions {
+        limits: ferrollama_server::listen::Limits {
+            max_connections: a.max_connections.max(1),
+            header_timeout: seconds(a.header_timeout, "--header-timeout")?,
+            body_timeout: seconds(a.body_timeout, "--body-timeout")?,
+        },
         addr: SocketAddr::new(a.host, a.port),
         api_key: a.api_key,
         parallel,
@@ -190,4 +204,13 @@ fn rag_service(
         store: std::sync::Arc::new(std::sync::Mutex::new(store)),
         embedder,
     })
+}
+
+/// A timeout given in seconds: positive and finite.
+fn seconds(v: f64, flag: &str) -> Result<std::time::Duration> {
+    if v.is_finite() && v > 0.0 && v < 1e6 {
+        Ok(std::time::Duration::from_secs_f64(v))
+    } else {
+        bail!("{flag} must be a positive number of seconds, got {v}")
+    }
 }
