@@ -569,6 +569,19 @@ fn reward_model_trains_and_scores() {
     for f in ["model.gguf", "adapter/adapter_config.json", "evals.jsonl"] {
         assert!(ppo.join(f).exists(), "{f}");
     }
+    // A run killed between an iteration's checkpoint and the removal of the policy it
+    // sampled with leaves that policy behind (found by scripts/kill_test.py); resuming
+    // removes it, so a resumed run leaves what an uninterrupted one does.
+    for stale in ["iter-1/policy", "eval/policy-2"] {
+        std::fs::create_dir_all(ppo.join(stale)).unwrap();
+        std::fs::write(ppo.join(stale).join("adapter_model.safetensors"), b"x").unwrap();
+    }
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    run(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    for stale in ["iter-1/policy", "eval/policy-2"] {
+        assert!(!ppo.join(stale).exists(), "{stale} left behind");
+    }
 }
 
 /// `ferrollama data distill` and `data gatt` end to end: SFT data that `sft` reads, the

@@ -23,7 +23,7 @@
 //! share finished (`evals.jsonl`, `eval/iter-N.jsonl`).
 //!
 //! The run directory: `ppo.toml`, `iter-N/rollouts.jsonl` (every answer, its ids and score;
-//! `iter-N/adapter/`, the policy that sampled them, is removed once the iteration is
+//! `iter-N/policy/`, the policy that sampled them, is removed once the iteration is
 //! checkpointed), `metrics.jsonl` (one line per iteration), `checkpoints/`
 //! (after every iteration), and at the end `adapter/`, `model.gguf` and `hf/` (merged).
 //! A stopped run resumes at the start of the iteration it stopped in and ends with the
@@ -71,6 +71,23 @@ pub struct Ppo<'a> {
     format: ChatFormat,
     train: Vec<Prompt>,
     val: Vec<Prompt>,
+}
+
+/// A policy written for the engine to sample from is removed once its iteration's
+/// checkpoint is saved; a run killed between the two leaves it behind. On resume, the
+/// policies of finished iterations and every held-out one (never kept) are removed, so a
+/// resumed run leaves what an uninterrupted one leaves.
+fn remove_stale_policies(out: &Path, done: usize) {
+    for i in 1..=done {
+        let _ = std::fs::remove_dir_all(out.join(format!("iter-{i}")).join("policy"));
+    }
+    if let Ok(entries) = std::fs::read_dir(out.join("eval")) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("policy-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 impl<'a> Ppo<'a> {
@@ -156,6 +173,8 @@ impl<'a> Ppo<'a> {
             .map_err(|e| Error::Internal(format!("encoding the settings: {e}")))?;
         write_atomic(&settings, text.as_bytes())?;
         keep_metrics_through(&run.metrics(), state.step)?;
+        let done = (state.step / config.steps_per_iteration()) as usize;
+        remove_stale_policies(out, done);
         Ok(Self {
             config,
             model,
