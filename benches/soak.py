@@ -207,11 +207,11 @@ def one(kind, port, rng, stats, args):
         extra = rng.choice([{"n": 1000}, {"temperature": -1}, {"top_p": 7}, {"max_tokens": -5},
                             {"logprobs": True, "top_logprobs": 99}, {"tools": [{"type": "function"}]},
                             {"response_format": {"type": "xml"}}, {"grammar": "root ::= ("},
-                            {"messages": []}, {"model": "no-such-model"}])
+                            {"messages": []}, {"max_tokens": -5}])
         body = json.loads(chat_body(rng))
         body.update(extra)
         r, data = post(port, "/v1/chat/completions", json.dumps(body).encode())
-        check_error(kind, r, data, stats, {400, 404})
+        check_error(kind, r, data, stats, {400})
     elif kind == "oversized":
         body = b'{"messages": [{"role": "user", "content": "' + b"a" * (3 << 20) + b'"}]}'
         try:

@@ -15,6 +15,11 @@ const MAX_DIMS: u32 = 4;
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// Nesting of arrays inside arrays that we accept; real files use one level.
 const MAX_ARRAY_DEPTH: u32 = 4;
+/// Metadata array elements in one file, all arrays together. Each is a [`Value`] of 32
+/// bytes in memory however small on disk (a `u8` is one byte there), so without a bound a
+/// 100 MB file of byte arrays would cost 3 GB to parse. 8M is eight times what the largest
+/// real vocabularies need (262k tokens: tokens, scores, types, merges).
+pub const MAX_ARRAY_ELEMENTS: u64 = 1 << 23;
 
 /// Where one tensor lives and what it holds.
 #[derive(Debug, Clone)]
@@ -141,6 +146,7 @@ impl Gguf {
             bytes,
             pos: 0,
             file,
+            array_elements: 0,
         };
         let magic = r.take(4, "magic")?;
         if magic != MAGIC {
@@ -345,6 +351,8 @@ struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
     file: &'a str,
+    /// Metadata array elements read so far (see [`MAX_ARRAY_ELEMENTS`]).
+    array_elements: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -441,6 +449,12 @@ impl<'a> Cursor<'a> {
                 let elem = self.value_type(key)?;
                 let n = self.u64(&format!("length of array `{key}`"))?;
                 self.check_count(n, elem.min_size(), &format!("length of array `{key}`"))?;
+                self.array_elements = self.array_elements.saturating_add(n);
+                if self.array_elements > MAX_ARRAY_ELEMENTS {
+                    return Err(self.invalid(format!(
+                        "metadata key `{key}`: more than {MAX_ARRAY_ELEMENTS} array elements in the file"
+                    )));
+                }
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     items.push(self.value(elem, key, depth + 1)?);

@@ -220,3 +220,23 @@ fn random_corruption_never_panics() {
         let _ = Gguf::parse(&b, "fuzz.gguf");
     }
 }
+
+/// Byte arrays are one byte each on disk and a `Value` each in memory: past
+/// `MAX_ARRAY_ELEMENTS` in one file the parse stops, before the 32-fold blow-up.
+#[test]
+fn too_many_array_elements_are_refused_before_they_are_built() {
+    let n = ferrollama_gguf::reader::MAX_ARRAY_ELEMENTS + 1;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&1u64.to_le_bytes()); // metadata keys
+    b.extend_from_slice(&5u64.to_le_bytes());
+    b.extend_from_slice(b"a.big");
+    b.extend_from_slice(&9u32.to_le_bytes()); // array
+    b.extend_from_slice(&0u32.to_le_bytes()); // of u8
+    b.extend_from_slice(&n.to_le_bytes());
+    b.resize(b.len() + n as usize, 1);
+    let e = err(&b);
+    assert!(e.contains("array elements in the file"), "{e}");
+}
