@@ -20,11 +20,13 @@ import datetime
 import http.client
 import json
 import pathlib
-import re
 import subprocess
 import sys
 import tarfile
 import urllib.parse
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from soak import start_server  # noqa: E402 - a sibling script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CACHE = pathlib.Path.home() / ".cache" / "ferrollama" / "bench" / "blns"
@@ -74,18 +76,9 @@ def main():
     args = p.parse_args()
     naughty = strings()
     log_path = pathlib.Path("/tmp/ferrollama-naughty-server.log")
-    log = open(log_path, "w")
-    server = subprocess.Popen([args.binary, "serve", "--port", "0", "--parallel", "4",
-                               "--max-tokens", "4", "--ctx", "2048"],
-                              stdout=log, stderr=subprocess.PIPE, text=True)
-    port = None
-    for line in server.stderr:
-        log.write(line)
-        if m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", line):
-            port = int(m.group(1))
-            break
-    if port is None:
-        sys.exit(f"the server did not start; see {log_path}")
+    server, port, log = start_server(
+        [args.binary, "serve", "--port", "0", "--parallel", "4", "--max-tokens", "4",
+         "--ctx", "2048"], log_path)
     statuses = collections.Counter()
     by_place = collections.defaultdict(collections.Counter)
     breaks, health = [], []

@@ -289,6 +289,23 @@ def rss_mb(pid):
     return None
 
 
+def start_server(cmd, log_path):
+    """Starts `ferrollama serve --port 0 ...`, reads the port it prints, and keeps copying
+    its output to `log_path` (so a full pipe never blocks it). Returns (process, port, log)."""
+    log = open(log_path, "w")
+    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=log, text=True)
+    port = None
+    for line in server.stderr:
+        log.write(line)
+        if m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", line):
+            port = int(m.group(1))
+            break
+    if port is None:
+        sys.exit(f"the server did not start; see {log_path}")
+    threading.Thread(target=lambda: [log.write(l) for l in server.stderr], daemon=True).start()
+    return server, port, log
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=30)
@@ -304,17 +321,7 @@ def main():
     if args.model:
         cmd += ["--model", args.model]
     log_path = pathlib.Path("/tmp/ferrollama-soak-server.log")
-    log = open(log_path, "w")
-    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=log, text=True)
-    port = None
-    for line in server.stderr:
-        log.write(line)
-        if m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", line):
-            port = int(m.group(1))
-            break
-    if port is None:
-        sys.exit(f"the server did not start; see {log_path}")
-    threading.Thread(target=lambda: [log.write(l) for l in server.stderr], daemon=True).start()
+    server, port, log = start_server(cmd, log_path)
     stats, errors = Stats(), []
     start = time.time()
     deadline = start + args.minutes * 60

@@ -129,6 +129,9 @@ def main():
     # A Rust panic must abort so that libFuzzer sees it; backtraces name the place.
     env.setdefault("RUST_BACKTRACE", "1")
     env["ASAN_OPTIONS"] = "detect_leaks=1:allocator_may_return_null=0"
+    # One thread per fuzzer: the inputs are tiny, so a pool's wake-ups cost more than they
+    # save, and with --jobs 2 two pools would fight over two cores.
+    env["RAYON_NUM_THREADS"] = "1"
     if not args.no_build:
         build(env, args.sanitizer)
     targets = [t for t in args.targets.split(",") if t]

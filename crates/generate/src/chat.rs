@@ -170,9 +170,7 @@ pub fn render_template_with(
         bos_token => piece(tok.bos()),
         eos_token => piece(tok.eos()),
     };
-    let template = env
-        .get_template("chat")
-        .map_err(|e| Error::Template(format!("{e:#}")))?;
+    let template = env.get_template("chat").map_err(template_error)?;
     let mut out = CappedOutput {
         bytes: Vec::new(),
         cap: TEMPLATE_OUTPUT_BASE
@@ -191,8 +189,17 @@ pub fn render_template_with(
             "the template's output passed {} bytes (the limit for these messages)",
             out.cap
         ))),
-        Err(e) => Err(Error::Template(format!("{e:#}"))),
+        Err(e) => Err(template_error(e)),
     }
+}
+
+/// A template's error as text: the message and where (minijinja's plain display). Not its
+/// alternate display, which draws the source with a caret line: for some syntax errors
+/// the span ends before it starts on the same line, and drawing it underflows (a panic
+/// with overflow checks, a gigantic allocation without; found by the chat_template fuzz
+/// target, `crates/fuzzing/regressions/chat_template/`).
+fn template_error(e: minijinja::Error) -> Error {
+    Error::Template(e.to_string())
 }
 
 /// Chat templates are programs from model files, and the messages they format come from
