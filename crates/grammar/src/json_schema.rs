@@ -103,6 +103,16 @@ pub fn schema_json_to_gbnf(schema: &Json) -> Result<String> {
     {
         out.push_str(&format!("{name} ::= {body}\n"));
     }
+    // The one way a schema the converter accepts can still give no usable grammar:
+    // `$ref`s that reach themselves before any JSON text (`{"$ref": "#"}`, two
+    // definitions that are each other's `anyOf` branch), which is left recursion. Said
+    // here, about the schema, rather than later about a rule the user never wrote.
+    if let Err(e) = crate::parse(&out) {
+        return Err(err(
+            "#",
+            format!("its `$ref`s loop back on themselves before any JSON text ({e})"),
+        ));
+    }
     Ok(out)
 }
 

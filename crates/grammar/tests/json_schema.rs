@@ -166,6 +166,15 @@ fn unsupported_and_invalid_schemas_are_errors() {
     assert!(e(json!({"enum": []})).contains("accepts nothing"));
     assert!(e(json!(false)).contains("accepts nothing"));
     assert!(e(json!({"type": "decimal"})).contains("unknown type"));
+    // References that reach themselves before any text (found by the json_schema fuzz
+    // target): an error about the schema, not a grammar that then fails to parse.
+    for looping in [
+        json!({"$ref": "#"}),
+        json!({"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/b"}, {"type": "null"}]},
+                         "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}),
+    ] {
+        assert!(e(looping).contains("loop back on themselves"));
+    }
     // Annotations are not errors.
     assert!(schema_to_gbnf(r#"{"type": "string", "title": "T", "description": "d"}"#).is_ok());
     assert!(schema_to_gbnf("{")
