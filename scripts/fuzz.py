@@ -2,9 +2,10 @@
 """Runs every fuzz target (libFuzzer through cargo-fuzz, AddressSanitizer and LeakSanitizer,
 overflow checks on) for a fixed budget and reports executions and findings.
 
-    python3 scripts/fuzz.py [--runs 10000000] [--max-time SECONDS] [--jobs 2]
-                            [--targets gguf,gbnf] [--sanitizer address|none]
-                            [--out benches/results/DATE-fuzz]
+    python3 scripts/fuzz.py [--runs 10000000 | --until 10000000] [--max-time SECONDS]
+                            [--jobs 2] [--targets gguf,gbnf] [--sanitizer address|none]
+                            [--replay-asan] [--out benches/results/DATE-fuzz]
+    python3 scripts/fuzz.py --totals
 
 Each target starts from its committed seeds (crates/fuzzing/seeds/TARGET) and its working
 corpus (fuzz/corpus/TARGET, kept between runs, not committed); it stops after --runs
@@ -13,7 +14,13 @@ is the input libFuzzer saved (fuzz/artifacts/TARGET/crash-*, leak-*, timeout-*, 
 copy it into crates/fuzzing/regressions/TARGET/ with the fix, where the replay test runs it
 in CI. Limits: 2 GiB RSS, 10 s per input, inputs up to 64 KiB. `--sanitizer none` builds
 without AddressSanitizer (2-3x the executions; Rust's own checks, overflow checks and
-debug assertions stay, leaks are no longer detected) into a separate target directory.
+debug assertions stay, leaks are no longer detected) into a separate target directory;
+`--replay-asan` then runs every input of each corpus once more under AddressSanitizer and
+LeakSanitizer, so each input that found new code is checked for what the fast run cannot see.
+
+Every campaign's JSON lands in benches/results/ (`*-fuzz*.json`); `--totals` sums the
+executions per target over all of them, and `--until N` gives each target the runs it
+still needs to reach N in total.
 
 Needs the stable toolchain's nightly flags (RUSTC_BOOTSTRAP=1, set here) and cargo-fuzz
 (`cargo install cargo-fuzz`, installed here when missing). Writes OUT.json and OUT.md.
@@ -71,7 +78,7 @@ def binary(target, sanitizer):
     return target_dir(sanitizer) / "x86_64-unknown-linux-gnu" / "release" / target
 
 
-def run_target(target, args, env):
+def run_target(target, runs, args, env):
     corpus = FUZZ / "corpus" / target
     artifacts = FUZZ / "artifacts" / target
     corpus.mkdir(parents=True, exist_ok=True)
@@ -82,7 +89,7 @@ def run_target(target, args, env):
         str(binary(target, args.sanitizer)),
         str(corpus),
         str(seeds),
-        f"-runs={args.runs}",
+        f"-runs={runs}",
         f"-max_total_time={args.max_time}",
         "-print_final_stats=1",
         "-rss_limit_mb=2048",
@@ -115,9 +122,58 @@ def run_target(target, args, env):
     }
 
 
+def campaign_files():
+    return sorted((ROOT / "benches" / "results").glob("*-fuzz*.json"))
+
+
+def totals():
+    """Executions per target summed over every committed campaign, and the findings."""
+    runs = {t: 0 for t in TARGETS}
+    findings = {t: [] for t in TARGETS}
+    for path in campaign_files():
+        for r in json.loads(path.read_text()).get("results", []):
+            if r["target"] in runs:
+                runs[r["target"]] += r["executions"] or 0
+                findings[r["target"]] += r["findings"]
+    return runs, findings
+
+
+def print_totals():
+    runs, findings = totals()
+    print(f"Executions over {len(campaign_files())} campaigns (benches/results/*-fuzz*.json):")
+    print("| target | executions | findings (each fixed with a regression input) |")
+    print("|---|---:|---|")
+    for t in TARGETS:
+        print(f"| {t} | {runs[t]:,} | {', '.join(findings[t]) or 'none'} |")
+
+
+def replay_asan(target, env):
+    """Every corpus input of `target` once under AddressSanitizer and LeakSanitizer."""
+    corpus = FUZZ / "corpus" / target
+    artifacts = FUZZ / "artifacts" / target
+    before = {p.name for p in artifacts.iterdir()}
+    log = FUZZ / "artifacts" / f"{target}.replay.log"
+    cmd = [str(binary(target, "address")), str(corpus), "-runs=0", "-rss_limit_mb=2048",
+           "-malloc_limit_mb=2048", "-timeout=10", "-max_len=65536",
+           f"-artifact_prefix={artifacts}/"]
+    start = time.time()
+    with open(log, "w") as out:
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    findings = sorted(
+        p.name for p in artifacts.iterdir() if p.name not in before and FINDING.match(p.name)
+    )
+    return {"inputs": sum(1 for _ in corpus.iterdir()), "exit_code": rc,
+            "seconds": round(time.time() - start, 1), "findings": findings}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=10_000_000)
+    p.add_argument("--until", type=int, default=0,
+                   help="runs per target: what it still needs to reach this total")
+    p.add_argument("--replay-asan", action="store_true",
+                   help="afterwards, every corpus input once under ASan + LSan")
+    p.add_argument("--totals", action="store_true", help="print executions so far and exit")
     p.add_argument("--max-time", type=int, default=0, help="seconds per target (0: no cap)")
     p.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once")
     p.add_argument("--targets", default=",".join(TARGETS))
@@ -125,6 +181,9 @@ def main():
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--sanitizer", choices=["address", "none"], default="address")
     args = p.parse_args()
+    if args.totals:
+        print_totals()
+        return
     env = dict(os.environ, RUSTC_BOOTSTRAP="1")
     # A Rust panic must abort so that libFuzzer sees it; backtraces name the place.
     env.setdefault("RUST_BACKTRACE", "1")
@@ -134,18 +193,29 @@ def main():
     env["RAYON_NUM_THREADS"] = "1"
     if not args.no_build:
         build(env, args.sanitizer)
+        if args.replay_asan and args.sanitizer != "address":
+            build(env, "address")
     targets = [t for t in args.targets.split(",") if t]
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         sys.exit(f"unknown targets: {unknown}")
+    budget = {t: args.runs for t in targets}
+    if args.until:
+        done, _ = totals()
+        budget = {t: args.until - done[t] for t in targets if done[t] < args.until}
+        targets = list(budget)
     started = datetime.datetime.now(datetime.timezone.utc)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda t: run_target(t, args, env), targets))
+        results = list(pool.map(lambda t: run_target(t, budget[t], args, env), targets))
+        if args.replay_asan:
+            replays = pool.map(lambda t: replay_asan(t, env), targets)
+            for r, replay in zip(results, replays):
+                r["asan_replay"] = replay
     report = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
-        "runs_budget": args.runs,
+        "runs_budget": args.until or args.runs,
         "max_time_s": args.max_time,
         "jobs": args.jobs,
         "sanitizers": (
@@ -163,23 +233,31 @@ def main():
     lines = [
         f"# Fuzzing, {report['date']}",
         "",
-        f"`python3 scripts/fuzz.py --runs {args.runs} --max-time {args.max_time} --jobs {args.jobs}"
-        f" --sanitizer {args.sanitizer}`"
+        f"`python3 scripts/fuzz.py {f'--until {args.until}' if args.until else f'--runs {args.runs}'} --max-time {args.max_time} --jobs {args.jobs}"
+        f" --sanitizer {args.sanitizer}{' --replay-asan' if args.replay_asan else ''}`"
         f" on {report['cpu']} ({report['cores']} cores, {args.jobs} targets at once).",
         f"Sanitizers: {report['sanitizers']}. Limits: {report['limits']}.",
         "",
-        "| target | executions | exec/s | corpus | new units | peak RSS MB | time s | findings |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| target | executions | exec/s | corpus | new units | peak RSS MB | time s | findings |"
+        + (" ASan replay of the corpus |" if args.replay_asan else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---|" + ("---|" if args.replay_asan else ""),
     ]
     for r in results:
+        replay = r.get("asan_replay")
         lines.append(
             f"| {r['target']} | {r['executions'] or 0:,} | {r['exec_per_s'] or 0:,} | "
             f"{r['corpus_files']} | {r['new_units'] or 0} | {r['peak_rss_mb'] or 0} | "
             f"{r['seconds']} | {', '.join(r['findings']) or 'none'} |"
+            + (f" {replay['inputs']} inputs, {replay['seconds']} s, "
+               f"{', '.join(replay['findings']) or ('clean' if replay['exit_code'] == 0 else 'exit ' + str(replay['exit_code']))} |"
+               if replay else "")
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    if any(r["findings"] or r["exit_code"] != 0 for r in results):
+    print()
+    print_totals()
+    replays = [r["asan_replay"] for r in results if "asan_replay" in r]
+    if any(r["findings"] or r["exit_code"] != 0 for r in results + replays):
         sys.exit(1)
 
 

@@ -94,3 +94,16 @@ pub fn run(name: &str, data: &[u8]) {
         None => panic!("no fuzz target named `{name}`"),
     }
 }
+
+/// Makes the calling thread the only thread of rayon's global pool, so the model's parallel
+/// loops run inline on it. The fuzz harnesses (one thread per process) call it first: from
+/// outside a pool every parallel loop hands its work to a pool thread and waits for it, and
+/// those wake-ups cost a third of each small forward pass. Not for multi-threaded callers
+/// (tests): work sent from other threads would wait until this thread enters rayon.
+pub fn run_parallel_loops_inline() {
+    // An error means the global pool already exists; the harness then runs as it is.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .use_current_thread()
+        .build_global();
+}
