@@ -11,7 +11,13 @@ ceiling (bandwidth / bytes of weights read per token). llama.cpp comes from PyPI
 llama-cpp-python, built from source with this CPU's features into a cache venv (several
 minutes the first time). Not run by CI.
 
+`--peer llama-bench` measures llama.cpp with its own `llama-bench` binary instead (built with
+cmake and native flags from the same release's source, see llama_cpp_build.py: no Python in
+the loop, the fairest peer), on files quantized by llama.cpp's own `llama-quantize` from the
+f16 file (q4_K as Q4_K_S, q6_K as Q6_K); peak RSS is then the process's, from wait4.
+
     python3 benches/compare_llama_cpp.py [--pairs 5] [--threads 2] [--types q4_1,q8_0,q4_0,f16,q4_K,q6_K]
+                                         [--peer python|llama-bench]
 """
 
 import argparse
@@ -23,6 +29,9 @@ import platform
 import statistics
 import subprocess
 import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import llama_cpp_build  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 HOME = pathlib.Path(os.environ.get("FERROLLAMA_HOME", pathlib.Path.home() / ".cache/ferrollama/models"))
@@ -76,10 +85,15 @@ def sh(*cmd, **kw):
     return subprocess.run([str(c) for c in cmd], check=True, text=True, capture_output=True, **kw).stdout
 
 
-def ensure_venv():
+def ensure_venv(llama_cpp=True):
+    """The cache venv: numpy for the bandwidth probe, and llama-cpp-python for the Python peer."""
     py = VENV / "bin/python"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    if not llama_cpp:
+        if subprocess.run([str(py), "-c", "import numpy"], capture_output=True).returncode != 0:
+            subprocess.run([str(py), "-m", "pip", "install", "-q", "numpy"], check=True)
+        return py
     probe = subprocess.run([str(py), "-c", "import llama_cpp, numpy"], capture_output=True)
     if probe.returncode != 0:
         print(f"installing {LLAMA_CPP_PYTHON} (builds llama.cpp from source) and numpy into {VENV}", file=sys.stderr)
@@ -103,11 +117,50 @@ def model_files(types):
     return files
 
 
+# llama-quantize's names for the types compared.
+LLAMA_QUANTIZE_TYPES = {"q4_1": "Q4_1", "q8_0": "Q8_0", "q4_0": "Q4_0", "f16": "F16",
+                        "q4_K": "Q4_K_S", "q6_K": "Q6_K", "q5_0": "Q5_0", "q5_1": "Q5_1"}
+
+
+def llama_quantized_files(types):
+    """Each type quantized by llama.cpp's llama-quantize from the default model's f16 file."""
+    sh("cargo", "build", "--release", "-q", "-p", "ferrollama", cwd=REPO)
+    q4_1 = pathlib.Path(json.loads(sh(BIN, "info", "--json"))["file"])
+    f16 = HOME / "SmolLM2-135M-Instruct.f16.bench.gguf"
+    if not f16.exists():
+        sh(BIN, "quantize", q4_1, f16, "--type", "f16")
+    quantize = llama_cpp_build.ensure_tool("llama-quantize")
+    files = {}
+    for t in types:
+        path = HOME / f"SmolLM2-135M-Instruct.{t}.llama-quantize.gguf"
+        if not path.exists():
+            sh(quantize, f16, path, LLAMA_QUANTIZE_TYPES[t])
+        sh(BIN, "generate", "--model", path, "-p", "Hi", "-n", "1")  # writes the packed cache
+        files[t] = path
+    return files
+
+
 def run_ferrollama(path, threads, n_prompt, n_gen):
     records = json.loads(sh(BIN, "bench", "--model", path, "-p", n_prompt, "-n", n_gen, "-r", 1, "-t", threads, "--json"))
     pp = next(r for r in records if r["n_gen"] == 0)
     tg = next(r for r in records if r["n_prompt"] == 0)
-    return {"pp": pp["avg_ts"], "tg": tg["avg_ts"], "peak_rss": pp["peak_rss_bytes"]}
+    return {"pp": pp["avg_ts"], "tg": tg["avg_ts"], "peak_rss": pp["peak_rss_bytes"], "kernels": pp.get("kernels")}
+
+
+def run_llama_bench(binary, path, threads, n_prompt, n_gen):
+    """One llama-bench run (its own warm-up, one repetition of pp and tg), with its peak RSS."""
+    cmd = [str(binary), "-m", str(path), "-p", str(n_prompt), "-n", str(n_gen), "-r", "1",
+           "-t", str(threads), "-o", "json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} exited with {proc.returncode}")
+    records = json.loads(out)
+    pp = next(r for r in records if r["n_gen"] == 0)
+    tg = next(r for r in records if r["n_prompt"] == 0)
+    return {"pp": pp["avg_ts"], "tg": tg["avg_ts"], "peak_rss": usage.ru_maxrss * 1024}
 
 
 def run_llama_cpp(py, path, threads, n_prompt, n_gen):
@@ -122,9 +175,12 @@ def main():
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
     ap.add_argument("--out", type=pathlib.Path, default=REPO / "benches/results")
+    ap.add_argument("--peer", choices=["python", "llama-bench"], default="python",
+                    help="llama.cpp through llama-cpp-python, or its own llama-bench binary")
     a = ap.parse_args()
-    py = ensure_venv()
-    files = model_files(a.types.split(","))
+    bench_binary = llama_cpp_build.ensure_tool("llama-bench") if a.peer == "llama-bench" else None
+    py = ensure_venv(llama_cpp=bench_binary is None)
+    files = (llama_quantized_files if bench_binary else model_files)(a.types.split(","))
     bandwidth = float(sh(py, "-c", BANDWIDTH_PROBE, a.threads))
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     rows = []
@@ -135,7 +191,12 @@ def main():
             order = ["ferrollama", "llama.cpp"] if i % 2 == 0 else ["llama.cpp", "ferrollama"]
             res = {}
             for who in order:
-                res[who] = run_ferrollama(path, a.threads, a.n_prompt, a.n_gen) if who == "ferrollama" else run_llama_cpp(py, path, a.threads, a.n_prompt, a.n_gen)
+                if who == "ferrollama":
+                    res[who] = run_ferrollama(path, a.threads, a.n_prompt, a.n_gen)
+                elif bench_binary:
+                    res[who] = run_llama_bench(bench_binary, path, a.threads, a.n_prompt, a.n_gen)
+                else:
+                    res[who] = run_llama_cpp(py, path, a.threads, a.n_prompt, a.n_gen)
             pairs.append(res)
             print(f"{t} pair {i + 1}: " + json.dumps(res), file=sys.stderr)
         tensor_bytes = json.loads(sh(BIN, "info", "--json", path))["tensor_bytes"]
@@ -154,8 +215,11 @@ def main():
         }
         rows.append(row)
     date = datetime.date.today().isoformat()
+    kernels = rows[0]["pairs"][0]["ferrollama"].get("kernels") if rows else None
+    peer = (f"llama.cpp = llama-bench built from the {LLAMA_CPP_PYTHON} sdist (GGML_NATIVE), files from llama-quantize"
+            if bench_binary else f"llama.cpp = {LLAMA_CPP_PYTHON} (Python process: its RSS includes the interpreter)")
     header = (f"{date}, {cpu}, {a.threads} threads, {a.pairs} pairs, pp{a.n_prompt} / tg{a.n_gen}, "
-              f"read bandwidth {bandwidth:.1f} GB/s; llama.cpp = {LLAMA_CPP_PYTHON} (Python process: its RSS includes the interpreter)")
+              f"read bandwidth {bandwidth:.1f} GB/s; ferrollama kernels: {kernels}; {peer}")
     lines = [header, "", "| file | pp t/s ferrollama / llama.cpp | ratio | tg t/s ferrollama / llama.cpp | ratio | tg / bandwidth ceiling (ferrollama, llama.cpp) | peak RSS MiB ferrollama / llama.cpp |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -166,8 +230,10 @@ def main():
     table = "\n".join(lines)
     print(table)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{date}.md").write_text(table + "\n")
-    (a.out / f"{date}.json").write_text(json.dumps({"date": date, "cpu": cpu, "threads": a.threads, "bandwidth_gbs": bandwidth, "rows": rows}, indent=1) + "\n")
+    stem = f"{date}-llama-bench" if bench_binary else date
+    (a.out / f"{stem}.md").write_text(table + "\n")
+    (a.out / f"{stem}.json").write_text(json.dumps({"date": date, "cpu": cpu, "threads": a.threads, "peer": a.peer, "kernels": kernels,
+                                                    "bandwidth_gbs": bandwidth, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ pub mod format;
 pub mod packed;
 pub mod packed_f16;
 pub mod packed_k;
+#[cfg(target_arch = "x86_64")]
+mod packed_vnni;
 pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
@@ -38,6 +40,61 @@ pub(crate) fn avx2_available() -> bool {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
     })
+}
+
+/// Whether the AVX-512 VNNI tiles can run here (checked once): the CPU has AVX-512 F, BW,
+/// VL and VNNI besides AVX2, FMA and F16C, and `FERROLLAMA_NO_AVX512` is not set (it forces
+/// the AVX2 tiles, to compare the two on one machine; both give the same bits).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_vnni_available() -> bool {
+    use std::sync::OnceLock;
+    static YES: OnceLock<bool> = OnceLock::new();
+    let yes = *YES.get_or_init(|| {
+        avx512_vnni_detected() && std::env::var_os("FERROLLAMA_NO_AVX512").is_none()
+    });
+    yes && !AVX2_TILES_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static AVX2_TILES_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the quantized products use the AVX2 tiles even where AVX-512 VNNI ones would run
+/// (or, with `false`, lets them run again): for benchmarks that compare both in one process.
+pub fn use_avx2_tiles_only(yes: bool) {
+    AVX2_TILES_ONLY.store(yes, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_vnni_detected() -> bool {
+    avx2_available()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Which tiles the quantized products use on this machine, for benchmark reports.
+pub fn kernel_isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512_vnni_available() {
+            return "avx512-vnni (q4_0, q4_1, q8_0), avx2 (others)";
+        }
+        if avx2_available() {
+            return "avx2";
+        }
+    }
+    "portable"
+}
+
+/// For the tests of the AVX-512 VNNI kernels: whether this CPU has the features. Unlike
+/// AVX2 many x86_64 CPUs lack them, so a test without them says that it skipped.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn avx512_vnni_test_runs(test: &str) -> bool {
+    if avx512_vnni_detected() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: no AVX-512 F/BW/VL/VNNI on this machine");
+    false
 }
 
 /// For the tests of the vector kernels: whether this machine runs them. On an x86_64 CPU

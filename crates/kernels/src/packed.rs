@@ -35,7 +35,7 @@ const TASK_GROUPS: usize = 8;
 
 impl WeightFormat {
     /// Bytes of the scales (and minimums) that open a packed block.
-    fn header_bytes(self) -> usize {
+    pub(crate) fn header_bytes(self) -> usize {
         match self {
             Self::Q4_1 | Self::Q5_1 => 2 * 2 * LANES,
             Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => 2 * LANES,
@@ -43,7 +43,7 @@ impl WeightFormat {
     }
 
     /// Bytes of one packed block of eight rows.
-    fn packed_block_bytes(self) -> usize {
+    pub(crate) fn packed_block_bytes(self) -> usize {
         LANES * self.block_bytes()
     }
 
@@ -364,6 +364,15 @@ fn tile<const R: usize>(
 ) -> [[f32; LANES]; R] {
     #[cfg(target_arch = "x86_64")]
     {
+        let vnni_format = matches!(
+            format,
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
+        );
+        if vnni_format && crate::avx512_vnni_available() {
+            // SAFETY: the CPU supports AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (checked
+            // above); `w` is a packed row group and each row of xs has its blocks.
+            return unsafe { crate::packed_vnni::tile(format, w, xs) };
+        }
         if crate::avx2_available() {
             // SAFETY: the CPU supports AVX2, FMA and F16C (checked above).
             return unsafe {
@@ -697,6 +706,49 @@ mod tests {
                             "{format:?} {k} {lane}: {one:?} vs {want:?}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The VNNI tile against the AVX2 one: the same bits (both sum each block exactly as
+    /// integers, then apply the scales in the same order), for one and four rows.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn vnni_tile_gives_the_avx2_tiles_bits() {
+        if !crate::avx512_vnni_test_runs("vnni_tile_gives_the_avx2_tiles_bits") {
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
+            for &k in &[32, 64, 96, 576, 1536] {
+                let w = weights(&mut rng, format, 8, k);
+                let p = PackedMatrix::pack(format, &w, 8, k).unwrap();
+                let xs: Vec<Vec<BlockQ8_1>> = (0..4)
+                    .map(|_| {
+                        let mut q = vec![BlockQ8_1::default(); k / QK];
+                        quantize_row_q8_1(&activations(&mut rng, 1, k), &mut q);
+                        q
+                    })
+                    .collect();
+                let g = p.group(0);
+                let four = [&xs[0][..], &xs[1], &xs[2], &xs[3]];
+                // SAFETY: the CPU has every feature both tiles need (checked above).
+                let (vnni, avx2) = unsafe {
+                    (
+                        crate::packed_vnni::tile(format, g, four),
+                        match format {
+                            WeightFormat::Q4_0 => avx2::tile::<Q4_0, 4>(g, four),
+                            WeightFormat::Q4_1 => avx2::tile::<Q4_1, 4>(g, four),
+                            _ => avx2::tile::<Q8_0, 4>(g, four),
+                        },
+                    )
+                };
+                assert_eq!(vnni, avx2, "{format:?} k {k}");
+                for (j, x) in xs.iter().enumerate() {
+                    // SAFETY: as above.
+                    let [one] = unsafe { crate::packed_vnni::tile(format, g, [&x[..]]) };
+                    assert_eq!(one, vnni[j], "{format:?} k {k} row {j} alone");
                 }
             }
         }

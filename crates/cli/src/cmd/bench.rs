@@ -127,6 +127,7 @@ pub fn run(mut a: Args) -> Result<()> {
                 serde_json::json!({
                     "build_commit": env!("CARGO_PKG_VERSION"),
                     "cpu_info": cpu_model(),
+                    "kernels": ferrollama_kernels::kernel_isa(),
                     "backend": "CPU",
                     "model_filename": file_name,
                     "model_type": "llama",
@@ -168,6 +169,7 @@ pub fn run(mut a: Args) -> Result<()> {
         );
     }
     println!("peak RSS: {:.1} MiB", peak_rss as f64 / (1 << 20) as f64);
+    println!("kernels: {}", ferrollama_kernels::kernel_isa());
     Ok(())
 }
 

@@ -1,0 +1,70 @@
+//! Packed quantized products with the AVX2 tiles and with the AVX-512 VNNI tiles, alternated
+//! in one process (the machines here are shared: a ratio taken side by side is what holds):
+//! `cargo run --release -p ferrollama-kernels --example tile_speed [-- ROUNDS]`. Shapes are
+//! the default model's (576 wide, 1536 in the MLP), for a prompt of 512 rows and a decode
+//! step of one; one thread. Prints a table and a JSON line.
+
+use std::time::Instant;
+
+use ferrollama_kernels::{kernel_isa, packed::PackedMatrix, use_avx2_tiles_only, WeightFormat};
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global()
+        .expect("the first pool of the process");
+    let mut records = Vec::new();
+    println!("kernels here: {}", kernel_isa());
+    println!("| format | n x k | m | avx2 GOP/s | vnni GOP/s | vnni / avx2 |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
+        for (n, k, m) in [
+            (1536, 576, 512),
+            (576, 1536, 512),
+            (1536, 576, 1),
+            (576, 1536, 1),
+        ] {
+            let bytes = n * k / 32 * format.block_bytes();
+            // Weights from a fixed byte pattern: speed does not depend on the values, and
+            // f16 scales of 0x3C00 (1.0) keep every sum finite.
+            let mut w: Vec<u8> = (0..bytes).map(|i| (i * 37 % 251) as u8).collect();
+            let bb = format.block_bytes();
+            for block in w.chunks_exact_mut(bb) {
+                block[0] = 0x00;
+                block[1] = 0x3C;
+            }
+            let p = PackedMatrix::pack(format, &w, n, k).expect("sizes agree");
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 13 % 97) as f32 - 48.0) / 17.0)
+                .collect();
+            let mut y = vec![0f32; m * n];
+            let reps = (2e9 / (2.0 * (n * k * m) as f64)).ceil() as usize;
+            let mut best = [f64::MAX; 2];
+            for _ in 0..rounds {
+                for (i, avx2_only) in [true, false].into_iter().enumerate() {
+                    use_avx2_tiles_only(avx2_only);
+                    p.matmul(&x, m, &mut y);
+                    let start = Instant::now();
+                    for _ in 0..reps {
+                        p.matmul(&x, m, &mut y);
+                    }
+                    best[i] = best[i].min(start.elapsed().as_secs_f64() / reps as f64);
+                }
+            }
+            let gops = |s: f64| 2.0 * (n * k * m) as f64 / s / 1e9;
+            let (a, v) = (gops(best[0]), gops(best[1]));
+            println!(
+                "| {format:?} | {n} x {k} | {m} | {a:.1} | {v:.1} | {:.2} |",
+                v / a
+            );
+            records.push(format!(
+                "{{\"format\":\"{format:?}\",\"n\":{n},\"k\":{k},\"m\":{m},\"avx2_gops\":{a:.2},\"vnni_gops\":{v:.2}}}"
+            ));
+        }
+    }
+    println!("[{}]", records.join(","));
+}
