@@ -6,7 +6,59 @@
 
 use std::time::Instant;
 
-use ferrollama_kernels::{kernel_isa, packed::PackedMatrix, use_avx2_tiles_only, WeightFormat};
+use ferrollama_kernels::{
+    kernel_isa, use_avx2_tiles_only, KFormat, PackedKMatrix, PackedMatrix, WeightFormat,
+};
+
+/// A packed matrix of either family, with its format's name.
+enum Matrix {
+    Plain(PackedMatrix),
+    K(PackedKMatrix),
+}
+
+impl Matrix {
+    fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        match self {
+            Matrix::Plain(p) => p.matmul(x, m, y),
+            Matrix::K(p) => p.matmul(x, m, y),
+        }
+    }
+}
+
+/// Weights from a fixed byte pattern (speed does not depend on the values), with every
+/// block's f16 scales set to 1.0 so that every sum stays finite.
+fn pattern(bytes: usize, block: usize, scales: &[usize]) -> Vec<u8> {
+    let mut w: Vec<u8> = (0..bytes).map(|i| (i * 37 % 251) as u8).collect();
+    for b in w.chunks_exact_mut(block) {
+        for &at in scales {
+            b[at] = 0x00;
+            b[at + 1] = 0x3C;
+        }
+    }
+    w
+}
+
+fn matrix(name: &str, n: usize, k: usize) -> Matrix {
+    let plain = |f: WeightFormat| {
+        let w = pattern(n * k / 32 * f.block_bytes(), f.block_bytes(), &[0]);
+        Matrix::Plain(PackedMatrix::pack(f, &w, n, k).expect("sizes agree"))
+    };
+    let kq = |f: KFormat, scales: &[usize]| {
+        let bb = f.block_bytes();
+        let scales: Vec<usize> = scales.iter().map(|&s| s.min(bb - 2)).collect();
+        let w = pattern(n * k / 256 * bb, bb, &scales);
+        Matrix::K(PackedKMatrix::pack(f, &w, n, k).expect("sizes agree"))
+    };
+    match name {
+        "q4_0" => plain(WeightFormat::Q4_0),
+        "q4_1" => plain(WeightFormat::Q4_1),
+        "q8_0" => plain(WeightFormat::Q8_0),
+        "q4_K" => kq(KFormat::Q4K, &[0, 2]),
+        "q5_K" => kq(KFormat::Q5K, &[0, 2]),
+        // Q6_K's f16 scale closes the block.
+        _ => kq(KFormat::Q6K, &[usize::MAX]),
+    }
+}
 
 fn main() {
     let rounds: usize = std::env::args()
@@ -21,23 +73,17 @@ fn main() {
     println!("kernels here: {}", kernel_isa());
     println!("| format | n x k | m | avx2 GOP/s | vnni GOP/s | vnni / avx2 |");
     println!("|---|---|---:|---:|---:|---:|");
-    for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
+    for format in ["q4_0", "q4_1", "q8_0", "q4_K", "q5_K", "q6_K"] {
         for (n, k, m) in [
             (1536, 576, 512),
             (576, 1536, 512),
             (1536, 576, 1),
             (576, 1536, 1),
         ] {
-            let bytes = n * k / 32 * format.block_bytes();
-            // Weights from a fixed byte pattern: speed does not depend on the values, and
-            // f16 scales of 0x3C00 (1.0) keep every sum finite.
-            let mut w: Vec<u8> = (0..bytes).map(|i| (i * 37 % 251) as u8).collect();
-            let bb = format.block_bytes();
-            for block in w.chunks_exact_mut(bb) {
-                block[0] = 0x00;
-                block[1] = 0x3C;
+            if format.ends_with('K') && k % 256 != 0 {
+                continue;
             }
-            let p = PackedMatrix::pack(format, &w, n, k).expect("sizes agree");
+            let p = matrix(format, n, k);
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 13 % 97) as f32 - 48.0) / 17.0)
                 .collect();
@@ -58,11 +104,11 @@ fn main() {
             let gops = |s: f64| 2.0 * (n * k * m) as f64 / s / 1e9;
             let (a, v) = (gops(best[0]), gops(best[1]));
             println!(
-                "| {format:?} | {n} x {k} | {m} | {a:.1} | {v:.1} | {:.2} |",
+                "| {format} | {n} x {k} | {m} | {a:.1} | {v:.1} | {:.2} |",
                 v / a
             );
             records.push(format!(
-                "{{\"format\":\"{format:?}\",\"n\":{n},\"k\":{k},\"m\":{m},\"avx2_gops\":{a:.2},\"vnni_gops\":{v:.2}}}"
+                "{{\"format\":\"{format}\",\"n\":{n},\"k\":{k},\"m\":{m},\"avx2_gops\":{a:.2},\"vnni_gops\":{v:.2}}}"
             ));
         }
     }

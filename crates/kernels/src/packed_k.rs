@@ -53,7 +53,7 @@ impl KFormat {
         }
     }
 
-    fn packed_block_bytes(self) -> usize {
+    pub(crate) fn packed_block_bytes(self) -> usize {
         match self {
             Self::Q2K => Q2K_VALUES + 8 * 64,
             Self::Q3K => Q3K_VALUES + 8 * Q3K_UNIT,
@@ -65,16 +65,16 @@ impl KFormat {
 }
 
 /// Offsets inside a packed Q4_K block.
-const Q4K_DMIN: usize = 16;
-const Q4K_SCALES: usize = 32;
-const Q4K_MINS: usize = 96;
-const Q4K_VALUES: usize = 160;
+pub(crate) const Q4K_DMIN: usize = 16;
+pub(crate) const Q4K_SCALES: usize = 32;
+pub(crate) const Q4K_MINS: usize = 96;
+pub(crate) const Q4K_VALUES: usize = 160;
 /// Where Q5_K's fifth bits follow the Q4_K part.
-const Q5K_HIGH: usize = Q4K_VALUES + 4 * 256;
+pub(crate) const Q5K_HIGH: usize = Q4K_VALUES + 4 * 256;
 /// Offsets inside a packed Q6_K block, and the bytes of one unit of 32 values.
-const Q6K_SCALES: usize = 16;
-const Q6K_VALUES: usize = 144;
-const Q6K_UNIT: usize = 192;
+pub(crate) const Q6K_SCALES: usize = 16;
+pub(crate) const Q6K_VALUES: usize = 144;
+pub(crate) const Q6K_UNIT: usize = 192;
 /// Offsets inside packed Q2_K and Q3_K blocks.
 const Q2K_SCALES: usize = 32;
 const Q2K_VALUES: usize = 160;
@@ -494,6 +494,12 @@ pub(crate) fn tile_ref(format: KFormat, w: &[u8], x: &[BlockQ8K]) -> [f32; LANES
 fn tile<const R: usize>(format: KFormat, w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f32; LANES]; R] {
     #[cfg(target_arch = "x86_64")]
     {
+        let vnni_format = matches!(format, KFormat::Q4K | KFormat::Q5K | KFormat::Q6K);
+        if vnni_format && crate::avx512_vnni_available() {
+            // SAFETY: the CPU supports AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (checked
+            // above); `w` is a packed row group and each row of xs has its blocks.
+            return unsafe { crate::packed_k_vnni::tile(format, w, xs) };
+        }
         if crate::avx2_available() {
             // SAFETY: the CPU supports AVX2, FMA and F16C (checked above).
             return unsafe {
@@ -1026,6 +1032,48 @@ mod tests {
                             "{format:?} {k} {lane}: {one:?} vs {want:?}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The VNNI tiles against the AVX2 ones: the same bits, for one and four rows.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn vnni_tile_gives_the_avx2_tiles_bits() {
+        if !crate::avx512_vnni_test_runs("packed_k vnni_tile_gives_the_avx2_tiles_bits") {
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        for format in [KFormat::Q4K, KFormat::Q5K, KFormat::Q6K] {
+            for &k in &[256, 768, 1536] {
+                let w = weights(&mut rng, format, 8, k);
+                let p = PackedKMatrix::pack(format, &w, 8, k).unwrap();
+                let xs: Vec<Vec<BlockQ8K>> = (0..4)
+                    .map(|_| {
+                        let mut q = vec![BlockQ8K::default(); k / QK_K];
+                        quantize_row_q8_k(&activations(&mut rng, 1, k), &mut q);
+                        q
+                    })
+                    .collect();
+                let g = p.group(0);
+                let four = [&xs[0][..], &xs[1], &xs[2], &xs[3]];
+                // SAFETY: the CPU has every feature both tiles need (checked above).
+                let (vnni, avx2) = unsafe {
+                    (
+                        crate::packed_k_vnni::tile(format, g, four),
+                        match format {
+                            KFormat::Q4K => avx2::tile_q4k::<false, 4>(g, four),
+                            KFormat::Q5K => avx2::tile_q4k::<true, 4>(g, four),
+                            _ => avx2::tile_q6k::<4>(g, four),
+                        },
+                    )
+                };
+                assert_eq!(vnni, avx2, "{format:?} k {k}");
+                for (j, x) in xs.iter().enumerate() {
+                    // SAFETY: as above.
+                    let [one] = unsafe { crate::packed_k_vnni::tile(format, g, [&x[..]]) };
+                    assert_eq!(one, vnni[j], "{format:?} k {k} row {j} alone");
                 }
             }
         }

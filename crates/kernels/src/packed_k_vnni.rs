@@ -1,0 +1,237 @@
+//! AVX-512 VNNI versions of the packed Q4_K, Q5_K and Q6_K tiles (`crate::packed_k`).
+//!
+//! The AVX2 tiles add `maddubs` results in i16 over a few groups, then multiply by the
+//! sub-block scales with `madd`. Here `vpdpbusd` sums each sub-block's products straight
+//! into i32 (no i16 bound to respect, so no early flushes for five- and six-bit values),
+//! and one `vpmulld` per sub-block and row applies its scale. The integer sums are the same
+//! numbers, and the float steps are the AVX2 tile's, in its order: the same bits.
+
+use std::arch::x86_64::*;
+
+use crate::packed_k::{
+    KFormat, Q4K_DMIN, Q4K_MINS, Q4K_SCALES, Q4K_VALUES, Q5K_HIGH, Q6K_SCALES, Q6K_UNIT, Q6K_VALUES,
+};
+use crate::q8_k::BlockQ8K;
+
+/// Dot products of one packed row group (8 rows) with R activation rows for Q4_K, Q5_K
+/// and Q6_K (Q2_K and Q3_K stay the AVX2 tile's): out[j][lane].
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C; `w` must hold whole
+/// packed blocks of `format` and each activation row at least as many blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn tile<const R: usize>(
+    format: KFormat,
+    w: &[u8],
+    xs: [&[BlockQ8K]; R],
+) -> [[f32; 8]; R] {
+    // SAFETY: the caller upholds this function's contract.
+    unsafe {
+        match format {
+            KFormat::Q4K => tile_q4k::<false, R>(w, xs),
+            KFormat::Q5K => tile_q4k::<true, R>(w, xs),
+            KFormat::Q6K => tile_q6k(w, xs),
+            other => unreachable!("no VNNI tile for {other:?}; the caller dispatches"),
+        }
+    }
+}
+
+/// Four activation bytes from `at`, in every 32-bit lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn broadcast4(xb: &BlockQ8K, at: usize) -> __m256i {
+    debug_assert!(at + 4 <= xb.qs.len());
+    // SAFETY: at + 4 <= 256 at every call.
+    unsafe {
+        _mm256_set1_epi32(std::ptr::read_unaligned(
+            xb.qs.as_ptr().add(at) as *const i32
+        ))
+    }
+}
+
+/// Two i16 sums `s[at]`, `s[at + 1]` as the halves of every 32-bit lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn broadcast_pair(s: &[i16], at: usize) -> __m256i {
+    debug_assert!(at + 1 < s.len());
+    // SAFETY: at + 1 < s.len() at every call.
+    unsafe { _mm256_set1_epi32(std::ptr::read_unaligned(s.as_ptr().add(at) as *const i32)) }
+}
+
+/// A pair region's 16 bytes (sub-blocks 2i and 2i + 1 of eight rows) as eight lanes of
+/// two i16: unsigned bytes, or signed when SIGNED.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn pairs<const SIGNED: bool>(p: *const u8) -> __m256i {
+    // SAFETY: the caller passes 16 readable bytes.
+    unsafe {
+        let b = _mm_loadu_si128(p as *const __m128i);
+        if SIGNED {
+            _mm256_cvtepi8_epi16(b)
+        } else {
+            _mm256_cvtepu8_epi16(b)
+        }
+    }
+}
+
+/// The first and the second i16 of each 32-bit lane as i32 (sign-extended).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn split_pairs(p: __m256i) -> (__m256i, __m256i) {
+    (
+        _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(p)),
+        _mm256_srai_epi32::<16>(p),
+    )
+}
+
+/// Q4_K, or Q5_K when FIVE.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_q4k<const FIVE: bool, const R: usize>(
+    w: &[u8],
+    xs: [&[BlockQ8K]; R],
+) -> [[f32; 8]; R] {
+    let format = if FIVE { KFormat::Q5K } else { KFormat::Q4K };
+    let pbb = format.packed_block_bytes();
+    let blocks = w.len() / pbb;
+    debug_assert!(xs.iter().all(|x| x.len() >= blocks));
+    let low = _mm256_set1_epi8(0x0F);
+    let fifth = _mm256_set1_epi8(0x10);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..blocks {
+        // SAFETY: block b lies inside `w` (b < blocks): every offset below is inside its
+        // packed bytes; each xs[j] has block b.
+        unsafe {
+            let block = w.as_ptr().add(b * pbb);
+            let mut sumi = [_mm256_setzero_si256(); R];
+            let mut summ = [_mm256_setzero_si256(); R];
+            for c in 0..4 {
+                let v = block.add(Q4K_VALUES + 256 * c);
+                let (sc_lo, sc_hi) = split_pairs(pairs::<false>(block.add(Q4K_SCALES + 16 * c)));
+                let mut t_lo = [_mm256_setzero_si256(); R];
+                let mut t_hi = [_mm256_setzero_si256(); R];
+                for g in 0..8 {
+                    let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
+                    let mut lo = _mm256_and_si256(raw, low);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    if FIVE {
+                        // Bits 2c and 2c + 1 of each qh byte, moved to bit 4.
+                        let h = _mm256_loadu_si256(block.add(Q5K_HIGH + 32 * g) as *const __m256i);
+                        let (to_lo, to_hi) = match c {
+                            0 => (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 3)),
+                            1 => (_mm256_slli_epi16(h, 2), _mm256_slli_epi16(h, 1)),
+                            2 => (h, _mm256_srli_epi16(h, 1)),
+                            _ => (_mm256_srli_epi16(h, 2), _mm256_srli_epi16(h, 3)),
+                        };
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
+                    }
+                    for j in 0..R {
+                        let at = 64 * c + 4 * g;
+                        t_lo[j] = _mm256_dpbusd_epi32(t_lo[j], lo, broadcast4(&xs[j][b], at));
+                        t_hi[j] = _mm256_dpbusd_epi32(t_hi[j], hi, broadcast4(&xs[j][b], at + 32));
+                    }
+                }
+                let mins = pairs::<false>(block.add(Q4K_MINS + 16 * c));
+                for j in 0..R {
+                    let p = _mm256_add_epi32(
+                        _mm256_mullo_epi32(t_lo[j], sc_lo),
+                        _mm256_mullo_epi32(t_hi[j], sc_hi),
+                    );
+                    sumi[j] = _mm256_add_epi32(sumi[j], p);
+                    let pair = broadcast_pair(&xs[j][b].bsums32, 2 * c);
+                    summ[j] = _mm256_dpwssd_epi32(summ[j], mins, pair);
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(block.add(Q4K_DMIN) as *const __m128i));
+            for j in 0..R {
+                let xd = _mm256_set1_ps(xs[j][b].d);
+                let (scale, min) = (_mm256_mul_ps(xd, d), _mm256_mul_ps(xd, dmin));
+                let pos = _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sumi[j]));
+                let neg = _mm256_mul_ps(min, _mm256_cvtepi32_ps(summ[j]));
+                acc[j] = _mm256_add_ps(acc[j], _mm256_sub_ps(pos, neg));
+            }
+        }
+    }
+    store(acc)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_q6k<const R: usize>(w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+    let pbb = KFormat::Q6K.packed_block_bytes();
+    let blocks = w.len() / pbb;
+    debug_assert!(xs.iter().all(|x| x.len() >= blocks));
+    let low = _mm256_set1_epi8(0x0F);
+    let top = _mm256_set1_epi8(0x30);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..blocks {
+        // SAFETY: as in tile_q4k.
+        unsafe {
+            let block = w.as_ptr().add(b * pbb);
+            let mut sumi = [_mm256_setzero_si256(); R];
+            // The values are stored plus 32: subtract 32 * sum(scale * activation sum).
+            let mut offset = [_mm256_setzero_si256(); R];
+            for u in 0..8 {
+                let scales = pairs::<true>(block.add(Q6K_SCALES + 16 * u));
+                for j in 0..R {
+                    let pair = broadcast_pair(&xs[j][b].bsums, 2 * u);
+                    offset[j] = _mm256_dpwssd_epi32(offset[j], scales, pair);
+                }
+                let (sc_lo, sc_hi) = split_pairs(scales);
+                let unit = block.add(Q6K_VALUES + Q6K_UNIT * u);
+                let h0 = _mm256_loadu_si256(unit.add(128) as *const __m256i);
+                let h1 = _mm256_loadu_si256(unit.add(160) as *const __m256i);
+                // Top 2 bits of group g's values sit at bits 2g: move them to bits 4..6.
+                let high = |h: __m256i, g: usize| -> __m256i {
+                    let moved = match g {
+                        0 => _mm256_slli_epi16(h, 4),
+                        1 => _mm256_slli_epi16(h, 2),
+                        2 => h,
+                        _ => _mm256_srli_epi16(h, 2),
+                    };
+                    _mm256_and_si256(moved, top)
+                };
+                let mut t_lo = [_mm256_setzero_si256(); R];
+                let mut t_hi = [_mm256_setzero_si256(); R];
+                for g in 0..4 {
+                    let raw = _mm256_loadu_si256(unit.add(32 * g) as *const __m256i);
+                    let lo = _mm256_or_si256(_mm256_and_si256(raw, low), high(h0, g));
+                    let hi = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
+                        high(h1, g),
+                    );
+                    for j in 0..R {
+                        let at = 32 * u + 4 * g;
+                        t_lo[j] = _mm256_dpbusd_epi32(t_lo[j], lo, broadcast4(&xs[j][b], at));
+                        t_hi[j] = _mm256_dpbusd_epi32(t_hi[j], hi, broadcast4(&xs[j][b], at + 16));
+                    }
+                }
+                for j in 0..R {
+                    let p = _mm256_add_epi32(
+                        _mm256_mullo_epi32(t_lo[j], sc_lo),
+                        _mm256_mullo_epi32(t_hi[j], sc_hi),
+                    );
+                    sumi[j] = _mm256_add_epi32(sumi[j], p);
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
+            for j in 0..R {
+                let total = _mm256_sub_epi32(sumi[j], _mm256_slli_epi32(offset[j], 5));
+                let scale = _mm256_mul_ps(_mm256_set1_ps(xs[j][b].d), d);
+                acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[j]);
+            }
+        }
+    }
+    store(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store<const R: usize>(acc: [__m256; R]) -> [[f32; 8]; R] {
+    let mut out = [[0f32; 8]; R];
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: o holds 8 f32.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+    }
+    out
+}
