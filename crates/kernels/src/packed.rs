@@ -364,11 +364,7 @@ fn tile<const R: usize>(
 ) -> [[f32; LANES]; R] {
     #[cfg(target_arch = "x86_64")]
     {
-        let vnni_format = matches!(
-            format,
-            WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
-        );
-        if vnni_format && crate::avx512_vnni_available() {
+        if crate::avx512_vnni_available() {
             // SAFETY: the CPU supports AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (checked
             // above); `w` is a packed row group and each row of xs has its blocks.
             return unsafe { crate::packed_vnni::tile(format, w, xs) };
@@ -720,7 +716,7 @@ mod tests {
             return;
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
+        for format in FORMATS {
             for &k in &[32, 64, 96, 576, 1536] {
                 let w = weights(&mut rng, format, 8, k);
                 let p = PackedMatrix::pack(format, &w, 8, k).unwrap();
@@ -740,7 +736,9 @@ mod tests {
                         match format {
                             WeightFormat::Q4_0 => avx2::tile::<Q4_0, 4>(g, four),
                             WeightFormat::Q4_1 => avx2::tile::<Q4_1, 4>(g, four),
-                            _ => avx2::tile::<Q8_0, 4>(g, four),
+                            WeightFormat::Q5_0 => avx2::tile::<Q5_0, 4>(g, four),
+                            WeightFormat::Q5_1 => avx2::tile::<Q5_1, 4>(g, four),
+                            WeightFormat::Q8_0 => avx2::tile::<Q8_0, 4>(g, four),
                         },
                     )
                 };

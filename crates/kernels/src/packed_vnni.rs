@@ -1,8 +1,10 @@
-//! AVX-512 VNNI versions of the packed Q4_0, Q4_1 and Q8_0 tiles (`crate::packed`).
+//! AVX-512 VNNI versions of the packed Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 tiles
+//! (`crate::packed`).
 //!
 //! The AVX2 tile's loop, with each product of four byte pairs per lane done by one
 //! `vpdpbusd`, which multiplies and adds into i32 lanes at once: for nibbles, one
-//! instruction where AVX2 needs `maddubs`, an i16 add and later `madd`; for Q8_0 one where
+//! instruction where AVX2 needs `maddubs`, an i16 add and later `madd` (and, for five-bit
+//! values, an early flush to i32); for Q8_0 one where
 //! AVX2 needs two `sign`s, `maddubs`, `madd` and an add.
 //!
 //! On 256-bit registers (AVX-512 VL): the same weight loads and the same activation
@@ -24,8 +26,8 @@ use std::arch::x86_64::*;
 use crate::format::WeightFormat;
 use crate::q8_1::BlockQ8_1;
 
-/// Dot products of one packed row group (8 rows) with R activation rows, for Q4_0, Q4_1
-/// and Q8_0 (other formats are the AVX2 tile's): out[j][lane].
+/// Dot products of one packed row group (8 rows) with R activation rows, for every format
+/// of `crate::packed`: out[j][lane].
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C; `w` must hold whole
@@ -36,10 +38,6 @@ pub(crate) unsafe fn tile<const R: usize>(
     w: &[u8],
     xs: [&[BlockQ8_1]; R],
 ) -> [[f32; 8]; R] {
-    debug_assert!(matches!(
-        format,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0
-    ));
     let (pbb, header) = (format.packed_block_bytes(), format.header_bytes());
     let blocks = w.len() / pbb;
     debug_assert!(xs.iter().all(|x| x.len() >= blocks));
@@ -51,21 +49,23 @@ pub(crate) unsafe fn tile<const R: usize>(
             let block = w.as_ptr().add(b * pbb);
             let v = block.add(header);
             let xb: [&BlockQ8_1; R] = std::array::from_fn(|j| &xs[j][b]);
-            let sumi = if format == WeightFormat::Q8_0 {
-                block_sums_q8_0(v, xb)
-            } else {
-                block_sums_q4(v, xb)
+            let sumi = match format {
+                WeightFormat::Q8_0 => block_sums_q8_0(v, xb),
+                WeightFormat::Q5_0 | WeightFormat::Q5_1 => block_sums_nibbles::<true, R>(v, xb),
+                WeightFormat::Q4_0 | WeightFormat::Q4_1 => block_sums_nibbles::<false, R>(v, xb),
             };
             let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
             for j in 0..R {
                 let xb = &xs[j][b];
                 let mut s = sumi[j];
-                if format == WeightFormat::Q4_0 {
-                    s = _mm256_sub_epi32(s, _mm256_set1_epi32(8 * xb.sum));
+                match format {
+                    WeightFormat::Q4_0 => s = _mm256_sub_epi32(s, _mm256_set1_epi32(8 * xb.sum)),
+                    WeightFormat::Q5_0 => s = _mm256_sub_epi32(s, _mm256_set1_epi32(16 * xb.sum)),
+                    _ => {}
                 }
                 let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
                 acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s), acc[j]);
-                if format == WeightFormat::Q4_1 {
+                if matches!(format, WeightFormat::Q4_1 | WeightFormat::Q5_1) {
                     let m = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
                     acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb.s), acc[j]);
                 }
@@ -88,21 +88,44 @@ unsafe fn broadcast4(bytes: *const u8) -> __m256i {
     unsafe { _mm256_set1_epi32(std::ptr::read_unaligned(bytes as *const i32)) }
 }
 
-/// One Q4 block's exact sums of nibbles x activations per row (lanes), for R rows.
+/// One block's exact sums of 4-bit (or, when FIVE, 5-bit) values x activations per row
+/// (lanes), for R rows.
 ///
 /// # Safety
-/// `v` points at the block's 128 value bytes; the CPU has the tile's features.
+/// `v` points at the block's value bytes (128, then for FIVE 32 bytes of fifth bits); the
+/// CPU has the tile's features.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2")]
-unsafe fn block_sums_q4<const R: usize>(v: *const u8, xs: [&BlockQ8_1; R]) -> [__m256i; R] {
+unsafe fn block_sums_nibbles<const FIVE: bool, const R: usize>(
+    v: *const u8,
+    xs: [&BlockQ8_1; R],
+) -> [__m256i; R] {
     let low = _mm256_set1_epi8(0x0F);
+    let fifth = _mm256_set1_epi8(0x10);
+    // SAFETY: for FIVE the 32 bytes after the nibble groups are the fifth bits.
+    let high = if FIVE {
+        unsafe { _mm256_loadu_si256(v.add(128) as *const __m256i) }
+    } else {
+        _mm256_setzero_si256()
+    };
     let mut sumi = [_mm256_setzero_si256(); R];
     for g in 0..4 {
         // SAFETY: group g's 32 bytes lie inside the block; qs holds 32 bytes.
         unsafe {
             let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
-            let lo = _mm256_and_si256(raw, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            let mut lo = _mm256_and_si256(raw, low);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            if FIVE {
+                // Bits g and 4 + g of each byte, moved to bit 4.
+                let (to_lo, to_hi) = match g {
+                    0 => (_mm256_slli_epi16(high, 4), high),
+                    1 => (_mm256_slli_epi16(high, 3), _mm256_srli_epi16(high, 1)),
+                    2 => (_mm256_slli_epi16(high, 2), _mm256_srli_epi16(high, 2)),
+                    _ => (_mm256_slli_epi16(high, 1), _mm256_srli_epi16(high, 3)),
+                };
+                lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
+            }
             for j in 0..R {
                 let qs = xs[j].qs.as_ptr() as *const u8;
                 sumi[j] = _mm256_dpbusd_epi32(sumi[j], lo, broadcast4(qs.add(4 * g)));
