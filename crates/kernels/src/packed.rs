@@ -422,7 +422,7 @@ pub(crate) fn tile_ref(format: WeightFormat, w: &[u8], x: &[BlockQ8_1]) -> [f32;
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
@@ -440,6 +440,33 @@ mod avx2 {
                 xb.qs.as_ptr().add(at) as *const i32
             ))
         }
+    }
+
+    /// The values of one 32-byte group `g` of a packed block: (low nibbles, high nibbles)
+    /// as bytes, each 0..15, or with FIVE their fifth bits from `high` (the block's group
+    /// of fifth bits: bits g and 4 + g of each byte) added as bit 4, 0..31.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn nibble_values<const FIVE: bool>(
+        raw: __m256i,
+        high: __m256i,
+        g: usize,
+    ) -> (__m256i, __m256i) {
+        let low = _mm256_set1_epi8(0x0F);
+        let mut lo = _mm256_and_si256(raw, low);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+        if FIVE {
+            let fifth = _mm256_set1_epi8(0x10);
+            let (to_lo, to_hi) = match g {
+                0 => (_mm256_slli_epi16(high, 4), high),
+                1 => (_mm256_slli_epi16(high, 3), _mm256_srli_epi16(high, 1)),
+                2 => (_mm256_slli_epi16(high, 2), _mm256_srli_epi16(high, 2)),
+                _ => (_mm256_slli_epi16(high, 1), _mm256_srli_epi16(high, 3)),
+            };
+            lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
+        }
+        (lo, hi)
     }
 
     /// Sums of one group of 8 rows against R activation rows, block by block: per block,
@@ -464,8 +491,6 @@ mod avx2 {
             let blocks = w.len() / pbb;
             debug_assert!(xs.iter().all(|x| x.len() >= blocks));
             let ones = _mm256_set1_epi16(1);
-            let low = _mm256_set1_epi8(0x0F);
-            let fifth = _mm256_set1_epi8(0x10);
             let mut acc = [_mm256_setzero_ps(); R];
             for b in 0..blocks {
                 let block = w.as_ptr().add(b * pbb);
@@ -495,19 +520,11 @@ mod avx2 {
                     };
                     for g in 0..4 {
                         let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
-                        let mut lo = _mm256_and_si256(raw, low);
-                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                        if five {
-                            // Bits g and 4 + g of each byte, moved to bit 4.
-                            let (to_lo, to_hi) = match g {
-                                0 => (_mm256_slli_epi16(high, 4), high),
-                                1 => (_mm256_slli_epi16(high, 3), _mm256_srli_epi16(high, 1)),
-                                2 => (_mm256_slli_epi16(high, 2), _mm256_srli_epi16(high, 2)),
-                                _ => (_mm256_slli_epi16(high, 1), _mm256_srli_epi16(high, 3)),
-                            };
-                            lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
-                            hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
-                        }
+                        let (lo, hi) = if five {
+                            nibble_values::<true>(raw, high, g)
+                        } else {
+                            nibble_values::<false>(raw, high, g)
+                        };
                         for j in 0..R {
                             let xb = &xs[j][b];
                             let p = _mm256_add_epi16(

@@ -517,7 +517,7 @@ fn tile<const R: usize>(format: KFormat, w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f3
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::*;
@@ -525,7 +525,7 @@ mod avx2 {
     /// Four activation bytes starting at `at`, in every 32-bit lane.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn broadcast4(xb: &BlockQ8K, at: usize) -> __m256i {
+    pub(crate) unsafe fn broadcast4(xb: &BlockQ8K, at: usize) -> __m256i {
         // SAFETY: the caller upholds this function's contract (its doc and its
         // `target_feature`s); every pointer and unchecked access below relies on it.
         unsafe {
@@ -538,7 +538,7 @@ mod avx2 {
     /// Two i16 sums `s[at]`, `s[at + 1]` as the halves of every 32-bit lane.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn broadcast_pair(s: &[i16], at: usize) -> __m256i {
+    pub(crate) unsafe fn broadcast_pair(s: &[i16], at: usize) -> __m256i {
         // SAFETY: the caller upholds this function's contract (its doc and its
         // `target_feature`s); every pointer and unchecked access below relies on it.
         unsafe {
@@ -550,7 +550,7 @@ mod avx2 {
     /// A pair region's 16 bytes as eight lanes of two i16 (unsigned or signed bytes).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn pair_u8(p: *const u8) -> __m256i {
+    pub(crate) unsafe fn pair_u8(p: *const u8) -> __m256i {
         // SAFETY: the caller upholds this function's contract (its doc and its
         // `target_feature`s); every pointer and unchecked access below relies on it.
         unsafe { _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i)) }
@@ -558,7 +558,7 @@ mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn pair_i8(p: *const u8) -> __m256i {
+    pub(crate) unsafe fn pair_i8(p: *const u8) -> __m256i {
         // SAFETY: the caller upholds this function's contract (its doc and its
         // `target_feature`s); every pointer and unchecked access below relies on it.
         unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)) }
@@ -575,6 +575,75 @@ mod avx2 {
         }
     }
 
+    /// Group g of chunk c of a packed Q4_K block: (low nibbles, high nibbles) as bytes;
+    /// with FIVE (Q5_K) each with its fifth bit from the block's qh groups (bits 2c and
+    /// 2c + 1 of each byte) as bit 4.
+    ///
+    /// # Safety
+    /// `block` is a whole packed Q4_K (or, with FIVE, Q5_K) block; c < 4, g < 8.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn q4k_values<const FIVE: bool>(
+        block: *const u8,
+        c: usize,
+        g: usize,
+    ) -> (__m256i, __m256i) {
+        let low = _mm256_set1_epi8(0x0F);
+        // SAFETY: the caller's contract; both loads are inside the block.
+        unsafe {
+            let v = block.add(Q4K_VALUES + 256 * c + 32 * g);
+            let raw = _mm256_loadu_si256(v as *const __m256i);
+            let mut lo = _mm256_and_si256(raw, low);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            if FIVE {
+                let fifth = _mm256_set1_epi8(0x10);
+                let h = _mm256_loadu_si256(block.add(Q5K_HIGH + 32 * g) as *const __m256i);
+                let (to_lo, to_hi) = match c {
+                    0 => (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 3)),
+                    1 => (_mm256_slli_epi16(h, 2), _mm256_slli_epi16(h, 1)),
+                    2 => (h, _mm256_srli_epi16(h, 1)),
+                    _ => (_mm256_srli_epi16(h, 2), _mm256_srli_epi16(h, 3)),
+                };
+                lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
+            }
+            (lo, hi)
+        }
+    }
+
+    /// Group g (< 4) of one packed Q6_K unit: its 6-bit values 4g + b (low) and
+    /// 16 + 4g + b (high) as bytes 0..63: the nibbles, with the top 2 bits (bits 2g of the
+    /// unit's two high-bit groups) moved to bits 4..6.
+    ///
+    /// # Safety
+    /// `unit` points at a whole packed Q6_K unit (192 bytes).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn q6k_values(unit: *const u8, g: usize) -> (__m256i, __m256i) {
+        let low = _mm256_set1_epi8(0x0F);
+        let top = _mm256_set1_epi8(0x30);
+        // SAFETY: the caller's contract; the loads are inside the unit.
+        let (raw, h0, h1) = unsafe {
+            (
+                _mm256_loadu_si256(unit.add(32 * g) as *const __m256i),
+                _mm256_loadu_si256(unit.add(128) as *const __m256i),
+                _mm256_loadu_si256(unit.add(160) as *const __m256i),
+            )
+        };
+        let high = |h: __m256i| {
+            let moved = match g {
+                0 => _mm256_slli_epi16(h, 4),
+                1 => _mm256_slli_epi16(h, 2),
+                2 => h,
+                _ => _mm256_srli_epi16(h, 2),
+            };
+            _mm256_and_si256(moved, top)
+        };
+        let lo = _mm256_or_si256(_mm256_and_si256(raw, low), high(h0));
+        let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low), high(h1));
+        (lo, hi)
+    }
+
     /// Q4_K, or Q5_K when FIVE: the same sums with a fifth bit added to every value.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn tile_q4k<const FIVE: bool, const R: usize>(
@@ -586,17 +655,14 @@ mod avx2 {
         unsafe {
             let format = if FIVE { KFormat::Q5K } else { KFormat::Q4K };
             let pbb = format.packed_block_bytes();
-            let fifth = _mm256_set1_epi8(0x10);
             let blocks = w.len() / pbb;
             debug_assert!(xs.iter().all(|x| x.len() >= blocks));
-            let low = _mm256_set1_epi8(0x0F);
             let mut acc = [_mm256_setzero_ps(); R];
             for b in 0..blocks {
                 let block = w.as_ptr().add(b * pbb);
                 let mut sumi = [_mm256_setzero_si256(); R];
                 let mut summ = [_mm256_setzero_si256(); R];
                 for c in 0..4 {
-                    let v = block.add(Q4K_VALUES + 256 * c);
                     let scales = pair_u8(block.add(Q4K_SCALES + 16 * c));
                     let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
                     // Nibbles up to 15 times bytes up to 127: 8 groups of pair sums stay below
@@ -605,22 +671,7 @@ mod avx2 {
                     let mut s_lo = [_mm256_setzero_si256(); R];
                     let mut s_hi = [_mm256_setzero_si256(); R];
                     for g in 0..8 {
-                        let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
-                        let mut lo = _mm256_and_si256(raw, low);
-                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                        if FIVE {
-                            // Bits 2c and 2c + 1 of each qh byte, moved to bit 4.
-                            let h =
-                                _mm256_loadu_si256(block.add(Q5K_HIGH + 32 * g) as *const __m256i);
-                            let (to_lo, to_hi) = match c {
-                                0 => (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 3)),
-                                1 => (_mm256_slli_epi16(h, 2), _mm256_slli_epi16(h, 1)),
-                                2 => (h, _mm256_srli_epi16(h, 1)),
-                                _ => (_mm256_srli_epi16(h, 2), _mm256_srli_epi16(h, 3)),
-                            };
-                            lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
-                            hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
-                        }
+                        let (lo, hi) = q4k_values::<FIVE>(block, c, g);
                         for j in 0..R {
                             let xb = &xs[j][b];
                             let at = 64 * c + 4 * g;
@@ -678,8 +729,6 @@ mod avx2 {
             let pbb = KFormat::Q6K.packed_block_bytes();
             let blocks = w.len() / pbb;
             debug_assert!(xs.iter().all(|x| x.len() >= blocks));
-            let low = _mm256_set1_epi8(0x0F);
-            let top = _mm256_set1_epi8(0x30);
             let mut acc = [_mm256_setzero_ps(); R];
             for b in 0..blocks {
                 let block = w.as_ptr().add(b * pbb);
@@ -694,30 +743,13 @@ mod avx2 {
                     }
                     let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
                     let unit = block.add(Q6K_VALUES + Q6K_UNIT * u);
-                    let h0 = _mm256_loadu_si256(unit.add(128) as *const __m256i);
-                    let h1 = _mm256_loadu_si256(unit.add(160) as *const __m256i);
-                    // Top 2 bits of group g's values sit at bits 2g: move them to bits 4..6.
-                    let high = |h: __m256i, g: usize| -> __m256i {
-                        let moved = match g {
-                            0 => _mm256_slli_epi16(h, 4),
-                            1 => _mm256_slli_epi16(h, 2),
-                            2 => h,
-                            _ => _mm256_srli_epi16(h, 2),
-                        };
-                        _mm256_and_si256(moved, top)
-                    };
                     // Values up to 63 times bytes up to 127: two groups of pair sums stay below
                     // 2 * 2 * 63 * 127 = 32004, inside i16.
                     for pair in 0..2 {
                         let mut s_lo = [_mm256_setzero_si256(); R];
                         let mut s_hi = [_mm256_setzero_si256(); R];
                         for g in 2 * pair..2 * pair + 2 {
-                            let raw = _mm256_loadu_si256(unit.add(32 * g) as *const __m256i);
-                            let lo = _mm256_or_si256(_mm256_and_si256(raw, low), high(h0, g));
-                            let hi = _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
-                                high(h1, g),
-                            );
+                            let (lo, hi) = q6k_values(unit, g);
                             for j in 0..R {
                                 let xb = &xs[j][b];
                                 let at = 32 * u + 4 * g;

@@ -8,9 +8,8 @@
 
 use std::arch::x86_64::*;
 
-use crate::packed_k::{
-    KFormat, Q4K_DMIN, Q4K_MINS, Q4K_SCALES, Q4K_VALUES, Q5K_HIGH, Q6K_SCALES, Q6K_UNIT, Q6K_VALUES,
-};
+use crate::packed_k::avx2::{broadcast4, broadcast_pair, pair_i8, pair_u8, q4k_values, q6k_values};
+use crate::packed_k::{KFormat, Q4K_DMIN, Q4K_MINS, Q4K_SCALES, Q6K_SCALES, Q6K_UNIT, Q6K_VALUES};
 use crate::q8_k::BlockQ8K;
 
 /// Dot products of one packed row group (8 rows) with R activation rows for Q4_K, Q5_K
@@ -36,44 +35,6 @@ pub(crate) unsafe fn tile<const R: usize>(
     }
 }
 
-/// Four activation bytes from `at`, in every 32-bit lane.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn broadcast4(xb: &BlockQ8K, at: usize) -> __m256i {
-    debug_assert!(at + 4 <= xb.qs.len());
-    // SAFETY: at + 4 <= 256 at every call.
-    unsafe {
-        _mm256_set1_epi32(std::ptr::read_unaligned(
-            xb.qs.as_ptr().add(at) as *const i32
-        ))
-    }
-}
-
-/// Two i16 sums `s[at]`, `s[at + 1]` as the halves of every 32-bit lane.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn broadcast_pair(s: &[i16], at: usize) -> __m256i {
-    debug_assert!(at + 1 < s.len());
-    // SAFETY: at + 1 < s.len() at every call.
-    unsafe { _mm256_set1_epi32(std::ptr::read_unaligned(s.as_ptr().add(at) as *const i32)) }
-}
-
-/// A pair region's 16 bytes (sub-blocks 2i and 2i + 1 of eight rows) as eight lanes of
-/// two i16: unsigned bytes, or signed when SIGNED.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn pairs<const SIGNED: bool>(p: *const u8) -> __m256i {
-    // SAFETY: the caller passes 16 readable bytes.
-    unsafe {
-        let b = _mm_loadu_si128(p as *const __m128i);
-        if SIGNED {
-            _mm256_cvtepi8_epi16(b)
-        } else {
-            _mm256_cvtepu8_epi16(b)
-        }
-    }
-}
-
 /// The first and the second i16 of each 32-bit lane as i32 (sign-extended).
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -94,8 +55,6 @@ unsafe fn tile_q4k<const FIVE: bool, const R: usize>(
     let pbb = format.packed_block_bytes();
     let blocks = w.len() / pbb;
     debug_assert!(xs.iter().all(|x| x.len() >= blocks));
-    let low = _mm256_set1_epi8(0x0F);
-    let fifth = _mm256_set1_epi8(0x10);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..blocks {
         // SAFETY: block b lies inside `w` (b < blocks): every offset below is inside its
@@ -105,33 +64,18 @@ unsafe fn tile_q4k<const FIVE: bool, const R: usize>(
             let mut sumi = [_mm256_setzero_si256(); R];
             let mut summ = [_mm256_setzero_si256(); R];
             for c in 0..4 {
-                let v = block.add(Q4K_VALUES + 256 * c);
-                let (sc_lo, sc_hi) = split_pairs(pairs::<false>(block.add(Q4K_SCALES + 16 * c)));
+                let (sc_lo, sc_hi) = split_pairs(pair_u8(block.add(Q4K_SCALES + 16 * c)));
                 let mut t_lo = [_mm256_setzero_si256(); R];
                 let mut t_hi = [_mm256_setzero_si256(); R];
                 for g in 0..8 {
-                    let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
-                    let mut lo = _mm256_and_si256(raw, low);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                    if FIVE {
-                        // Bits 2c and 2c + 1 of each qh byte, moved to bit 4.
-                        let h = _mm256_loadu_si256(block.add(Q5K_HIGH + 32 * g) as *const __m256i);
-                        let (to_lo, to_hi) = match c {
-                            0 => (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 3)),
-                            1 => (_mm256_slli_epi16(h, 2), _mm256_slli_epi16(h, 1)),
-                            2 => (h, _mm256_srli_epi16(h, 1)),
-                            _ => (_mm256_srli_epi16(h, 2), _mm256_srli_epi16(h, 3)),
-                        };
-                        lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
-                        hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
-                    }
+                    let (lo, hi) = q4k_values::<FIVE>(block, c, g);
                     for j in 0..R {
                         let at = 64 * c + 4 * g;
                         t_lo[j] = _mm256_dpbusd_epi32(t_lo[j], lo, broadcast4(&xs[j][b], at));
                         t_hi[j] = _mm256_dpbusd_epi32(t_hi[j], hi, broadcast4(&xs[j][b], at + 32));
                     }
                 }
-                let mins = pairs::<false>(block.add(Q4K_MINS + 16 * c));
+                let mins = pair_u8(block.add(Q4K_MINS + 16 * c));
                 for j in 0..R {
                     let p = _mm256_add_epi32(
                         _mm256_mullo_epi32(t_lo[j], sc_lo),
@@ -161,8 +105,6 @@ unsafe fn tile_q6k<const R: usize>(w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f32; 8];
     let pbb = KFormat::Q6K.packed_block_bytes();
     let blocks = w.len() / pbb;
     debug_assert!(xs.iter().all(|x| x.len() >= blocks));
-    let low = _mm256_set1_epi8(0x0F);
-    let top = _mm256_set1_epi8(0x30);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..blocks {
         // SAFETY: as in tile_q4k.
@@ -172,34 +114,17 @@ unsafe fn tile_q6k<const R: usize>(w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f32; 8];
             // The values are stored plus 32: subtract 32 * sum(scale * activation sum).
             let mut offset = [_mm256_setzero_si256(); R];
             for u in 0..8 {
-                let scales = pairs::<true>(block.add(Q6K_SCALES + 16 * u));
+                let scales = pair_i8(block.add(Q6K_SCALES + 16 * u));
                 for j in 0..R {
                     let pair = broadcast_pair(&xs[j][b].bsums, 2 * u);
                     offset[j] = _mm256_dpwssd_epi32(offset[j], scales, pair);
                 }
                 let (sc_lo, sc_hi) = split_pairs(scales);
                 let unit = block.add(Q6K_VALUES + Q6K_UNIT * u);
-                let h0 = _mm256_loadu_si256(unit.add(128) as *const __m256i);
-                let h1 = _mm256_loadu_si256(unit.add(160) as *const __m256i);
-                // Top 2 bits of group g's values sit at bits 2g: move them to bits 4..6.
-                let high = |h: __m256i, g: usize| -> __m256i {
-                    let moved = match g {
-                        0 => _mm256_slli_epi16(h, 4),
-                        1 => _mm256_slli_epi16(h, 2),
-                        2 => h,
-                        _ => _mm256_srli_epi16(h, 2),
-                    };
-                    _mm256_and_si256(moved, top)
-                };
                 let mut t_lo = [_mm256_setzero_si256(); R];
                 let mut t_hi = [_mm256_setzero_si256(); R];
                 for g in 0..4 {
-                    let raw = _mm256_loadu_si256(unit.add(32 * g) as *const __m256i);
-                    let lo = _mm256_or_si256(_mm256_and_si256(raw, low), high(h0, g));
-                    let hi = _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
-                        high(h1, g),
-                    );
+                    let (lo, hi) = q6k_values(unit, g);
                     for j in 0..R {
                         let at = 32 * u + 4 * g;
                         t_lo[j] = _mm256_dpbusd_epi32(t_lo[j], lo, broadcast4(&xs[j][b], at));

@@ -24,6 +24,7 @@
 use std::arch::x86_64::*;
 
 use crate::format::WeightFormat;
+use crate::packed::avx2::nibble_values;
 use crate::q8_1::BlockQ8_1;
 
 /// Dot products of one packed row group (8 rows) with R activation rows, for every format
@@ -100,8 +101,6 @@ unsafe fn block_sums_nibbles<const FIVE: bool, const R: usize>(
     v: *const u8,
     xs: [&BlockQ8_1; R],
 ) -> [__m256i; R] {
-    let low = _mm256_set1_epi8(0x0F);
-    let fifth = _mm256_set1_epi8(0x10);
     // SAFETY: for FIVE the 32 bytes after the nibble groups are the fifth bits.
     let high = if FIVE {
         unsafe { _mm256_loadu_si256(v.add(128) as *const __m256i) }
@@ -113,19 +112,7 @@ unsafe fn block_sums_nibbles<const FIVE: bool, const R: usize>(
         // SAFETY: group g's 32 bytes lie inside the block; qs holds 32 bytes.
         unsafe {
             let raw = _mm256_loadu_si256(v.add(32 * g) as *const __m256i);
-            let mut lo = _mm256_and_si256(raw, low);
-            let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-            if FIVE {
-                // Bits g and 4 + g of each byte, moved to bit 4.
-                let (to_lo, to_hi) = match g {
-                    0 => (_mm256_slli_epi16(high, 4), high),
-                    1 => (_mm256_slli_epi16(high, 3), _mm256_srli_epi16(high, 1)),
-                    2 => (_mm256_slli_epi16(high, 2), _mm256_srli_epi16(high, 2)),
-                    _ => (_mm256_slli_epi16(high, 1), _mm256_srli_epi16(high, 3)),
-                };
-                lo = _mm256_or_si256(lo, _mm256_and_si256(to_lo, fifth));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(to_hi, fifth));
-            }
+            let (lo, hi) = nibble_values::<FIVE>(raw, high, g);
             for j in 0..R {
                 let qs = xs[j].qs.as_ptr() as *const u8;
                 sumi[j] = _mm256_dpbusd_epi32(sumi[j], lo, broadcast4(qs.add(4 * g)));
