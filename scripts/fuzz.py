@@ -127,24 +127,35 @@ def campaign_files():
 
 
 def totals():
-    """Executions per target summed over every committed campaign, and the findings."""
-    runs = {t: 0 for t in TARGETS}
-    findings = {t: [] for t in TARGETS}
+    """Per target: executions under ASan and without, summed over every committed campaign,
+    the findings, and the latest ASan replay of its corpus."""
+    rows = {t: {"asan": 0, "none": 0, "findings": [], "replay": None} for t in TARGETS}
     for path in campaign_files():
-        for r in json.loads(path.read_text()).get("results", []):
-            if r["target"] in runs:
-                runs[r["target"]] += r["executions"] or 0
-                findings[r["target"]] += r["findings"]
-    return runs, findings
+        report = json.loads(path.read_text())
+        kind = "asan" if report.get("sanitizers", "").startswith("address") else "none"
+        for r in report.get("results", []):
+            if r["target"] in rows:
+                row = rows[r["target"]]
+                row[kind] += r["executions"] or 0
+                row["findings"] += r["findings"]
+                if r.get("asan_replay"):
+                    row["replay"] = r["asan_replay"]
+    return rows
 
 
 def print_totals():
-    runs, findings = totals()
+    rows = totals()
     print(f"Executions over {len(campaign_files())} campaigns (benches/results/*-fuzz*.json):")
-    print("| target | executions | findings (each fixed with a regression input) |")
-    print("|---|---:|---|")
+    print("| target | under ASan + LSan | without sanitizer | total | corpus replayed under ASan + LSan | findings (each fixed, input in regressions/) |")
+    print("|---|---:|---:|---:|---|---|")
     for t in TARGETS:
-        print(f"| {t} | {runs[t]:,} | {', '.join(findings[t]) or 'none'} |")
+        r = rows[t]
+        replay = r["replay"]
+        replay = (f"{replay['inputs']:,} inputs, "
+                  f"{', '.join(replay['findings']) or ('clean' if replay['exit_code'] == 0 else 'exit ' + str(replay['exit_code']))}"
+                  if replay else "not yet")
+        print(f"| {t} | {r['asan']:,} | {r['none']:,} | {r['asan'] + r['none']:,} | {replay} | "
+              f"{', '.join(r['findings']) or 'none'} |")
 
 
 def replay_asan(target, env):
@@ -201,7 +212,8 @@ def main():
         sys.exit(f"unknown targets: {unknown}")
     budget = {t: args.runs for t in targets}
     if args.until:
-        done, _ = totals()
+        rows = totals()
+        done = {t: rows[t]["asan"] + rows[t]["none"] for t in targets}
         budget = {t: args.until - done[t] for t in targets if done[t] < args.until}
         targets = list(budget)
     started = datetime.datetime.now(datetime.timezone.utc)
