@@ -55,6 +55,8 @@ fn matrix(name: &str, n: usize, k: usize) -> Matrix {
         "q8_0" => plain(WeightFormat::Q8_0),
         "q5_0" => plain(WeightFormat::Q5_0),
         "q5_1" => plain(WeightFormat::Q5_1),
+        "q2_K" => kq(KFormat::Q2K, &[80, 82]),
+        "q3_K" => kq(KFormat::Q3K, &[108]),
         "q4_K" => kq(KFormat::Q4K, &[0, 2]),
         "q5_K" => kq(KFormat::Q5K, &[0, 2]),
         // Q6_K's f16 scale closes the block.
@@ -76,7 +78,7 @@ fn main() {
     println!("| format | n x k | m | avx2 GOP/s | vnni GOP/s | vnni / avx2 |");
     println!("|---|---|---:|---:|---:|---:|");
     for format in [
-        "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_K", "q5_K", "q6_K",
+        "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K",
     ] {
         for (n, k, m) in [
             (1536, 576, 512),

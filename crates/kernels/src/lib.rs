@@ -79,7 +79,7 @@ pub fn kernel_isa() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
         if avx512_vnni_available() {
-            return "avx512-vnni (q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K), avx2 (others)";
+            return "avx512-vnni (4-, 5- and 8-bit and K-quant tiles), avx2 (f16, attention)";
         }
         if avx2_available() {
             return "avx2";

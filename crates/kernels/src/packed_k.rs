@@ -76,11 +76,11 @@ pub(crate) const Q6K_SCALES: usize = 16;
 pub(crate) const Q6K_VALUES: usize = 144;
 pub(crate) const Q6K_UNIT: usize = 192;
 /// Offsets inside packed Q2_K and Q3_K blocks.
-const Q2K_SCALES: usize = 32;
-const Q2K_VALUES: usize = 160;
-const Q3K_SCALES: usize = 16;
-const Q3K_VALUES: usize = 144;
-const Q3K_UNIT: usize = 96;
+pub(crate) const Q2K_SCALES: usize = 32;
+pub(crate) const Q2K_VALUES: usize = 160;
+pub(crate) const Q3K_SCALES: usize = 16;
+pub(crate) const Q3K_VALUES: usize = 144;
+pub(crate) const Q3K_UNIT: usize = 96;
 
 /// Byte of sub-block j of lane r in a region of 8-bit values stored in pairs.
 fn paired(j: usize, lane: usize) -> usize {
@@ -494,8 +494,7 @@ pub(crate) fn tile_ref(format: KFormat, w: &[u8], x: &[BlockQ8K]) -> [f32; LANES
 fn tile<const R: usize>(format: KFormat, w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f32; LANES]; R] {
     #[cfg(target_arch = "x86_64")]
     {
-        let vnni_format = matches!(format, KFormat::Q4K | KFormat::Q5K | KFormat::Q6K);
-        if vnni_format && crate::avx512_vnni_available() {
+        if crate::avx512_vnni_available() {
             // SAFETY: the CPU supports AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (checked
             // above); `w` is a packed row group and each row of xs has its blocks.
             return unsafe { crate::packed_k_vnni::tile(format, w, xs) };
@@ -783,6 +782,42 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// Quad `quad` (< 8) of one packed Q2_K unit (values 4 quad + b, 0..3), or with THREE
+    /// of a Q3_K unit with the third bits (bit `quad` of the unit's high group) as bit 2
+    /// (0..7), as bytes.
+    ///
+    /// # Safety
+    /// `unit` points at a whole packed unit (64 bytes, Q3_K 96).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn q2k3k_values<const THREE: bool>(unit: *const u8, quad: usize) -> __m256i {
+        // SAFETY: the caller's contract; the loads are inside the unit.
+        let c = unsafe { _mm256_loadu_si256(unit.add(32 * (quad / 4)) as *const __m256i) };
+        let shifted = match quad % 4 {
+            0 => c,
+            1 => _mm256_srli_epi16(c, 2),
+            2 => _mm256_srli_epi16(c, 4),
+            _ => _mm256_srli_epi16(c, 6),
+        };
+        let v = _mm256_and_si256(shifted, _mm256_set1_epi8(0x03));
+        if !THREE {
+            return v;
+        }
+        // SAFETY: as above.
+        let high = unsafe { _mm256_loadu_si256(unit.add(64) as *const __m256i) };
+        let moved = match quad {
+            0 => _mm256_slli_epi16(high, 2),
+            1 => _mm256_slli_epi16(high, 1),
+            2 => high,
+            3 => _mm256_srli_epi16(high, 1),
+            4 => _mm256_srli_epi16(high, 2),
+            5 => _mm256_srli_epi16(high, 3),
+            6 => _mm256_srli_epi16(high, 4),
+            _ => _mm256_srli_epi16(high, 5),
+        };
+        _mm256_or_si256(v, _mm256_and_si256(moved, _mm256_set1_epi8(0x04)))
+    }
+
     /// Q2_K, or Q3_K when THREE.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn tile_q2k3k<const THREE: bool, const R: usize>(
@@ -801,8 +836,6 @@ pub(crate) mod avx2 {
             let pbb = format.packed_block_bytes();
             let blocks = w.len() / pbb;
             debug_assert!(xs.iter().all(|x| x.len() >= blocks));
-            let two_bits = _mm256_set1_epi8(0x03);
-            let third = _mm256_set1_epi8(0x04);
             let nibble16 = _mm256_set1_epi16(0x0F);
             let mut acc = [_mm256_setzero_ps(); R];
             for b in 0..blocks {
@@ -832,42 +865,12 @@ pub(crate) mod avx2 {
                     }
                     let (sc_lo, sc_hi) = (dup::<true>(scales), dup::<false>(scales));
                     let unit = block.add(values + unit_bytes * u);
-                    let crumbs = [
-                        _mm256_loadu_si256(unit as *const __m256i),
-                        _mm256_loadu_si256(unit.add(32) as *const __m256i),
-                    ];
-                    let high = if THREE {
-                        _mm256_loadu_si256(unit.add(64) as *const __m256i)
-                    } else {
-                        _mm256_setzero_si256()
-                    };
                     // Values up to 7 times bytes up to 127: four quads of pair sums stay below
                     // 4 * 2 * 7 * 127 = 7112, inside i16.
                     let mut s_lo = [_mm256_setzero_si256(); R];
                     let mut s_hi = [_mm256_setzero_si256(); R];
                     for quad in 0..8 {
-                        let c = crumbs[quad / 4];
-                        let shifted = match quad % 4 {
-                            0 => c,
-                            1 => _mm256_srli_epi16(c, 2),
-                            2 => _mm256_srli_epi16(c, 4),
-                            _ => _mm256_srli_epi16(c, 6),
-                        };
-                        let mut v = _mm256_and_si256(shifted, two_bits);
-                        if THREE {
-                            // Bit `quad` of each byte, moved to bit 2.
-                            let moved = match quad {
-                                0 => _mm256_slli_epi16(high, 2),
-                                1 => _mm256_slli_epi16(high, 1),
-                                2 => high,
-                                3 => _mm256_srli_epi16(high, 1),
-                                4 => _mm256_srli_epi16(high, 2),
-                                5 => _mm256_srli_epi16(high, 3),
-                                6 => _mm256_srli_epi16(high, 4),
-                                _ => _mm256_srli_epi16(high, 5),
-                            };
-                            v = _mm256_or_si256(v, _mm256_and_si256(moved, third));
-                        }
+                        let v = q2k3k_values::<THREE>(unit, quad);
                         for j in 0..R {
                             let p =
                                 _mm256_maddubs_epi16(v, broadcast4(&xs[j][b], 32 * u + 4 * quad));
@@ -1077,7 +1080,7 @@ mod tests {
             return;
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(6);
-        for format in [KFormat::Q4K, KFormat::Q5K, KFormat::Q6K] {
+        for format in FORMATS {
             for &k in &[256, 768, 1536] {
                 let w = weights(&mut rng, format, 8, k);
                 let p = PackedKMatrix::pack(format, &w, 8, k).unwrap();
@@ -1097,7 +1100,9 @@ mod tests {
                         match format {
                             KFormat::Q4K => avx2::tile_q4k::<false, 4>(g, four),
                             KFormat::Q5K => avx2::tile_q4k::<true, 4>(g, four),
-                            _ => avx2::tile_q6k::<4>(g, four),
+                            KFormat::Q6K => avx2::tile_q6k::<4>(g, four),
+                            KFormat::Q2K => avx2::tile_q2k3k::<false, 4>(g, four),
+                            KFormat::Q3K => avx2::tile_q2k3k::<true, 4>(g, four),
                         },
                     )
                 };

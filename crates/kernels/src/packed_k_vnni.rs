@@ -1,4 +1,4 @@
-//! AVX-512 VNNI versions of the packed Q4_K, Q5_K and Q6_K tiles (`crate::packed_k`).
+//! AVX-512 VNNI versions of the packed K-quant tiles (`crate::packed_k`).
 //!
 //! The AVX2 tiles add `maddubs` results in i16 over a few groups, then multiply by the
 //! sub-block scales with `madd`. Here `vpdpbusd` sums each sub-block's products straight
@@ -8,12 +8,16 @@
 
 use std::arch::x86_64::*;
 
-use crate::packed_k::avx2::{broadcast4, broadcast_pair, pair_i8, pair_u8, q4k_values, q6k_values};
-use crate::packed_k::{KFormat, Q4K_DMIN, Q4K_MINS, Q4K_SCALES, Q6K_SCALES, Q6K_UNIT, Q6K_VALUES};
+use crate::packed_k::avx2::{
+    broadcast4, broadcast_pair, pair_i8, pair_u8, q2k3k_values, q4k_values, q6k_values,
+};
+use crate::packed_k::{
+    KFormat, Q2K_SCALES, Q2K_VALUES, Q3K_SCALES, Q3K_UNIT, Q3K_VALUES, Q4K_DMIN, Q4K_MINS,
+    Q4K_SCALES, Q6K_SCALES, Q6K_UNIT, Q6K_VALUES,
+};
 use crate::q8_k::BlockQ8K;
 
-/// Dot products of one packed row group (8 rows) with R activation rows for Q4_K, Q5_K
-/// and Q6_K (Q2_K and Q3_K stay the AVX2 tile's): out[j][lane].
+/// Dot products of one packed row group (8 rows) with R activation rows: out[j][lane].
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C; `w` must hold whole
@@ -30,7 +34,8 @@ pub(crate) unsafe fn tile<const R: usize>(
             KFormat::Q4K => tile_q4k::<false, R>(w, xs),
             KFormat::Q5K => tile_q4k::<true, R>(w, xs),
             KFormat::Q6K => tile_q6k(w, xs),
-            other => unreachable!("no VNNI tile for {other:?}; the caller dispatches"),
+            KFormat::Q2K => tile_q2k3k::<false, R>(w, xs),
+            KFormat::Q3K => tile_q2k3k::<true, R>(w, xs),
         }
     }
 }
@@ -144,6 +149,91 @@ unsafe fn tile_q6k<const R: usize>(w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f32; 8];
                 let total = _mm256_sub_epi32(sumi[j], _mm256_slli_epi32(offset[j], 5));
                 let scale = _mm256_mul_ps(_mm256_set1_ps(xs[j][b].d), d);
                 acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[j]);
+            }
+        }
+    }
+    store(acc)
+}
+
+/// Q2_K, or Q3_K when THREE.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_q2k3k<const THREE: bool, const R: usize>(
+    w: &[u8],
+    xs: [&[BlockQ8K]; R],
+) -> [[f32; 8]; R] {
+    let format = if THREE { KFormat::Q3K } else { KFormat::Q2K };
+    let (values, unit_bytes) = if THREE {
+        (Q3K_VALUES, Q3K_UNIT)
+    } else {
+        (Q2K_VALUES, 64)
+    };
+    let pbb = format.packed_block_bytes();
+    let blocks = w.len() / pbb;
+    debug_assert!(xs.iter().all(|x| x.len() >= blocks));
+    let nibble16 = _mm256_set1_epi16(0x0F);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..blocks {
+        // SAFETY: as in tile_q4k.
+        unsafe {
+            let block = w.as_ptr().add(b * pbb);
+            let mut sumi = [_mm256_setzero_si256(); R];
+            // Q2_K: sum(minimum x activation sums); Q3_K: sum(scale x activation sums), as
+            // the values are stored plus 4.
+            let mut side = [_mm256_setzero_si256(); R];
+            for u in 0..8 {
+                let scales = if THREE {
+                    pair_i8(block.add(Q3K_SCALES + 16 * u))
+                } else {
+                    let both = pair_u8(block.add(Q2K_SCALES + 16 * u));
+                    let mins = _mm256_srli_epi16(both, 4);
+                    for j in 0..R {
+                        let pair = broadcast_pair(&xs[j][b].bsums, 2 * u);
+                        side[j] = _mm256_dpwssd_epi32(side[j], mins, pair);
+                    }
+                    _mm256_and_si256(both, nibble16)
+                };
+                if THREE {
+                    for j in 0..R {
+                        let pair = broadcast_pair(&xs[j][b].bsums, 2 * u);
+                        side[j] = _mm256_dpwssd_epi32(side[j], scales, pair);
+                    }
+                }
+                let (sc_lo, sc_hi) = split_pairs(scales);
+                let unit = block.add(values + unit_bytes * u);
+                let mut t_lo = [_mm256_setzero_si256(); R];
+                let mut t_hi = [_mm256_setzero_si256(); R];
+                for quad in 0..8 {
+                    let v = q2k3k_values::<THREE>(unit, quad);
+                    for j in 0..R {
+                        let x = broadcast4(&xs[j][b], 32 * u + 4 * quad);
+                        if quad < 4 {
+                            t_lo[j] = _mm256_dpbusd_epi32(t_lo[j], v, x);
+                        } else {
+                            t_hi[j] = _mm256_dpbusd_epi32(t_hi[j], v, x);
+                        }
+                    }
+                }
+                for j in 0..R {
+                    let p = _mm256_add_epi32(
+                        _mm256_mullo_epi32(t_lo[j], sc_lo),
+                        _mm256_mullo_epi32(t_hi[j], sc_hi),
+                    );
+                    sumi[j] = _mm256_add_epi32(sumi[j], p);
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
+            for j in 0..R {
+                let xd = _mm256_set1_ps(xs[j][b].d);
+                if THREE {
+                    let total = _mm256_sub_epi32(sumi[j], _mm256_slli_epi32(side[j], 2));
+                    let scale = _mm256_mul_ps(xd, d);
+                    acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[j]);
+                } else {
+                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
+                    let pos = _mm256_mul_ps(_mm256_mul_ps(xd, d), _mm256_cvtepi32_ps(sumi[j]));
+                    let neg = _mm256_mul_ps(_mm256_mul_ps(xd, dmin), _mm256_cvtepi32_ps(side[j]));
+                    acc[j] = _mm256_add_ps(acc[j], _mm256_sub_ps(pos, neg));
+                }
             }
         }
     }
