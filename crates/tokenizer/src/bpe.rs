@@ -3,20 +3,22 @@
 //! with the lowest merge rank (ties: leftmost), then look every piece up in the vocabulary.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use crate::LookupMap;
 
 /// Merge ranks. Pairs of vocabulary tokens are keyed by ids; merges naming a side that is
 /// not a token (legal, if unusual) are kept by text.
 pub(crate) struct BpeRanks {
-    by_id: HashMap<(u32, u32), u32>,
-    by_text: HashMap<String, u32>,
+    by_id: LookupMap<(u32, u32), u32>,
+    by_text: LookupMap<String, u32>,
 }
 
 impl BpeRanks {
     /// Ranks from `"left right"` merge lines; the first occurrence of a pair wins.
-    pub fn new(merges: &[String], token_to_id: &HashMap<String, u32>) -> BpeRanks {
-        let mut by_id = HashMap::with_capacity(merges.len());
-        let mut by_text = HashMap::new();
+    pub fn new(merges: &[String], token_to_id: &LookupMap<String, u32>) -> BpeRanks {
+        let mut by_id = LookupMap::with_capacity_and_hasher(merges.len(), Default::default());
+        let mut by_text = LookupMap::default();
         for (rank, line) in merges.iter().enumerate() {
             let rank = rank as u32;
             // llama.cpp splits at the first space from the second byte on.
@@ -97,7 +99,7 @@ impl Ord for Bigram {
 
 /// What BPE needs from the vocabulary.
 pub(crate) struct BpeVocab<'a> {
-    pub token_to_id: &'a HashMap<String, u32>,
+    pub token_to_id: &'a LookupMap<String, u32>,
     pub ranks: &'a BpeRanks,
     /// Emit a word that is itself a token without merging (Llama 3's `ignore_merges`).
     pub ignore_merges: bool,

@@ -2,9 +2,10 @@
 //! model, token attributes from types, and its text-based detection of end-of-turn, FIM and
 //! end-of-generation tokens (which also marks those tokens as control tokens).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use crate::vocab::{ModelKind, SpecialIds, TokenType, Vocab};
+use crate::LookupMap;
 
 /// Token attribute bits, as llama.cpp's `llama_token_attr`.
 pub(crate) mod attr {
@@ -110,7 +111,7 @@ pub(crate) struct Resolved {
 }
 
 /// Applies llama.cpp's defaults and detections. `token_to_id` maps each text to its last id.
-pub(crate) fn resolve(v: &Vocab, token_to_id: &HashMap<String, u32>) -> Resolved {
+pub(crate) fn resolve(v: &Vocab, token_to_id: &LookupMap<String, u32>) -> Resolved {
     let n = v.tokens.len();
     let mut attrs: Vec<u16> = match &v.token_types {
         Some(types) => types.iter().take(n).map(|&t| type_attr(t)).collect(),
@@ -267,7 +268,7 @@ fn adjust_eog(v: &Vocab, eog: &mut BTreeSet<u32>, attrs: &mut [u16]) {
 /// whitespace after them (except `<unk>`, `<s>`, `<|endoftext|>`).
 fn strip_attrs(
     v: &Vocab,
-    token_to_id: &HashMap<String, u32>,
+    token_to_id: &LookupMap<String, u32>,
     special_cache: &[u32],
     attrs: &mut [u16],
 ) {

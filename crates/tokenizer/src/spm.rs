@@ -4,7 +4,9 @@
 //! byte-fallback tokens `<0xNN>`. The caller escapes spaces to `▁` first.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use crate::LookupMap;
 
 /// A piece of the text: bytes `start..start + len`, linked to its neighbours.
 struct Symbol {
@@ -48,7 +50,7 @@ impl Ord for Bigram {
 
 /// What SPM needs from the vocabulary.
 pub(crate) struct SpmVocab<'a> {
-    pub token_to_id: &'a HashMap<String, u32>,
+    pub token_to_id: &'a LookupMap<String, u32>,
     pub scores: &'a [f32],
     /// Token of each byte for fallback; `None` when the vocabulary lacks it.
     pub byte_tokens: &'a [Option<u32>; 256],

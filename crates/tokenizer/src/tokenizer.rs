@@ -2,7 +2,7 @@
 //! which equals `llama_tokenize` (`llama_vocab::impl::tokenize`): special tokens are cut out
 //! first, then each text fragment goes through SPM or byte-level BPE, then BOS/EOS.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use crate::resolve::{self, attr};
 use crate::special::{self, Fragment, Specials};
 use crate::spm::{self, SpmVocab};
 use crate::vocab::{ModelKind, SpecialIds, Vocab};
+use crate::LookupMap;
 
 /// A tokenizer that reproduces llama.cpp's for SPM (`llama`) and byte-level BPE (`gpt2`)
 /// vocabularies. Immutable after loading, so it can be shared across threads; it holds no
@@ -23,7 +24,7 @@ use crate::vocab::{ModelKind, SpecialIds, Vocab};
 #[derive(Clone)]
 pub struct Tokenizer {
     pub(crate) vocab: Vocab,
-    pub(crate) token_to_id: HashMap<String, u32>,
+    pub(crate) token_to_id: LookupMap<String, u32>,
     pub(crate) attrs: Vec<u16>,
     pub(crate) ids: SpecialIds,
     pub(crate) eog: BTreeSet<u32>,
@@ -91,7 +92,7 @@ impl Tokenizer {
                 *t = format!("[EMPTY_{i}]");
             }
         }
-        let token_to_id: HashMap<String, u32> = vocab
+        let token_to_id: LookupMap<String, u32> = vocab
             .tokens
             .iter()
             .enumerate()
@@ -321,7 +322,7 @@ impl Tokenizer {
 }
 
 /// The token of each byte: SPM `<0xNN>` (or the one-byte text), BPE the byte's alphabet character.
-fn byte_tokens(model: ModelKind, token_to_id: &HashMap<String, u32>) -> [Option<u32>; 256] {
+fn byte_tokens(model: ModelKind, token_to_id: &LookupMap<String, u32>) -> [Option<u32>; 256] {
     let mut out = [None; 256];
     for (b, slot) in out.iter_mut().enumerate() {
         let b = b as u8;
