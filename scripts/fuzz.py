@@ -102,24 +102,51 @@ def run_target(target, runs, args, env):
     start = time.time()
     with open(log, "w") as out:
         rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-    seconds = time.time() - start
-    text = log.read_text(errors="replace")
-    stat = lambda key: int(m.group(1)) if (m := re.search(rf"stat::{key}:\s+(\d+)", text)) else None
     findings = sorted(
         p.name for p in artifacts.iterdir() if p.name not in before and FINDING.match(p.name)
     )
+    return result_from_log(target, rc, time.time() - start, findings)
+
+
+def result_from_log(target, rc, seconds, findings):
+    """A target's result from the final statistics libFuzzer wrote to its log (it writes
+    them when it stops at its budget, at a finding, or on SIGINT)."""
+    log = FUZZ / "artifacts" / f"{target}.log"
+    text = log.read_text(errors="replace")
+    stat = lambda key: int(m.group(1)) if (m := re.search(rf"stat::{key}:\s+(\d+)", text)) else None
     return {
         "target": target,
         "executions": stat("number_of_executed_units"),
         "exec_per_s": stat("average_exec_per_sec"),
         "new_units": stat("new_units_added"),
         "peak_rss_mb": stat("peak_rss_mb"),
-        "corpus_files": sum(1 for _ in corpus.iterdir()),
+        "corpus_files": sum(1 for _ in (FUZZ / "corpus" / target).iterdir()),
         "seconds": round(seconds, 1),
         "exit_code": rc,
         "findings": findings,
         "log": str(log.relative_to(ROOT)),
     }
+
+
+def results_from_logs(targets):
+    """Results of runs whose driver stopped before writing them (each libFuzzer run ended at
+    its budget, at a finding, or on SIGINT, which makes it write its statistics), from the
+    logs: findings are the test units the log says it wrote, the time executions / rate."""
+    results = []
+    for t in targets:
+        text = (FUZZ / "artifacts" / f"{t}.log").read_text(errors="replace")
+        findings = sorted(
+            name for path in re.findall(r"Test unit written to (\S+)", text)
+            if FINDING.match(name := pathlib.Path(path).name)
+        )
+        rc = 72 if "run interrupted" in text else (1 if findings else 0)
+        r = result_from_log(t, rc, 0, findings)
+        if (m := re.search(r"Done \d+ runs in (\d+) second", text)):
+            r["seconds"] = float(m.group(1))
+        elif r["executions"] and r["exec_per_s"]:
+            r["seconds"] = round(r["executions"] / r["exec_per_s"], 1)
+        results.append(r)
+    return results
 
 
 def campaign_files():
@@ -185,6 +212,8 @@ def main():
     p.add_argument("--replay-asan", action="store_true",
                    help="afterwards, every corpus input once under ASan + LSan")
     p.add_argument("--totals", action="store_true", help="print executions so far and exit")
+    p.add_argument("--from-logs", action="store_true",
+                   help="no fuzzing: the report of the last runs of --targets from their logs")
     p.add_argument("--max-time", type=int, default=0, help="seconds per target (0: no cap)")
     p.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once")
     p.add_argument("--targets", default=",".join(TARGETS))
@@ -202,6 +231,8 @@ def main():
     # One thread per fuzzer: the inputs are tiny, so a pool's wake-ups cost more than they
     # save, and with --jobs 2 two pools would fight over two cores.
     env["RAYON_NUM_THREADS"] = "1"
+    if args.from_logs:
+        args.no_build = True
     if not args.no_build:
         build(env, args.sanitizer)
         if args.replay_asan and args.sanitizer != "address":
@@ -211,14 +242,17 @@ def main():
     if unknown:
         sys.exit(f"unknown targets: {unknown}")
     budget = {t: args.runs for t in targets}
-    if args.until:
+    if args.until and not args.from_logs:
         rows = totals()
         done = {t: rows[t]["asan"] + rows[t]["none"] for t in targets}
         budget = {t: args.until - done[t] for t in targets if done[t] < args.until}
         targets = list(budget)
     started = datetime.datetime.now(datetime.timezone.utc)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda t: run_target(t, budget[t], args, env), targets))
+        if args.from_logs:
+            results = results_from_logs(targets)
+        else:
+            results = list(pool.map(lambda t: run_target(t, budget[t], args, env), targets))
         if args.replay_asan:
             replays = pool.map(lambda t: replay_asan(t, env), targets)
             for r, replay in zip(results, replays):
@@ -246,7 +280,8 @@ def main():
         f"# Fuzzing, {report['date']}",
         "",
         f"`python3 scripts/fuzz.py {f'--until {args.until}' if args.until else f'--runs {args.runs}'} --max-time {args.max_time} --jobs {args.jobs}"
-        f" --sanitizer {args.sanitizer}{' --replay-asan' if args.replay_asan else ''}`"
+        f" --sanitizer {args.sanitizer}{' --replay-asan' if args.replay_asan else ''}"
+        f"{' --from-logs' if args.from_logs else ''}`"
         f" on {report['cpu']} ({report['cores']} cores, {args.jobs} targets at once).",
         f"Sanitizers: {report['sanitizers']}. Limits: {report['limits']}.",
         "",
@@ -259,7 +294,8 @@ def main():
         lines.append(
             f"| {r['target']} | {r['executions'] or 0:,} | {r['exec_per_s'] or 0:,} | "
             f"{r['corpus_files']} | {r['new_units'] or 0} | {r['peak_rss_mb'] or 0} | "
-            f"{r['seconds']} | {', '.join(r['findings']) or 'none'} |"
+            f"{r['seconds']} | {', '.join(r['findings']) or 'none'}"
+            f"{' (stopped early with SIGINT)' if r['exit_code'] == 72 else ''} |"
             + (f" {replay['inputs']} inputs, {replay['seconds']} s, "
                f"{', '.join(replay['findings']) or ('clean' if replay['exit_code'] == 0 else 'exit ' + str(replay['exit_code']))} |"
                if replay else "")
@@ -269,7 +305,8 @@ def main():
     print()
     print_totals()
     replays = [r["asan_replay"] for r in results if "asan_replay" in r]
-    if any(r["findings"] or r["exit_code"] != 0 for r in results + replays):
+    # 72: a run stopped early with SIGINT (--from-logs), which is not a failure.
+    if any(r["findings"] or r["exit_code"] not in (0, 72) for r in results + replays):
         sys.exit(1)
 
 
