@@ -70,26 +70,10 @@ pub fn decode_attention_with(
     cap: usize,
     out: &mut [f32],
 ) {
-    let f16_probs = probs == Probabilities::F16;
     let hd = h.head_dim;
-    let n_rep = (h.n_head / h.n_kv_head.max(1)).max(1);
-    let scale = 1.0 / (hd as f32).sqrt();
     let head = |head: usize, out_h: &mut [f32], scores: &mut Vec<f32>| {
-        scores.resize(len, 0.0);
-        let g = head / n_rep;
-        let rows = g * cap * hd..(g * cap + len) * hd;
-        let (k, v) = (&k[rows.clone()], &v[rows]);
         let q_h = &q[head * hd..(head + 1) * hd];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if hd.is_multiple_of(8) && crate::avx2_available() {
-                // SAFETY: the CPU supports AVX2, FMA and F16C (checked above); k and v
-                // hold len rows of hd values, hd a multiple of 8.
-                unsafe { avx2::attend_head(q_h, k, v, scale, f16_probs, scores, out_h) };
-                return;
-            }
-        }
-        attend_head(q_h, k, v, scale, f16_probs, scores, out_h);
+        attend_one_head(h, probs, q_h, k, v, head, len, cap, scores, out_h);
     };
     // Heads are independent: over a long cache (a decode step late in a conversation) they
     // are shared among threads; a head's result is the same either way.
@@ -103,6 +87,43 @@ pub fn decode_attention_with(
             head(i, out_h, &mut scores);
         }
     }
+}
+
+/// Head `head` of [`decode_attention_with`] alone: its query `q_h` (head_dim values) over
+/// the first `len` positions of its KV head, into `out_h` (head_dim values), with `scores`
+/// as scratch (resized to `len`; reserve it once and this allocates nothing). The bits of
+/// that head's part of the whole call.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_one_head(
+    h: Heads,
+    probs: Probabilities,
+    q_h: &[f32],
+    k: &[f32],
+    v: &[f32],
+    head: usize,
+    len: usize,
+    cap: usize,
+    scores: &mut Vec<f32>,
+    out_h: &mut [f32],
+) {
+    let f16_probs = probs == Probabilities::F16;
+    let hd = h.head_dim;
+    let n_rep = (h.n_head / h.n_kv_head.max(1)).max(1);
+    let scale = 1.0 / (hd as f32).sqrt();
+    scores.resize(len, 0.0);
+    let g = head / n_rep;
+    let rows = g * cap * hd..(g * cap + len) * hd;
+    let (k, v) = (&k[rows.clone()], &v[rows]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if hd.is_multiple_of(8) && crate::avx2_available() {
+            // SAFETY: the CPU supports AVX2, FMA and F16C (checked above); k and v
+            // hold len rows of hd values, hd a multiple of 8.
+            unsafe { avx2::attend_head(q_h, k, v, scale, f16_probs, scores, out_h) };
+            return;
+        }
+    }
+    attend_head(q_h, k, v, scale, f16_probs, scores, out_h);
 }
 
 /// Keys times heads from which one query row's heads run in parallel.

@@ -13,6 +13,8 @@ pub mod packed_k;
 mod packed_k_vnni;
 #[cfg(target_arch = "x86_64")]
 mod packed_vnni;
+pub mod partial;
+pub mod pool;
 pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;

@@ -189,7 +189,7 @@ impl PackedMatrix {
         self.data.len()
     }
 
-    fn group(&self, g: usize) -> &[u8] {
+    pub(crate) fn group(&self, g: usize) -> &[u8] {
         let len = self.k / QK * self.format.packed_block_bytes();
         &self.data.as_bytes()[g * len..(g + 1) * len]
     }
@@ -357,7 +357,7 @@ fn values(format: WeightFormat, v: &[u8], lane: usize) -> [i32; QK] {
 }
 
 /// Dot products of one packed row group (8 rows) with R activation rows: out[j][lane].
-fn tile<const R: usize>(
+pub(crate) fn tile<const R: usize>(
     format: WeightFormat,
     w: &[u8],
     xs: [&[BlockQ8_1]; R],
@@ -572,14 +572,14 @@ pub(crate) mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
     use crate::{q4_0, q4_1, q5, q8_0};
 
     /// Random row-major weights in `format`: n rows of k / 32 blocks, with extreme values.
-    fn weights(rng: &mut impl Rng, format: WeightFormat, n: usize, k: usize) -> Vec<u8> {
+    pub(crate) fn weights(rng: &mut impl Rng, format: WeightFormat, n: usize, k: usize) -> Vec<u8> {
         (0..n * k / QK)
             .flat_map(|i| {
                 let mut b = f16::from_f32(rng.random_range(0.0..0.1))
@@ -613,7 +613,7 @@ mod tests {
         }
     }
 
-    fn activations(rng: &mut impl Rng, m: usize, k: usize) -> Vec<f32> {
+    pub(crate) fn activations(rng: &mut impl Rng, m: usize, k: usize) -> Vec<f32> {
         (0..m * k)
             .map(|i| match (i / QK % 5, i % 11) {
                 // Every fifth block constant: all its bytes 127, the largest sums.

@@ -15,7 +15,7 @@ use crate::packed::{for_each_tile, PackError};
 use crate::storage::Storage;
 
 /// Rows interleaved in one group.
-const LANES: usize = 16;
+pub const LANES: usize = 16;
 
 /// An (n, k) f16 weight matrix in the interleaved layout.
 pub struct PackedF16 {
@@ -121,7 +121,7 @@ impl PackedF16 {
         (self.n, self.k)
     }
 
-    fn group(&self, g: usize) -> &[u16] {
+    pub(crate) fn group(&self, g: usize) -> &[u16] {
         &self.data.as_slice()[g * self.k * LANES..(g + 1) * self.k * LANES]
     }
 
@@ -161,7 +161,7 @@ impl PackedF16 {
 }
 
 /// Rounds every value to the nearest f16 (ties to even), kept as f32.
-fn round_to_f16(x: &mut [f32]) {
+pub fn round_to_f16(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if crate::avx2_available() {
@@ -176,7 +176,7 @@ fn round_to_f16(x: &mut [f32]) {
 }
 
 /// One row group against R activation rows: out[j][lane].
-fn tile<const R: usize>(w: &[u16], xs: [&[f32]; R]) -> [[f32; LANES]; R] {
+pub(crate) fn tile<const R: usize>(w: &[u16], xs: [&[f32]; R]) -> [[f32; LANES]; R] {
     #[cfg(target_arch = "x86_64")]
     {
         // The kernel reads activations unchecked: every row must be as long as the group.

@@ -181,7 +181,7 @@ impl PackedKMatrix {
         self.data.len()
     }
 
-    fn group(&self, g: usize) -> &[u8] {
+    pub(crate) fn group(&self, g: usize) -> &[u8] {
         let len = self.k / QK_K * self.format.packed_block_bytes();
         &self.data.as_bytes()[g * len..(g + 1) * len]
     }
@@ -491,7 +491,11 @@ pub(crate) fn tile_ref(format: KFormat, w: &[u8], x: &[BlockQ8K]) -> [f32; LANES
 }
 
 /// Dot products of one packed row group (8 rows) with R activation rows: out[j][lane].
-fn tile<const R: usize>(format: KFormat, w: &[u8], xs: [&[BlockQ8K]; R]) -> [[f32; LANES]; R] {
+pub(crate) fn tile<const R: usize>(
+    format: KFormat,
+    w: &[u8],
+    xs: [&[BlockQ8K]; R],
+) -> [[f32; LANES]; R] {
     #[cfg(target_arch = "x86_64")]
     {
         if crate::avx512_vnni_available() {
@@ -926,13 +930,13 @@ pub(crate) mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
 
     /// Random row-major ggml blocks: n rows of k / 256, some with extreme bytes.
-    fn weights(rng: &mut impl Rng, format: KFormat, n: usize, k: usize) -> Vec<u8> {
+    pub(crate) fn weights(rng: &mut impl Rng, format: KFormat, n: usize, k: usize) -> Vec<u8> {
         let mut w = Vec::new();
         for i in 0..n * k / QK_K {
             // Every fifth block extreme: alternately every bit set (all values and scales
@@ -972,7 +976,7 @@ mod tests {
         w
     }
 
-    fn activations(rng: &mut impl Rng, m: usize, k: usize) -> Vec<f32> {
+    pub(crate) fn activations(rng: &mut impl Rng, m: usize, k: usize) -> Vec<f32> {
         (0..m * k)
             .map(|i| match (i / QK_K % 3, i % 11) {
                 // Every third block constant: all its bytes 127, the largest sums.

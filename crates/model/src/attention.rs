@@ -29,11 +29,11 @@ pub enum Precision {
 /// Attention weights of one block.
 pub struct Attention {
     /// The query, key and value projections, stacked.
-    qkv: Stacked,
-    o_proj: Linear,
-    n_head: usize,
-    n_kv_head: usize,
-    head_dim: usize,
+    pub(crate) qkv: Stacked,
+    pub(crate) o_proj: Linear,
+    pub(crate) n_head: usize,
+    pub(crate) n_kv_head: usize,
+    pub(crate) head_dim: usize,
     pub precision: Precision,
     /// LoRA updates added to the Q, K, V and output projections (unmerged adapters).
     pub lora: Vec<(Part, Delta)>,

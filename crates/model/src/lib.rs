@@ -7,6 +7,7 @@ pub mod adapters;
 pub mod attention;
 pub mod config;
 pub mod convert;
+pub mod decode;
 pub mod error;
 pub mod export;
 pub mod hf;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
+use ferrollama_kernels::partial::Prepared;
 use ferrollama_kernels::{KFormat, PackedF16, PackedKMatrix, PackedMatrix, WeightFormat};
 
 use crate::error::{Error, Result};
@@ -30,6 +31,17 @@ pub enum QuantMatrix {
     F16(PackedF16),
 }
 
+/// The form activations take for a packed product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationKind {
+    /// q8_1 blocks (the 32-value block formats).
+    Q8_1,
+    /// q8_K blocks (the K-quants).
+    Q8K,
+    /// Rounded to f16.
+    F16,
+}
+
 impl QuantMatrix {
     /// Row `r` (< n) dequantized into `out` (k values).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
@@ -46,6 +58,58 @@ impl QuantMatrix {
             Self::Blocks(p) => p.shape(),
             Self::K(p) => p.shape(),
             Self::F16(p) => p.shape(),
+        }
+    }
+
+    /// Output rows per group of the packed layout (8, or 16 for f16).
+    pub fn lanes(&self) -> usize {
+        match self {
+            Self::F16(_) => ferrollama_kernels::packed_f16::LANES,
+            _ => ferrollama_kernels::packed::LANES,
+        }
+    }
+
+    /// Row groups of [`QuantMatrix::lanes`] outputs.
+    pub fn groups(&self) -> usize {
+        match self {
+            Self::Blocks(p) => p.groups(),
+            Self::K(p) => p.groups(),
+            Self::F16(p) => p.groups(),
+        }
+    }
+
+    /// What the activations are turned into for this matrix: matrices of one kind can
+    /// share them.
+    pub fn activation_kind(&self) -> ActivationKind {
+        match self {
+            Self::Blocks(_) => ActivationKind::Q8_1,
+            Self::K(_) => ActivationKind::Q8K,
+            Self::F16(_) => ActivationKind::F16,
+        }
+    }
+
+    /// Prepares `m` activation rows for [`QuantMatrix::tiles`] (see `ferrollama_kernels::partial`).
+    pub fn prepare(&self, x: &[f32], m: usize, p: &mut Prepared) {
+        match self {
+            Self::Blocks(w) => w.prepare(x, m, p),
+            Self::K(w) => w.prepare(x, m, p),
+            Self::F16(w) => w.prepare(x, m, p),
+        }
+    }
+
+    /// Outputs of row groups `groups` for the `m` rows last prepared: `emit(row, first
+    /// output, values)`, the bits of [`QuantMatrix`]'s whole product.
+    pub fn tiles(
+        &self,
+        p: &Prepared,
+        m: usize,
+        groups: std::ops::Range<usize>,
+        emit: &mut impl FnMut(usize, usize, &[f32]),
+    ) {
+        match self {
+            Self::Blocks(w) => w.tiles(p, m, groups, emit),
+            Self::K(w) => w.tiles(p, m, groups, emit),
+            Self::F16(w) => w.tiles(p, m, groups, emit),
         }
     }
 
@@ -151,6 +215,16 @@ fn pack_k(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Result<QuantMat
     PackedKMatrix::pack(format, bytes, n, k)
         .map(QuantMatrix::K)
         .map_err(Error::from)
+}
+
+impl Linear {
+    /// The packed matrix, if this projection runs on our kernels.
+    pub fn quant(&self) -> Option<&Arc<QuantMatrix>> {
+        match self {
+            Self::Quant(m) => Some(m),
+            Self::Candle(_) => None,
+        }
+    }
 }
 
 impl Module for Linear {
@@ -306,6 +380,27 @@ impl Stacked {
             widths: widths.to_vec(),
             inner,
         })
+    }
+
+    /// The parts as packed matrices, each with its first row in the stacked output and
+    /// its rows: one matrix for all when stacked (the same matrix, at its offsets), None
+    /// when some part does not run on our kernels.
+    pub fn quant_parts(&self) -> Option<Vec<(Arc<QuantMatrix>, usize, usize)>> {
+        let mut at = 0;
+        let mut out = Vec::with_capacity(self.widths.len());
+        for (i, &n) in self.widths.iter().enumerate() {
+            let m = match &self.inner {
+                StackedInner::One(l) => l.quant()?.clone(),
+                StackedInner::Separate(parts) => parts.get(i)?.quant()?.clone(),
+            };
+            let first = match &self.inner {
+                StackedInner::One(_) => at,
+                StackedInner::Separate(_) => 0,
+            };
+            out.push((m, first, n));
+            at += n;
+        }
+        Some(out)
     }
 
     /// All parts side by side, (.., sum of widths), when they were stacked into one product.

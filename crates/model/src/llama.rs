@@ -35,9 +35,11 @@ fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// An RMSNorm weight (Zhang & Sennrich 2019) with its epsilon.
-struct RmsNorm {
+pub(crate) struct RmsNorm {
     weight: Tensor,
-    eps: f32,
+    /// The weight as plain values, for the decode path.
+    pub(crate) values: Vec<f32>,
+    pub(crate) eps: f32,
 }
 
 impl RmsNorm {
@@ -52,6 +54,7 @@ impl RmsNorm {
             });
         }
         Ok(Self {
+            values: weight.to_vec1()?,
             weight,
             eps: cfg.rms_norm_eps as f32,
         })
@@ -62,35 +65,39 @@ impl RmsNorm {
     }
 }
 
-struct DecoderLayer {
-    input_layernorm: RmsNorm,
-    self_attn: Attention,
-    post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+pub(crate) struct DecoderLayer {
+    pub(crate) input_layernorm: RmsNorm,
+    pub(crate) self_attn: Attention,
+    pub(crate) post_attention_layernorm: RmsNorm,
+    pub(crate) mlp: Mlp,
 }
 
 /// The token embedding: its own tensor, or, when the output projection is tied to it and
 /// repacked for our kernels, that projection's rows (one copy of the weights, not two).
-enum Embedding {
+pub(crate) enum Embedding {
     Tensor(Arc<QTensor>),
     Packed(Arc<QuantMatrix>),
 }
 
 /// A loaded Llama model. Immutable once loaded: per-sequence state lives in [`Cache`].
 pub struct Llama {
-    embed_tokens: Embedding,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    lm_head: Linear,
-    rope: Rope,
+    pub(crate) embed_tokens: Embedding,
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) norm: RmsNorm,
+    pub(crate) lm_head: Linear,
+    pub(crate) rope: Rope,
     pub config: Config,
+    /// Run states of the decode path kept between calls of [`Llama::forward_batch`].
+    states: std::sync::Mutex<Vec<crate::decode::RunState>>,
+    /// Whether [`Llama::forward_batch`] may take the decode path.
+    decode_path: std::sync::atomic::AtomicBool,
 }
 
 /// The KV cache of one sequence, sized for a context of `n_ctx` tokens. Cloning shares
 /// the memory until either side appends (a cheap handle, for copying a prefix).
 #[derive(Clone)]
 pub struct Cache {
-    layers: Vec<LayerKv>,
+    pub(crate) layers: Vec<LayerKv>,
     n_ctx: usize,
 }
 
@@ -190,6 +197,8 @@ impl Llama {
             lm_head,
             rope,
             config,
+            states: std::sync::Mutex::new(Vec::new()),
+            decode_path: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -344,10 +353,55 @@ impl Llama {
     /// `seqs[i].outputs` rows of each sequence, in order. On error the caches may hold part
     /// of the input: reset them.
     pub fn forward_batch(&self, seqs: &[SeqBatch], caches: &mut [&mut Cache]) -> Result<Logits> {
+        if let Some(logits) = self.forward_decode_path(seqs, caches)? {
+            return Ok(logits);
+        }
         on_pool(|| self.run(seqs, caches, Output::Logits))
     }
 
-    fn run(&self, seqs: &[SeqBatch], caches: &mut [&mut Cache], output: Output) -> Result<Logits> {
+    /// [`Llama::forward_batch`] through the decode path ([`crate::decode`]) when it can
+    /// take the batch (few rows, no LoRA, every weight on our kernels): the same bits,
+    /// without candle's tensors in between. None when it cannot.
+    fn forward_decode_path(
+        &self,
+        seqs: &[SeqBatch],
+        caches: &mut [&mut Cache],
+    ) -> Result<Option<Logits>> {
+        let rows: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        let enabled = self.decode_path.load(std::sync::atomic::Ordering::Relaxed);
+        if !enabled || rows > crate::decode::MAX_ROWS || !self.decode_path_takes(seqs) {
+            return Ok(None);
+        }
+        let kept = self.states.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut state = match kept {
+            Some(state) => state,
+            None => match crate::decode::RunState::new(self, crate::decode::MAX_ROWS) {
+                Ok(state) => state,
+                Err(_) => return Ok(None),
+            },
+        };
+        let logits = self.step(&mut state, seqs, caches).map(|l| Logits {
+            data: l.to_vec(),
+            width: self.config.vocab_size,
+        });
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(state);
+        logits.map(Some)
+    }
+
+    /// Lets [`Llama::forward_batch`] take the decode path for small batches (the
+    /// default), or keeps every pass on the candle path: both give the same bits, so this
+    /// is for comparing their speed (`ferrollama bench --no-decode-path`) and for tests.
+    pub fn set_decode_path(&self, enabled: bool) {
+        self.decode_path
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Checks a batch: sequences pair with caches, none empty, adapters loaded, room in
+    /// every cache.
+    pub(crate) fn check_batch(&self, seqs: &[SeqBatch], caches: &[&mut Cache]) -> Result<()> {
         if seqs.is_empty() || seqs.len() != caches.len() {
             return Err(Error::BatchMismatch {
                 sequences: seqs.len(),
@@ -369,6 +423,11 @@ impl Llama {
                 });
             }
         }
+        Ok(())
+    }
+
+    fn run(&self, seqs: &[SeqBatch], caches: &mut [&mut Cache], output: Output) -> Result<Logits> {
+        self.check_batch(seqs, caches)?;
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let all: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let chosen: Vec<Option<usize>> = seqs.iter().map(|s| s.adapter).collect();
@@ -409,7 +468,7 @@ impl Llama {
     }
 
     /// Checks token ids and embeds them: (1, n, hidden) in f32.
-    fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+    pub(crate) fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
         if let Some(&bad) = tokens
             .iter()
             .find(|&&t| t as usize >= self.config.vocab_size)

@@ -13,8 +13,8 @@ use crate::weights::WeightSource;
 /// Feed-forward weights of one block.
 pub struct Mlp {
     /// The gate and up projections, stacked.
-    gate_up: Stacked,
-    down_proj: Linear,
+    pub(crate) gate_up: Stacked,
+    pub(crate) down_proj: Linear,
     /// LoRA updates added to the gate, up and down projections (unmerged adapters).
     pub lora: Vec<(Part, Delta)>,
     /// Adapters that sequences select one by one (`SeqBatch::adapter`), by id.

@@ -15,6 +15,9 @@ pub struct Rope {
     cos: Tensor,
     /// (max_pos, head_dim / 2)
     sin: Tensor,
+    /// The same tables as plain values, for the decode path.
+    cos_values: Vec<f32>,
+    sin_values: Vec<f32>,
 }
 
 /// The rotation frequency of each pair of a head's dimensions: theta^(-2i/d), divided by
@@ -54,8 +57,10 @@ impl Rope {
         let half = cfg.head_dim / 2;
         let (cos, sin) = angle_tables(cfg, max_pos);
         Ok(Self {
-            cos: Tensor::from_vec(cos, (max_pos, half), device)?,
-            sin: Tensor::from_vec(sin, (max_pos, half), device)?,
+            cos: Tensor::from_vec(cos.clone(), (max_pos, half), device)?,
+            sin: Tensor::from_vec(sin.clone(), (max_pos, half), device)?,
+            cos_values: cos,
+            sin_values: sin,
         })
     }
 
@@ -69,6 +74,20 @@ impl Rope {
             &cos,
             &sin,
         )?)
+    }
+
+    /// Rotates one head's row (head_dim values) at position `pos` in place, with the
+    /// arithmetic of [`Rope::apply`] (candle's `rope_i`): the same bits. Panics if `pos`
+    /// is past the tables.
+    pub fn rotate(&self, row: &mut [f32], pos: usize) {
+        let half = row.len() / 2;
+        let cos = &self.cos_values[pos * half..(pos + 1) * half];
+        let sin = &self.sin_values[pos * half..(pos + 1) * half];
+        for ((pair, &c), &s) in row.chunks_exact_mut(2).zip(cos).zip(sin) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * c - b * s;
+            pair[1] = a * s + b * c;
+        }
     }
 
     /// Positions the tables cover.

@@ -31,6 +31,10 @@ pub struct Args {
     /// Print a JSON array of llama-bench-style records.
     #[arg(long)]
     pub json: bool,
+    /// Run every pass through candle's tensors, not the decode path (same results; to
+    /// measure what the decode path gains).
+    #[arg(long)]
+    pub no_decode_path: bool,
 }
 
 /// One test's measurements.
@@ -79,6 +83,7 @@ pub fn run(mut a: Args) -> Result<()> {
     let needed = a.n_prompt.max(a.n_gen).max(1);
     a.model.ctx = Some(a.model.ctx.unwrap_or(needed).max(needed));
     let m = load(&a.model)?;
+    m.model.set_decode_path(!a.no_decode_path);
     let vocab = m.tokenizer.vocab_size().min(m.model.config.vocab_size) as u32;
     let mut rng = 0x2545F4914F6CDD1Du64;
     let mut random_token = move || {
@@ -128,6 +133,7 @@ pub fn run(mut a: Args) -> Result<()> {
                     "build_commit": env!("CARGO_PKG_VERSION"),
                     "cpu_info": cpu_model(),
                     "kernels": ferrollama_kernels::kernel_isa(),
+                    "decode_path": !a.no_decode_path,
                     "backend": "CPU",
                     "model_filename": file_name,
                     "model_type": "llama",
@@ -170,6 +176,9 @@ pub fn run(mut a: Args) -> Result<()> {
     }
     println!("peak RSS: {:.1} MiB", peak_rss as f64 / (1 << 20) as f64);
     println!("kernels: {}", ferrollama_kernels::kernel_isa());
+    if a.no_decode_path {
+        println!("decode path: off (every pass through candle's tensors)");
+    }
     Ok(())
 }
 

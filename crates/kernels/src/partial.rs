@@ -1,0 +1,274 @@
+//! Matrix products in parts, for callers that split the work themselves (the decode path's
+//! thread pool, [`crate::pool`]): the activations are prepared once per caller into
+//! buffers it keeps ([`Prepared`], sized once, so a step allocates nothing), then any range
+//! of row groups is computed with the same tiles as [`crate::PackedMatrix::matmul`] and its
+//! siblings, so every output equals theirs bit for bit. Results go to a callback, which
+//! stores them or adds them to a residual.
+
+use std::ops::Range;
+
+use crate::packed::{self, LANES};
+use crate::packed_f16::{self, PackedF16};
+use crate::packed_k::{self, PackedKMatrix};
+use crate::q8_1::{quantize_row_q8_1, BlockQ8_1, QK};
+use crate::q8_k::{quantize_row_q8_k, BlockQ8K, QK_K};
+use crate::PackedMatrix;
+
+/// Activation rows prepared for the packed products: q8_1 blocks for the 32-value block
+/// formats, q8_K blocks for the K-quants, f16-rounded values for f16 weights. Only the
+/// kind a matrix needs is filled.
+#[derive(Default)]
+pub struct Prepared {
+    q8_1: Vec<BlockQ8_1>,
+    q8_k: Vec<BlockQ8K>,
+    f16: Vec<f32>,
+}
+
+impl Prepared {
+    /// Buffers for up to `rows` rows of up to `k` values, of every kind.
+    pub fn with_capacity(rows: usize, k: usize) -> Self {
+        Self {
+            q8_1: Vec::with_capacity(rows * k.div_ceil(QK)),
+            q8_k: Vec::with_capacity(rows * k.div_ceil(QK_K)),
+            f16: Vec::with_capacity(rows * k),
+        }
+    }
+}
+
+/// Calls `emit(row, first_output, sums)` for every activation row and every row group
+/// in `groups` (`sums` holding that group's outputs, the last group's cut at n): four
+/// rows at a time and the last 1-3 one by one, as the whole products do.
+fn each_tile<const W: usize>(
+    n: usize,
+    m: usize,
+    groups: Range<usize>,
+    mut tile4: impl FnMut(usize, usize) -> [[f32; W]; 4],
+    mut tile1: impl FnMut(usize, usize) -> [f32; W],
+    emit: &mut impl FnMut(usize, usize, &[f32]),
+) {
+    for g in groups {
+        let cols = g * W..n.min((g + 1) * W);
+        let mut t = 0;
+        while t + 4 <= m {
+            for (j, s) in tile4(g, t).iter().enumerate() {
+                emit(t + j, cols.start, &s[..cols.len()]);
+            }
+            t += 4;
+        }
+        for t in t..m {
+            emit(t, cols.start, &tile1(g, t)[..cols.len()]);
+        }
+    }
+}
+
+impl PackedMatrix {
+    /// Row groups of [`LANES`] outputs.
+    pub fn groups(&self) -> usize {
+        self.shape().0.div_ceil(LANES)
+    }
+
+    /// Quantizes `m` activation rows `x` (m, k) for [`PackedMatrix::tiles`].
+    pub fn prepare(&self, x: &[f32], m: usize, p: &mut Prepared) {
+        let k = self.shape().1;
+        assert_eq!(x.len(), m * k);
+        let blocks = k / QK;
+        p.q8_1.clear();
+        p.q8_1.resize(m * blocks, BlockQ8_1::default());
+        for (q, row) in p.q8_1.chunks_exact_mut(blocks).zip(x.chunks_exact(k)) {
+            quantize_row_q8_1(row, q);
+        }
+    }
+
+    /// The outputs of row groups `groups` for the `m` rows last prepared in `p`.
+    pub fn tiles(
+        &self,
+        p: &Prepared,
+        m: usize,
+        groups: Range<usize>,
+        emit: &mut impl FnMut(usize, usize, &[f32]),
+    ) {
+        let blocks = self.shape().1 / QK;
+        let row = |t: usize| &p.q8_1[t * blocks..(t + 1) * blocks];
+        let f = self.format();
+        each_tile(
+            self.shape().0,
+            m,
+            groups,
+            |g, t| {
+                packed::tile(
+                    f,
+                    self.group(g),
+                    [row(t), row(t + 1), row(t + 2), row(t + 3)],
+                )
+            },
+            |g, t| packed::tile(f, self.group(g), [row(t)])[0],
+            emit,
+        );
+    }
+}
+
+impl PackedKMatrix {
+    /// Row groups of [`LANES`] outputs.
+    pub fn groups(&self) -> usize {
+        self.shape().0.div_ceil(LANES)
+    }
+
+    /// Quantizes `m` activation rows `x` (m, k) for [`PackedKMatrix::tiles`].
+    pub fn prepare(&self, x: &[f32], m: usize, p: &mut Prepared) {
+        let k = self.shape().1;
+        assert_eq!(x.len(), m * k);
+        let blocks = k / QK_K;
+        p.q8_k.clear();
+        p.q8_k.resize(m * blocks, BlockQ8K::default());
+        for (q, row) in p.q8_k.chunks_exact_mut(blocks).zip(x.chunks_exact(k)) {
+            quantize_row_q8_k(row, q);
+        }
+    }
+
+    /// The outputs of row groups `groups` for the `m` rows last prepared in `p`.
+    pub fn tiles(
+        &self,
+        p: &Prepared,
+        m: usize,
+        groups: Range<usize>,
+        emit: &mut impl FnMut(usize, usize, &[f32]),
+    ) {
+        let blocks = self.shape().1 / QK_K;
+        let row = |t: usize| &p.q8_k[t * blocks..(t + 1) * blocks];
+        let f = self.format();
+        each_tile(
+            self.shape().0,
+            m,
+            groups,
+            |g, t| {
+                packed_k::tile(
+                    f,
+                    self.group(g),
+                    [row(t), row(t + 1), row(t + 2), row(t + 3)],
+                )
+            },
+            |g, t| packed_k::tile(f, self.group(g), [row(t)])[0],
+            emit,
+        );
+    }
+}
+
+impl PackedF16 {
+    /// Row groups of [`packed_f16::LANES`] outputs.
+    pub fn groups(&self) -> usize {
+        self.shape().0.div_ceil(packed_f16::LANES)
+    }
+
+    /// Rounds `m` activation rows `x` (m, k) to f16 for [`PackedF16::tiles`].
+    pub fn prepare(&self, x: &[f32], m: usize, p: &mut Prepared) {
+        assert_eq!(x.len(), m * self.shape().1);
+        p.f16.clear();
+        p.f16.extend_from_slice(x);
+        packed_f16::round_to_f16(&mut p.f16);
+    }
+
+    /// The outputs of row groups `groups` for the `m` rows last prepared in `p`.
+    pub fn tiles(
+        &self,
+        p: &Prepared,
+        m: usize,
+        groups: Range<usize>,
+        emit: &mut impl FnMut(usize, usize, &[f32]),
+    ) {
+        let k = self.shape().1;
+        let row = |t: usize| &p.f16[t * k..(t + 1) * k];
+        each_tile(
+            self.shape().0,
+            m,
+            groups,
+            |g, t| packed_f16::tile(self.group(g), [row(t), row(t + 1), row(t + 2), row(t + 3)]),
+            |g, t| packed_f16::tile(self.group(g), [row(t)])[0],
+            emit,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::{KFormat, WeightFormat};
+
+    /// The parts, over split group ranges, put together.
+    fn in_parts(
+        m: usize,
+        n: usize,
+        groups: usize,
+        parts: usize,
+        mut run: impl FnMut(Range<usize>, &mut dyn FnMut(usize, usize, &[f32])),
+    ) -> Vec<f32> {
+        let mut y = vec![f32::NAN; m * n];
+        for i in 0..parts {
+            run(crate::pool::split(groups, parts, i), &mut |t, c, s| {
+                y[t * n + c..t * n + c + s.len()].copy_from_slice(s)
+            });
+        }
+        y
+    }
+
+    #[test]
+    fn parts_give_the_whole_products_bits() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let (n, k) = (44, 512);
+        for m in [1, 3, 4, 9] {
+            let x = packed::tests::activations(&mut rng, m, k);
+            for format in [
+                WeightFormat::Q4_0,
+                WeightFormat::Q4_1,
+                WeightFormat::Q5_0,
+                WeightFormat::Q5_1,
+                WeightFormat::Q8_0,
+            ] {
+                let bytes = packed::tests::weights(&mut rng, format, n, k);
+                let w = PackedMatrix::pack(format, &bytes, n, k).unwrap();
+                let mut whole = vec![0f32; m * n];
+                w.matmul(&x, m, &mut whole);
+                let mut p = Prepared::with_capacity(m, k);
+                w.prepare(&x, m, &mut p);
+                let parts = in_parts(m, n, w.groups(), 3, |g, e| {
+                    w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
+                });
+                assert_eq!(parts, whole, "{format:?}, m = {m}");
+            }
+            let x = packed_k::tests::activations(&mut rng, m, k);
+            for format in [
+                KFormat::Q2K,
+                KFormat::Q3K,
+                KFormat::Q4K,
+                KFormat::Q5K,
+                KFormat::Q6K,
+            ] {
+                let bytes = packed_k::tests::weights(&mut rng, format, n, k);
+                let w = PackedKMatrix::pack(format, &bytes, n, k).unwrap();
+                let mut whole = vec![0f32; m * n];
+                w.matmul(&x, m, &mut whole);
+                let mut p = Prepared::with_capacity(m, k);
+                w.prepare(&x, m, &mut p);
+                let parts = in_parts(m, n, w.groups(), 4, |g, e| {
+                    w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
+                });
+                assert_eq!(parts, whole, "{format:?}, m = {m}");
+            }
+            let halves: Vec<u8> = (0..n * k)
+                .flat_map(|i| {
+                    half::f16::from_f32(((i * 13 % 17) as f32 - 8.0) * 0.01).to_le_bytes()
+                })
+                .collect();
+            let w = PackedF16::pack(&halves, n, k).unwrap();
+            let mut whole = vec![0f32; m * n];
+            w.matmul(&x, m, &mut whole);
+            let mut p = Prepared::default();
+            w.prepare(&x, m, &mut p);
+            let parts = in_parts(m, n, w.groups(), 2, |g, e| {
+                w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
+            });
+            assert_eq!(parts, whole, "f16, m = {m}");
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! A thread pool for steps that take well under a millisecond: a decode step of a small
+//! model is ~150 phases (each a matrix product or the attention of a few heads) of a few
+//! microseconds each. rayon hands each phase to sleeping workers and lets idle ones spin
+//! through `sched_yield`: on two cores that was a sixth of a decode step (futex wake-ups,
+//! the scheduler, the spinning thread taking turns with the working one).
+//!
+//! Here a phase is one call of [`Pool::run`]: every thread runs the same function with its
+//! own index, the caller being thread 0, and `run` returns when all are done (one barrier
+//! per phase). Work is split statically by the function (see [`split`]), so a phase costs
+//! one store to start and one counter to finish. Between phases the workers spin on the
+//! phase counter for a short while ([`SPIN`]), then park on a condition variable, so an
+//! idle pool costs nothing.
+//!
+//! The pool is used by one caller at a time: a second caller (another thread, or a phase
+//! calling `run` again) gets the same function run for every index on its own thread,
+//! which gives the same results, serially.
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, TryLockError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a worker spins for the next phase before parking: long enough to cover the
+/// gap between two decode steps (sampling a token), short enough not to hold a core
+/// that something else wants.
+pub const SPIN: Duration = Duration::from_micros(300);
+
+/// A phase: called once for each thread index.
+type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// State shared by the caller and the workers.
+struct Shared {
+    /// Phases started so far; a worker runs a phase when this moves past what it saw.
+    epoch: AtomicUsize,
+    /// The running phase's function, lifetime erased (see `Pool::run`).
+    job: Mutex<Option<Job<'static>>>,
+    /// Workers still running the current phase.
+    remaining: AtomicUsize,
+    /// Workers parked (or about to park) on `wake`.
+    parked: AtomicUsize,
+    wake: Condvar,
+    wake_lock: Mutex<()>,
+    /// The first panic of a worker in the current phase, re-raised by the caller.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    stop: AtomicBool,
+}
+
+/// A fixed set of threads that run phases together with the caller.
+pub struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    threads: usize,
+    /// Held while a caller runs phases.
+    busy: Mutex<()>,
+}
+
+impl Pool {
+    /// A pool of `threads` (at least 1): the caller and `threads - 1` workers.
+    pub fn new(threads: usize) -> Self {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            epoch: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            remaining: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
+            wake: Condvar::new(),
+            wake_lock: Mutex::new(()),
+            panic: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        let workers = (1..threads)
+            .map(|index| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("ferrollama-pool-{index}"))
+                    .spawn(move || worker(&shared, index))
+                    .expect("spawning a pool thread")
+            })
+            .collect();
+        Self {
+            shared,
+            workers,
+            threads,
+            busy: Mutex::new(()),
+        }
+    }
+
+    /// Threads that run each phase (the caller included).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f(i)` for every thread index i in 0..threads(), in parallel, and returns
+    /// when every call has returned. A panic in any call is re-raised here.
+    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        let _busy = match self.busy.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // Someone else runs phases (or this is a phase itself): same results, serially.
+                (0..self.threads).for_each(f);
+                return;
+            }
+        };
+        if self.threads == 1 {
+            f(0);
+            return;
+        }
+        let s = &*self.shared;
+        // SAFETY: the erased lifetime is never outlived: the job is taken out again below,
+        // after every worker has finished with it (`remaining` back at 0), before `run`
+        // returns, also when `f` panics on this thread (the guard waits first).
+        let job: Job<'static> = unsafe { std::mem::transmute::<Job<'_>, Job<'static>>(f) };
+        *lock(&s.job) = Some(job);
+        s.remaining.store(self.threads - 1, Ordering::SeqCst);
+        s.epoch.fetch_add(1, Ordering::SeqCst);
+        if s.parked.load(Ordering::SeqCst) > 0 {
+            let _g = lock(&s.wake_lock);
+            s.wake.notify_all();
+        }
+        struct WaitForWorkers<'a>(&'a Shared);
+        impl Drop for WaitForWorkers<'_> {
+            fn drop(&mut self) {
+                let s = self.0;
+                let start = Instant::now();
+                let mut spins = 0u32;
+                while s.remaining.load(Ordering::Acquire) != 0 {
+                    std::hint::spin_loop();
+                    spins = spins.wrapping_add(1);
+                    // A worker descheduled (a busy machine): stop burning the core it needs.
+                    if spins.is_multiple_of(64) && start.elapsed() > SPIN {
+                        std::thread::yield_now();
+                    }
+                }
+                *lock(&s.job) = None;
+            }
+        }
+        let wait = WaitForWorkers(s);
+        f(0);
+        drop(wait);
+        if let Some(payload) = lock(&s.panic).take() {
+            resume_unwind(payload);
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let s = &*self.shared;
+        s.stop.store(true, Ordering::SeqCst);
+        s.epoch.fetch_add(1, Ordering::SeqCst);
+        {
+            let _g = lock(&s.wake_lock);
+            s.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A worker: waits for each phase, runs its part, counts itself done.
+fn worker(s: &Shared, index: usize) {
+    let mut seen = 0;
+    loop {
+        seen = next_epoch(s, seen);
+        if s.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let job = *lock(&s.job);
+        if let Some(job) = job {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job(index))) {
+                lock(&s.panic).get_or_insert(payload);
+            }
+        }
+        s.remaining.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Waits until the phase counter moves past `seen`: spinning for [`SPIN`], then parked.
+fn next_epoch(s: &Shared, seen: usize) -> usize {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        let now = s.epoch.load(Ordering::Acquire);
+        if now != seen {
+            return now;
+        }
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(64) && start.elapsed() > SPIN {
+            break;
+        }
+    }
+    // Parked: the caller bumps the counter before it reads `parked`, and this reads the
+    // counter after raising `parked` and under the lock the caller notifies under, so a
+    // phase cannot start unseen.
+    s.parked.fetch_add(1, Ordering::SeqCst);
+    let mut guard = lock(&s.wake_lock);
+    let now = loop {
+        let now = s.epoch.load(Ordering::SeqCst);
+        if now != seen {
+            break now;
+        }
+        guard = s.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
+    };
+    drop(guard);
+    s.parked.fetch_sub(1, Ordering::SeqCst);
+    now
+}
+
+/// Locks `m`, also when a panic elsewhere poisoned it (the data are plain values).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Part `index` of `0..len` split into `parts` contiguous ranges whose sizes differ by at
+/// most one.
+pub fn split(len: usize, parts: usize, index: usize) -> std::ops::Range<usize> {
+    let parts = parts.max(1);
+    let (base, extra) = (len / parts, len % parts);
+    let start = index * base + index.min(extra);
+    let end = start + base + usize::from(index < extra);
+    start.min(len)..end.min(len)
+}
+
+/// The process's pool, sized like rayon's global pool (`--threads`, `RAYON_NUM_THREADS`,
+/// or the cores) when first used.
+pub fn global() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool::new(rayon::current_num_threads()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_everything_once() {
+        for len in 0..40 {
+            for parts in 1..9 {
+                let mut next = 0;
+                for i in 0..parts {
+                    let r = split(len, parts, i);
+                    assert_eq!(r.start, next);
+                    assert!(r.len() <= len.div_ceil(parts));
+                    next = r.end;
+                }
+                assert_eq!(next, len);
+            }
+        }
+    }
+
+    #[test]
+    fn every_index_runs_once_per_phase() {
+        let pool = Pool::new(3);
+        for phase in 0..2000 {
+            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(&|i| {
+                hits[i].fetch_add(phase + 1, Ordering::Relaxed);
+            });
+            for h in &hits {
+                assert_eq!(h.load(Ordering::Relaxed), phase + 1);
+            }
+            if phase % 500 == 0 {
+                // Let the workers park, so the wake-up path runs too.
+                std::thread::sleep(SPIN * 3);
+            }
+        }
+    }
+
+    #[test]
+    fn a_busy_pool_runs_the_phase_serially() {
+        let pool = Pool::new(2);
+        let inner = AtomicUsize::new(0);
+        pool.run(&|_| {
+            pool.run(&|i| {
+                inner.fetch_add(i + 1, Ordering::Relaxed);
+            });
+        });
+        // Each of the 2 outer calls ran the inner phase for indices 0 and 1.
+        assert_eq!(inner.load(Ordering::Relaxed), 2 * (1 + 2));
+    }
+
+    #[test]
+    fn a_worker_panic_reaches_the_caller_and_the_pool_goes_on() {
+        let pool = Pool::new(2);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(&|i| {
+                if i == 1 {
+                    panic!("worker failed");
+                }
+            })
+        }));
+        assert!(caught.is_err());
+        let ran = AtomicUsize::new(0);
+        pool.run(&|_| {
+            ran.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(ran.load(Ordering::Relaxed), 2);
+    }
+}
