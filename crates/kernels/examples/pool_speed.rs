@@ -37,6 +37,13 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// The pointer (a method, so closures capture the whole `Out`, which is Sync).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let steps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(40);
@@ -75,10 +82,9 @@ fn main() {
             pool.run(&|t| {
                 let mut p = prepared[t].lock().expect("one user per index");
                 w.prepare(&x[..k], 1, &mut p);
-                let out = out;
                 w.tiles(&p, 1, split(w.groups(), threads, t), &mut |_, c, v| {
                     // SAFETY: columns of this thread's groups, inside y.
-                    unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out.0.add(c), v.len()) }
+                    unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out.at(c), v.len()) }
                 });
             });
         }

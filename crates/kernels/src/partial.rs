@@ -35,9 +35,116 @@ impl Prepared {
     }
 }
 
+/// What activations become for a packed product; matrices of one kind share them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationKind {
+    /// q8_1 blocks (the 32-value block formats).
+    Q8_1,
+    /// q8_K blocks (the K-quants).
+    Q8K,
+    /// Rounded to f16.
+    F16,
+}
+
+impl Prepared {
+    /// Sizes the buffer of `kind` for `m` rows of `k` inputs (allocating only past the
+    /// capacity) and returns where [`PreparedRows::fill`] writes them: several threads
+    /// can then prepare disjoint rows of one input, each its own share.
+    pub fn begin(&mut self, kind: ActivationKind, m: usize, k: usize) -> PreparedRows {
+        let ptr = match kind {
+            ActivationKind::Q8_1 => {
+                self.q8_1.clear();
+                self.q8_1.resize(m * (k / QK), BlockQ8_1::default());
+                self.q8_1.as_mut_ptr().cast()
+            }
+            ActivationKind::Q8K => {
+                self.q8_k.clear();
+                self.q8_k.resize(m * (k / QK_K), BlockQ8K::default());
+                self.q8_k.as_mut_ptr().cast()
+            }
+            ActivationKind::F16 => {
+                self.f16.clear();
+                self.f16.resize(m * k, 0.0);
+                self.f16.as_mut_ptr().cast()
+            }
+        };
+        PreparedRows { kind, ptr, m, k }
+    }
+}
+
+/// The rows of a [`Prepared`] buffer being filled by several threads ([`Prepared::begin`]).
+#[derive(Clone, Copy)]
+pub struct PreparedRows {
+    kind: ActivationKind,
+    ptr: *mut u8,
+    m: usize,
+    k: usize,
+}
+
+// SAFETY: a plain pointer into the buffer; `fill`'s contract keeps writers disjoint.
+unsafe impl Send for PreparedRows {}
+unsafe impl Sync for PreparedRows {}
+
+impl PreparedRows {
+    /// Prepares `x` (whole rows of k inputs) as rows `first..` of the buffer.
+    ///
+    /// # Safety
+    /// The [`Prepared`] this came from is neither moved, read nor changed until every
+    /// fill has returned, and fills that may run at the same time write disjoint rows.
+    pub unsafe fn fill(&self, x: &[f32], first: usize) {
+        let k = self.k;
+        let rows = x.len() / k.max(1);
+        assert!(
+            x.len() == rows * k && first + rows <= self.m,
+            "rows outside the buffer"
+        );
+        // SAFETY: rows first..first + rows lie inside the buffer `begin` sized for m rows
+        // (asserted), which the caller keeps alive and untouched, and no other fill writes
+        // them (the caller's contract).
+        unsafe {
+            match self.kind {
+                ActivationKind::Q8_1 => {
+                    let blocks = k / QK;
+                    let base = self.ptr.cast::<BlockQ8_1>().add(first * blocks);
+                    let out = std::slice::from_raw_parts_mut(base, rows * blocks);
+                    for (q, row) in out.chunks_exact_mut(blocks).zip(x.chunks_exact(k)) {
+                        quantize_row_q8_1(row, q);
+                    }
+                }
+                ActivationKind::Q8K => {
+                    let blocks = k / QK_K;
+                    let base = self.ptr.cast::<BlockQ8K>().add(first * blocks);
+                    let out = std::slice::from_raw_parts_mut(base, rows * blocks);
+                    for (q, row) in out.chunks_exact_mut(blocks).zip(x.chunks_exact(k)) {
+                        quantize_row_q8_k(row, q);
+                    }
+                }
+                ActivationKind::F16 => {
+                    let out = std::slice::from_raw_parts_mut(
+                        self.ptr.cast::<f32>().add(first * k),
+                        rows * k,
+                    );
+                    out.copy_from_slice(x);
+                    packed_f16::round_to_f16(out);
+                }
+            }
+        }
+    }
+}
+
+/// Activation rows per block of [`each_tile`]: a block's prepared rows stay in L1 while
+/// the groups of a chunk meet them.
+const ROW_BLOCK: usize = 32;
+/// Row groups per chunk of [`each_tile`]: a chunk's weights (16 x 8 rows) stay in L2
+/// while every row block meets them, so a product over many rows reads its weights from
+/// memory once.
+const GROUP_BLOCK: usize = 16;
+
 /// Calls `emit(row, first_output, sums)` for every activation row and every row group
-/// in `groups` (`sums` holding that group's outputs, the last group's cut at n): four
-/// rows at a time and the last 1-3 one by one, as the whole products do.
+/// in `groups` (`sums` holding that group's outputs, the last group's cut at n): chunks of
+/// [`GROUP_BLOCK`] groups, in each blocks of [`ROW_BLOCK`] rows, four rows at a time and a
+/// block's last 1-3 one by one. Every row is computed alike in a tile of one or four, so
+/// the outputs equal the whole products'.
 fn each_tile<const W: usize>(
     n: usize,
     m: usize,
@@ -46,18 +153,26 @@ fn each_tile<const W: usize>(
     mut tile1: impl FnMut(usize, usize) -> [f32; W],
     emit: &mut impl FnMut(usize, usize, &[f32]),
 ) {
-    for g in groups {
-        let cols = g * W..n.min((g + 1) * W);
-        let mut t = 0;
-        while t + 4 <= m {
-            for (j, s) in tile4(g, t).iter().enumerate() {
-                emit(t + j, cols.start, &s[..cols.len()]);
+    let mut chunk = groups.start;
+    while chunk < groups.end {
+        let chunk_end = groups.end.min(chunk + GROUP_BLOCK);
+        for block in (0..m).step_by(ROW_BLOCK) {
+            let end = m.min(block + ROW_BLOCK);
+            for g in chunk..chunk_end {
+                let cols = g * W..n.min((g + 1) * W);
+                let mut t = block;
+                while t + 4 <= end {
+                    for (j, s) in tile4(g, t).iter().enumerate() {
+                        emit(t + j, cols.start, &s[..cols.len()]);
+                    }
+                    t += 4;
+                }
+                for t in t..end {
+                    emit(t, cols.start, &tile1(g, t)[..cols.len()]);
+                }
             }
-            t += 4;
         }
-        for t in t..m {
-            emit(t, cols.start, &tile1(g, t)[..cols.len()]);
-        }
+        chunk = chunk_end;
     }
 }
 
@@ -212,11 +327,26 @@ mod tests {
         y
     }
 
+    /// `x` (m rows of k) prepared by [`PreparedRows::fill`] in two parts, as two threads
+    /// would.
+    fn filled_in_parts(kind: ActivationKind, x: &[f32], m: usize, k: usize) -> Prepared {
+        let mut p = Prepared::default();
+        let target = p.begin(kind, m, k);
+        let half = m / 2;
+        // SAFETY: p is not touched until both fills return; they write disjoint rows.
+        unsafe {
+            target.fill(&x[half * k..], half);
+            target.fill(&x[..half * k], 0);
+        }
+        p
+    }
+
     #[test]
     fn parts_give_the_whole_products_bits() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let (n, k) = (44, 512);
-        for m in [1, 3, 4, 9] {
+        // n past one chunk of groups, m past one block of rows.
+        let (n, k) = (140, 512);
+        for m in [1, 3, 4, 9, 37] {
             let x = packed::tests::activations(&mut rng, m, k);
             for format in [
                 WeightFormat::Q4_0,
@@ -235,6 +365,11 @@ mod tests {
                     w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
                 });
                 assert_eq!(parts, whole, "{format:?}, m = {m}");
+                let p = filled_in_parts(ActivationKind::Q8_1, &x, m, k);
+                let parts = in_parts(m, n, w.groups(), 2, |g, e| {
+                    w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
+                });
+                assert_eq!(parts, whole, "{format:?}, m = {m}, filled in parts");
             }
             let x = packed_k::tests::activations(&mut rng, m, k);
             for format in [
@@ -254,6 +389,11 @@ mod tests {
                     w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
                 });
                 assert_eq!(parts, whole, "{format:?}, m = {m}");
+                let p = filled_in_parts(ActivationKind::Q8K, &x, m, k);
+                let parts = in_parts(m, n, w.groups(), 2, |g, e| {
+                    w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
+                });
+                assert_eq!(parts, whole, "{format:?}, m = {m}, filled in parts");
             }
             let halves: Vec<u8> = (0..n * k)
                 .flat_map(|i| {
@@ -269,6 +409,11 @@ mod tests {
                 w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
             });
             assert_eq!(parts, whole, "f16, m = {m}");
+            let p = filled_in_parts(ActivationKind::F16, &x, m, k);
+            let parts = in_parts(m, n, w.groups(), 3, |g, e| {
+                w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
+            });
+            assert_eq!(parts, whole, "f16, m = {m}, filled in parts");
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
+pub use ferrollama_kernels::partial::ActivationKind;
 use ferrollama_kernels::partial::Prepared;
 use ferrollama_kernels::{KFormat, PackedF16, PackedKMatrix, PackedMatrix, WeightFormat};
 
@@ -29,17 +30,6 @@ pub enum QuantMatrix {
     Blocks(PackedMatrix),
     K(PackedKMatrix),
     F16(PackedF16),
-}
-
-/// The form activations take for a packed product.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActivationKind {
-    /// q8_1 blocks (the 32-value block formats).
-    Q8_1,
-    /// q8_K blocks (the K-quants).
-    Q8K,
-    /// Rounded to f16.
-    F16,
 }
 
 impl QuantMatrix {

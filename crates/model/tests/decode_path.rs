@@ -1,6 +1,7 @@
-//! The decode path (`ferrollama_model::decode`) gives the candle path's bits: single
-//! sequences token by token, batches of sequences with several tokens each, clones of one
-//! cache scored side by side, and both attention precisions (default model, Q4_1).
+//! The decode path (`ferrollama_model::decode`) gives the candle path's bits: prompts (one
+//! micro-batch and several), single tokens, batches of sequences with several tokens
+//! each, clones of one cache scored side by side, and both attention precisions (default
+//! model, Q4_1).
 
 use ferrollama_gguf::GgufFile;
 use ferrollama_model::attention::Precision;
@@ -10,13 +11,13 @@ use ferrollama_model::{Config, GgufWeights, Llama};
 fn model() -> Llama {
     let file = GgufFile::open(ferrollama_assets::default_model().unwrap()).unwrap();
     let cfg = Config::from_gguf(&file).unwrap();
-    Llama::load(&GgufWeights::new(&file), cfg, 256).unwrap()
+    Llama::load(&GgufWeights::new(&file), cfg, 1024).unwrap()
 }
 
 /// A prompt, then single tokens: the logits of every pass, on one path or the other.
 fn decode(m: &Llama, decode_path: bool) -> Vec<Vec<f32>> {
     m.set_decode_path(decode_path);
-    let mut cache = m.new_cache(128);
+    let mut cache = m.new_cache(1024);
     let mut out = vec![m
         .forward(&[1, 504, 3575, 282, 4649, 314, 28, 29], &mut cache, 8)
         .unwrap()
@@ -24,9 +25,9 @@ fn decode(m: &Llama, decode_path: bool) -> Vec<Vec<f32>> {
     for t in [28u32, 400, 7, 9906, 11, 910, 3, 2, 48000, 17] {
         out.push(m.forward(&[t], &mut cache, 1).unwrap().into_vec());
     }
-    // A prompt of more rows than the decode path takes, after those: the candle path.
-    let long: Vec<u32> = (100..140).collect();
-    out.push(m.forward(&long, &mut cache, 3).unwrap().into_vec());
+    // A prompt of more rows than one step takes (two micro-batches), every row's logits.
+    let long: Vec<u32> = (100..700).collect();
+    out.push(m.forward(&long, &mut cache, 600).unwrap().into_vec());
     out.push(m.forward(&[5], &mut cache, 1).unwrap().into_vec());
     out
 }

@@ -21,6 +21,9 @@
 //! of [`Llama::forward_batch`] (the same tiles, candle's RMSNorm and RoPE arithmetic, the
 //! same f16 roundings), so both give the same bits; the tests compare them.
 
+mod buffers;
+mod phases;
+
 use std::cell::UnsafeCell;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,44 +31,21 @@ use std::sync::Arc;
 
 use ferrollama_kernels::attention::{attend_one_head, Heads, Probabilities};
 use ferrollama_kernels::partial::Prepared;
-use ferrollama_kernels::pool::{self, split};
+use ferrollama_kernels::pool;
+
+use buffers::{PerThread, Scratch, Shared};
+use phases::{Input, Piece, FFN_UNIT, SHARED_PREPARATION_FROM};
 
 use crate::attention::Precision;
 use crate::error::{Error, Result};
-use crate::linear::{ActivationKind, QuantMatrix};
-use crate::llama::{Cache, Embedding, Llama, SeqBatch};
+use crate::linear::QuantMatrix;
+use crate::llama::{Cache, Embedding, Llama, SeqBatch, UBATCH};
 
-/// Most rows (tokens over every sequence) one step takes; larger batches (prompts) go
-/// through the candle path, where the products dominate.
-pub const MAX_ROWS: usize = 16;
+/// Most rows (tokens over every sequence) one step takes: a micro-batch.
+pub const MAX_ROWS: usize = UBATCH;
 
-/// Columns of the SwiGLU split: whole groups of both 8- and 16-row layouts.
-const FFN_UNIT: usize = 16;
-
-/// A part of a projection: rows `first..first + rows` of `matrix`, written from output
-/// column `col` on.
-struct Piece {
-    matrix: Arc<QuantMatrix>,
-    first: usize,
-    rows: usize,
-    col: usize,
-}
-
-impl Piece {
-    /// Its row groups in the matrix.
-    fn groups(&self) -> Range<usize> {
-        let lanes = self.matrix.lanes();
-        self.first / lanes..(self.first + self.rows).div_ceil(lanes)
-    }
-
-    /// Whether it starts and ends on group boundaries (or at the matrix's end), so its
-    /// groups hold its rows and no other.
-    fn aligned(&self) -> bool {
-        let lanes = self.matrix.lanes();
-        self.first.is_multiple_of(lanes)
-            && (self.rows.is_multiple_of(lanes) || self.first + self.rows == self.matrix.shape().0)
-    }
-}
+/// Rows of logits a run state holds from the start; more grow the buffer once.
+const LOGIT_ROWS: usize = 16;
 
 /// The weights of one block as the decode path reads them.
 struct BlockPlan {
@@ -77,80 +57,6 @@ struct BlockPlan {
     gate: Piece,
     up: Piece,
     down: Arc<QuantMatrix>,
-}
-
-/// One thread's buffers.
-struct Scratch {
-    prepared: Prepared,
-    /// Normalized rows (rows x hidden).
-    normed: Vec<f32>,
-    /// Attention scores of one head (the context).
-    scores: Vec<f32>,
-    /// One rotated query head.
-    query: Vec<f32>,
-}
-
-/// Per-thread scratch, each entry used by one pool thread index at a time.
-struct PerThread(Vec<UnsafeCell<Scratch>>);
-
-// SAFETY: entry i is only reached through `get(i)` by the one call of a phase that runs
-// as thread index i (the pool runs each index once per phase; serially when busy).
-unsafe impl Sync for PerThread {}
-
-impl PerThread {
-    /// # Safety
-    /// No other live reference to entry `i` may exist (one phase call per index).
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn get(&self, i: usize) -> &mut Scratch {
-        // SAFETY: upheld by the caller (see above).
-        unsafe { &mut *self.0[i].get() }
-    }
-}
-
-/// A buffer that the threads of a phase write in disjoint parts, or all read.
-#[derive(Clone, Copy)]
-struct Shared {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: phases write disjoint ranges only, and never read what another thread of the same
-// phase writes (see each phase).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    fn new(v: &mut [f32]) -> Self {
-        Self {
-            ptr: v.as_mut_ptr(),
-            len: v.len(),
-        }
-    }
-
-    /// # Safety
-    /// No other thread touches `r` while the slice lives.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn part(&self, r: Range<usize>) -> &mut [f32] {
-        assert!(
-            r.start <= r.end && r.end <= self.len,
-            "{r:?} outside {}",
-            self.len
-        );
-        // SAFETY: inside the buffer (asserted); exclusive by the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.len()) }
-    }
-
-    /// # Safety
-    /// No thread writes `r` while the slice lives.
-    unsafe fn read(&self, r: Range<usize>) -> &[f32] {
-        assert!(
-            r.start <= r.end && r.end <= self.len,
-            "{r:?} outside {}",
-            self.len
-        );
-        // SAFETY: inside the buffer (asserted); not written meanwhile by the contract.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(r.start), r.len()) }
-    }
 }
 
 /// Where a row of the step belongs.
@@ -177,6 +83,8 @@ pub struct RunState {
     rows: Vec<Row>,
     out_rows: Vec<usize>,
     threads: PerThread,
+    /// Activations prepared by all threads together (steps of many rows).
+    shared: Prepared,
 }
 
 impl RunState {
@@ -243,7 +151,8 @@ impl RunState {
                 up,
                 down: whole(&layer.mlp.down_proj)?,
             };
-            let aligned = plan.qkv.iter().all(Piece::aligned)
+            let aligned = plan.qkv.len() == 3
+                && plan.qkv.iter().all(Piece::aligned)
                 && col == q + 2 * kv
                 && [&plan.gate, &plan.up]
                     .iter()
@@ -262,11 +171,19 @@ impl RunState {
             .cloned()
             .ok_or_else(|| unsupported("an output projection without our kernels"))?;
         let widest = h.max(q).max(f);
-        let threads = (0..pool::global().threads())
+        let n_threads = pool::global().threads();
+        // A thread's input rows: all of them when each prepares its own, its share otherwise.
+        let own_rows = max_rows
+            .div_ceil(n_threads)
+            .max(max_rows.min(SHARED_PREPARATION_FROM - 1));
+        let threads = (0..n_threads)
             .map(|_| {
                 UnsafeCell::new(Scratch {
-                    prepared: Prepared::with_capacity(max_rows, widest),
-                    normed: vec![0.0; max_rows * h],
+                    prepared: Prepared::with_capacity(
+                        max_rows.min(SHARED_PREPARATION_FROM - 1),
+                        widest,
+                    ),
+                    rows: vec![0.0; own_rows * widest],
                     scores: Vec::with_capacity(model.max_context()),
                     query: vec![0.0; cfg.head_dim],
                 })
@@ -282,10 +199,15 @@ impl RunState {
             qkv: vec![0.0; max_rows * (q + 2 * kv)],
             att: vec![0.0; max_rows * q],
             hidden: vec![0.0; max_rows * f],
-            logits: vec![0.0; max_rows * v],
+            logits: vec![0.0; max_rows.min(LOGIT_ROWS) * v],
             rows: Vec::with_capacity(max_rows),
             out_rows: Vec::with_capacity(max_rows),
             threads: PerThread(threads),
+            shared: if max_rows >= SHARED_PREPARATION_FROM {
+                Prepared::with_capacity(max_rows, widest)
+            } else {
+                Prepared::default()
+            },
         })
     }
 
@@ -295,40 +217,10 @@ impl RunState {
     }
 }
 
-/// RMSNorm of one row with candle's arithmetic (`candle_nn::ops::rms_norm`): the sum of
-/// squares in order, then x / rms * weight.
-fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let sum2 = x.iter().map(|&v| v * v).sum::<f32>();
-    let m = (sum2 / x.len() as f32 + eps).sqrt();
-    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
-        *o = v / m * w;
-    }
-}
-
 /// Rounds to the nearest f16 (ties to even), kept as f32: candle's `to_dtype` there and
 /// back (IEEE rounding: the vector conversion gives the same bits).
 fn round_f16(x: &mut [f32]) {
     ferrollama_kernels::packed_f16::round_to_f16(x);
-}
-
-/// Prepares `x` (m rows) for every kind among `matrices`, once per kind.
-fn prepare_for<'a>(
-    matrices: impl Iterator<Item = &'a QuantMatrix>,
-    x: &[f32],
-    m: usize,
-    p: &mut Prepared,
-) {
-    let mut done: [Option<ActivationKind>; 3] = [None; 3];
-    for matrix in matrices {
-        let kind = matrix.activation_kind();
-        if done.contains(&Some(kind)) {
-            continue;
-        }
-        matrix.prepare(x, m, p);
-        if let Some(slot) = done.iter_mut().find(|s| s.is_none()) {
-            *slot = Some(kind);
-        }
-    }
 }
 
 impl Llama {
@@ -392,13 +284,30 @@ impl Llama {
         });
         for (l, plan) in state.blocks.iter().enumerate() {
             let scratch = &state.threads;
+            let shared_prep = &mut state.shared;
             let x = Shared::new(&mut state.x);
             let qkv = Shared::new(&mut state.qkv);
             let att = Shared::new(&mut state.att);
             let hidden = Shared::new(&mut state.hidden);
-            qkv_phase(plan, scratch, x, qkv, m, h);
-            let rows = &state.rows;
             let attn = &self.layers[l].self_attn;
+            let q_width = attn.n_head * attn.head_dim;
+            let qkv_width = q_width + 2 * attn.n_kv_head * attn.head_dim;
+            let normed = |weight| Input {
+                buf: x,
+                width: h,
+                norm: Some((weight, plan.eps)),
+                picks: None,
+            };
+            let matrices: [&QuantMatrix; 3] = std::array::from_fn(|i| &*plan.qkv[i].matrix);
+            phases::product(
+                scratch,
+                shared_prep,
+                normed(&plan.attn_norm),
+                m,
+                &matrices,
+                &|t, p| phases::pieces_product(&plan.qkv, p, m, t, qkv, qkv_width),
+            );
+            let rows = &state.rows;
             if shared {
                 let mut start = 0;
                 for (i, seq) in seqs.iter().enumerate() {
@@ -416,31 +325,65 @@ impl Llama {
                 }
                 self.attention_phase(l, scratch, caches, rows, qkv, att, 0..m)?;
             }
-            let q_width = attn.n_head * attn.head_dim;
-            residual_phase(&plan.o, scratch, att, x, m, q_width, h);
-            ffn_phase(plan, scratch, x, hidden, m, h, f);
-            residual_phase(&plan.down, scratch, hidden, x, m, f, h);
+            let plain = |buf, width| Input {
+                buf,
+                width,
+                norm: None,
+                picks: None,
+            };
+            phases::product(
+                scratch,
+                shared_prep,
+                plain(att, q_width),
+                m,
+                &[&plan.o],
+                &|t, p| phases::add_product(&plan.o, p, m, t, x, h),
+            );
+            let (gate, up) = (&plan.gate, &plan.up);
+            phases::product(
+                scratch,
+                shared_prep,
+                normed(&plan.ffn_norm),
+                m,
+                &[&gate.matrix, &up.matrix],
+                &|t, p| phases::swiglu_product(gate, up, p, m, t, hidden, f),
+            );
+            phases::product(
+                scratch,
+                shared_prep,
+                plain(hidden, f),
+                m,
+                &[&plan.down],
+                &|t, p| phases::add_product(&plan.down, p, m, t, x, h),
+            );
         }
         let outs = state.out_rows.len();
-        let (x, logits) = (Shared::new(&mut state.x), Shared::new(&mut state.logits));
-        let (head, out_rows) = (&state.head, &state.out_rows);
-        let (norm, eps, scratch) = (&state.final_norm, state.final_eps, &state.threads);
-        let threads = pool::global().threads();
-        pool::global().run(&|t| {
-            // SAFETY: one call per thread index; x is only read in this phase, and each
-            // thread writes its own columns of the logits.
-            let s = unsafe { scratch.get(t) };
-            for (j, &r) in out_rows.iter().enumerate() {
-                let row = unsafe { x.read(r * h..(r + 1) * h) };
-                rms_norm(row, norm, eps, &mut s.normed[j * h..(j + 1) * h]);
-            }
-            head.prepare(&s.normed[..outs * h], outs, &mut s.prepared);
-            let groups = split(head.groups(), threads, t);
-            head.tiles(&s.prepared, outs, groups, &mut |j, c, v| {
-                let at = j * vocab + c;
-                unsafe { logits.part(at..at + v.len()) }.copy_from_slice(v);
-            });
-        });
+        if state.logits.len() < outs * vocab {
+            state.logits.resize(outs * vocab, 0.0);
+        }
+        let logits = Shared::new(&mut state.logits);
+        let head = &state.head;
+        let input = Input {
+            buf: Shared::new(&mut state.x),
+            width: h,
+            norm: Some((&state.final_norm, state.final_eps)),
+            picks: Some(&state.out_rows),
+        };
+        phases::product(
+            &state.threads,
+            &mut state.shared,
+            input,
+            outs,
+            &[head],
+            &|t, p| {
+                let groups = pool::split(head.groups(), pool::global().threads(), t);
+                head.tiles(p, outs, groups, &mut |j, c, v| {
+                    let at = j * vocab + c;
+                    // SAFETY: this thread's columns of the logits, read by no one in this phase.
+                    unsafe { logits.part(at..at + v.len()) }.copy_from_slice(v);
+                });
+            },
+        );
         Ok(&state.logits[..outs * vocab])
     }
 
@@ -539,7 +482,9 @@ impl Llama {
         pool::global().run(&|t| {
             // SAFETY: one call per thread index.
             let s = unsafe { scratch.get(t) };
-            for task in split(tasks, threads, t) {
+            // Every threads-th pair: the rows of a prompt attend over more keys the later
+            // they come, so contiguous shares would leave the first thread idle.
+            for task in (t..tasks).step_by(threads) {
                 let (r, head) = (range.start + task / nh, task % nh);
                 let Row { seq, pos } = rows[r];
                 // SAFETY: Q/K/V are only read in this phase; each (row, head) output part
@@ -574,123 +519,4 @@ impl Llama {
         }
         Ok(())
     }
-}
-
-/// Phase 1: normalization, then the Q/K/V product over every piece's groups.
-fn qkv_phase(plan: &BlockPlan, scratch: &PerThread, x: Shared, qkv: Shared, m: usize, h: usize) {
-    let width: usize = plan.qkv.iter().map(|p| p.rows).sum();
-    let total: usize = plan.qkv.iter().map(|p| p.groups().len()).sum();
-    let threads = pool::global().threads();
-    pool::global().run(&|t| {
-        // SAFETY: one call per thread index; x is only read in this phase and each thread
-        // writes the columns of its own groups.
-        let s = unsafe { scratch.get(t) };
-        let rows = unsafe { x.read(0..m * h) };
-        for (row, out) in rows.chunks_exact(h).zip(s.normed.chunks_exact_mut(h)) {
-            rms_norm(row, &plan.attn_norm, plan.eps, out);
-        }
-        prepare_for(
-            plan.qkv.iter().map(|p| &*p.matrix),
-            &s.normed[..m * h],
-            m,
-            &mut s.prepared,
-        );
-        let mine = split(total, threads, t);
-        let mut at = 0;
-        for piece in &plan.qkv {
-            let groups = piece.groups();
-            let n = groups.len();
-            let lo = mine.start.clamp(at, at + n) - at;
-            let hi = mine.end.clamp(at, at + n) - at;
-            at += n;
-            if lo == hi {
-                continue;
-            }
-            let range = groups.start + lo..groups.start + hi;
-            piece.matrix.tiles(&s.prepared, m, range, &mut |r, c, v| {
-                let o = r * width + piece.col + c - piece.first;
-                unsafe { qkv.part(o..o + v.len()) }.copy_from_slice(v);
-            });
-        }
-    });
-}
-
-/// Phases 3 and 5: `y += input W^T` for m rows of `k` inputs and `n` outputs.
-fn residual_phase(
-    w: &QuantMatrix,
-    scratch: &PerThread,
-    input: Shared,
-    y: Shared,
-    m: usize,
-    k: usize,
-    n: usize,
-) {
-    let threads = pool::global().threads();
-    pool::global().run(&|t| {
-        // SAFETY: one call per thread index; the input is only read in this phase and each
-        // thread adds to the columns of its own groups.
-        let s = unsafe { scratch.get(t) };
-        w.prepare(unsafe { input.read(0..m * k) }, m, &mut s.prepared);
-        w.tiles(
-            &s.prepared,
-            m,
-            split(w.groups(), threads, t),
-            &mut |r, c, v| {
-                let out = unsafe { y.part(r * n + c..r * n + c + v.len()) };
-                for (o, &v) in out.iter_mut().zip(v) {
-                    *o += v;
-                }
-            },
-        );
-    });
-}
-
-/// Phase 4: normalization, gate and up for a share of the columns, SwiGLU as
-/// silu(g) * u = g / (1 + e^-g) * u, computed as the candle path computes it.
-fn ffn_phase(
-    plan: &BlockPlan,
-    scratch: &PerThread,
-    x: Shared,
-    hidden: Shared,
-    m: usize,
-    h: usize,
-    f: usize,
-) {
-    let threads = pool::global().threads();
-    pool::global().run(&|t| {
-        // SAFETY: one call per thread index; x is only read in this phase and each thread
-        // writes its own columns of the hidden rows.
-        let s = unsafe { scratch.get(t) };
-        let rows = unsafe { x.read(0..m * h) };
-        for (row, out) in rows.chunks_exact(h).zip(s.normed.chunks_exact_mut(h)) {
-            rms_norm(row, &plan.ffn_norm, plan.eps, out);
-        }
-        prepare_for(
-            [&*plan.gate.matrix, &*plan.up.matrix].into_iter(),
-            &s.normed[..m * h],
-            m,
-            &mut s.prepared,
-        );
-        let units = split(f / FFN_UNIT, threads, t);
-        let cols = units.start * FFN_UNIT..units.end * FFN_UNIT;
-        if cols.is_empty() {
-            return;
-        }
-        for (piece, is_up) in [(&plan.gate, false), (&plan.up, true)] {
-            let lanes = piece.matrix.lanes();
-            let groups = (piece.first + cols.start) / lanes..(piece.first + cols.end) / lanes;
-            piece.matrix.tiles(&s.prepared, m, groups, &mut |r, c, v| {
-                let o = r * f + c - piece.first;
-                let out = unsafe { hidden.part(o..o + v.len()) };
-                if is_up {
-                    for (o, &u) in out.iter_mut().zip(v) {
-                        let g = *o;
-                        *o = g / (1.0 + (-g).exp()) * u;
-                    }
-                } else {
-                    out.copy_from_slice(v);
-                }
-            });
-        }
-    });
 }
