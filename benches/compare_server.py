@@ -164,7 +164,7 @@ def cpu_model():
 
 
 def versions():
-    v = {"llama.cpp": LLAMA_CPP_PYTHON + " sdist (vendored llama.cpp)"}
+    v = {"llama.cpp": llama_cpp_build.LLAMA_CPP_PYTHON + " sdist (vendored llama.cpp)"}
     if LLAMA_SERVER.exists():
         out = subprocess.run([str(LLAMA_SERVER), "--version"], capture_output=True, text=True)
         m = re.search(r"version: (.+)", out.stdout + out.stderr)

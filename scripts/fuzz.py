@@ -22,6 +22,11 @@ Every campaign's JSON lands in benches/results/ (`*-fuzz*.json`); `--totals` sum
 executions per target over all of them, and `--until N` gives each target the runs it
 still needs to reach N in total.
 
+Do not SIGSTOP a campaign (to free the machine for a benchmark): libFuzzer measures its
+per-input timeout in wall time, so a stop of more than 10 s ends the target with a false
+timeout. Such a finding, once replayed well under the limit, goes into the campaign's JSON as
+`dismissed` (with the replay time and the reason) instead of `findings`.
+
 Needs the stable toolchain's nightly flags (RUSTC_BOOTSTRAP=1, set here) and cargo-fuzz
 (`cargo install cargo-fuzz`, installed here when missing). Writes OUT.json and OUT.md.
 """
@@ -156,7 +161,8 @@ def campaign_files():
 def totals():
     """Per target: executions under ASan and without, summed over every committed campaign,
     the findings, and the latest ASan replay of its corpus."""
-    rows = {t: {"asan": 0, "none": 0, "findings": [], "replay": None} for t in TARGETS}
+    rows = {t: {"asan": 0, "none": 0, "findings": [], "dismissed": 0, "replay": None}
+            for t in TARGETS}
     for path in campaign_files():
         report = json.loads(path.read_text())
         kind = "asan" if report.get("sanitizers", "").startswith("address") else "none"
@@ -165,6 +171,7 @@ def totals():
                 row = rows[r["target"]]
                 row[kind] += r["executions"] or 0
                 row["findings"] += r["findings"]
+                row["dismissed"] += len(r.get("dismissed", []))
                 if r.get("asan_replay"):
                     row["replay"] = r["asan_replay"]
     return rows
@@ -181,8 +188,9 @@ def print_totals():
         replay = (f"{replay['inputs']:,} inputs, "
                   f"{', '.join(replay['findings']) or ('clean' if replay['exit_code'] == 0 else 'exit ' + str(replay['exit_code']))}"
                   if replay else "not yet")
+        dismissed = f" ({r['dismissed']} dismissed: false timeouts)" if r["dismissed"] else ""
         print(f"| {t} | {r['asan']:,} | {r['none']:,} | {r['asan'] + r['none']:,} | {replay} | "
-              f"{', '.join(r['findings']) or 'none'} |")
+              f"{', '.join(r['findings']) or 'none'}{dismissed} |")
 
 
 def replay_asan(target, env):

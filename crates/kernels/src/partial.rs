@@ -159,16 +159,25 @@ fn each_tile<const W: usize>(
         for block in (0..m).step_by(ROW_BLOCK) {
             let end = m.min(block + ROW_BLOCK);
             for g in chunk..chunk_end {
-                let cols = g * W..n.min((g + 1) * W);
+                let (first, width) = (g * W, W.min(n - g * W));
+                // A whole group passes W values, a length the compiler sees: the callback's
+                // stores become vector moves instead of calls to memmove.
+                let mut out = |t: usize, s: &[f32; W]| {
+                    if width == W {
+                        emit(t, first, s)
+                    } else {
+                        emit(t, first, &s[..width])
+                    }
+                };
                 let mut t = block;
                 while t + 4 <= end {
                     for (j, s) in tile4(g, t).iter().enumerate() {
-                        emit(t + j, cols.start, &s[..cols.len()]);
+                        out(t + j, s);
                     }
                     t += 4;
                 }
                 for t in t..end {
-                    emit(t, cols.start, &tile1(g, t)[..cols.len()]);
+                    out(t, &tile1(g, t));
                 }
             }
         }
