@@ -70,6 +70,14 @@ impl Prepared {
         };
         PreparedRows { kind, ptr, m, k }
     }
+
+    /// Prepares all `m` rows of `x` (m, k) as `kind`, on this thread.
+    fn prepare(&mut self, kind: ActivationKind, x: &[f32], m: usize, k: usize) {
+        assert_eq!(x.len(), m * k, "activations of the wrong size");
+        let rows = self.begin(kind, m, k);
+        // SAFETY: `self` is borrowed mutably for the whole fill, the one fill there is.
+        unsafe { rows.fill(x, 0) };
+    }
 }
 
 /// The rows of a [`Prepared`] buffer being filled by several threads ([`Prepared::begin`]).
@@ -193,14 +201,7 @@ impl PackedMatrix {
 
     /// Quantizes `m` activation rows `x` (m, k) for [`PackedMatrix::tiles`].
     pub fn prepare(&self, x: &[f32], m: usize, p: &mut Prepared) {
-        let k = self.shape().1;
-        assert_eq!(x.len(), m * k);
-        let blocks = k / QK;
-        p.q8_1.clear();
-        p.q8_1.resize(m * blocks, BlockQ8_1::default());
-        for (q, row) in p.q8_1.chunks_exact_mut(blocks).zip(x.chunks_exact(k)) {
-            quantize_row_q8_1(row, q);
-        }
+        p.prepare(ActivationKind::Q8_1, x, m, self.shape().1);
     }
 
     /// The outputs of row groups `groups` for the `m` rows last prepared in `p`.
@@ -239,14 +240,7 @@ impl PackedKMatrix {
 
     /// Quantizes `m` activation rows `x` (m, k) for [`PackedKMatrix::tiles`].
     pub fn prepare(&self, x: &[f32], m: usize, p: &mut Prepared) {
-        let k = self.shape().1;
-        assert_eq!(x.len(), m * k);
-        let blocks = k / QK_K;
-        p.q8_k.clear();
-        p.q8_k.resize(m * blocks, BlockQ8K::default());
-        for (q, row) in p.q8_k.chunks_exact_mut(blocks).zip(x.chunks_exact(k)) {
-            quantize_row_q8_k(row, q);
-        }
+        p.prepare(ActivationKind::Q8K, x, m, self.shape().1);
     }
 
     /// The outputs of row groups `groups` for the `m` rows last prepared in `p`.
@@ -285,10 +279,7 @@ impl PackedF16 {
 
     /// Rounds `m` activation rows `x` (m, k) to f16 for [`PackedF16::tiles`].
     pub fn prepare(&self, x: &[f32], m: usize, p: &mut Prepared) {
-        assert_eq!(x.len(), m * self.shape().1);
-        p.f16.clear();
-        p.f16.extend_from_slice(x);
-        packed_f16::round_to_f16(&mut p.f16);
+        p.prepare(ActivationKind::F16, x, m, self.shape().1);
     }
 
     /// The outputs of row groups `groups` for the `m` rows last prepared in `p`.

@@ -308,21 +308,17 @@ impl Llama {
                 &|t, p| phases::pieces_product(&plan.qkv, p, m, t, qkv, qkv_width),
             );
             let rows = &state.rows;
-            if shared {
-                let mut start = 0;
-                for (i, seq) in seqs.iter().enumerate() {
-                    let n = seq.tokens.len();
-                    self.store_keys(l, caches[i], qkv, start..start + n)?;
-                    self.attention_phase(l, scratch, caches, rows, qkv, att, start..start + n)?;
-                    start += n;
+            // Clones of one cache attend right after appending, one sequence at a time.
+            let mut start = 0;
+            for (i, seq) in seqs.iter().enumerate() {
+                let rows_of_seq = start..start + seq.tokens.len();
+                self.store_keys(l, caches[i], qkv, rows_of_seq.clone())?;
+                if shared {
+                    self.attention_phase(l, scratch, caches, rows, qkv, att, rows_of_seq.clone())?;
                 }
-            } else {
-                let mut start = 0;
-                for (i, seq) in seqs.iter().enumerate() {
-                    let n = seq.tokens.len();
-                    self.store_keys(l, caches[i], qkv, start..start + n)?;
-                    start += n;
-                }
+                start = rows_of_seq.end;
+            }
+            if !shared {
                 self.attention_phase(l, scratch, caches, rows, qkv, att, 0..m)?;
             }
             let plain = |buf, width| Input {
