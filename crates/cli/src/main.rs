@@ -1,6 +1,7 @@
 //! `ferrollama`: one binary to run, chat with, evaluate and convert Llama-family models.
 
 mod args;
+mod bandwidth;
 mod cmd;
 mod load;
 

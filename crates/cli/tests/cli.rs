@@ -180,6 +180,9 @@ fn bench_json_has_llama_bench_records() {
         (tg["n_prompt"].as_u64(), tg["n_gen"].as_u64()),
         (Some(0), Some(4))
     );
+    // Generation's share of the bandwidth ceiling: on the tg record only.
+    assert!(pp["bandwidth_fraction"].is_null());
+    assert!(tg["bandwidth_fraction"].as_f64().unwrap() > 0.0);
     for r in &records {
         assert_eq!(r["n_threads"], 2);
         assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
@@ -187,6 +190,8 @@ fn bench_json_has_llama_bench_records() {
         assert!(r["stddev_ts"].as_f64().unwrap() >= 0.0);
         assert!(r["model_filename"].as_str().unwrap().ends_with(".gguf"));
         assert!(r["peak_rss_bytes"].as_u64().unwrap() > 50 << 20);
+        assert!(r["read_bandwidth_gbs"].as_f64().unwrap() > 0.0);
+        assert!(r["weight_bytes"].as_u64().unwrap() > 50 << 20);
     }
 }
 

@@ -4,12 +4,16 @@
 //! through `sched_yield`: on two cores that was a sixth of a decode step (futex wake-ups,
 //! the scheduler, the spinning thread taking turns with the working one).
 //!
-//! Here a phase is one call of [`Pool::run`]: every thread runs the same function with its
-//! own index, the caller being thread 0, and `run` returns when all are done (one barrier
-//! per phase). Work is split statically by the function (see [`split`]), so a phase costs
-//! one store to start and one counter to finish. Between phases the workers spin on the
-//! phase counter for a short while ([`SPIN`]), then park on a condition variable, so an
-//! idle pool costs nothing.
+//! Here a phase is one call of [`Pool::run`]: the same function runs once for each index
+//! 0..threads, and `run` returns when all are done (one barrier per phase). Work is split
+//! statically by the function (see [`split`]), so a phase costs one store to start and one
+//! counter to finish. Indices are claimed, not assigned: the caller and the workers take the
+//! next unclaimed one until none is left. On an idle machine each thread takes one; when a
+//! worker is not running (another process holds its core, or the scheduler put it on the
+//! caller's core after a wake-up) the caller does its share instead of waiting for it, so a
+//! busy machine costs at most the speed of one thread, never a stall per phase. Between
+//! phases the workers spin on the phase counter for a short while ([`SPIN`]), then park on
+//! a condition variable, so an idle pool costs nothing.
 //!
 //! The pool is used by one caller at a time: a second caller (another thread, or a phase
 //! calling `run` again) gets the same function run for every index on its own thread,
@@ -35,8 +39,12 @@ struct Shared {
     epoch: AtomicUsize,
     /// The running phase's function, lifetime erased (see `Pool::run`).
     job: Mutex<Option<Job<'static>>>,
-    /// Workers still running the current phase.
-    remaining: AtomicUsize,
+    /// The next index of the current phase to claim (>= threads: none left).
+    next: AtomicUsize,
+    /// Indices of the current phase finished (or, after a panic of the caller, given up).
+    done: AtomicUsize,
+    /// Indices per phase.
+    threads: usize,
     /// Workers parked (or about to park) on `wake`.
     parked: AtomicUsize,
     wake: Condvar,
@@ -59,22 +67,30 @@ impl Pool {
     /// A pool of `threads` (at least 1): the caller and `threads - 1` workers.
     pub fn new(threads: usize) -> Self {
         let threads = threads.max(1);
+        Self::with_workers(threads, threads - 1)
+    }
+
+    /// A pool of `threads` indices per phase served by `workers` threads besides the
+    /// caller (fewer than `threads - 1` only in tests: workers that never come).
+    fn with_workers(threads: usize, workers: usize) -> Self {
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
             job: Mutex::new(None),
-            remaining: AtomicUsize::new(0),
+            next: AtomicUsize::new(threads),
+            done: AtomicUsize::new(0),
+            threads,
             parked: AtomicUsize::new(0),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             panic: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
-        let workers = (1..threads)
+        let workers = (1..=workers)
             .map(|index| {
                 let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("ferrollama-pool-{index}"))
-                    .spawn(move || worker(&shared, index))
+                    .spawn(move || worker(&shared))
                     .expect("spawning a pool thread")
             })
             .collect();
@@ -91,8 +107,9 @@ impl Pool {
         self.threads
     }
 
-    /// Runs `f(i)` for every thread index i in 0..threads(), in parallel, and returns
-    /// when every call has returned. A panic in any call is re-raised here.
+    /// Runs `f(i)` for every index i in 0..threads(), in parallel, and returns when every
+    /// call has returned. Each index runs exactly once, on some thread (the caller's when a
+    /// worker is slow to come). A panic in any call is re-raised here.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         let _busy = match self.busy.try_lock() {
             Ok(guard) => guard,
@@ -108,41 +125,43 @@ impl Pool {
             return;
         }
         let s = &*self.shared;
-        // SAFETY: the erased lifetime is never outlived: the job is taken out again below,
-        // after every worker has finished with it (`remaining` back at 0), before `run`
-        // returns, also when `f` panics on this thread (the guard waits first).
+        // SAFETY: the erased lifetime is never outlived: a thread reads the job only after
+        // claiming an index of this phase, the phase ends when every index is done (panics
+        // are caught), and the job is taken out again before `run` returns.
         let job: Job<'static> = unsafe { std::mem::transmute::<Job<'_>, Job<'static>>(f) };
         *lock(&s.job) = Some(job);
-        s.remaining.store(self.threads - 1, Ordering::SeqCst);
+        s.done.store(0, Ordering::SeqCst);
+        // Opens the claims: a worker that claims an index from here on sees the job above.
+        s.next.store(0, Ordering::SeqCst);
         s.epoch.fetch_add(1, Ordering::SeqCst);
         if s.parked.load(Ordering::SeqCst) > 0 {
             let _g = lock(&s.wake_lock);
             s.wake.notify_all();
         }
-        struct WaitForWorkers<'a>(&'a Shared);
-        impl Drop for WaitForWorkers<'_> {
-            fn drop(&mut self) {
-                let s = self.0;
-                let start = Instant::now();
-                let mut spins = 0u32;
-                while s.remaining.load(Ordering::Acquire) != 0 {
-                    std::hint::spin_loop();
-                    spins = spins.wrapping_add(1);
-                    // A worker descheduled (a busy machine): stop burning the core it needs.
-                    if spins.is_multiple_of(64) && start.elapsed() > SPIN {
-                        std::thread::yield_now();
-                    }
-                }
-                *lock(&s.job) = None;
+        // The caller claims like a worker; a panic is kept like a worker's, so the phase
+        // still ends with every index counted.
+        work(s);
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while s.done.load(Ordering::Acquire) != s.threads {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            // A worker descheduled mid-part (a busy machine): let it have the core.
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
+                std::thread::yield_now();
             }
         }
-        let wait = WaitForWorkers(s);
-        f(0);
-        drop(wait);
+        *lock(&s.job) = None;
         if let Some(payload) = lock(&s.panic).take() {
             resume_unwind(payload);
         }
     }
+}
+
+/// The next unclaimed index of the current phase, if any is left.
+fn claim(s: &Shared) -> Option<usize> {
+    let i = s.next.fetch_add(1, Ordering::SeqCst);
+    (i < s.threads).then_some(i)
 }
 
 impl Drop for Pool {
@@ -160,21 +179,31 @@ impl Drop for Pool {
     }
 }
 
-/// A worker: waits for each phase, runs its part, counts itself done.
-fn worker(s: &Shared, index: usize) {
+/// A worker: waits for each phase, runs the indices it claims, counts each done.
+fn worker(s: &Shared) {
     let mut seen = 0;
     loop {
         seen = next_epoch(s, seen);
         if s.stop.load(Ordering::SeqCst) {
             return;
         }
+        work(s);
+    }
+}
+
+/// Runs indices of the current phase until none is left to claim, each counted done (also
+/// when it panics: the first panic is kept for the caller). Claims may belong to a later
+/// phase than the one this thread woke for (it was slow and the caller went on): the job
+/// is read after each claim, so it is the claimed phase's.
+fn work(s: &Shared) {
+    while let Some(i) = claim(s) {
         let job = *lock(&s.job);
         if let Some(job) = job {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job(index))) {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job(i))) {
                 lock(&s.panic).get_or_insert(payload);
             }
         }
-        s.remaining.fetch_sub(1, Ordering::Release);
+        s.done.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -268,6 +297,28 @@ mod tests {
                 std::thread::sleep(SPIN * 3);
             }
         }
+    }
+
+    #[test]
+    fn the_caller_does_the_share_of_a_worker_that_does_not_come() {
+        // A pool of 3 indices whose workers never run (as when the scheduler keeps them off
+        // every core): each phase still ends, every index run once, on the caller.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = Pool::with_workers(3, 0);
+            let caller = std::thread::current().id();
+            for _ in 0..100 {
+                let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(&|i| {
+                    assert_eq!(std::thread::current().id(), caller);
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("a phase waited for a worker that never came");
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct Args {
     /// measure what the decode path gains).
     #[arg(long)]
     pub no_decode_path: bool,
+    /// Skip the read-bandwidth probe (a second or two, 256 MiB per thread) and the
+    /// fraction of its ceiling that tg reaches.
+    #[arg(long)]
+    pub no_bandwidth: bool,
 }
 
 /// One test's measurements.
@@ -117,7 +121,19 @@ pub fn run(mut a: Args) -> Result<()> {
             samples_ns: samples,
         });
     }
+    // Before the probe, whose buffers are not the model's.
     let peak_rss = peak_rss_bytes();
+    let weight_bytes = weight_bytes(&m.path);
+    let bandwidth = (!a.no_bandwidth)
+        .then(|| crate::bandwidth::read_bandwidth(threads, crate::bandwidth::BYTES_PER_THREAD, 5));
+    // Generation reads every weight once per token: bandwidth / weight bytes tokens per second
+    // at most.
+    let fraction = |r: &Record| match (bandwidth, weight_bytes) {
+        (Some(bw), Some(wb)) if r.n_gen > 0 && wb > 0 => {
+            Some(mean_std(&r.samples_ts()).0 / (bw / wb as f64))
+        }
+        _ => None,
+    };
     let file_name = m.path.display().to_string();
     let model_size: u64 = std::fs::metadata(&m.path).map(|md| md.len()).unwrap_or(0);
     let n_params = m.model.config.num_parameters();
@@ -150,6 +166,9 @@ pub fn run(mut a: Args) -> Result<()> {
                     "stddev_ts": stddev_ts,
                     "samples_ts": ts,
                     "peak_rss_bytes": peak_rss,
+                    "weight_bytes": weight_bytes,
+                    "read_bandwidth_gbs": bandwidth.map(|b| b / 1e9),
+                    "bandwidth_fraction": fraction(r),
                 })
             })
             .collect();
@@ -175,6 +194,20 @@ pub fn run(mut a: Args) -> Result<()> {
         );
     }
     println!("peak RSS: {:.1} MiB", peak_rss as f64 / (1 << 20) as f64);
+    if let Some(bw) = bandwidth {
+        println!("read bandwidth ({threads} threads): {:.1} GB/s", bw / 1e9);
+        for r in &records {
+            if let (Some(f), Some(wb)) = (fraction(r), weight_bytes) {
+                println!(
+                    "tg{}: {:.0} % of the bandwidth ceiling ({:.0} t/s for {:.1} MB of weights per token)",
+                    r.n_gen,
+                    100.0 * f,
+                    bw / wb as f64,
+                    wb as f64 / 1e6
+                );
+            }
+        }
+    }
     println!("kernels: {}", ferrollama_kernels::kernel_isa());
     if a.no_decode_path {
         println!("decode path: off (every pass through candle's tensors)");
@@ -198,6 +231,25 @@ fn time_tg(model: &Llama, cache: &mut Cache, tokens: &[u32]) -> Result<u128> {
         model.forward(&[t], cache, 1)?;
     }
     Ok(start.elapsed().as_nanos())
+}
+
+/// Bytes of weights a decode step reads: the tensors of a GGUF file, the safetensors files
+/// of a directory; None where neither can be read. An embedding table that is not also the
+/// output head counts whole though a step reads one row of it (the ceiling comes out a
+/// little low for such models; the default model ties them).
+fn weight_bytes(path: &std::path::Path) -> Option<u64> {
+    if path.is_dir() {
+        let files = std::fs::read_dir(path).ok()?;
+        let total = files
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|md| md.len())
+            .sum();
+        return Some(total);
+    }
+    let file = ferrollama_gguf::GgufFile::open(path).ok()?;
+    Some(file.header.tensors.iter().map(|t| t.size).sum())
 }
 
 /// Mean and sample standard deviation (0 for one sample).

@@ -1,0 +1,82 @@
+//! The machine's read bandwidth as generation sees it: `threads` threads each stream their
+//! own buffer (far larger than any cache) at once, and their rates add up. Generation of a
+//! small model reads every weight once per token, so bandwidth / weight bytes is the
+//! ceiling tg can reach; `ferrollama bench` reports its figure as a fraction of it. The same
+//! probe as `benches/compare_llama_cpp.py`'s (numpy `sum` in one process per thread).
+
+use std::sync::Barrier;
+use std::time::Instant;
+
+/// Bytes each thread streams: 256 MiB, eight times the largest L3 of a CCD or a client
+/// chip, so the reads come from memory.
+pub const BYTES_PER_THREAD: usize = 256 << 20;
+
+/// Aggregate read rate in bytes per second of `threads` threads, each summing its own
+/// `bytes` (rounded down to whole u64 words) `reps` times after one untimed pass that
+/// brings the pages in.
+pub fn read_bandwidth(threads: usize, bytes: usize, reps: usize) -> f64 {
+    let threads = threads.max(1);
+    let reps = reps.max(1);
+    let words = (bytes / 8).max(1);
+    let start = Barrier::new(threads);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let start = &start;
+                s.spawn(move || {
+                    let buf: Vec<u64> = (0..words as u64).map(|i| i ^ t as u64).collect();
+                    std::hint::black_box(sum_words(&buf));
+                    start.wait();
+                    let t0 = Instant::now();
+                    for _ in 0..reps {
+                        std::hint::black_box(sum_words(std::hint::black_box(&buf)));
+                    }
+                    (reps * words * 8) as f64 / t0.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        // A thread that cannot spawn or panics leaves no figure; report none rather than half.
+        workers.into_iter().map(|w| w.join().unwrap_or(0.0)).sum()
+    })
+}
+
+/// Wrapping sum of the words with eight independent accumulators: integer adds vectorize
+/// (float sums would be kept in order), so the loop runs at the speed of the loads.
+pub fn sum_words(words: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let mut chunks = words.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &w) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(w);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(0u64, |s, &w| s.wrapping_add(w));
+    acc.iter().fold(tail, |s, &a| s.wrapping_add(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sum_of_words_is_the_plain_sum() {
+        for n in [0usize, 1, 7, 8, 9, 63, 1000] {
+            let words: Vec<u64> = (0..n as u64)
+                .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                .collect();
+            let plain = words.iter().fold(0u64, |s, &w| s.wrapping_add(w));
+            assert_eq!(sum_words(&words), plain, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn probe_gives_a_finite_positive_rate() {
+        for threads in [1, 2] {
+            let r = read_bandwidth(threads, 1 << 20, 2);
+            assert!(r.is_finite() && r > 0.0, "{threads} threads: {r}");
+        }
+    }
+}
