@@ -11,7 +11,9 @@
 //! next unclaimed one until none is left. On an idle machine each thread takes one; when a
 //! worker is not running (another process holds its core, or the scheduler put it on the
 //! caller's core after a wake-up) the caller does its share instead of waiting for it, so a
-//! busy machine costs at most the speed of one thread, never a stall per phase. Between
+//! busy machine costs at most the speed of one thread, never a stall per phase.
+//! [`Pool::run_parts`] cuts a phase into more parts than threads, so a thread that runs
+//! slower (its core shared, its part costlier) takes fewer of them. Between
 //! phases the workers spin on the phase counter for a short while ([`SPIN`]), then park on
 //! a condition variable, so an idle pool costs nothing.
 //!
@@ -30,8 +32,12 @@ use std::time::{Duration, Instant};
 /// that something else wants.
 pub const SPIN: Duration = Duration::from_micros(300);
 
-/// A phase: called once for each thread index.
-type Job<'a> = &'a (dyn Fn(usize) + Sync);
+/// A phase: called once for each part, with the slot of the thread running it.
+type Job<'a> = &'a (dyn Fn(usize, usize) + Sync);
+
+/// `next` between phases: far past any number of parts, so a claim fails (a late worker
+/// adds to it; it would take 2^62 of them to wrap).
+const CLOSED: usize = usize::MAX / 2;
 
 /// State shared by the caller and the workers.
 struct Shared {
@@ -39,12 +45,13 @@ struct Shared {
     epoch: AtomicUsize,
     /// The running phase's function, lifetime erased (see `Pool::run`).
     job: Mutex<Option<Job<'static>>>,
-    /// The next index of the current phase to claim (>= threads: none left).
+    /// The next part of the current phase to claim (>= parts: none left; [`CLOSED`]
+    /// between phases).
     next: AtomicUsize,
-    /// Indices of the current phase finished (or, after a panic of the caller, given up).
+    /// Parts of the current phase finished.
     done: AtomicUsize,
-    /// Indices per phase.
-    threads: usize,
+    /// Parts of the current phase.
+    parts: AtomicUsize,
     /// Workers parked (or about to park) on `wake`.
     parked: AtomicUsize,
     wake: Condvar,
@@ -76,9 +83,9 @@ impl Pool {
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
             job: Mutex::new(None),
-            next: AtomicUsize::new(threads),
+            next: AtomicUsize::new(CLOSED),
             done: AtomicUsize::new(0),
-            threads,
+            parts: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
@@ -90,7 +97,7 @@ impl Pool {
                 let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("ferrollama-pool-{index}"))
-                    .spawn(move || worker(&shared))
+                    .spawn(move || worker(&shared, index))
                     .expect("spawning a pool thread")
             })
             .collect();
@@ -111,27 +118,38 @@ impl Pool {
     /// call has returned. Each index runs exactly once, on some thread (the caller's when a
     /// worker is slow to come). A panic in any call is re-raised here.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        self.run_parts(self.threads, &|part, _slot| f(part));
+    }
+
+    /// Runs `f(part, slot)` for every part in 0..parts, in parallel, and returns when every
+    /// call has returned. Parts are claimed one at a time by whichever thread is free, so
+    /// more parts than threads even out threads that run at different speeds. `slot`
+    /// (< threads()) names the thread running the call, for per-thread scratch: no two
+    /// calls running at once share a slot (the caller is slot 0, also when it runs a phase
+    /// serially because the pool is busy). A panic in any call is re-raised here.
+    pub fn run_parts(&self, parts: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         let _busy = match self.busy.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => {
                 // Someone else runs phases (or this is a phase itself): same results, serially.
-                (0..self.threads).for_each(f);
+                (0..parts).for_each(|part| f(part, 0));
                 return;
             }
         };
-        if self.threads == 1 {
-            f(0);
+        if self.threads == 1 || parts <= 1 {
+            (0..parts).for_each(|part| f(part, 0));
             return;
         }
         let s = &*self.shared;
         // SAFETY: the erased lifetime is never outlived: a thread reads the job only after
-        // claiming an index of this phase, the phase ends when every index is done (panics
-        // are caught), and the job is taken out again before `run` returns.
+        // claiming a part of this phase, the phase ends when every part is done (panics
+        // are caught), and the job is taken out again before `run_parts` returns.
         let job: Job<'static> = unsafe { std::mem::transmute::<Job<'_>, Job<'static>>(f) };
         *lock(&s.job) = Some(job);
         s.done.store(0, Ordering::SeqCst);
-        // Opens the claims: a worker that claims an index from here on sees the job above.
+        s.parts.store(parts, Ordering::SeqCst);
+        // Opens the claims: a worker that claims a part from here on sees the job above.
         s.next.store(0, Ordering::SeqCst);
         s.epoch.fetch_add(1, Ordering::SeqCst);
         if s.parked.load(Ordering::SeqCst) > 0 {
@@ -139,11 +157,11 @@ impl Pool {
             s.wake.notify_all();
         }
         // The caller claims like a worker; a panic is kept like a worker's, so the phase
-        // still ends with every index counted.
-        work(s);
+        // still ends with every part counted.
+        work(s, 0);
         let start = Instant::now();
         let mut spins = 0u32;
-        while s.done.load(Ordering::Acquire) != s.threads {
+        while s.done.load(Ordering::Acquire) != parts {
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
             // A worker descheduled mid-part (a busy machine): let it have the core.
@@ -151,6 +169,9 @@ impl Pool {
                 std::thread::yield_now();
             }
         }
+        // Every part is claimed already; closed, `next` also fails claims made before the
+        // next phase opens them, whatever its number of parts.
+        s.next.store(CLOSED, Ordering::SeqCst);
         *lock(&s.job) = None;
         if let Some(payload) = lock(&s.panic).take() {
             resume_unwind(payload);
@@ -158,10 +179,10 @@ impl Pool {
     }
 }
 
-/// The next unclaimed index of the current phase, if any is left.
+/// The next unclaimed part of the current phase, if any is left.
 fn claim(s: &Shared) -> Option<usize> {
     let i = s.next.fetch_add(1, Ordering::SeqCst);
-    (i < s.threads).then_some(i)
+    (i < s.parts.load(Ordering::SeqCst)).then_some(i)
 }
 
 impl Drop for Pool {
@@ -179,27 +200,27 @@ impl Drop for Pool {
     }
 }
 
-/// A worker: waits for each phase, runs the indices it claims, counts each done.
-fn worker(s: &Shared) {
+/// A worker: waits for each phase, runs the parts it claims, counts each done.
+fn worker(s: &Shared, slot: usize) {
     let mut seen = 0;
     loop {
         seen = next_epoch(s, seen);
         if s.stop.load(Ordering::SeqCst) {
             return;
         }
-        work(s);
+        work(s, slot);
     }
 }
 
-/// Runs indices of the current phase until none is left to claim, each counted done (also
+/// Runs parts of the current phase until none is left to claim, each counted done (also
 /// when it panics: the first panic is kept for the caller). Claims may belong to a later
 /// phase than the one this thread woke for (it was slow and the caller went on): the job
 /// is read after each claim, so it is the claimed phase's.
-fn work(s: &Shared) {
+fn work(s: &Shared, slot: usize) {
     while let Some(i) = claim(s) {
         let job = *lock(&s.job);
         if let Some(job) = job {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job(i))) {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job(i, slot))) {
                 lock(&s.panic).get_or_insert(payload);
             }
         }
@@ -319,6 +340,33 @@ mod tests {
         });
         rx.recv_timeout(Duration::from_secs(60))
             .expect("a phase waited for a worker that never came");
+    }
+
+    #[test]
+    fn every_part_runs_once_on_one_slot_at_a_time() {
+        let pool = Pool::new(3);
+        let slots: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        for (phase, parts) in (0..600).zip([0, 1, 2, 3, 7, 24].iter().cycle()) {
+            let hits: Vec<AtomicUsize> = (0..*parts).map(|_| AtomicUsize::new(0)).collect();
+            pool.run_parts(*parts, &|part, slot| {
+                // A slot is one thread's: nobody else is inside a call with it.
+                assert_eq!(
+                    slots[slot].fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "slot {slot} shared"
+                );
+                hits[part].fetch_add(1, Ordering::Relaxed);
+                std::hint::black_box((0..50).sum::<usize>());
+                slots[slot].fetch_sub(1, Ordering::SeqCst);
+            });
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "phase {phase}"
+            );
+            if phase % 200 == 0 {
+                std::thread::sleep(SPIN * 3);
+            }
+        }
     }
 
     #[test]
