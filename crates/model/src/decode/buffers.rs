@@ -16,12 +16,11 @@ pub(super) struct Scratch {
     pub query: Vec<f32>,
 }
 
-/// Per-thread scratch, each entry used by one pool call at a time.
+/// Per-thread scratch, each entry used by one pool thread index at a time.
 pub(super) struct PerThread(pub Vec<UnsafeCell<Scratch>>);
 
 // SAFETY: entry i is only reached through `get(i)` by the one call of a phase that runs
-// as index i of `Pool::run` (each index runs once per phase; serially when busy) or on
-// slot i of `Pool::run_parts` (no two calls running at once share a slot).
+// as thread index i (the pool runs each index once per phase; serially when busy).
 unsafe impl Sync for PerThread {}
 
 impl PerThread {

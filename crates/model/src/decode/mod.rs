@@ -371,8 +371,8 @@ impl Llama {
             input,
             outs,
             &[head],
-            &|share, p| {
-                let groups = share.of(head.groups());
+            &|t, p| {
+                let groups = pool::split(head.groups(), pool::global().threads(), t);
                 head.tiles(p, outs, groups, &mut |j, c, v| {
                     let at = j * vocab + c;
                     // SAFETY: this thread's columns of the logits, read by no one in this phase.
@@ -473,14 +473,14 @@ impl Llama {
             Precision::F32 => (false, Probabilities::F32),
         };
         let failed = AtomicBool::new(false);
-        let parts = phases::parts_for(range.len());
+        let threads = pool::global().threads();
         let tasks = range.len() * nh;
-        pool::global().run_parts(parts, &|part, slot| {
-            // SAFETY: no two calls running at once share a slot.
-            let s = unsafe { scratch.get(slot) };
-            // Every parts-th pair: the rows of a prompt attend over more keys the later
-            // they come, so contiguous shares would leave the first parts short.
-            for task in (part..tasks).step_by(parts) {
+        pool::global().run(&|t| {
+            // SAFETY: one call per thread index.
+            let s = unsafe { scratch.get(t) };
+            // Every threads-th pair: the rows of a prompt attend over more keys the later
+            // they come, so contiguous shares would leave the first thread idle.
+            for task in (t..tasks).step_by(threads) {
                 let (r, head) = (range.start + task / nh, task % nh);
                 let Row { seq, pos } = rows[r];
                 // SAFETY: Q/K/V are only read in this phase; each (row, head) output part

@@ -18,36 +18,6 @@ use crate::linear::QuantMatrix;
 /// values: cheaper than one more barrier).
 pub(super) const SHARED_PREPARATION_FROM: usize = 5;
 
-/// Parts per thread of a phase over many rows: claimed by whichever thread is free, so a
-/// thread that runs slower (its core shared, its attention rows longer) takes fewer, and
-/// the barrier at the phase's end waits less. Steps of few rows keep one part per thread
-/// (their phases last microseconds; each claim costs an atomic and a lock).
-const PARTS_PER_THREAD: usize = 4;
-
-/// Parts of a phase over `m` rows.
-pub(super) fn parts_for(m: usize) -> usize {
-    let threads = pool::global().threads();
-    if m >= SHARED_PREPARATION_FROM {
-        threads * PARTS_PER_THREAD
-    } else {
-        threads
-    }
-}
-
-/// Part `index` of `count` of a phase's work.
-#[derive(Clone, Copy)]
-pub(super) struct Share {
-    pub index: usize,
-    pub count: usize,
-}
-
-impl Share {
-    /// This part's contiguous share of `0..len`.
-    pub fn of(self, len: usize) -> Range<usize> {
-        split(len, self.count, self.index)
-    }
-}
-
 /// Where a product's input rows come from.
 #[derive(Clone, Copy)]
 pub(super) struct Input<'a> {
@@ -111,14 +81,14 @@ fn kinds<'a>(matrices: &[&'a QuantMatrix]) -> [Option<(ActivationKind, &'a Quant
 }
 
 /// One product over `m` input rows: the activations prepared for every kind among
-/// `matrices`, then `work(share, prepared)` for every part of the phase.
+/// `matrices`, then `work(thread, prepared)` on every thread of the pool.
 pub(super) fn product(
     scratch: &PerThread,
     shared: &mut Prepared,
     input: Input,
     m: usize,
     matrices: &[&QuantMatrix],
-    work: &(dyn Fn(Share, &Prepared) + Sync),
+    work: &(dyn Fn(usize, &Prepared) + Sync),
 ) {
     let pool = pool::global();
     let threads = pool.threads();
@@ -135,11 +105,7 @@ pub(super) fn product(
                     }
                 })
             };
-            let share = Share {
-                index: t,
-                count: threads,
-            };
-            work(share, &s.prepared);
+            work(t, &s.prepared);
         });
         return;
     }
@@ -164,26 +130,12 @@ pub(super) fn product(
         };
     });
     let shared = &*shared;
-    let parts = parts_for(m);
-    pool.run_parts(parts, &|index, _slot| {
-        let share = Share {
-            index,
-            count: parts,
-        };
-        work(share, shared)
-    });
+    pool.run(&|t| work(t, shared));
 }
 
-/// `y += input W^T` for one share of W's row groups (`n` outputs per row).
-pub(super) fn add_product(
-    w: &QuantMatrix,
-    p: &Prepared,
-    m: usize,
-    share: Share,
-    y: Shared,
-    n: usize,
-) {
-    let groups = share.of(w.groups());
+/// `y += input W^T` for thread `t`'s share of W's row groups (`n` outputs per row).
+pub(super) fn add_product(w: &QuantMatrix, p: &Prepared, m: usize, t: usize, y: Shared, n: usize) {
+    let groups = split(w.groups(), pool::global().threads(), t);
     w.tiles(p, m, groups, &mut |r, c, v| {
         // SAFETY: the columns of this thread's groups; y is not read in this phase.
         let out = unsafe { y.part(r * n + c..r * n + c + v.len()) };
@@ -218,18 +170,18 @@ impl Piece {
     }
 }
 
-/// One share of the groups of every piece (counted over all of them), stored at
+/// Thread `t`'s share of the groups of every piece (counted over all of them), stored at
 /// the pieces' columns of `out` (rows of `width`).
 pub(super) fn pieces_product(
     pieces: &[Piece],
     p: &Prepared,
     m: usize,
-    share: Share,
+    t: usize,
     out: Shared,
     width: usize,
 ) {
     let total: usize = pieces.iter().map(|p| p.groups().len()).sum();
-    let mine = share.of(total);
+    let mine = split(total, pool::global().threads(), t);
     let mut at = 0;
     for piece in pieces {
         let groups = piece.groups();
@@ -252,7 +204,7 @@ pub(super) fn pieces_product(
 /// Columns of the SwiGLU split: whole groups of both 8- and 16-row layouts.
 pub(super) const FFN_UNIT: usize = 16;
 
-/// One share of the feed-forward columns: gate, then up combined with it by
+/// Thread `t`'s share of the feed-forward columns: gate, then up combined with it by
 /// SwiGLU as silu(g) * u = g / (1 + e^-g) * u (as the candle path computes it), into
 /// `hidden` (rows of `f`).
 pub(super) fn swiglu_product(
@@ -260,11 +212,11 @@ pub(super) fn swiglu_product(
     up: &Piece,
     p: &Prepared,
     m: usize,
-    share: Share,
+    t: usize,
     hidden: Shared,
     f: usize,
 ) {
-    let units = share.of(f / FFN_UNIT);
+    let units = split(f / FFN_UNIT, pool::global().threads(), t);
     let cols = units.start * FFN_UNIT..units.end * FFN_UNIT;
     if cols.is_empty() {
         return;
