@@ -24,7 +24,7 @@
 //! which gives the same results, serially.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,19 +37,16 @@ pub const SPIN: Duration = Duration::from_micros(300);
 /// A phase: called once for each part, with the slot of the thread running it.
 type Job<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
-/// `next` between phases: far past any number of parts, so a claim fails (a late worker
-/// adds to it; it would take 2^62 of them to wrap).
-const CLOSED: usize = usize::MAX / 2;
-
 /// State shared by the caller and the workers.
 struct Shared {
     /// Phases started so far; a worker runs a phase when this moves past what it saw.
     epoch: AtomicUsize,
     /// The running phase's function, lifetime erased (see `Pool::run`).
     job: Mutex<Option<Job<'static>>>,
-    /// The next part of the current phase to claim (>= parts: none left; [`CLOSED`]
-    /// between phases).
-    next: AtomicUsize,
+    /// Parts of the current phase not yet claimed (<= 0: none; between phases too). A
+    /// claim is one decrement, so it succeeds or fails in one step: a claim read in one
+    /// phase can never be judged against the next phase's number of parts.
+    unclaimed: AtomicIsize,
     /// Parts of the current phase finished.
     done: AtomicUsize,
     /// Parts of the current phase.
@@ -85,7 +82,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
             job: Mutex::new(None),
-            next: AtomicUsize::new(CLOSED),
+            unclaimed: AtomicIsize::new(0),
             done: AtomicUsize::new(0),
             parts: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
@@ -127,8 +124,11 @@ impl Pool {
     /// call has returned. Parts are claimed one at a time by whichever thread is free, so
     /// more parts than threads even out threads that run at different speeds. `slot`
     /// (< threads()) names the thread running the call, for per-thread scratch: no two
-    /// calls running at once share a slot (the caller is slot 0, also when it runs a phase
-    /// serially because the pool is busy). A panic in any call is re-raised here.
+    /// calls of one `run_parts` running at once share a slot (the caller is slot 0). A
+    /// phase run serially because the pool is busy (another thread's phase, or a phase
+    /// calling this) gets slot 0 too, while that other phase may be using its own slot 0:
+    /// scratch indexed by slot must belong to the call, not to the pool. A panic in any
+    /// call is re-raised here.
     pub fn run_parts(&self, parts: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         let _busy = match self.busy.try_lock() {
             Ok(guard) => guard,
@@ -152,7 +152,8 @@ impl Pool {
         s.done.store(0, Ordering::SeqCst);
         s.parts.store(parts, Ordering::SeqCst);
         // Opens the claims: a worker that claims a part from here on sees the job above.
-        s.next.store(0, Ordering::SeqCst);
+        let open = isize::try_from(parts).expect("a phase of more than isize::MAX parts");
+        s.unclaimed.store(open, Ordering::SeqCst);
         s.epoch.fetch_add(1, Ordering::SeqCst);
         if s.parked.load(Ordering::SeqCst) > 0 {
             let _g = lock(&s.wake_lock);
@@ -171,9 +172,6 @@ impl Pool {
                 std::thread::yield_now();
             }
         }
-        // Every part is claimed already; closed, `next` also fails claims made before the
-        // next phase opens them, whatever its number of parts.
-        s.next.store(CLOSED, Ordering::SeqCst);
         *lock(&s.job) = None;
         if let Some(payload) = lock(&s.panic).take() {
             resume_unwind(payload);
@@ -183,8 +181,10 @@ impl Pool {
 
 /// The next unclaimed part of the current phase, if any is left.
 fn claim(s: &Shared) -> Option<usize> {
-    let i = s.next.fetch_add(1, Ordering::SeqCst);
-    (i < s.parts.load(Ordering::SeqCst)).then_some(i)
+    let left = s.unclaimed.fetch_sub(1, Ordering::SeqCst);
+    // After a successful claim the phase cannot end before this part is done, so `parts`
+    // is still this phase's.
+    (left > 0).then(|| s.parts.load(Ordering::SeqCst) - left as usize)
 }
 
 impl Drop for Pool {
