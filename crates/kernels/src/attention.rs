@@ -106,24 +106,54 @@ pub fn attend_one_head(
     scores: &mut Vec<f32>,
     out_h: &mut [f32],
 ) {
+    let n_rep = (h.n_head / h.n_kv_head.max(1)).max(1);
+    attend_group(h, probs, q_h, k, v, head / n_rep, len, cap, scores, out_h);
+}
+
+/// Query heads of KV head `group` together: `q_g` holds some of the heads that share it
+/// (head_dim values each, any number), `out_g` receives as many. Each head's bits are those
+/// of [`attend_one_head`]; together they read the keys and values from memory once per block
+/// of rows instead of once per head. `scores` is resized to heads x `len`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group(
+    h: Heads,
+    probs: Probabilities,
+    q_g: &[f32],
+    k: &[f32],
+    v: &[f32],
+    group: usize,
+    len: usize,
+    cap: usize,
+    scores: &mut Vec<f32>,
+    out_g: &mut [f32],
+) {
     let f16_probs = probs == Probabilities::F16;
     let hd = h.head_dim;
-    let n_rep = (h.n_head / h.n_kv_head.max(1)).max(1);
     let scale = 1.0 / (hd as f32).sqrt();
-    scores.resize(len, 0.0);
-    let g = head / n_rep;
-    let rows = g * cap * hd..(g * cap + len) * hd;
+    let heads = q_g.len() / hd.max(1);
+    if len == 0 {
+        out_g.fill(0.0);
+        return;
+    }
+    scores.resize(heads * len, 0.0);
+    let rows = group * cap * hd..(group * cap + len) * hd;
     let (k, v) = (&k[rows.clone()], &v[rows]);
     #[cfg(target_arch = "x86_64")]
     {
         if hd.is_multiple_of(8) && crate::avx2_available() {
             // SAFETY: the CPU supports AVX2, FMA and F16C (checked above); k and v
-            // hold len rows of hd values, hd a multiple of 8.
-            unsafe { avx2::attend_head(q_h, k, v, scale, f16_probs, scores, out_h) };
+            // hold len rows of hd values, hd a multiple of 8; scores holds heads x len.
+            unsafe { avx2::attend_heads(q_g, k, v, hd, scale, f16_probs, scores, out_g) };
             return;
         }
     }
-    attend_head(q_h, k, v, scale, f16_probs, scores, out_h);
+    for ((q, out), scores) in q_g
+        .chunks_exact(hd)
+        .zip(out_g.chunks_exact_mut(hd))
+        .zip(scores.chunks_exact_mut(len.max(1)))
+    {
+        attend_head(q, k, v, scale, f16_probs, &mut scores[..len], out);
+    }
 }
 
 /// Keys times heads from which one query row's heads run in parallel.
@@ -183,161 +213,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    /// e^x for x <= 0, 8 lanes: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by Cephes'
-    /// degree-5 polynomial, 2^n put into the exponent bits. Within 2 ulp of `f32::exp`;
-    /// below -87.3 (where e^x leaves the normal range) it gives about 1e-38, not 0, which
-    /// no softmax sum notices.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_nonpositive(x: __m256) -> __m256 {
-        // max_ps returns its second operand when either is NaN: a NaN score stays NaN, as
-        // in the portable path, instead of becoming a tiny weight.
-        let x = _mm256_max_ps(_mm256_set1_ps(-87.3), x);
-        let n = _mm256_round_ps(
-            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-        );
-        // ln 2 in two parts, so n * ln2_hi is exact.
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_65,
-            0.5,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let e_r = _mm256_add_ps(
-            _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
-            _mm256_set1_ps(1.0),
-        );
-        let two_n = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-            23,
-        ));
-        _mm256_mul_ps(e_r, two_n)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
-
-    /// Scores of `N` keys (rows `k`, `k + hd`, ...), each chunk by chunk into its own 8
-    /// lanes, then [`hsum`]: a key sees the same operations alone or with others.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn key_scores<const N: usize>(q: *const f32, k: *const f32, hd: usize) -> [f32; N] {
-        // SAFETY: the caller upholds this function's contract (its doc and its
-        // `target_feature`s); every pointer and unchecked access below relies on it.
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); N];
-            for c in (0..hd).step_by(8) {
-                let qc = _mm256_loadu_ps(q.add(c));
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.add(j * hd + c)), *acc);
-                }
-            }
-            acc.map(|a| hsum(a))
-        }
-    }
-
-    /// [`super::attend_head`] with 8-lane vectors; `q.len()` is a multiple of 8.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn attend_head(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        scale: f32,
-        f16_probs: bool,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        // SAFETY: the caller upholds this function's contract (its doc and its
-        // `target_feature`s); every pointer and unchecked access below relies on it.
-        unsafe {
-            let (hd, len) = (q.len(), scores.len());
-            debug_assert!(hd % 8 == 0 && k.len() >= len * hd && v.len() >= len * hd);
-            let (qp, kp) = (q.as_ptr(), k.as_ptr());
-            // Eight keys at a time: eight independent accumulator chains.
-            let mut t = 0;
-            while t + 8 <= len {
-                let s = key_scores::<8>(qp, kp.add(t * hd), hd);
-                for (j, s) in s.iter().enumerate() {
-                    scores[t + j] = s * scale;
-                }
-                t += 8;
-            }
-            for t in t..len {
-                scores[t] = key_scores::<1>(qp, kp.add(t * hd), hd)[0] * scale;
-            }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            // Exponentials 8 at a time, summed in 8 lanes; probabilities rounded to f16 (unless
-            // kept in f32).
-            let mut sums = _mm256_setzero_ps();
-            let chunks = len / 8 * 8;
-            let vmax = _mm256_set1_ps(max);
-            for t in (0..chunks).step_by(8) {
-                let e =
-                    exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores.as_ptr().add(t)), vmax));
-                _mm256_storeu_ps(scores.as_mut_ptr().add(t), e);
-                sums = _mm256_add_ps(sums, e);
-            }
-            let mut tail = [f32::NEG_INFINITY; 8];
-            tail[..len - chunks].copy_from_slice(&scores[chunks..]);
-            let e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), vmax));
-            _mm256_storeu_ps(tail.as_mut_ptr(), e);
-            // Lanes past len held -inf, clamped to -87.3: zero them before they join the sum.
-            for x in &mut tail[len - chunks..] {
-                *x = 0.0;
-            }
-            scores[chunks..].copy_from_slice(&tail[..len - chunks]);
-            let sum = hsum(_mm256_add_ps(sums, _mm256_loadu_ps(tail.as_ptr())));
-            let vsum = _mm256_set1_ps(sum);
-            for t in (0..chunks).step_by(8) {
-                let p = _mm256_div_ps(_mm256_loadu_ps(scores.as_ptr().add(t)), vsum);
-                let p = if f16_probs {
-                    _mm256_cvtph_ps(_mm256_cvtps_ph(p, _MM_FROUND_TO_NEAREST_INT))
-                } else {
-                    p
-                };
-                _mm256_storeu_ps(scores.as_mut_ptr().add(t), p);
-            }
-            for s in &mut scores[chunks..] {
-                *s = if f16_probs {
-                    half::f16::from_f32(*s / sum).to_f32()
-                } else {
-                    *s / sum
-                };
-            }
-            // Weighted sum of values, one 8-lane accumulator per chunk of the head.
-            let vp = v.as_ptr();
-            for c in (0..hd).step_by(64) {
-                let width = (hd - c).min(64) / 8;
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for (t, &p) in scores.iter().enumerate() {
-                    let p = _mm256_set1_ps(p);
-                    for (j, acc) in acc.iter_mut().enumerate().take(width) {
-                        *acc =
-                            _mm256_fmadd_ps(p, _mm256_loadu_ps(vp.add(t * hd + c + 8 * j)), *acc);
-                    }
-                }
-                for (j, acc) in acc.iter().enumerate().take(width) {
-                    _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * j), *acc);
-                }
-            }
-        }
-    }
-}
+mod avx2;
 
 /// Plain reference: the textbook formula per head, in f64 (tests).
 pub fn decode_attention_reference(
@@ -476,6 +352,61 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn eight_key_sums_equal_one_key_sums_bit_for_bit() {
+        if !crate::simd_test_runs("eight_key_sums_equal_one_key_sums_bit_for_bit") {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        for round in 0..2000 {
+            // Magnitudes spread over many binades, so a changed order would round differently.
+            let lanes: Vec<f32> = (0..64)
+                .map(|_| rng.random_range(-1.0f32..1.0) * 2f32.powi(rng.random_range(-20..20)))
+                .collect();
+            // SAFETY: AVX2 and FMA are present (checked above); every load reads 8 values.
+            unsafe {
+                let v: [__m256; 8] =
+                    std::array::from_fn(|j| _mm256_loadu_ps(lanes.as_ptr().add(8 * j)));
+                let mut all = [0f32; 8];
+                _mm256_storeu_ps(all.as_mut_ptr(), avx2::hsum8(&v));
+                for (j, chunk) in lanes.chunks_exact(8).enumerate() {
+                    let one = avx2::hsum(v[j]);
+                    assert_eq!(all[j].to_bits(), one.to_bits(), "round {round} key {j}");
+                    let tree = ((chunk[0] + chunk[1]) + (chunk[2] + chunk[3]))
+                        + ((chunk[4] + chunk[5]) + (chunk[6] + chunk[7]));
+                    assert_eq!(one.to_bits(), tree.to_bits(), "round {round} key {j}");
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_key_scores_the_same_alone_and_in_a_block_of_eight() {
+        if !crate::simd_test_runs("a_key_scores_the_same_alone_and_in_a_block_of_eight") {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        for hd in [8, 64, 128] {
+            let q = random(&mut rng, hd, 2.0);
+            let k = random(&mut rng, 8 * hd, 2.0);
+            // SAFETY: AVX2 and FMA are present (checked above); k holds 8 rows of hd values.
+            unsafe {
+                let block = avx2::hsum8(&avx2::key_lanes::<8>(q.as_ptr(), k.as_ptr(), hd));
+                let mut got = [0f32; 8];
+                _mm256_storeu_ps(got.as_mut_ptr(), block);
+                for (j, got) in got.iter().enumerate() {
+                    let alone =
+                        avx2::hsum(avx2::key_lanes::<1>(q.as_ptr(), k[j * hd..].as_ptr(), hd)[0]);
+                    assert_eq!(got.to_bits(), alone.to_bits(), "hd {hd} key {j}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn simd_heads_match_portable_heads() {
         if !crate::simd_test_runs("simd_heads_match_portable_heads") {
@@ -499,7 +430,7 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             if crate::avx2_available() {
                 // SAFETY: AVX2, FMA and F16C are present; hd is a multiple of 8.
-                unsafe { avx2::attend_head(&q, &k, &v, sc, true, &mut s2, &mut o2) };
+                unsafe { avx2::attend_heads(&q, &k, &v, hd, sc, true, &mut s2, &mut o2) };
                 for (a, b) in o1.iter().zip(&o2) {
                     // Sums in another order, exp within 2 ulp: a probability may round to
                     // the neighbouring f16 (2^-11 relative).
@@ -507,6 +438,62 @@ mod tests {
                         (a - b).abs() <= 1e-3 * (1.0 + a.abs()),
                         "{hd}/{len}: {a} vs {b}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_of_heads_equals_its_heads_one_by_one_bit_for_bit() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        for (hd, n_rep) in [(64, 3), (8, 2), (24, 4), (128, 1)] {
+            for len in [1, 7, 8, 9, 31, 32, 33, 100, 513] {
+                for probs in [Probabilities::F16, Probabilities::F32] {
+                    let (n_kv_head, cap) = (2, 520);
+                    let h = Heads {
+                        n_head: n_kv_head * n_rep,
+                        n_kv_head,
+                        head_dim: hd,
+                    };
+                    let q = random(&mut rng, n_rep * hd, 2.0);
+                    let k = random(&mut rng, n_kv_head * cap * hd, 2.0);
+                    let v = random(&mut rng, n_kv_head * cap * hd, 1.0);
+                    let mut scores = Vec::new();
+                    let mut together = vec![f32::NAN; n_rep * hd];
+                    attend_group(
+                        h,
+                        probs,
+                        &q,
+                        &k,
+                        &v,
+                        1,
+                        len,
+                        cap,
+                        &mut scores,
+                        &mut together,
+                    );
+                    for (i, q_h) in q.chunks_exact(hd).enumerate() {
+                        let mut alone = vec![f32::NAN; hd];
+                        let head = n_rep + i;
+                        attend_one_head(
+                            h,
+                            probs,
+                            q_h,
+                            &k,
+                            &v,
+                            head,
+                            len,
+                            cap,
+                            &mut scores,
+                            &mut alone,
+                        );
+                        let bits = |x: &[f32]| x.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&alone),
+                            bits(&together[i * hd..(i + 1) * hd]),
+                            "hd {hd} n_rep {n_rep} len {len} {probs:?} head {i}"
+                        );
+                    }
                 }
             }
         }

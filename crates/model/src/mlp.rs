@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::layout::{layer_name, Part};
 use crate::linear::{Linear, Stacked};
+use crate::ops::silu_gate::silu_gate_in_place;
 use crate::weights::WeightSource;
 
 /// Feed-forward weights of one block.
@@ -97,9 +98,8 @@ impl CustomOp1 for SwiGlu {
         let y = &all[start..end];
         let mut out = vec![0f32; y.len() / 2];
         let row = |(o, y): (&mut [f32], &[f32])| {
-            for ((o, &g), &u) in o.iter_mut().zip(&y[..f]).zip(&y[f..]) {
-                *o = g / (1.0 + (-g).exp()) * u;
-            }
+            o.copy_from_slice(&y[..f]);
+            silu_gate_in_place(o, &y[f..]);
         };
         if out.len() > f {
             out.par_chunks_mut(f).zip(y.par_chunks(2 * f)).for_each(row);

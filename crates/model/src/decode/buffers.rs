@@ -16,18 +16,18 @@ pub(super) struct Scratch {
     pub query: Vec<f32>,
 }
 
-/// Per-thread scratch, each entry used by one pool thread index at a time.
-pub(super) struct PerThread(pub Vec<UnsafeCell<Scratch>>);
+/// Per-thread buffers, each entry used by one pool thread index at a time.
+pub(super) struct PerThread<T = Scratch>(pub Vec<UnsafeCell<T>>);
 
 // SAFETY: entry i is only reached through `get(i)` by the one call of a phase that runs
 // as thread index i (the pool runs each index once per phase; serially when busy).
-unsafe impl Sync for PerThread {}
+unsafe impl<T: Send> Sync for PerThread<T> {}
 
-impl PerThread {
+impl<T> PerThread<T> {
     /// # Safety
     /// No other live reference to entry `i` may exist (one phase call per index).
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn get(&self, i: usize) -> &mut Scratch {
+    pub unsafe fn get(&self, i: usize) -> &mut T {
         // SAFETY: upheld by the caller (see above).
         unsafe { &mut *self.0[i].get() }
     }

@@ -29,7 +29,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use ferrollama_kernels::attention::{attend_one_head, Heads, Probabilities};
+use ferrollama_kernels::attention::{attend_group, Heads, Probabilities};
 use ferrollama_kernels::partial::Prepared;
 use ferrollama_kernels::pool;
 
@@ -46,6 +46,11 @@ pub const MAX_ROWS: usize = UBATCH;
 
 /// Rows of logits a run state holds from the start; more grow the buffer once.
 const LOGIT_ROWS: usize = 16;
+
+/// (Row, KV head) attention tasks per thread from which a step takes a KV head's query
+/// heads together rather than one head per task (fewer tasks would leave a thread idle at
+/// the end: one decoded row has 3 KV heads for 2 threads).
+const GROUP_TASKS_PER_THREAD: usize = 4;
 
 /// The weights of one block as the decode path reads them.
 struct BlockPlan {
@@ -83,6 +88,8 @@ pub struct RunState {
     rows: Vec<Row>,
     out_rows: Vec<usize>,
     threads: PerThread,
+    /// Each thread's up-projection values of one slice of SwiGLU columns.
+    ups: PerThread<Vec<f32>>,
     /// Activations prepared by all threads together (steps of many rows).
     shared: Prepared,
 }
@@ -172,6 +179,8 @@ impl RunState {
             .ok_or_else(|| unsupported("an output projection without our kernels"))?;
         let widest = h.max(q).max(f);
         let n_threads = pool::global().threads();
+        // Query heads per KV head: a thread's attention takes them together.
+        let n_rep = (cfg.num_attention_heads / cfg.num_key_value_heads.max(1)).max(1);
         // A thread's input rows: all of them when each prepares its own, its share otherwise.
         let own_rows = max_rows
             .div_ceil(n_threads)
@@ -184,8 +193,8 @@ impl RunState {
                         widest,
                     ),
                     rows: vec![0.0; own_rows * widest],
-                    scores: Vec::with_capacity(model.max_context()),
-                    query: vec![0.0; cfg.head_dim],
+                    scores: Vec::with_capacity(n_rep * model.max_context()),
+                    query: vec![0.0; n_rep * cfg.head_dim],
                 })
             })
             .collect();
@@ -203,6 +212,11 @@ impl RunState {
             rows: Vec::with_capacity(max_rows),
             out_rows: Vec::with_capacity(max_rows),
             threads: PerThread(threads),
+            ups: PerThread(
+                (0..n_threads)
+                    .map(|_| UnsafeCell::new(vec![0.0; max_rows * phases::SWIGLU_COLUMNS]))
+                    .collect(),
+            ),
             shared: if max_rows >= SHARED_PREPARATION_FROM {
                 Prepared::with_capacity(max_rows, widest)
             } else {
@@ -289,6 +303,7 @@ impl Llama {
             let qkv = Shared::new(&mut state.qkv);
             let att = Shared::new(&mut state.att);
             let hidden = Shared::new(&mut state.hidden);
+            let ups = &state.ups;
             let attn = &self.layers[l].self_attn;
             let q_width = attn.n_head * attn.head_dim;
             let qkv_width = q_width + 2 * attn.n_kv_head * attn.head_dim;
@@ -342,7 +357,7 @@ impl Llama {
                 normed(&plan.ffn_norm),
                 m,
                 &[&gate.matrix, &up.matrix],
-                &|t, p| phases::swiglu_product(gate, up, p, m, t, hidden, f),
+                &|t, p| phases::swiglu_product(gate, up, p, m, t, hidden, f, ups),
             );
             phases::product(
                 scratch,
@@ -447,8 +462,11 @@ impl Llama {
         })
     }
 
-    /// Attention of `rows` over their caches (keys and values stored), the (row, head)
-    /// pairs shared among the threads.
+    /// Attention of `rows` over their caches (keys and values stored), shared among the
+    /// threads as (row, KV head) tasks, each taking the query heads that share that KV head
+    /// together (they read its keys and values once), or as (row, head) tasks when there are
+    /// too few of those to keep every thread busy (a decode step). A head's bits are the
+    /// same either way.
     #[allow(clippy::too_many_arguments)]
     fn attention_phase(
         &self,
@@ -474,35 +492,47 @@ impl Llama {
         };
         let failed = AtomicBool::new(false);
         let threads = pool::global().threads();
-        let tasks = range.len() * nh;
+        let n_rep = (nh / attn.n_kv_head.max(1)).max(1);
+        // Heads per task: a KV head's when that still gives every thread several tasks.
+        let per_task = if range.len() * (nh / n_rep) >= GROUP_TASKS_PER_THREAD * threads {
+            n_rep
+        } else {
+            1
+        };
+        let tasks = range.len() * nh / per_task;
         pool::global().run(&|t| {
             // SAFETY: one call per thread index.
             let s = unsafe { scratch.get(t) };
-            // Every threads-th pair: the rows of a prompt attend over more keys the later
+            // Every threads-th task: the rows of a prompt attend over more keys the later
             // they come, so contiguous shares would leave the first thread idle.
             for task in (t..tasks).step_by(threads) {
-                let (r, head) = (range.start + task / nh, task % nh);
+                let per_row = nh / per_task;
+                let (r, first) = (range.start + task / per_row, task % per_row * per_task);
                 let Row { seq, pos } = rows[r];
-                // SAFETY: Q/K/V are only read in this phase; each (row, head) output part
+                let cols = first * hd..(first + per_task) * hd;
+                // SAFETY: Q/K/V are only read in this phase; each (row, heads) output part
                 // is one task's.
-                let q_h = unsafe { qkv.read(r * width + head * hd..r * width + (head + 1) * hd) };
-                s.query.copy_from_slice(q_h);
-                self.rope.rotate(&mut s.query, pos);
+                let q_g = unsafe { qkv.read(r * width + cols.start..r * width + cols.end) };
+                let query = &mut s.query[..cols.len()];
+                query.copy_from_slice(q_g);
+                for q_h in query.chunks_exact_mut(hd) {
+                    self.rope.rotate(q_h, pos);
+                }
                 if round {
-                    round_f16(&mut s.query);
+                    round_f16(query);
                 }
                 let Ok(kv) = caches[seq].layers[l].read() else {
                     failed.store(true, Ordering::Relaxed);
                     continue;
                 };
-                let out = unsafe { att.part(r * q + head * hd..r * q + (head + 1) * hd) };
-                attend_one_head(
+                let out = unsafe { att.part(r * q + cols.start..r * q + cols.end) };
+                attend_group(
                     heads,
                     probs,
-                    &s.query,
+                    query,
                     kv.keys(),
                     kv.values(),
-                    head,
+                    first / n_rep,
                     pos + 1,
                     kv.capacity(),
                     &mut s.scores,

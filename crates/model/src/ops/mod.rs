@@ -11,6 +11,7 @@ pub mod lora_linear;
 pub mod matmul;
 pub mod norm;
 pub mod rope_heads;
+pub mod silu_gate;
 pub mod swiglu;
 
 use candle_core::{CpuStorage, Layout};
