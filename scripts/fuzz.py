@@ -68,19 +68,22 @@ def cpu_name():
     return platform.processor()
 
 
-def target_dir(sanitizer):
-    return FUZZ / ("target" if sanitizer == "address" else f"target-{sanitizer}")
+def target_dir(sanitizer, trace_compares=True):
+    name = "target" if sanitizer == "address" else f"target-{sanitizer}"
+    return FUZZ / (name if trace_compares else f"{name}-no-trace-compares")
 
 
-def build(env, sanitizer):
+def build(env, sanitizer, trace_compares=True):
     if shutil.which("cargo-fuzz") is None:
         subprocess.run(["cargo", "install", "cargo-fuzz"], check=True)
-    subprocess.run(["cargo", "fuzz", "build", "-O", "-a", "-s", sanitizer,
-                    "--target-dir", str(target_dir(sanitizer))], cwd=FUZZ, env=env, check=True)
+    flags = [] if trace_compares else ["--no-trace-compares"]
+    subprocess.run(["cargo", "fuzz", "build", "-O", "-a", "-s", sanitizer, *flags,
+                    "--target-dir", str(target_dir(sanitizer, trace_compares))],
+                   cwd=FUZZ, env=env, check=True)
 
 
-def binary(target, sanitizer):
-    return target_dir(sanitizer) / "x86_64-unknown-linux-gnu" / "release" / target
+def binary(target, sanitizer, trace_compares=True):
+    return target_dir(sanitizer, trace_compares) / "x86_64-unknown-linux-gnu" / "release" / target
 
 
 def run_target(target, runs, args, env):
@@ -91,7 +94,7 @@ def run_target(target, runs, args, env):
     before = {p.name for p in artifacts.iterdir()}
     seeds = ROOT / "crates" / "fuzzing" / "seeds" / target
     cmd = [
-        str(binary(target, args.sanitizer)),
+        str(binary(target, args.sanitizer, not args.no_trace_compares)),
         str(corpus),
         str(seeds),
         f"-runs={runs}",
@@ -161,7 +164,8 @@ def campaign_files():
 def totals():
     """Per target: executions under ASan and without, summed over every committed campaign,
     the findings, and the latest ASan replay of its corpus."""
-    rows = {t: {"asan": 0, "none": 0, "findings": [], "dismissed": 0, "replay": None}
+    rows = {t: {"asan": 0, "none": 0, "no_trace_compares": 0, "findings": [], "dismissed": 0,
+                "replay": None}
             for t in TARGETS}
     for path in campaign_files():
         report = json.loads(path.read_text())
@@ -170,6 +174,8 @@ def totals():
             if r["target"] in rows:
                 row = rows[r["target"]]
                 row[kind] += r["executions"] or 0
+                if not report.get("trace_compares", True):
+                    row["no_trace_compares"] += r["executions"] or 0
                 row["findings"] += r["findings"]
                 row["dismissed"] += len(r.get("dismissed", []))
                 if r.get("asan_replay"):
@@ -180,16 +186,17 @@ def totals():
 def print_totals():
     rows = totals()
     print(f"Executions over {len(campaign_files())} campaigns (benches/results/*-fuzz*.json):")
-    print("| target | under ASan + LSan | without sanitizer | total | corpus replayed under ASan + LSan | findings (each fixed, input in regressions/) |")
-    print("|---|---:|---:|---:|---|---|")
+    print("| target | under ASan + LSan | without sanitizer | of those, without comparison tracing | total | corpus replayed under ASan + LSan | findings (each fixed, input in regressions/) |")
+    print("|---|---:|---:|---:|---:|---|---|")
     for t in TARGETS:
         r = rows[t]
         replay = r["replay"]
         replay = (f"{replay['inputs']:,} inputs, "
-                  f"{', '.join(replay['findings']) or ('clean' if replay['exit_code'] == 0 else 'exit ' + str(replay['exit_code']))}"
+                  f"{', '.join(replay['findings']) or replay_status(replay['exit_code'])}"
                   if replay else "not yet")
         dismissed = f" ({r['dismissed']} dismissed: false timeouts)" if r["dismissed"] else ""
-        print(f"| {t} | {r['asan']:,} | {r['none']:,} | {r['asan'] + r['none']:,} | {replay} | "
+        print(f"| {t} | {r['asan']:,} | {r['none']:,} | {r['no_trace_compares']:,} | "
+              f"{r['asan'] + r['none']:,} | {replay} | "
               f"{', '.join(r['findings']) or 'none'}{dismissed} |")
 
 
@@ -212,6 +219,14 @@ def replay_asan(target, env):
             "seconds": round(time.time() - start, 1), "findings": findings}
 
 
+def replay_status(rc):
+    """What a replay's exit code says when it found nothing."""
+    if rc == 0:
+        return "clean"
+    # libFuzzer's exit code after SIGINT (-interrupted_exitcode).
+    return "interrupted (SIGINT), not complete" if rc == 72 else f"exit {rc}"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=10_000_000)
@@ -228,6 +243,10 @@ def main():
     p.add_argument("--out", default=None)
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--sanitizer", choices=["address", "none"], default="address")
+    p.add_argument("--no-trace-compares", action="store_true",
+                   help="build without libFuzzer's comparison tracing (about 3x the executions "
+                        "on text targets; coverage of edges only, so run it on a corpus that "
+                        "comparison-guided campaigns grew)")
     args = p.parse_args()
     if args.totals:
         print_totals()
@@ -242,7 +261,7 @@ def main():
     if args.from_logs:
         args.no_build = True
     if not args.no_build:
-        build(env, args.sanitizer)
+        build(env, args.sanitizer, not args.no_trace_compares)
         if args.replay_asan and args.sanitizer != "address":
             build(env, "address")
     targets = [t for t in args.targets.split(",") if t]
@@ -278,6 +297,7 @@ def main():
             else "none (overflow checks and debug assertions only)"
         ),
         "limits": "rss 2048 MB, malloc 2048 MB, timeout 10 s per input, max_len 65536",
+        "trace_compares": not args.no_trace_compares,
         "results": results,
     }
     out = pathlib.Path(args.out) if args.out else ROOT / "benches" / "results" / (
@@ -289,9 +309,12 @@ def main():
         "",
         f"`python3 scripts/fuzz.py {f'--until {args.until}' if args.until else f'--runs {args.runs}'} --max-time {args.max_time} --jobs {args.jobs}"
         f" --sanitizer {args.sanitizer}{' --replay-asan' if args.replay_asan else ''}"
+        f"{' --no-trace-compares' if args.no_trace_compares else ''}"
         f"{' --from-logs' if args.from_logs else ''}`"
         f" on {report['cpu']} ({report['cores']} cores, {args.jobs} targets at once).",
-        f"Sanitizers: {report['sanitizers']}. Limits: {report['limits']}.",
+        f"Sanitizers: {report['sanitizers']}. Limits: {report['limits']}."
+        + ("" if report["trace_compares"] else
+           " Built without comparison tracing (edge coverage only)."),
         "",
         "| target | executions | exec/s | corpus | new units | peak RSS MB | time s | findings |"
         + (" ASan replay of the corpus |" if args.replay_asan else ""),
@@ -305,7 +328,7 @@ def main():
             f"{r['seconds']} | {', '.join(r['findings']) or 'none'}"
             f"{' (stopped early with SIGINT)' if r['exit_code'] == 72 else ''} |"
             + (f" {replay['inputs']} inputs, {replay['seconds']} s, "
-               f"{', '.join(replay['findings']) or ('clean' if replay['exit_code'] == 0 else 'exit ' + str(replay['exit_code']))} |"
+               f"{', '.join(replay['findings']) or replay_status(replay['exit_code'])} |"
                if replay else "")
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

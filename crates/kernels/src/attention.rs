@@ -371,8 +371,15 @@ mod tests {
                     std::array::from_fn(|j| _mm256_loadu_ps(lanes.as_ptr().add(8 * j)));
                 let mut all = [0f32; 8];
                 _mm256_storeu_ps(all.as_mut_ptr(), avx2::hsum8(&v));
+                let mut four = [0f32; 8];
+                _mm_storeu_ps(four.as_mut_ptr(), avx2::hsum4(&[v[0], v[1], v[2], v[3]]));
+                _mm_storeu_ps(
+                    four.as_mut_ptr().add(4),
+                    avx2::hsum4(&[v[4], v[5], v[6], v[7]]),
+                );
                 for (j, chunk) in lanes.chunks_exact(8).enumerate() {
                     let one = avx2::hsum(v[j]);
+                    assert_eq!(four[j].to_bits(), one.to_bits(), "round {round} key {j}");
                     assert_eq!(all[j].to_bits(), one.to_bits(), "round {round} key {j}");
                     let tree = ((chunk[0] + chunk[1]) + (chunk[2] + chunk[3]))
                         + ((chunk[4] + chunk[5]) + (chunk[6] + chunk[7]));
@@ -446,7 +453,15 @@ mod tests {
     #[test]
     fn a_group_of_heads_equals_its_heads_one_by_one_bit_for_bit() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-        for (hd, n_rep) in [(64, 3), (8, 2), (24, 4), (128, 1)] {
+        for (hd, n_rep) in [
+            (64, 3),
+            (8, 2),
+            (24, 4),
+            (128, 1),
+            (48, 1),
+            (40, 5),
+            (56, 6),
+        ] {
             for len in [1, 7, 8, 9, 31, 32, 33, 100, 513] {
                 for probs in [Probabilities::F16, Probabilities::F32] {
                     let (n_kv_head, cap) = (2, 520);

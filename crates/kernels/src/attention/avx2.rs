@@ -1,16 +1,16 @@
 //! [`super::attend_heads`] with 8-lane vectors (AVX2, FMA, F16C).
 //!
-//! The heads that share a KV head go through its keys and values together, a block of rows
-//! at a time, so a row comes from L2 once per block rather than once per head: at a 512-token
-//! prompt one KV head's keys and values are 256 KiB, past L1, and per head the loop read
-//! 64 bytes per cycle where L2 gives about 32. Each head's operations and their order are
-//! those it has alone, so its bits do not depend on how many heads ran with it.
+//! The heads that share a KV head go through its keys and values together, up to three at a
+//! time with their accumulators side by side in registers, so each key or value vector
+//! loaded serves every head: per head, a loop read a vector for each multiply-add, and
+//! loads, not multiply-adds, bounded it. Each head's operations and their order are those it
+//! has alone, so its bits do not depend on how many heads ran with it.
 
 use std::arch::x86_64::*;
 
-/// Keys whose value rows one pass of the weighted sum takes for every head (8 KiB of values
-/// at head_dim 64: they stay in L1 while each head reads them).
-const VALUE_BLOCK: usize = 32;
+/// Most heads whose accumulators share the registers: 3 x 4 accumulators, 3 query or
+/// probability vectors and the key or value vector fill AVX2's 16.
+const HEADS_AT_ONCE: usize = 3;
 
 /// e^x for x <= 0, 8 lanes: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by Cephes'
 /// degree-5 polynomial, 2^n put into the exponent bits. Within 2 ulp of `f32::exp`;
@@ -107,73 +107,144 @@ pub(super) unsafe fn key_lanes<const N: usize>(
     }
 }
 
-/// Adds the sum over keys t of `p[t] * v[t][c..c + 8 W]` to `out[c..c + 8 W]`, or stores it
-/// there when `fresh`, in W 8-lane accumulators (W fixed, so the loop over them unrolls:
-/// with W known only at run time every key went through a ladder of compares). A lane's
-/// additions run in key order whatever the blocks, since an f32 stored and reloaded is exact.
-///
-/// # Safety
-/// AVX2 and FMA; `v` holds `p.len()` rows of `hd` values, `c + 8 W <= hd`, `out` holds
-/// `hd` values.
+/// [`hsum`] of four vectors at once, lane j holding `v[j]`'s sum.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_sum<const W: usize>(
-    p: &[f32],
-    v: *const f32,
+pub(super) unsafe fn hsum4(v: &[__m256; 4]) -> __m128 {
+    let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    // Lanes 0-3: keys 0-3's (x0 + x1) + (x2 + x3); lanes 4-7: their (x4 + x5) + (x6 + x7).
+    _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
+}
+
+/// Scaled scores of `R` heads (`qs`: R x `hd`) over `len` keys into `scores` (R x `len`):
+/// four keys at a time, each key vector loaded once for the R heads; one head alone takes
+/// eight keys at a time (four accumulators would wait on the multiply-add latency).
+///
+/// # Safety
+/// AVX2 and FMA; `qs` holds R x hd values, `k` len rows of hd, `scores` R x len; hd a
+/// multiple of 8.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn head_scores<const R: usize>(
+    qs: *const f32,
+    k: *const f32,
     hd: usize,
-    c: usize,
-    out: *mut f32,
-    fresh: bool,
+    len: usize,
+    scale: f32,
+    scores: *mut f32,
 ) {
     // SAFETY: the caller upholds this function's contract.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); W];
-        if !fresh {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_loadu_ps(out.add(c + 8 * j));
+        let vscale = _mm256_set1_ps(scale);
+        let mut t = 0;
+        if R == 1 {
+            while t + 8 <= len {
+                let s = hsum8(&key_lanes::<8>(qs, k.add(t * hd), hd));
+                _mm256_storeu_ps(scores.add(t), _mm256_mul_ps(s, vscale));
+                t += 8;
+            }
+        } else {
+            while t + 4 <= len {
+                let mut acc = [[_mm256_setzero_ps(); 4]; R];
+                for c in (0..hd).step_by(8) {
+                    let q: [__m256; R] =
+                        std::array::from_fn(|i| _mm256_loadu_ps(qs.add(i * hd + c)));
+                    for j in 0..4 {
+                        let kv = _mm256_loadu_ps(k.add((t + j) * hd + c));
+                        for i in 0..R {
+                            acc[i][j] = _mm256_fmadd_ps(q[i], kv, acc[i][j]);
+                        }
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    let s = _mm_mul_ps(hsum4(acc), _mm256_castps256_ps128(vscale));
+                    _mm_storeu_ps(scores.add(i * len + t), s);
+                }
+                t += 4;
             }
         }
-        let mut row = v.add(c);
-        for &p in p {
-            let p = _mm256_set1_ps(p);
-            for (j, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(p, _mm256_loadu_ps(row.add(8 * j)), *acc);
+        for t in t..len {
+            for i in 0..R {
+                let s = hsum(key_lanes::<1>(qs.add(i * hd), k.add(t * hd), hd)[0]);
+                *scores.add(i * len + t) = s * scale;
             }
-            row = row.add(hd);
-        }
-        for (j, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(c + 8 * j), *acc);
         }
     }
 }
 
-/// [`weighted_sum`] with W = `width` (1 to 8).
+/// `out` (R x `hd`) = for each head i, the sum over keys t of `p[i][t] * v[t]`, for values
+/// `c..c + 8 W` of each row: R x W accumulators, each value vector loaded once for the R
+/// heads. A lane's multiply-adds run in key order whatever R and W.
 ///
 /// # Safety
-/// As [`weighted_sum`]'s, with `c + 8 width <= hd`.
+/// AVX2 and FMA; `p` holds R x len probabilities, `v` len rows of hd values, `out` R x hd;
+/// c + 8 W <= hd.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn weighted_sum_of_width(
-    width: usize,
-    p: &[f32],
+unsafe fn head_values<const R: usize, const W: usize>(
+    p: *const f32,
     v: *const f32,
     hd: usize,
+    len: usize,
     c: usize,
     out: *mut f32,
-    fresh: bool,
 ) {
     // SAFETY: the caller upholds this function's contract.
     unsafe {
-        match width {
-            8 => weighted_sum::<8>(p, v, hd, c, out, fresh),
-            7 => weighted_sum::<7>(p, v, hd, c, out, fresh),
-            6 => weighted_sum::<6>(p, v, hd, c, out, fresh),
-            5 => weighted_sum::<5>(p, v, hd, c, out, fresh),
-            4 => weighted_sum::<4>(p, v, hd, c, out, fresh),
-            3 => weighted_sum::<3>(p, v, hd, c, out, fresh),
-            2 => weighted_sum::<2>(p, v, hd, c, out, fresh),
-            _ => weighted_sum::<1>(p, v, hd, c, out, fresh),
+        let mut acc = [[_mm256_setzero_ps(); W]; R];
+        let mut row = v.add(c);
+        for t in 0..len {
+            let pt: [__m256; R] = std::array::from_fn(|i| _mm256_set1_ps(*p.add(i * len + t)));
+            for w in 0..W {
+                let vv = _mm256_loadu_ps(row.add(8 * w));
+                for i in 0..R {
+                    acc[i][w] = _mm256_fmadd_ps(pt[i], vv, acc[i][w]);
+                }
+            }
+            row = row.add(hd);
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (w, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(i * hd + c + 8 * w), *acc);
+            }
+        }
+    }
+}
+
+/// [`head_values`] over all of a head's values: chunks of 8 W_MAX values (64 for one head,
+/// 32 for several), then the rest.
+///
+/// # Safety
+/// As [`head_values`]'s.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn all_head_values<const R: usize>(
+    p: *const f32,
+    v: *const f32,
+    hd: usize,
+    len: usize,
+    out: *mut f32,
+) {
+    // SAFETY: the caller upholds this function's contract; each chunk ends inside hd.
+    unsafe {
+        let widest = if R == 1 { 8 } else { 4 };
+        let mut c = 0;
+        while c < hd {
+            let width = ((hd - c) / 8).min(widest);
+            match width {
+                8 => head_values::<R, 8>(p, v, hd, len, c, out),
+                4 => head_values::<R, 4>(p, v, hd, len, c, out),
+                3 => head_values::<R, 3>(p, v, hd, len, c, out),
+                2 => head_values::<R, 2>(p, v, hd, len, c, out),
+                1 => head_values::<R, 1>(p, v, hd, len, c, out),
+                // 5 to 7 (one head, hd not a multiple of 64): four, then the rest.
+                _ => {
+                    head_values::<R, 4>(p, v, hd, len, c, out);
+                    c += 32;
+                    continue;
+                }
+            }
+            c += 8 * width;
         }
     }
 }
@@ -256,41 +327,32 @@ pub(super) unsafe fn attend_heads(
         }
         debug_assert!(hd.is_multiple_of(8) && k.len() >= len * hd && v.len() >= len * hd);
         debug_assert!(out.len() == heads * hd);
-        let (kp, vscale) = (k.as_ptr(), _mm256_set1_ps(scale));
-        // Eight keys at a time (eight independent accumulator chains), for every head while
-        // the eight rows are in L1.
-        let mut t = 0;
-        while t + 8 <= len {
-            for h in 0..heads {
-                let q = qs.as_ptr().add(h * hd);
-                let s = hsum8(&key_lanes::<8>(q, kp.add(t * hd), hd));
-                let dst = scores.as_mut_ptr().add(h * len + t);
-                _mm256_storeu_ps(dst, _mm256_mul_ps(s, vscale));
+        let (qp, kp, vp) = (qs.as_ptr(), k.as_ptr(), v.as_ptr());
+        let (sp, op) = (scores.as_mut_ptr(), out.as_mut_ptr());
+        let mut h = 0;
+        while h < heads {
+            let r = (heads - h).min(HEADS_AT_ONCE);
+            let (q, s) = (qp.add(h * hd), sp.add(h * len));
+            match r {
+                3 => head_scores::<3>(q, kp, hd, len, scale, s),
+                2 => head_scores::<2>(q, kp, hd, len, scale, s),
+                _ => head_scores::<1>(q, kp, hd, len, scale, s),
             }
-            t += 8;
-        }
-        for t in t..len {
-            for h in 0..heads {
-                let q = qs.as_ptr().add(h * hd);
-                scores[h * len + t] = hsum(key_lanes::<1>(q, kp.add(t * hd), hd)[0]) * scale;
-            }
+            h += r;
         }
         for p in scores.chunks_exact_mut(len) {
             softmax(p, f16_probs);
         }
-        // Weighted sum of values: up to 64 of a head's values in registers at a time, the
-        // keys a block at a time, every head per block.
-        let (vp, op) = (v.as_ptr(), out.as_mut_ptr());
-        for c in (0..hd).step_by(64) {
-            let width = (hd - c).min(64) / 8;
-            for b in (0..len).step_by(VALUE_BLOCK) {
-                let keys = b..(b + VALUE_BLOCK).min(len);
-                for h in 0..heads {
-                    let p = &scores[h * len + keys.start..h * len + keys.end];
-                    let v_block = vp.add(keys.start * hd);
-                    weighted_sum_of_width(width, p, v_block, hd, c, op.add(h * hd), b == 0);
-                }
+        let mut h = 0;
+        while h < heads {
+            let r = (heads - h).min(HEADS_AT_ONCE);
+            let (p, o) = (scores.as_ptr().add(h * len), op.add(h * hd));
+            match r {
+                3 => all_head_values::<3>(p, vp, hd, len, o),
+                2 => all_head_values::<2>(p, vp, hd, len, o),
+                _ => all_head_values::<1>(p, vp, hd, len, o),
             }
+            h += r;
         }
     }
 }
