@@ -130,12 +130,24 @@ pub fn attend_group(
     let f16_probs = probs == Probabilities::F16;
     let hd = h.head_dim;
     let scale = 1.0 / (hd as f32).sqrt();
-    let heads = q_g.len() / hd.max(1);
+    // The vector kernel writes heads x hd values and reads len rows: shapes are the caller's
+    // contract, checked here so a wrong one panics instead of writing past a buffer.
+    assert!(
+        hd > 0 && q_g.len().is_multiple_of(hd) && out_g.len() == q_g.len(),
+        "attention: {} query and {} output values for head_dim {hd}",
+        q_g.len(),
+        out_g.len()
+    );
+    let heads = q_g.len() / hd;
     if len == 0 {
         out_g.fill(0.0);
         return;
     }
     scores.resize(heads * len, 0.0);
+    assert!(
+        len <= cap,
+        "attention over {len} positions of a cache of {cap}"
+    );
     let rows = group * cap * hd..(group * cap + len) * hd;
     let (k, v) = (&k[rows.clone()], &v[rows]);
     #[cfg(target_arch = "x86_64")]

@@ -59,7 +59,9 @@ impl Mlp {
         }
         let gate = chosen.add(gate, x, &self.adapters, Part::Gate)?;
         let up = chosen.add(up, x, &self.adapters, Part::Up)?;
-        let h = (gate.silu()? * up)?;
+        // Through the stacked path's op, so a row's bits do not depend on whether an adapter
+        // sent it here (candle's silu uses libm's expf; ours a polynomial within 2 ulp).
+        let h = Tensor::cat(&[&gate, &up], candle_core::D::Minus1)?.apply_op1_no_bwd(&SwiGlu)?;
         let mut y = self.down_proj.forward(&h)?;
         for (_, d) in self.lora.iter().filter(|(p, _)| *p == Part::Down) {
             y = d.add_to(y, &h, None)?;
@@ -69,8 +71,8 @@ impl Mlp {
 }
 
 /// silu(gate) * up from the stacked gate/up output (.., 2f) -> (.., f), in one pass and
-/// without splitting it into two tensors first; silu(x) = x / (1 + e^-x) as candle computes
-/// it, so the result equals the unstacked path's.
+/// without splitting it into two tensors first, by [`silu_gate_in_place`] as the decode path
+/// computes it (the unstacked path concatenates its gate and up to come here too).
 struct SwiGlu;
 
 impl CustomOp1 for SwiGlu {
@@ -117,21 +119,39 @@ mod tests {
     use super::SwiGlu;
 
     #[test]
-    fn stacked_swiglu_equals_silu_times_up() {
-        let y: Vec<f32> = (0..3 * 10)
+    fn stacked_swiglu_is_silu_times_up_by_the_shared_function() {
+        // Rows wider than one 8-lane vector, and odd, so both the vector and the scalar
+        // tail of `silu_gate_in_place` run.
+        let f = 21;
+        let y: Vec<f32> = (0..3 * 2 * f)
             .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7)
             .collect();
-        let y = Tensor::from_vec(y, (1, 3, 10), &Device::Cpu).unwrap();
-        let got = y.apply_op1_no_bwd(&SwiGlu).unwrap();
-        let gate = y.narrow(2, 0, 5).unwrap();
-        let up = y.narrow(2, 5, 5).unwrap();
-        let want = (gate.silu().unwrap() * up).unwrap();
-        assert_eq!(got.dims(), &[1, 3, 5]);
-        let (a, b): (Vec<f32>, Vec<f32>) = (
-            got.flatten_all().unwrap().to_vec1().unwrap(),
-            want.flatten_all().unwrap().to_vec1().unwrap(),
-        );
-        assert_eq!(a, b);
+        let t = Tensor::from_vec(y.clone(), (1, 3, 2 * f), &Device::Cpu).unwrap();
+        let got: Vec<f32> = t
+            .apply_op1_no_bwd(&SwiGlu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut want = Vec::new();
+        for row in y.chunks_exact(2 * f) {
+            let mut g = row[..f].to_vec();
+            crate::ops::silu_gate::silu_gate_in_place(&mut g, &row[f..]);
+            want.extend(g);
+        }
+        assert_eq!(got, want);
+        // And within a few ulp of candle's silu (libm's expf).
+        let (gate, up) = (t.narrow(2, 0, f).unwrap(), t.narrow(2, f, f).unwrap());
+        let candle: Vec<f32> = (gate.silu().unwrap() * up)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, b) in got.iter().zip(&candle) {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+        }
         assert!(Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu)
             .unwrap()
             .apply_op1_no_bwd(&SwiGlu)

@@ -192,8 +192,9 @@ unsafe fn head_values<const R: usize, const W: usize>(
     // SAFETY: the caller upholds this function's contract.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); W]; R];
-        let mut row = v.add(c);
         for t in 0..len {
+            // Formed per key (not stepped past the last row, which `add` does not allow).
+            let row = v.add(t * hd + c);
             let pt: [__m256; R] = std::array::from_fn(|i| _mm256_set1_ps(*p.add(i * len + t)));
             for w in 0..W {
                 let vv = _mm256_loadu_ps(row.add(8 * w));
@@ -201,7 +202,6 @@ unsafe fn head_values<const R: usize, const W: usize>(
                     acc[i][w] = _mm256_fmadd_ps(pt[i], vv, acc[i][w]);
                 }
             }
-            row = row.add(hd);
         }
         for (i, acc) in acc.iter().enumerate() {
             for (w, acc) in acc.iter().enumerate() {
