@@ -4,7 +4,7 @@ overflow checks on) for a fixed budget and reports executions and findings.
 
     python3 scripts/fuzz.py [--runs 10000000 | --until 10000000] [--max-time SECONDS]
                             [--jobs 2] [--targets gguf,gbnf] [--sanitizer address|none]
-                            [--replay-asan] [--out benches/results/DATE-fuzz]
+                            [--replay-asan] [--no-trace-compares] [--out benches/results/DATE-fuzz]
     python3 scripts/fuzz.py --totals
 
 Each target starts from its committed seeds (crates/fuzzing/seeds/TARGET) and its working
@@ -167,8 +167,11 @@ def totals():
     rows = {t: {"asan": 0, "none": 0, "no_trace_compares": 0, "findings": [], "dismissed": 0,
                 "replay": None}
             for t in TARGETS}
-    for path in campaign_files():
-        report = json.loads(path.read_text())
+    # In the order they ran ("campaign10" sorts before "campaign9" by name), so the latest
+    # replay of a corpus is the one reported.
+    reports = sorted((json.loads(p.read_text()) for p in campaign_files()),
+                     key=lambda r: r.get("date", ""))
+    for report in reports:
         kind = "asan" if report.get("sanitizers", "").startswith("address") else "none"
         for r in report.get("results", []):
             if r["target"] in rows:
