@@ -13,11 +13,16 @@ pub struct ModelArgs {
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(short = 'c', long)]
     pub ctx: Option<usize>,
-    /// Repack a GGUF file's weights at every load instead of mapping the packed copy that
+    /// Repack a GGUF file's weights at every load instead of reading the packed copy that
     /// the first load writes to the cache (`$FERROLLAMA_HOME/packed`, or
-    /// `~/.cache/ferrollama/models/packed`).
+    /// `~/.cache/ferrollama/models/packed`); the weights then stay in 4 KiB pages.
     #[arg(long)]
     pub no_pack_cache: bool,
+    /// Map the packed weights' cache file (pages shared by every process running the model)
+    /// instead of reading it into a private copy in huge pages (faster generation: the
+    /// default where the kernel offers transparent huge pages).
+    #[arg(long)]
+    pub map_weights: bool,
     /// A LoRA adapter directory in PEFT's layout (adapter_config.json +
     /// adapter_model.safetensors), applied without merging, its update scaled by SCALE
     /// (default 1); repeatable, the updates add up.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use ferrollama_generate::{Bundle, OpenOptions};
+use ferrollama_model::huge_pages::Placement;
 use ferrollama_tokenizer::{Tokenizer, TokenizerFiles};
 
 use crate::args::ModelArgs;
@@ -33,6 +34,11 @@ pub fn load(args: &ModelArgs) -> Result<Bundle> {
         ctx: args.ctx,
         pack_cache_dir: (!args.no_pack_cache)
             .then(|| ferrollama_assets::models_dir().join("packed")),
+        placement: if args.map_weights {
+            Placement::Mapped
+        } else {
+            Placement::HugePages
+        },
     };
     let mut bundle = Bundle::open(&path, &opts)?;
     for (dir, scale) in args.adapters()? {

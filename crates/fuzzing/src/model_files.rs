@@ -48,6 +48,7 @@ pub fn gguf(data: &[u8]) {
     let opts = OpenOptions {
         ctx: Some(16),
         pack_cache_dir: None,
+        ..OpenOptions::default()
     };
     if let Ok(bundle) = Bundle::open(&path, &opts) {
         exercise(&bundle.model, bundle.n_ctx);

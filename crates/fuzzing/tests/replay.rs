@@ -68,6 +68,7 @@ fn the_model_seeds_load_and_run() {
     let opts = OpenOptions {
         ctx: Some(16),
         pack_cache_dir: None,
+        ..OpenOptions::default()
     };
     let bundle = Bundle::open(&path, &opts).unwrap();
     assert!(bundle.chat_template.is_some());

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ferrollama_gguf::GgufFile;
 use ferrollama_model::hf::{config_from_hf, HfWeights};
+use ferrollama_model::huge_pages::{self, Placement};
 use ferrollama_model::pack_cache::{CacheState, PackCache};
 use ferrollama_model::{Config, GgufWeights, Llama};
 use ferrollama_tokenizer::{Tokenizer, TokenizerFiles};
@@ -23,9 +24,12 @@ pub struct OpenOptions {
     /// Context to run with (default: the model's, at most [`DEFAULT_CTX_CAP`]); more than
     /// the model was trained for is refused.
     pub ctx: Option<usize>,
-    /// Where a GGUF file's repacked weights are cached (and mapped from on later opens);
+    /// Where a GGUF file's repacked weights are cached (and read from on later opens);
     /// `None` repacks in memory every time.
     pub pack_cache_dir: Option<PathBuf>,
+    /// How the cached weights are held: a private copy in huge pages (the default: faster
+    /// generation), or the cache file mapped (pages shared between processes).
+    pub placement: Placement,
 }
 
 /// A model ready to run.
@@ -69,24 +73,49 @@ impl Bundle {
             let model = match &opts.pack_cache_dir {
                 None => Llama::load(&GgufWeights::new(&file), config, n),
                 Some(dir) => {
-                    let cache = PackCache::open(dir, path, file.identity());
+                    let cache = PackCache::open_with(dir, path, file.identity(), opts.placement);
                     if let CacheState::Broken(why) = cache.state() {
                         warnings.push(format!(
                             "ignoring {} ({why}); repacking",
                             cache.path().display()
                         ));
                     }
-                    let model =
-                        Llama::load(&GgufWeights::with_pack_cache(&file, &cache), config, n);
-                    if model.is_ok() {
-                        if let Err(e) = cache.finish() {
+                    let load = |cache: &PackCache| {
+                        Llama::load(
+                            &GgufWeights::with_pack_cache(&file, cache),
+                            config.clone(),
+                            n,
+                        )
+                    };
+                    let model = load(&cache);
+                    let written = match &model {
+                        Ok(_) => cache.finish().unwrap_or_else(|e| {
                             warnings.push(format!(
                                 "could not write the packed weights to {}: {e}",
                                 cache.path().display()
                             ));
+                            false
+                        }),
+                        Err(_) => false,
+                    };
+                    // Packed just now, the matrices sit in the allocator's 4 KiB pages: load
+                    // again from the file just written, into huge pages, as every later open
+                    // will (the first model is dropped first, so it never counts twice).
+                    if written && opts.placement == Placement::HugePages && huge_pages::available()
+                    {
+                        drop(model);
+                        let again =
+                            PackCache::open_with(dir, path, file.identity(), opts.placement);
+                        match again.state() {
+                            CacheState::Hit => load(&again),
+                            // Gone or unreadable already (another process replaced it): pack.
+                            _ => load(&again).inspect(|_| {
+                                let _ = again.finish();
+                            }),
                         }
+                    } else {
+                        model
                     }
-                    model
                 }
             }
             .map_err(context)?;

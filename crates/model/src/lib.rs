@@ -11,6 +11,7 @@ pub mod decode;
 pub mod error;
 pub mod export;
 pub mod hf;
+pub mod huge_pages;
 pub mod kv;
 pub mod layout;
 pub mod linear;

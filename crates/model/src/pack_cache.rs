@@ -1,8 +1,9 @@
-//! A cache of packed weights on disk, memory-mapped. Our kernels need the weights repacked
+//! A cache of packed weights on disk. Our kernels need the weights repacked
 //! (`ferrollama_kernels::packed`), which copies them at every load; with the cache, the
-//! first load writes the packed matrices to one file and later loads map that file: the
-//! model's own tensors are not read, nothing is repacked, and processes running the same
-//! model share the pages.
+//! first load writes the packed matrices to one file and later loads read that file into
+//! huge pages (see [`crate::huge_pages`]) or map it ([`Placement::Mapped`]: processes
+//! running the same model then share the pages): the model's own tensors are not read and
+//! nothing is repacked.
 //!
 //! One file per model path (named by a hash of it), holding a key of the model file's path,
 //! identity (`GgufFile::identity`: size, modification time, and on Unix device, inode and
@@ -26,6 +27,7 @@ use ferrollama_kernels::{
     KFormat, PackedF16, PackedKMatrix, PackedMatrix, SharedBytes, Storage, WeightFormat,
 };
 
+use crate::huge_pages::{self, HugePageCopy, Placement};
 use crate::linear::QuantMatrix;
 
 const MAGIC: &[u8; 8] = b"FLPACK\x00\x01";
@@ -71,9 +73,14 @@ pub struct PackCache {
 
 impl PackCache {
     /// The cache in `dir` for the model file `model`, whose identity (as
-    /// `GgufFile::identity` gives it) is `identity`. Never fails: a cache that cannot be
-    /// read is a miss (and says why in [`Self::state`]).
+    /// `GgufFile::identity` gives it) is `identity`, read into huge pages. Never fails: a
+    /// cache that cannot be read is a miss (and says why in [`Self::state`]).
     pub fn open(dir: &Path, model: &Path, identity: &str) -> Self {
+        Self::open_with(dir, model, identity, Placement::HugePages)
+    }
+
+    /// [`Self::open`] with the weights placed as `placement` asks.
+    pub fn open_with(dir: &Path, model: &Path, identity: &str, placement: Placement) -> Self {
         let source = model.canonicalize().unwrap_or_else(|_| model.to_path_buf());
         let key = format!(
             "{}|{identity}|layout {LAYOUT_VERSION}",
@@ -85,7 +92,7 @@ impl PackCache {
             .unwrap_or_default();
         let hash = fnv1a(source.to_string_lossy().as_bytes());
         let path = dir.join(format!("{stem}-{hash:016x}.packed"));
-        let (state, mapped) = match read(&path, &key) {
+        let (state, mapped) = match read(&path, &key, placement) {
             Ok(Some(m)) => (CacheState::Hit, m),
             Ok(None) => (CacheState::Miss, HashMap::new()),
             Err(why) => (CacheState::Broken(why), HashMap::new()),
@@ -279,16 +286,23 @@ fn write(path: &Path, key: &str, matrices: &[(String, Arc<QuantMatrix>)]) -> std
 
 /// The matrices of the cache file at `path`: None if there is none, an error (why) if it
 /// cannot be used.
-fn read(path: &Path, key: &str) -> Result<Option<HashMap<String, Arc<QuantMatrix>>>, String> {
-    let file = match File::open(path) {
+fn read(
+    path: &Path,
+    key: &str,
+    placement: Placement,
+) -> Result<Option<HashMap<String, Arc<QuantMatrix>>>, String> {
+    let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
-    // SAFETY: the map is read-only; like every memory-mapped model file, it assumes no one
-    // truncates the file while it is mapped (we only ever replace it by renaming).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
-    let bytes: SharedBytes = Arc::new(map);
+    let bytes: SharedBytes = if placement == Placement::HugePages && huge_pages::available() {
+        Arc::new(HugePageCopy::read(&mut file).map_err(|e| e.to_string())?)
+    } else {
+        // SAFETY: the map is read-only; like every memory-mapped model file, it assumes no
+        // one truncates the file while it is mapped (we only ever replace it by renaming).
+        Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?)
+    };
     let mut r = Reader {
         bytes: (*bytes).as_ref(),
         at: 0,

@@ -1,10 +1,11 @@
-//! The packed-weights cache: a first load writes it, a second maps it and computes the
-//! same logits bit for bit without reading the model's matrices, and a damaged or foreign
+//! The packed-weights cache: a first load writes it, a second reads it (into huge pages,
+//! or mapped) and computes the same logits bit for bit without reading the model's matrices, and a damaged or foreign
 //! cache file is reported and rebuilt, never trusted (default model, Q4_1).
 
 use std::path::{Path, PathBuf};
 
 use ferrollama_gguf::GgufFile;
+use ferrollama_model::huge_pages::Placement;
 use ferrollama_model::pack_cache::{CacheState, PackCache};
 use ferrollama_model::{Config, GgufWeights, Llama};
 
@@ -16,7 +17,16 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// Loads through a cache in `dir`; returns the cache state and the logits of a prompt.
 fn load_and_run(file: &GgufFile, model: &Path, dir: &Path) -> (CacheState, Vec<u32>) {
-    let cache = PackCache::open(dir, model, file.identity());
+    load_placed(file, model, dir, Placement::HugePages)
+}
+
+fn load_placed(
+    file: &GgufFile,
+    model: &Path,
+    dir: &Path,
+    placement: Placement,
+) -> (CacheState, Vec<u32>) {
+    let cache = PackCache::open_with(dir, model, file.identity(), placement);
     let state = cache.state().clone();
     let cfg = Config::from_gguf(file).unwrap();
     let m = Llama::load(&GgufWeights::with_pack_cache(file, &cache), cfg, 64).unwrap();
@@ -48,8 +58,11 @@ fn second_load_maps_the_cache_and_computes_the_same() {
     assert_eq!(first, CacheState::Miss);
     let (second, from_cache) = load_and_run(&file, &model, &dir);
     assert_eq!(second, CacheState::Hit);
+    let (third, from_map) = load_placed(&file, &model, &dir, Placement::Mapped);
+    assert_eq!(third, CacheState::Hit);
     assert_eq!(from_packing, plain);
     assert_eq!(from_cache, plain);
+    assert_eq!(from_map, plain);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -214,6 +214,7 @@ pub fn sample_answers_with(
         &OpenOptions {
             ctx: Some(n_ctx),
             pack_cache_dir: None,
+            ..OpenOptions::default()
         },
     )?;
     let adapter = adapter

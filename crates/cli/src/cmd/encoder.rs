@@ -62,6 +62,7 @@ impl Encoder {
                     model: Some(p.to_path_buf()),
                     ctx: None,
                     no_pack_cache: false,
+                    map_weights: false,
                     lora: Vec::new(),
                 })?;
                 Ok(Self::Decoder {

@@ -112,6 +112,7 @@ pub fn run(a: Args) -> Result<()> {
         ctx: Some(a.compare_ctx),
         lora: Vec::new(),
         no_pack_cache: true,
+        map_weights: false,
     })?;
     let tokens = unmerged.tokenizer.encode(&text, true, false);
     let bos = unmerged

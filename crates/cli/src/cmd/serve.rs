@@ -29,9 +29,13 @@ pub struct Args {
     /// model's context, at most 4096).
     #[arg(short = 'c', long)]
     pub ctx: Option<usize>,
-    /// Repack the weights at load instead of mapping the cached packed copy.
+    /// Repack the weights at load instead of reading the cached packed copy.
     #[arg(long)]
     pub no_pack_cache: bool,
+    /// Map the cached packed copy (pages shared between processes) instead of reading it
+    /// into huge pages.
+    #[arg(long)]
+    pub map_weights: bool,
     /// A LoRA adapter (PEFT's layout) applied to every request without merging, scaled by
     /// SCALE (default 1); repeatable.
     #[arg(long = "lora", value_name = "DIR[:SCALE]")]
@@ -99,6 +103,7 @@ pub fn run(a: Args) -> Result<()> {
         model: a.model.clone(),
         ctx: per_slot,
         no_pack_cache: a.no_pack_cache,
+        map_weights: a.map_weights,
         lora: a.lora.clone(),
     })?;
     let ctx = a.ctx.unwrap_or(m.n_ctx);

@@ -47,9 +47,9 @@ pub const MAX_ROWS: usize = UBATCH;
 /// Rows of logits a run state holds from the start; more grow the buffer once.
 const LOGIT_ROWS: usize = 16;
 
-/// (Row, KV head) attention tasks per thread from which a step takes a KV head's query
-/// heads together rather than one head per task (fewer tasks would leave a thread idle at
-/// the end: one decoded row has 3 KV heads for 2 threads).
+/// (Row, KV head) attention tasks per thread from which a step deals them out whole;
+/// with fewer, a thread could be left idle at the end (one decoded row has 3 KV heads for
+/// 2 threads), so the step splits the (row, head) pairs evenly instead.
 const GROUP_TASKS_PER_THREAD: usize = 4;
 
 /// The weights of one block as the decode path reads them.
@@ -464,9 +464,9 @@ impl Llama {
 
     /// Attention of `rows` over their caches (keys and values stored), shared among the
     /// threads as (row, KV head) tasks, each taking the query heads that share that KV head
-    /// together (they read its keys and values once), or as (row, head) tasks when there are
-    /// too few of those to keep every thread busy (a decode step). A head's bits are the
-    /// same either way.
+    /// together (they read its keys and values once), or, when there are too few of those
+    /// to keep every thread busy (a decode step), as contiguous shares of the (row, head)
+    /// pairs. A head's bits are the same either way.
     #[allow(clippy::too_many_arguments)]
     fn attention_phase(
         &self,
@@ -479,7 +479,7 @@ impl Llama {
         range: Range<usize>,
     ) -> Result<()> {
         let attn = &self.layers[l].self_attn;
-        let heads = Heads {
+        let heads_shape = Heads {
             n_head: attn.n_head,
             n_kv_head: attn.n_kv_head,
             head_dim: attn.head_dim,
@@ -493,53 +493,71 @@ impl Llama {
         let failed = AtomicBool::new(false);
         let threads = pool::global().threads();
         let n_rep = (nh / attn.n_kv_head.max(1)).max(1);
-        // Heads per task: a KV head's when that still gives every thread several tasks.
-        let per_task = if range.len() * (nh / n_rep) >= GROUP_TASKS_PER_THREAD * threads {
-            n_rep
-        } else {
-            1
-        };
-        let tasks = range.len() * nh / per_task;
-        pool::global().run(&|t| {
-            // SAFETY: one call per thread index.
-            let s = unsafe { scratch.get(t) };
-            // Every threads-th task: the rows of a prompt attend over more keys the later
-            // they come, so contiguous shares would leave the first thread idle.
-            for task in (t..tasks).step_by(threads) {
-                let per_row = nh / per_task;
-                let (r, first) = (range.start + task / per_row, task % per_row * per_task);
-                let Row { seq, pos } = rows[r];
-                let cols = first * hd..(first + per_task) * hd;
-                // SAFETY: Q/K/V are only read in this phase; each (row, heads) output part
-                // is one task's.
-                let q_g = unsafe { qkv.read(r * width + cols.start..r * width + cols.end) };
-                let query = &mut s.query[..cols.len()];
-                query.copy_from_slice(q_g);
-                for q_h in query.chunks_exact_mut(hd) {
-                    self.rope.rotate(q_h, pos);
-                }
-                if round {
-                    round_f16(query);
-                }
-                let Ok(kv) = caches[seq].layers[l].read() else {
-                    failed.store(true, Ordering::Relaxed);
-                    continue;
-                };
-                let out = unsafe { att.part(r * q + cols.start..r * q + cols.end) };
-                attend_group(
-                    heads,
-                    probs,
-                    query,
-                    kv.keys(),
-                    kv.values(),
-                    first / n_rep,
-                    pos + 1,
-                    kv.capacity(),
-                    &mut s.scores,
-                    out,
-                );
+        // Heads `heads` of row `r`, all of one KV head, on the thread with scratch `s`.
+        let attend = |s: &mut Scratch, r: usize, heads: Range<usize>| {
+            let Row { seq, pos } = rows[r];
+            let cols = heads.start * hd..heads.end * hd;
+            // SAFETY: Q/K/V are only read in this phase.
+            let q_g = unsafe { qkv.read(r * width + cols.start..r * width + cols.end) };
+            let query = &mut s.query[..cols.len()];
+            query.copy_from_slice(q_g);
+            for q_h in query.chunks_exact_mut(hd) {
+                self.rope.rotate(q_h, pos);
             }
-        });
+            if round {
+                round_f16(query);
+            }
+            let Ok(kv) = caches[seq].layers[l].read() else {
+                failed.store(true, Ordering::Relaxed);
+                return;
+            };
+            // SAFETY: each (row, heads) output part is one call's, in one thread's share.
+            let out = unsafe { att.part(r * q + cols.start..r * q + cols.end) };
+            attend_group(
+                heads_shape,
+                probs,
+                query,
+                kv.keys(),
+                kv.values(),
+                heads.start / n_rep,
+                pos + 1,
+                kv.capacity(),
+                &mut s.scores,
+                out,
+            );
+        };
+        let groups = range.len() * (nh / n_rep);
+        if groups >= GROUP_TASKS_PER_THREAD * threads {
+            pool::global().run(&|t| {
+                // SAFETY: one call per thread index.
+                let s = unsafe { scratch.get(t) };
+                // Every threads-th (row, KV head): the rows of a prompt attend over more keys
+                // the later they come, so contiguous shares would leave the first thread idle.
+                for task in (t..groups).step_by(threads) {
+                    let (r, g) = (range.start + task / (nh / n_rep), task % (nh / n_rep));
+                    attend(s, r, g * n_rep..(g + 1) * n_rep);
+                }
+            });
+        } else {
+            // Few rows (a decode step): each thread a contiguous share of the (row, head)
+            // pairs, taken a KV head's run at a time, so a KV head's keys and values are read
+            // once per thread that needs them (one row of the default model: heads 0-4 and
+            // 5-8, each thread reading two of the three KV heads, not three KV heads for
+            // every other head).
+            pool::global().run(&|t| {
+                // SAFETY: one call per thread index.
+                let s = unsafe { scratch.get(t) };
+                let mine = pool::split(range.len() * nh, threads, t);
+                let mut at = mine.start;
+                while at < mine.end {
+                    let (r, h) = (range.start + at / nh, at % nh);
+                    let end = (h / n_rep + 1) * n_rep;
+                    let end = end.min(h + (mine.end - at));
+                    attend(s, r, h..end);
+                    at += end - h;
+                }
+            });
+        }
         if failed.load(Ordering::Relaxed) {
             return Err(Error::Internal("a KV cache emptied during a step".into()));
         }
