@@ -7,7 +7,7 @@
 //! buffers are advised into huge pages where the kernel offers them: in 4 KiB pages the
 //! same stream ran a fifth slower here.
 
-use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ferrollama_model::huge_pages::HugePageBuffer;
@@ -18,41 +18,63 @@ pub const BYTES_PER_THREAD: usize = 256 << 20;
 
 /// Aggregate read rate in bytes per second of `threads` threads, each summing its own
 /// `bytes` (rounded down to whole u64 words) `reps` times after one untimed pass that
-/// brings the pages in.
-pub fn read_bandwidth(threads: usize, bytes: usize, reps: usize) -> f64 {
+/// brings the pages in. None when a thread cannot be started or its buffer allocated: a
+/// part of the machine's rate would pass for all of it.
+pub fn read_bandwidth(threads: usize, bytes: usize, reps: usize) -> Option<f64> {
     let threads = threads.max(1);
     let reps = reps.max(1);
     let words = (bytes / 8).max(1);
-    let start = Barrier::new(threads);
+    // The threads start streaming together, once all have their buffers in memory: a gate
+    // that every thread passes (also one that failed), and that a failed spawn opens too.
+    let ready = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let wait_for_all = || {
+        ready.fetch_add(1, Ordering::SeqCst);
+        while ready.load(Ordering::SeqCst) < threads && !failed.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        !failed.load(Ordering::SeqCst)
+    };
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let start = &start;
-                s.spawn(move || {
-                    let Ok(mut bytes) = HugePageBuffer::zeroed(words * 8) else {
-                        // The others wait for this thread at the start.
-                        start.wait();
-                        return 0.0;
-                    };
-                    // SAFETY: any bytes are a valid u64; the start is huge-page aligned, so
-                    // the aligned middle is the whole buffer.
-                    let (_, buf, _) = unsafe { bytes.align_to_mut::<u64>() };
-                    for (i, w) in buf.iter_mut().enumerate() {
-                        *w = i as u64 ^ t as u64;
-                    }
-                    let buf = &*buf;
-                    std::hint::black_box(sum_words(buf));
-                    start.wait();
-                    let t0 = Instant::now();
-                    for _ in 0..reps {
-                        std::hint::black_box(sum_words(std::hint::black_box(buf)));
-                    }
-                    (reps * words * 8) as f64 / t0.elapsed().as_secs_f64()
-                })
-            })
+        let mut workers = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let (wait_for_all, failed) = (&wait_for_all, &failed);
+            let spawned = std::thread::Builder::new().spawn_scoped(s, move || {
+                let Ok(mut bytes) = HugePageBuffer::zeroed(words * 8) else {
+                    failed.store(true, Ordering::SeqCst);
+                    wait_for_all();
+                    return None;
+                };
+                // SAFETY: any bytes are a valid u64. The rate counts the aligned middle only.
+                let (_, buf, _) = unsafe { bytes.align_to_mut::<u64>() };
+                for (i, w) in buf.iter_mut().enumerate() {
+                    *w = i as u64 ^ t as u64;
+                }
+                let buf = &*buf;
+                std::hint::black_box(sum_words(buf));
+                if !wait_for_all() {
+                    return None;
+                }
+                let t0 = Instant::now();
+                for _ in 0..reps {
+                    std::hint::black_box(sum_words(std::hint::black_box(buf)));
+                }
+                Some((reps * buf.len() * 8) as f64 / t0.elapsed().as_secs_f64())
+            });
+            match spawned {
+                Ok(w) => workers.push(w),
+                Err(_) => {
+                    failed.store(true, Ordering::SeqCst);
+                    break;
+                }
+            }
+        }
+        // Every thread must give its figure (a panic or a failure leaves none).
+        let rates: Option<Vec<f64>> = workers
+            .into_iter()
+            .map(|w| w.join().ok().flatten())
             .collect();
-        // A thread that cannot spawn or panics leaves no figure; report none rather than half.
-        workers.into_iter().map(|w| w.join().unwrap_or(0.0)).sum()
+        rates.filter(|r| r.len() == threads).map(|r| r.iter().sum())
     })
 }
 
@@ -91,7 +113,7 @@ mod tests {
     #[test]
     fn probe_gives_a_finite_positive_rate() {
         for threads in [1, 2] {
-            let r = read_bandwidth(threads, 1 << 20, 2);
+            let r = read_bandwidth(threads, 1 << 20, 2).expect("a figure");
             assert!(r.is_finite() && r > 0.0, "{threads} threads: {r}");
         }
     }

@@ -100,18 +100,29 @@ impl Bundle {
                     };
                     // Packed just now, the matrices sit in the allocator's 4 KiB pages: load
                     // again from the file just written, into huge pages, as every later open
-                    // will (the first model is dropped first, so it never counts twice).
+                    // will. The first model goes first, and the cache with it (it holds the
+                    // matrices it wrote), so the weights never count twice.
                     if written && opts.placement == Placement::HugePages && huge_pages::available()
                     {
                         drop(model);
+                        drop(cache);
                         let again =
                             PackCache::open_with(dir, path, file.identity(), opts.placement);
                         match again.state() {
                             CacheState::Hit => load(&again),
-                            // Gone or unreadable already (another process replaced it): pack.
-                            _ => load(&again).inspect(|_| {
-                                let _ = again.finish();
-                            }),
+                            // Gone or unreadable already (another process replaced it, or
+                            // memory ran short): pack again, in 4 KiB pages.
+                            state => {
+                                if let CacheState::Broken(why) = state {
+                                    warnings.push(format!(
+                                        "could not read back {} ({why}); repacking",
+                                        again.path().display()
+                                    ));
+                                }
+                                load(&again).inspect(|_| {
+                                    let _ = again.finish();
+                                })
+                            }
                         }
                     } else {
                         model

@@ -205,8 +205,14 @@ mod tests {
 
     #[test]
     fn simd_path_gives_the_references_bits() {
-        // Values with ties (halves after scaling), repeated extremes of both signs, tiny and
-        // huge magnitudes, zeros, and non-finite values.
+        #[cfg(target_arch = "x86_64")]
+        if !crate::avx2_available() {
+            eprintln!("SKIPPED: the CPU lacks AVX2, so both sides would be the reference");
+            return;
+        }
+        // Values with ties (halves after scaling), repeated extremes of both signs, negative
+        // zeros, subnormals beside normal values, blocks too small to scale though normal,
+        // zeros, and non-finite values.
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             seed ^= seed << 13;
@@ -214,25 +220,32 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for case in 0..3000 {
-            let scale = [1.0, 1e-3, 1e-30, 1e30, 254.0, 1e-39][case % 6];
+        for case in 0..4000 {
+            let scale = [1.0, 1e-3, 1e-30, 1e30, 254.0, 1e-39, 2e-38][case % 7];
             let mut x: Vec<f32> = (0..2 * QK_K)
                 .map(|_| ((next() % 2001) as f32 - 1000.0) / 1000.0 * scale)
                 .collect();
-            match case % 7 {
-                1 => x[(next() % 512) as usize] = -scale * 2.0,
+            let mut at = || (next() % 512) as usize;
+            match case % 10 {
+                1 => x[at()] = -scale * 2.0,
                 2 => {
                     // The extreme twice, with both signs: the first one sets the sign.
-                    let (i, j) = ((next() % 512) as usize, (next() % 512) as usize);
+                    let (i, j) = (at(), at());
                     x[i] = 3.0 * scale;
                     x[j] = -3.0 * scale;
                 }
-                3 => x[(next() % 512) as usize] = f32::NAN,
-                4 => x[(next() % 512) as usize] = f32::NEG_INFINITY,
+                3 => x[at()] = f32::NAN,
+                4 => x[at()] = [f32::NEG_INFINITY, f32::INFINITY][case % 20 / 10],
                 5 => x[..QK_K].iter_mut().for_each(|v| *v = 0.0),
                 6 => x
                     .iter_mut()
                     .for_each(|v| *v = (*v * 254.0).round() / 2.0 * scale),
+                7 => (0..40).for_each(|_| x[at()] = -0.0),
+                8 => (0..40).for_each(|_| {
+                    let i = at();
+                    x[i] = f32::from_bits(1 + (i as u32 * 0x9e37) % 0x7f_ffff);
+                }),
+                9 => x[..QK_K].iter_mut().for_each(|v| *v = -0.0),
                 _ => {}
             }
             let (mut fast, mut plain) = ([BlockQ8K::default(); 2], [BlockQ8K::default(); 2]);

@@ -5,13 +5,14 @@
 //! than the TLB holds, and the hardware prefetchers stop at every page boundary. In
 //! anonymous memory advised `MADV_HUGEPAGE` the same bytes are 45 pages: a read-only
 //! stream over them ran at 35-36 GB/s against 27-28 GB/s in 4 KiB pages (2 threads, AMD
-//! EPYC Zen 4), and tg128 of the default model's q4_0 file 1.24x faster (median of 8
-//! alternated pairs). The price is a copy at load (the file read once, about 30 ms per
-//! 100 MB) and pages private to the process, where a mapping is shared by every process
-//! running the model: `Placement::Mapped` keeps the mapping.
+//! EPYC Zen 4), and tg128 of the default model's q4_0 file 1.21-1.24x faster (medians of 8
+//! alternated pairs). The price is a copy at load (a 130 MB file: 0.10-0.38 s against
+//! 0.08-0.10 s mapped, the kernel sometimes compacting memory to find huge pages) and
+//! pages private to the process, where a mapping is shared by every process running the
+//! model: `Placement::Mapped` keeps the mapping.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
@@ -57,7 +58,10 @@ impl HugePageBuffer {
     /// `len` zero bytes.
     pub fn zeroed(len: usize) -> std::io::Result<Self> {
         // One page more than asked, so an aligned start fits.
-        let map = MmapOptions::new().len(len + HUGE_PAGE).map_anon()?;
+        let padded = len
+            .checked_add(HUGE_PAGE)
+            .ok_or_else(|| std::io::Error::other("a buffer larger than the address space"))?;
+        let map = MmapOptions::new().len(padded).map_anon()?;
         let start = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
         advise_huge(&map);
         Ok(Self { map, start, len })
@@ -90,6 +94,7 @@ impl HugePageCopy {
         let len = usize::try_from(file.metadata()?.len())
             .map_err(|_| std::io::Error::other("a file larger than the address space"))?;
         let mut buf = HugePageBuffer::zeroed(len)?;
+        file.seek(SeekFrom::Start(0))?;
         // Nothing more is read: a file that grew since `metadata` is not ours to take.
         file.read_exact(&mut buf)?;
         Ok(Self {

@@ -297,6 +297,8 @@ fn read(
         Err(e) => return Err(e.to_string()),
     };
     let bytes: SharedBytes = if placement == Placement::HugePages && huge_pages::available() {
+        // A stale or foreign file is told by its first bytes, before a model-sized copy.
+        check_key(&mut file, key)?;
         Arc::new(HugePageCopy::read(&mut file).map_err(|e| e.to_string())?)
     } else {
         // SAFETY: the map is read-only; like every memory-mapped model file, it assumes no
@@ -337,6 +339,22 @@ fn read(
         matrices.insert(name, Arc::new(m));
     }
     Ok(Some(matrices))
+}
+
+/// Whether the file starts with this version's magic and `key` (the reader checks both
+/// again on the whole file).
+fn check_key(file: &mut File, key: &str) -> Result<(), String> {
+    let mut head = vec![0u8; MAGIC.len() + 4 + key.len()];
+    std::io::Read::read_exact(file, &mut head)
+        .map_err(|_| "not a packed-weights file of this version")?;
+    if &head[..MAGIC.len()] != MAGIC {
+        return Err("not a packed-weights file of this version".into());
+    }
+    let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+    if len != key.len() || &head[12..] != key.as_bytes() {
+        return Err("made from another file or another layout version".into());
+    }
+    Ok(())
 }
 
 fn matrix(

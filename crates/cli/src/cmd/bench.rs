@@ -125,7 +125,8 @@ pub fn run(mut a: Args) -> Result<()> {
     let peak_rss = peak_rss_bytes();
     let weight_bytes = weight_bytes(&m.path);
     let bandwidth = (!a.no_bandwidth)
-        .then(|| crate::bandwidth::read_bandwidth(threads, crate::bandwidth::BYTES_PER_THREAD, 5));
+        .then(|| crate::bandwidth::read_bandwidth(threads, crate::bandwidth::BYTES_PER_THREAD, 5))
+        .flatten();
     // Generation reads every weight once per token: bandwidth / weight bytes tokens per second
     // at most.
     let fraction = |r: &Record| match (bandwidth, weight_bytes) {
@@ -194,6 +195,11 @@ pub fn run(mut a: Args) -> Result<()> {
         );
     }
     println!("peak RSS: {:.1} MiB", peak_rss as f64 / (1 << 20) as f64);
+    if bandwidth.is_none() && !a.no_bandwidth {
+        eprintln!(
+            "warning: the bandwidth probe did not run (a thread or its buffer could not be had)"
+        );
+    }
     if let Some(bw) = bandwidth {
         println!("read bandwidth ({threads} threads): {:.1} GB/s", bw / 1e9);
         for r in &records {

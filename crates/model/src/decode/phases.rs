@@ -207,7 +207,8 @@ pub(super) const FFN_UNIT: usize = 16;
 
 /// Thread `t`'s share of the feed-forward columns: gate, then up combined with it by
 /// SwiGLU as silu(g) * u (by the function the candle path uses, so with its bits), into
-/// `hidden` (rows of `f`); `ups` holds each thread's buffer of [`SWIGLU_COLUMNS`] x m values.
+/// `hidden` (rows of `f`); `ups` holds each thread's buffer of [`SWIGLU_COLUMNS`] x
+/// max_rows values (the most rows a step of the run state takes).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn swiglu_product(
     gate: &Piece,
@@ -227,13 +228,13 @@ pub(super) fn swiglu_product(
     // SAFETY: one call per thread index.
     let ups = unsafe { ups.get(t) };
     // A slice of columns at a time: the gate into `hidden`, the up values beside it, then
-    // SwiGLU row by row over the slice. At a micro-batch's rows a slice is 64 columns: the
-    // gate values wait in L2 (all of a thread's columns at 512 rows were 1.5 MiB, read back
-    // from L3), and SwiGLU's exponentials run over 64 values at a time instead of one
-    // tile's 16, which left them waiting on the latency of one polynomial. At fewer rows a
-    // slice is as wide as the buffer takes, the whole share for a decode step: gate and up
-    // are then one long stream each, not 2.6 KB runs alternating between the two matrices
-    // (tg128 of the default model's q4_0 file 1.07x faster).
+    // SwiGLU row by row over the slice. A slice is as wide as the buffer takes at m rows
+    // (multiples of 16 columns): 64 at the most rows, so the gate values wait in L2 (all of
+    // a thread's columns at 512 rows were 1.5 MiB, read back from L3), and SwiGLU's
+    // exponentials run over 64 values at a time instead of one tile's 16, which left them
+    // waiting on the latency of one polynomial; a thread's whole share at a decode step's
+    // few rows, so gate and up are one long stream each, not 2.6 KB runs alternating
+    // between the two matrices (tg128 of the default model's q4_0 file 1.07x faster).
     let width = (ups.len() / m.max(1) / FFN_UNIT * FFN_UNIT).max(SWIGLU_COLUMNS);
     for start in cols.clone().step_by(width) {
         let cols = start..cols.end.min(start + width);
@@ -262,6 +263,6 @@ pub(super) fn swiglu_product(
     }
 }
 
-/// Columns of the SwiGLU split that one pass of gate, up and SwiGLU covers: 64 columns of
-/// 512 rows are 128 KiB of gate values and as many up values.
+/// Columns of the SwiGLU split that one pass of gate, up and SwiGLU covers at the most rows
+/// (more at fewer): 64 columns of 512 rows are 128 KiB of gate values and as many up values.
 pub(super) const SWIGLU_COLUMNS: usize = 4 * FFN_UNIT;
