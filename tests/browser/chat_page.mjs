@@ -36,34 +36,47 @@ async function step(name, fn) {
   console.log(`ok - ${name} (${Date.now() - t0} ms)`);
 }
 
-// Polls, inside the page every 20 ms, the assistant message at `index`
-// (counted among `#messages .msg.assistant`) until it stops streaming.
-// Returns the distinct non-empty texts seen while data-streaming="true".
+// Watches, inside the page, the assistant message at `index` (counted among
+// `#messages .msg.assistant`) until it stops streaming. Returns the distinct
+// non-empty texts seen while data-streaming="true". Every DOM change is seen (a
+// MutationObserver runs after each task that changed the page, so each streamed
+// chunk the page rendered on its own is counted): polling every 20 ms alone saw a
+// whole reply at once when the model wrote it in less than that.
 async function watchReply(page, index, errorsBefore, timeout) {
   return page.evaluate(async ({ index, errorsBefore, timeout }) => {
     const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
     const t0 = performance.now();
     const seen = [];
     let existed = false;
-    while (performance.now() - t0 < timeout) {
-      const errs = document.querySelectorAll('#messages .msg.error');
-      if (errs.length > errorsBefore) {
-        return { error: errs[errs.length - 1].textContent, seen };
-      }
+    const look = () => {
       const el = document.querySelectorAll('#messages .msg.assistant')[index];
-      if (el) {
-        existed = true;
-        const text = el.textContent;
-        const state = el.getAttribute('data-streaming');
-        if (state === 'true') {
-          if (text && text !== seen[seen.length - 1]) seen.push(text);
-        } else if (state === 'false') {
-          return { done: true, final: text, seen, elapsed: performance.now() - t0 };
+      if (!el) return null;
+      existed = true;
+      const text = el.textContent;
+      const state = el.getAttribute('data-streaming');
+      if (state === 'true' && text && text !== seen[seen.length - 1]) seen.push(text);
+      return { el, text, state };
+    };
+    const observer = new MutationObserver(look);
+    observer.observe(document.getElementById('messages'), {
+      subtree: true, childList: true, characterData: true, attributes: true,
+    });
+    try {
+      while (performance.now() - t0 < timeout) {
+        const errs = document.querySelectorAll('#messages .msg.error');
+        if (errs.length > errorsBefore) {
+          return { error: errs[errs.length - 1].textContent, seen };
         }
+        const now = look();
+        if (now && now.state === 'false') {
+          return { done: true, final: now.text, seen, elapsed: performance.now() - t0 };
+        }
+        await sleep(20);
       }
-      await sleep(20);
+      return { timeout: true, existed, seen };
+    } finally {
+      observer.disconnect();
     }
-    return { timeout: true, existed, seen };
   }, { index, errorsBefore, timeout });
 }
 
