@@ -127,7 +127,13 @@ impl Linear {
                 expected: vec![n, k],
             });
         }
-        let linear = Self::from_qtensor(q)?;
+        let linear = Self::from_qtensor(q).map_err(|e| match e {
+            Error::TensorData { msg, .. } => Error::TensorData {
+                name: name.into(),
+                msg,
+            },
+            e => e,
+        })?;
         if let Self::Quant(m) = &linear {
             w.offer_packed(name, m);
         }
@@ -156,11 +162,20 @@ impl Linear {
                     PackedF16::pack(&q.data()?, n, k)
                 } else {
                     let f16s = q.dequantize_f16(&q.device())?.flatten_all()?;
-                    let bytes: Vec<u8> = f16s
-                        .to_vec1::<half::f16>()?
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect();
+                    let f16s = f16s.to_vec1::<half::f16>()?;
+                    // f16 holds bf16's values up to 65504 (smaller ones below 2^-14 with
+                    // fewer bits); a larger one would become infinite and every product
+                    // with it too. Refused until bf16 has a path of its own.
+                    if let Some(bad) = f16s.iter().find(|v| !v.is_finite()) {
+                        return Err(Error::TensorData {
+                            name: "(a bf16 matrix)".into(),
+                            msg: format!(
+                                "a weight beyond f16's range (65504) or not a number ({bad}): \
+                                 bf16 weights run converted to f16"
+                            ),
+                        });
+                    }
+                    let bytes: Vec<u8> = f16s.iter().flat_map(|v| v.to_le_bytes()).collect();
                     PackedF16::pack(&bytes, n, k)
                 };
                 let packed = packed.map_err(Error::from)?;
