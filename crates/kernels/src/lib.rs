@@ -76,12 +76,44 @@ fn avx512_vnni_detected() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
+/// Whether the 512-bit f16 tiles can run here: AVX-512 F (its 16-lane f16 conversion and
+/// 32 vector registers) beside AVX2, FMA and F16C; off, as the VNNI tiles, under
+/// `FERROLLAMA_NO_AVX512` or [`use_avx2_tiles_only`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512f_available() -> bool {
+    use std::sync::OnceLock;
+    static YES: OnceLock<bool> = OnceLock::new();
+    let yes = *YES
+        .get_or_init(|| avx512f_detected() && std::env::var_os("FERROLLAMA_NO_AVX512").is_none());
+    yes && !AVX2_TILES_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512f_detected() -> bool {
+    avx2_available() && is_x86_feature_detected!("avx512f")
+}
+
+/// For the tests of the 512-bit f16 tiles: whether this machine has AVX-512 F (saying
+/// SKIPPED when it does not).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn avx512f_test_runs(test: &str) -> bool {
+    if avx512f_detected() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: no AVX-512 F on this machine");
+    false
+}
+
 /// Which tiles the quantized products use on this machine, for benchmark reports.
 pub fn kernel_isa() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
         if avx512_vnni_available() {
-            return "avx512-vnni (4-, 5- and 8-bit and K-quant tiles), avx2 (f16, attention)";
+            return "avx512-vnni (4-, 5- and 8-bit and K-quant tiles), avx512f (f16 tiles), \
+                    avx2 (attention)";
+        }
+        if avx512f_available() {
+            return "avx512f (f16 tiles), avx2";
         }
         if avx2_available() {
             return "avx2";

@@ -150,14 +150,14 @@ const GROUP_BLOCK: usize = 16;
 
 /// Calls `emit(row, first_output, sums)` for every activation row and every row group
 /// in `groups` (`sums` holding that group's outputs, the last group's cut at n): chunks of
-/// [`GROUP_BLOCK`] groups, in each blocks of [`ROW_BLOCK`] rows, four rows at a time and a
-/// block's last 1-3 one by one. Every row is computed alike in a tile of one or four, so
-/// the outputs equal the whole products'.
-fn each_tile<const W: usize>(
+/// [`GROUP_BLOCK`] groups, in each blocks of [`ROW_BLOCK`] rows, R rows at a time (R
+/// dividing [`ROW_BLOCK`]) and a block's last 1..R one by one. Every row is computed alike
+/// in a tile of one or R, so the outputs equal the whole products'.
+fn each_tile<const W: usize, const R: usize>(
     n: usize,
     m: usize,
     groups: Range<usize>,
-    mut tile4: impl FnMut(usize, usize) -> [[f32; W]; 4],
+    mut tile_r: impl FnMut(usize, usize) -> [[f32; W]; R],
     mut tile1: impl FnMut(usize, usize) -> [f32; W],
     emit: &mut impl FnMut(usize, usize, &[f32]),
 ) {
@@ -178,11 +178,11 @@ fn each_tile<const W: usize>(
                     }
                 };
                 let mut t = block;
-                while t + 4 <= end {
-                    for (j, s) in tile4(g, t).iter().enumerate() {
+                while t + R <= end {
+                    for (j, s) in tile_r(g, t).iter().enumerate() {
                         out(t + j, s);
                     }
-                    t += 4;
+                    t += R;
                 }
                 for t in t..end {
                     out(t, &tile1(g, t));
@@ -292,14 +292,29 @@ impl PackedF16 {
     ) {
         let k = self.shape().1;
         let row = |t: usize| &p.f16[t * k..(t + 1) * k];
-        each_tile(
-            self.shape().0,
-            m,
-            groups,
-            |g, t| packed_f16::tile(self.group(g), [row(t), row(t + 1), row(t + 2), row(t + 3)]),
-            |g, t| packed_f16::tile(self.group(g), [row(t)])[0],
-            emit,
-        );
+        let n = self.shape().0;
+        let one = |g: usize, t: usize| packed_f16::tile(self.group(g), [row(t)])[0];
+        if packed_f16::prompt_tile_rows() == 8 {
+            let rows = |t: usize| std::array::from_fn::<_, 8, _>(|j| row(t + j));
+            each_tile(
+                n,
+                m,
+                groups,
+                |g, t| packed_f16::tile(self.group(g), rows(t)),
+                one,
+                emit,
+            );
+        } else {
+            let rows = |t: usize| std::array::from_fn::<_, 4, _>(|j| row(t + j));
+            each_tile(
+                n,
+                m,
+                groups,
+                |g, t| packed_f16::tile(self.group(g), rows(t)),
+                one,
+                emit,
+            );
+        }
     }
 }
 
