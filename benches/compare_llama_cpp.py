@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side speed of ferrollama and llama.cpp on the same GGUF files, same machine.
 
-For the default model (Q4_1) and its q8_0, q4_0, f16, q4_K and q6_K variants (made with
+For the default model (Q4_1) and its q8_0, q4_0, f16, bf16, q4_K and q6_K variants (made with
 `ferrollama quantize`; the K-quant files hold K-quants where rows are whole 256-blocks and
 llama-quantize's fallback, q5_0 or q8_0, elsewhere), it alternates the two runtimes, A B A B, for --pairs pairs, each
 run measuring pp (one batched forward over a 512-token prompt) and tg (128 single-token
@@ -16,7 +16,7 @@ cmake and native flags from the same release's source, see llama_cpp_build.py: n
 the loop, the fairest peer), on files quantized by llama.cpp's own `llama-quantize` from the
 f16 file (q4_K as Q4_K_S, q6_K as Q6_K); peak RSS is then the process's, from wait4.
 
-    python3 benches/compare_llama_cpp.py [--pairs 5] [--threads 2] [--types q4_1,q8_0,q4_0,f16,q4_K,q6_K]
+    python3 benches/compare_llama_cpp.py [--pairs 5] [--threads 2] [--types q4_1,q8_0,q4_0,f16,bf16,q4_K,q6_K]
                                          [--peer python|llama-bench]
 """
 
@@ -118,7 +118,7 @@ def model_files(types):
 
 
 # llama-quantize's names for the types compared.
-LLAMA_QUANTIZE_TYPES = {"q4_1": "Q4_1", "q8_0": "Q8_0", "q4_0": "Q4_0", "f16": "F16",
+LLAMA_QUANTIZE_TYPES = {"q4_1": "Q4_1", "q8_0": "Q8_0", "q4_0": "Q4_0", "f16": "F16", "bf16": "BF16",
                         "q4_K": "Q4_K_S", "q6_K": "Q6_K", "q5_0": "Q5_0", "q5_1": "Q5_1"}
 
 
@@ -171,7 +171,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--types", default="q4_1,q8_0,q4_0,f16,q4_K,q6_K")
+    ap.add_argument("--types", default="q4_1,q8_0,q4_0,f16,bf16,q4_K,q6_K")
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
     ap.add_argument("--out", type=pathlib.Path, default=REPO / "benches/results")

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod error;
 pub mod format;
 pub mod packed;
+pub mod packed_bf16;
 pub mod packed_f16;
 pub mod packed_k;
 #[cfg(target_arch = "x86_64")]
@@ -30,6 +31,7 @@ pub mod storage;
 pub use error::KernelError;
 pub use format::WeightFormat;
 pub use packed::PackedMatrix;
+pub use packed_bf16::PackedBf16;
 pub use packed_f16::PackedF16;
 pub use packed_k::{KFormat, PackedKMatrix};
 pub use storage::{SharedBytes, Storage};
@@ -104,13 +106,45 @@ pub(crate) fn avx512f_test_runs(test: &str) -> bool {
     false
 }
 
+/// Whether the bf16 tiles can use `vdpbf16ps` here (AVX-512 F and BF16); off under
+/// `FERROLLAMA_NO_AVX512` or [`use_avx2_tiles_only`], as the other 512-bit tiles.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_bf16_available() -> bool {
+    use std::sync::OnceLock;
+    static YES: OnceLock<bool> = OnceLock::new();
+    let yes = *YES.get_or_init(|| {
+        avx512_bf16_detected() && std::env::var_os("FERROLLAMA_NO_AVX512").is_none()
+    });
+    yes && !AVX2_TILES_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_bf16_detected() -> bool {
+    avx512f_detected() && is_x86_feature_detected!("avx512bf16")
+}
+
+/// For the tests of the bf16 tiles: whether this machine has AVX-512 BF16 (saying SKIPPED
+/// when it does not).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn avx512_bf16_test_runs(test: &str) -> bool {
+    if avx512_bf16_detected() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: no AVX-512 BF16 on this machine");
+    false
+}
+
 /// Which tiles the quantized products use on this machine, for benchmark reports.
 pub fn kernel_isa() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
         if avx512_vnni_available() {
+            if avx512_bf16_available() {
+                return "avx512-vnni (4-, 5- and 8-bit and K-quant tiles), avx512-bf16 (bf16 \
+                        tiles), avx512f (f16 tiles), avx2 (attention)";
+            }
             return "avx512-vnni (4-, 5- and 8-bit and K-quant tiles), avx512f (f16 tiles), \
-                    avx2 (attention)";
+                    avx2 (bf16, attention)";
         }
         if avx512f_available() {
             return "avx512f (f16 tiles), avx2";

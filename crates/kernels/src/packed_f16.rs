@@ -32,13 +32,13 @@ pub struct PackedF16 {
 }
 
 /// The f16 bits, in memory or in a shared buffer (little-endian, 2-byte aligned).
-enum Halves {
+pub(crate) enum Halves {
     Owned(Vec<u16>),
     Shared(Storage),
 }
 
 impl Halves {
-    fn as_slice(&self) -> &[u16] {
+    pub(crate) fn as_slice(&self) -> &[u16] {
         match self {
             Self::Owned(v) => v,
             Self::Shared(s) => halves(s.as_bytes()).unwrap_or(&[]),
@@ -48,7 +48,7 @@ impl Halves {
 
 /// `bytes` read as u16s, if they are 2-byte aligned and whole (and the CPU little-endian,
 /// as the file is).
-fn halves(bytes: &[u8]) -> Option<&[u16]> {
+pub(crate) fn halves(bytes: &[u8]) -> Option<&[u16]> {
     let aligned = bytes.as_ptr().align_offset(std::mem::align_of::<u16>()) == 0;
     if !aligned || !bytes.len().is_multiple_of(2) || cfg!(target_endian = "big") {
         return None;

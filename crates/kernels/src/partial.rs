@@ -8,6 +8,7 @@
 use std::ops::Range;
 
 use crate::packed::{self, LANES};
+use crate::packed_bf16::{self, PackedBf16};
 use crate::packed_f16::{self, PackedF16};
 use crate::packed_k::{self, PackedKMatrix};
 use crate::q8_1::{quantize_row_q8_1, BlockQ8_1, QK};
@@ -15,13 +16,14 @@ use crate::q8_k::{quantize_row_q8_k, BlockQ8K, QK_K};
 use crate::PackedMatrix;
 
 /// Activation rows prepared for the packed products: q8_1 blocks for the 32-value block
-/// formats, q8_K blocks for the K-quants, f16-rounded values for f16 weights. Only the
-/// kind a matrix needs is filled.
+/// formats, q8_K blocks for the K-quants, f16-rounded values for f16 weights, pairs of
+/// bf16 values for bf16 weights. Only the kind a matrix needs is filled.
 #[derive(Default)]
 pub struct Prepared {
     q8_1: Vec<BlockQ8_1>,
     q8_k: Vec<BlockQ8K>,
     f16: Vec<f32>,
+    bf16: Vec<u32>,
 }
 
 impl Prepared {
@@ -31,6 +33,7 @@ impl Prepared {
             q8_1: Vec::with_capacity(rows * k.div_ceil(QK)),
             q8_k: Vec::with_capacity(rows * k.div_ceil(QK_K)),
             f16: Vec::with_capacity(rows * k),
+            bf16: Vec::with_capacity(rows * packed_bf16::pairs(k)),
         }
     }
 }
@@ -44,6 +47,8 @@ pub enum ActivationKind {
     Q8K,
     /// Rounded to f16.
     F16,
+    /// Rounded to bf16, in pairs.
+    Bf16,
 }
 
 impl Prepared {
@@ -66,6 +71,11 @@ impl Prepared {
                 self.f16.clear();
                 self.f16.resize(m * k, 0.0);
                 self.f16.as_mut_ptr().cast()
+            }
+            ActivationKind::Bf16 => {
+                self.bf16.clear();
+                self.bf16.resize(m * packed_bf16::pairs(k), 0);
+                self.bf16.as_mut_ptr().cast()
             }
         };
         PreparedRows { kind, ptr, m, k }
@@ -134,6 +144,16 @@ impl PreparedRows {
                     );
                     out.copy_from_slice(x);
                     packed_f16::round_to_f16(out);
+                }
+                ActivationKind::Bf16 => {
+                    let pairs = packed_bf16::pairs(k);
+                    let out = std::slice::from_raw_parts_mut(
+                        self.ptr.cast::<u32>().add(first * pairs),
+                        rows * pairs,
+                    );
+                    for (o, row) in out.chunks_exact_mut(pairs).zip(x.chunks_exact(k)) {
+                        packed_bf16::round_to_bf16_pairs(row, o);
+                    }
                 }
             }
         }
@@ -318,6 +338,53 @@ impl PackedF16 {
     }
 }
 
+impl PackedBf16 {
+    /// Row groups of [`packed_bf16::LANES`] outputs.
+    pub fn groups(&self) -> usize {
+        self.shape().0.div_ceil(packed_bf16::LANES)
+    }
+
+    /// Rounds `m` activation rows `x` (m, k) to bf16 pairs for [`PackedBf16::tiles`].
+    pub fn prepare(&self, x: &[f32], m: usize, p: &mut Prepared) {
+        p.prepare(ActivationKind::Bf16, x, m, self.shape().1);
+    }
+
+    /// The outputs of row groups `groups` for the `m` rows last prepared in `p`.
+    pub fn tiles(
+        &self,
+        p: &Prepared,
+        m: usize,
+        groups: Range<usize>,
+        emit: &mut impl FnMut(usize, usize, &[f32]),
+    ) {
+        let pairs = packed_bf16::pairs(self.shape().1);
+        let row = |t: usize| &p.bf16[t * pairs..(t + 1) * pairs];
+        let n = self.shape().0;
+        let one = |g: usize, t: usize| packed_bf16::tile(self.group(g), [row(t)])[0];
+        if packed_bf16::prompt_tile_rows() == 8 {
+            let rows = |t: usize| std::array::from_fn::<_, 8, _>(|j| row(t + j));
+            each_tile(
+                n,
+                m,
+                groups,
+                |g, t| packed_bf16::tile(self.group(g), rows(t)),
+                one,
+                emit,
+            );
+        } else {
+            let rows = |t: usize| std::array::from_fn::<_, 4, _>(|j| row(t + j));
+            each_tile(
+                n,
+                m,
+                groups,
+                |g, t| packed_bf16::tile(self.group(g), rows(t)),
+                one,
+                emit,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
@@ -429,6 +496,20 @@ mod tests {
                 w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
             });
             assert_eq!(parts, whole, "f16, m = {m}, filled in parts");
+            let w = PackedBf16::pack(&halves, n, k).unwrap();
+            let mut whole = vec![0f32; m * n];
+            w.matmul(&x, m, &mut whole);
+            let mut p = Prepared::default();
+            w.prepare(&x, m, &mut p);
+            let parts = in_parts(m, n, w.groups(), 2, |g, e| {
+                w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
+            });
+            assert_eq!(parts, whole, "bf16, m = {m}");
+            let p = filled_in_parts(ActivationKind::Bf16, &x, m, k);
+            let parts = in_parts(m, n, w.groups(), 3, |g, e| {
+                w.tiles(&p, m, g, &mut |t, c, s| e(t, c, s))
+            });
+            assert_eq!(parts, whole, "bf16, m = {m}, filled in parts");
         }
     }
 }

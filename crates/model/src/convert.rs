@@ -74,6 +74,22 @@ pub fn requantize(
     Ok(())
 }
 
+/// `src` converted to `target` at `out` unless that file exists: written beside it under a
+/// name of this process and renamed into place, so a concurrent or killed conversion never
+/// leaves a partial file at `out` (the tests' converted copies of the default model).
+pub fn requantize_once(src: &Path, out: &Path, target: GgmlType) -> Result<()> {
+    if out.exists() {
+        return Ok(());
+    }
+    let part = out.with_extension(format!("part{}", std::process::id()));
+    let src = GgufFile::open(src)?;
+    requantize(&src, &part, target, |_, _| {})?;
+    std::fs::rename(&part, out).map_err(|e| Error::Io {
+        file: out.display().to_string(),
+        source: e,
+    })
+}
+
 /// The type llama-quantize gives a tensor when the file's type is `target`: vectors stay
 /// f32; the output projection (or the token embedding standing in for it) keeps more bits
 /// (q6_K, or q8_0 when its rows are not whole 256-blocks) under 4- and 5-bit targets;

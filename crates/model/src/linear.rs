@@ -3,7 +3,8 @@
 //! dot product has no SIMD path, its Q8_0 product was a fifth of a batched decode step for
 //! the output projection alone, its K-quant products work row by row, and its f16 product
 //! ran at half llama.cpp's speed); every other type (the IQ types, ...) through candle's QMatMul.
-//! f16/bf16 weights are kept in f16 and multiplied with f16 activations, as llama.cpp does.
+//! f16 weights are multiplied with f16-rounded activations and bf16 weights with
+//! bf16-rounded ones (AVX-512 BF16's `vdpbf16ps` where the CPU has it), as llama.cpp does.
 
 use std::sync::Arc;
 
@@ -12,7 +13,9 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
 pub use ferrollama_kernels::partial::ActivationKind;
 use ferrollama_kernels::partial::Prepared;
-use ferrollama_kernels::{KFormat, PackedF16, PackedKMatrix, PackedMatrix, WeightFormat};
+use ferrollama_kernels::{
+    KFormat, PackedBf16, PackedF16, PackedKMatrix, PackedMatrix, WeightFormat,
+};
 
 use crate::error::{Error, Result};
 use crate::weights::WeightSource;
@@ -30,6 +33,7 @@ pub enum QuantMatrix {
     Blocks(PackedMatrix),
     K(PackedKMatrix),
     F16(PackedF16),
+    Bf16(PackedBf16),
 }
 
 impl QuantMatrix {
@@ -39,6 +43,7 @@ impl QuantMatrix {
             Self::Blocks(p) => p.dequantize_row(r, out),
             Self::K(p) => p.dequantize_row(r, out),
             Self::F16(p) => p.dequantize_row(r, out),
+            Self::Bf16(p) => p.dequantize_row(r, out),
         }
     }
 
@@ -48,13 +53,15 @@ impl QuantMatrix {
             Self::Blocks(p) => p.shape(),
             Self::K(p) => p.shape(),
             Self::F16(p) => p.shape(),
+            Self::Bf16(p) => p.shape(),
         }
     }
 
-    /// Output rows per group of the packed layout (8, or 16 for f16).
+    /// Output rows per group of the packed layout (8, or 16 for f16 and bf16).
     pub fn lanes(&self) -> usize {
         match self {
             Self::F16(_) => ferrollama_kernels::packed_f16::LANES,
+            Self::Bf16(_) => ferrollama_kernels::packed_bf16::LANES,
             _ => ferrollama_kernels::packed::LANES,
         }
     }
@@ -65,6 +72,7 @@ impl QuantMatrix {
             Self::Blocks(p) => p.groups(),
             Self::K(p) => p.groups(),
             Self::F16(p) => p.groups(),
+            Self::Bf16(p) => p.groups(),
         }
     }
 
@@ -75,6 +83,7 @@ impl QuantMatrix {
             Self::Blocks(_) => ActivationKind::Q8_1,
             Self::K(_) => ActivationKind::Q8K,
             Self::F16(_) => ActivationKind::F16,
+            Self::Bf16(_) => ActivationKind::Bf16,
         }
     }
 
@@ -84,6 +93,7 @@ impl QuantMatrix {
             Self::Blocks(w) => w.prepare(x, m, p),
             Self::K(w) => w.prepare(x, m, p),
             Self::F16(w) => w.prepare(x, m, p),
+            Self::Bf16(w) => w.prepare(x, m, p),
         }
     }
 
@@ -100,6 +110,7 @@ impl QuantMatrix {
             Self::Blocks(w) => w.tiles(p, m, groups, emit),
             Self::K(w) => w.tiles(p, m, groups, emit),
             Self::F16(w) => w.tiles(p, m, groups, emit),
+            Self::Bf16(w) => w.tiles(p, m, groups, emit),
         }
     }
 
@@ -108,6 +119,7 @@ impl QuantMatrix {
             Self::Blocks(p) => p.matmul(x, m, y),
             Self::K(p) => p.matmul(x, m, y),
             Self::F16(p) => p.matmul(x, m, y),
+            Self::Bf16(p) => p.matmul(x, m, y),
         }
     }
 }
@@ -157,29 +169,13 @@ impl Linear {
                 let packed = pack_k(q.dtype(), &q.data()?, n, k)?;
                 Ok(Self::Quant(Arc::new(packed)))
             }
-            GgmlDType::F16 | GgmlDType::BF16 => {
-                let packed = if q.dtype() == GgmlDType::F16 {
-                    PackedF16::pack(&q.data()?, n, k)
-                } else {
-                    let f16s = q.dequantize_f16(&q.device())?.flatten_all()?;
-                    let f16s = f16s.to_vec1::<half::f16>()?;
-                    // f16 holds bf16's values up to 65504 (smaller ones below 2^-14 with
-                    // fewer bits); a larger one would become infinite and every product
-                    // with it too. Refused until bf16 has a path of its own.
-                    if let Some(bad) = f16s.iter().find(|v| !v.is_finite()) {
-                        return Err(Error::TensorData {
-                            name: "(a bf16 matrix)".into(),
-                            msg: format!(
-                                "a weight beyond f16's range (65504) or not a number ({bad}): \
-                                 bf16 weights run converted to f16"
-                            ),
-                        });
-                    }
-                    let bytes: Vec<u8> = f16s.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    PackedF16::pack(&bytes, n, k)
-                };
-                let packed = packed.map_err(Error::from)?;
+            GgmlDType::F16 => {
+                let packed = PackedF16::pack(&q.data()?, n, k).map_err(Error::from)?;
                 Ok(Self::Quant(Arc::new(QuantMatrix::F16(packed))))
+            }
+            GgmlDType::BF16 => {
+                let packed = PackedBf16::pack(&q.data()?, n, k).map_err(Error::from)?;
+                Ok(Self::Quant(Arc::new(QuantMatrix::Bf16(packed))))
             }
             _ => Ok(Self::Candle(QMatMul::from_arc(q)?)),
         }
@@ -344,6 +340,7 @@ impl Stacked {
                 | GgmlDType::Q5K
                 | GgmlDType::Q6K
                 | GgmlDType::F16
+                | GgmlDType::BF16
         ) && parts.iter().all(|q| q.dtype() == dtype);
         let inner = if stackable {
             let mut bytes = Vec::new();
@@ -359,6 +356,7 @@ impl Stacked {
                 | GgmlDType::Q5K
                 | GgmlDType::Q6K => Ok(pack_k(dtype, &bytes, n, k)?),
                 GgmlDType::F16 => PackedF16::pack(&bytes, n, k).map(QuantMatrix::F16),
+                GgmlDType::BF16 => PackedBf16::pack(&bytes, n, k).map(QuantMatrix::Bf16),
                 _ => match block_format(dtype) {
                     Some(format) => {
                         PackedMatrix::pack(format, &bytes, n, k).map(QuantMatrix::Blocks)

@@ -24,15 +24,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferrollama_kernels::{
-    KFormat, PackedF16, PackedKMatrix, PackedMatrix, SharedBytes, Storage, WeightFormat,
+    KFormat, PackedBf16, PackedF16, PackedKMatrix, PackedMatrix, SharedBytes, Storage, WeightFormat,
 };
 
 use crate::huge_pages::{self, HugePageCopy, Placement};
 use crate::linear::QuantMatrix;
 
 const MAGIC: &[u8; 8] = b"FLPACK\x00\x01";
-/// Bumped whenever a packed layout changes: older files are then not read.
-const LAYOUT_VERSION: u32 = 1;
+/// Bumped whenever a packed layout changes: older files are then not read. 2: bf16
+/// matrices packed as bf16 (version 1 held them converted to f16).
+const LAYOUT_VERSION: u32 = 2;
 const ALIGN: usize = 64;
 
 const BLOCK_FORMATS: [WeightFormat; 5] = [
@@ -244,6 +245,7 @@ fn kind_of(m: &QuantMatrix) -> Option<(u8, u8, usize, usize, &[u8])> {
             (1, f as u8, n, k, p.packed_bytes())
         }
         QuantMatrix::F16(p) => (2, 0, n, k, p.packed_bytes()),
+        QuantMatrix::Bf16(p) => (3, 0, n, k, p.packed_bytes()),
     })
 }
 
@@ -379,6 +381,7 @@ fn matrix(
             PackedKMatrix::from_packed(f, n, k, storage).map(QuantMatrix::K)
         }
         2 => PackedF16::from_packed(n, k, storage).map(QuantMatrix::F16),
+        3 => PackedBf16::from_packed(n, k, storage).map(QuantMatrix::Bf16),
         _ => return Err(bad_format()),
     }
     .map_err(|e| e.to_string())

@@ -1,17 +1,30 @@
 //! The decode path (`ferrollama_model::decode`) gives the candle path's bits: prompts (one
 //! micro-batch and several), single tokens, batches of sequences with several tokens
 //! each, clones of one cache scored side by side, and both attention precisions (default
-//! model, Q4_1).
+//! model, Q4_1; and the default model converted to bf16).
 
-use ferrollama_gguf::GgufFile;
+use ferrollama_gguf::{GgmlType, GgufFile};
 use ferrollama_model::attention::Precision;
 use ferrollama_model::llama::{Cache, SeqBatch};
 use ferrollama_model::{Config, GgufWeights, Llama};
 
 fn model() -> Llama {
-    let file = GgufFile::open(ferrollama_assets::default_model().unwrap()).unwrap();
+    load(&ferrollama_assets::default_model().unwrap())
+}
+
+fn load(path: &std::path::Path) -> Llama {
+    let file = GgufFile::open(path).unwrap();
     let cfg = Config::from_gguf(&file).unwrap();
     Llama::load(&GgufWeights::new(&file), cfg, 1024).unwrap()
+}
+
+/// The default model converted to bf16 once into the models directory (its own kernels:
+/// pairs for `vdpbf16ps`, activations rounded to bf16).
+fn bf16_model() -> Llama {
+    let out = ferrollama_assets::models_dir().join("SmolLM2-135M-Instruct.bf16-from-q4_1.gguf");
+    let src = ferrollama_assets::default_model().unwrap();
+    ferrollama_model::convert::requantize_once(&src, &out, GgmlType::BF16).unwrap();
+    load(&out)
 }
 
 /// A prompt, then single tokens: the logits of every pass, on one path or the other.
@@ -44,6 +57,18 @@ fn single_sequence_steps_give_the_candle_paths_bits() {
             assert!(a == b, "{precision:?}: pass {i} differs");
         }
     }
+}
+
+#[test]
+fn bf16_weights_give_the_candle_paths_bits() {
+    let m = bf16_model();
+    let fast = decode(&m, true);
+    let candle = decode(&m, false);
+    for (i, (a, b)) in fast.iter().zip(&candle).enumerate() {
+        assert!(a == b, "pass {i} differs");
+    }
+    let batched = batches(&m, true, false);
+    assert_eq!(batched, batches(&m, false, false), "batched steps differ");
 }
 
 /// Three sequences of different lengths, then steps of 1-3 tokens each.

@@ -1,10 +1,10 @@
 //! The packed-weights cache: a first load writes it, a second reads it (into huge pages,
 //! or mapped) and computes the same logits bit for bit without reading the model's matrices, and a damaged or foreign
-//! cache file is reported and rebuilt, never trusted (default model, Q4_1).
+//! cache file is reported and rebuilt, never trusted (default model, Q4_1, and converted to bf16).
 
 use std::path::{Path, PathBuf};
 
-use ferrollama_gguf::GgufFile;
+use ferrollama_gguf::{GgmlType, GgufFile};
 use ferrollama_model::huge_pages::Placement;
 use ferrollama_model::pack_cache::{CacheState, PackCache};
 use ferrollama_model::{Config, GgufWeights, Llama};
@@ -43,8 +43,22 @@ fn logits(m: &Llama) -> Vec<u32> {
 
 #[test]
 fn second_load_maps_the_cache_and_computes_the_same() {
-    let model = ferrollama_assets::default_model().unwrap();
-    let file = GgufFile::open(&model).unwrap();
+    round_trip(&ferrollama_assets::default_model().unwrap(), "roundtrip");
+}
+
+/// bf16 matrices have a kind of their own in the cache (pairs for `vdpbf16ps`).
+#[test]
+fn bf16_weights_round_trip_through_the_cache() {
+    let model = ferrollama_assets::models_dir().join("SmolLM2-135M-Instruct.bf16-from-q4_1.gguf");
+    let src = ferrollama_assets::default_model().unwrap();
+    ferrollama_model::convert::requantize_once(&src, &model, GgmlType::BF16).unwrap();
+    round_trip(&model, "roundtrip-bf16");
+}
+
+/// A first load writes the cache; a second reads it into huge pages, a third maps it: all
+/// three compute the logits of a load without the cache.
+fn round_trip(model: &Path, name: &str) {
+    let file = GgufFile::open(model).unwrap();
     let plain = logits(
         &Llama::load(
             &GgufWeights::new(&file),
@@ -53,12 +67,12 @@ fn second_load_maps_the_cache_and_computes_the_same() {
         )
         .unwrap(),
     );
-    let dir = temp_dir("roundtrip");
-    let (first, from_packing) = load_and_run(&file, &model, &dir);
+    let dir = temp_dir(name);
+    let (first, from_packing) = load_and_run(&file, model, &dir);
     assert_eq!(first, CacheState::Miss);
-    let (second, from_cache) = load_and_run(&file, &model, &dir);
+    let (second, from_cache) = load_and_run(&file, model, &dir);
     assert_eq!(second, CacheState::Hit);
-    let (third, from_map) = load_placed(&file, &model, &dir, Placement::Mapped);
+    let (third, from_map) = load_placed(&file, model, &dir, Placement::Mapped);
     assert_eq!(third, CacheState::Hit);
     assert_eq!(from_packing, plain);
     assert_eq!(from_cache, plain);

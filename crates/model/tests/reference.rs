@@ -29,10 +29,7 @@ fn converted(ty: GgmlType) -> PathBuf {
     let _g = LOCK.lock().unwrap();
     let out =
         ferrollama_assets::models_dir().join(format!("SmolLM2-135M-Instruct.{ty}-from-q4_1.gguf"));
-    if !out.exists() {
-        let src = GgufFile::open(q4_1_path()).unwrap();
-        ferrollama_model::convert::requantize(&src, &out, ty, |_, _| {}).unwrap();
-    }
+    ferrollama_model::convert::requantize_once(&q4_1_path(), &out, ty).unwrap();
     out
 }
 
