@@ -325,12 +325,13 @@ mod tests {
         bits.iter().flat_map(|b| b.to_le_bytes()).collect()
     }
 
-    /// bf16 weights with extremes among them: the largest finite bf16 (far beyond f16's
-    /// range), zeros of both signs, a subnormal (read as zero).
+    /// bf16 weights with extremes among them: values far beyond f16's range both ways
+    /// (3e30, 1e-30), zeros of both signs, a subnormal (read as zero).
     fn weights(rng: &mut impl Rng, n: usize, k: usize) -> Vec<u16> {
         (0..n * k)
             .map(|i| match i % 17 {
-                0 => bf16::MAX.to_bits(),
+                0 => bf16::from_f32(3e30).to_bits(),
+                3 => bf16::from_f32(-1e-30).to_bits(),
                 1 => 0x8000,
                 2 => 0x0001,
                 _ => bf16::from_f32(rng.random_range(-1.0..1.0)).to_bits(),
@@ -430,8 +431,33 @@ mod tests {
                 .collect();
             let ran = check::<1>(p.group(0), &x) + check::<4>(p.group(0), &x);
             let ran = ran + check::<8>(p.group(0), &x);
+            let finite = (0..8).all(|j| tile_ref(p.group(0), &x[j]).iter().all(|v| v.is_finite()));
+            assert!(
+                finite,
+                "k={k}: the sums overflowed, so their order went untested"
+            );
             eprintln!("k={k}: {ran} tile variants compared");
         }
+        // Overflowing products: the largest bf16 weight times activations beyond 1, signs
+        // mixed, so infinities of both signs meet (the instruction's result is the fused
+        // form's, unrounded products).
+        let w: Vec<u16> = (0..LANES * 7)
+            .map(|i| match i % 3 {
+                0 => bf16::MAX.to_bits(),
+                1 => (-bf16::MAX).to_bits(),
+                _ => bf16::from_f32(0.5).to_bits(),
+            })
+            .collect();
+        let p = PackedBf16::pack(&bytes(&w), LANES, 7).unwrap();
+        let x: Vec<Vec<u32>> = (0..8)
+            .map(|j| {
+                let row: Vec<f32> = (0..7).map(|i| ((i * 5 + j) % 7) as f32 - 3.0).collect();
+                let mut out = vec![0u32; pairs(7)];
+                round_to_bf16_pairs(&row, &mut out);
+                out
+            })
+            .collect();
+        check::<8>(p.group(0), &x);
     }
 
     #[test]

@@ -151,8 +151,10 @@ impl PreparedRows {
                         self.ptr.cast::<u32>().add(first * pairs),
                         rows * pairs,
                     );
-                    for (o, row) in out.chunks_exact_mut(pairs).zip(x.chunks_exact(k)) {
-                        packed_bf16::round_to_bf16_pairs(row, o);
+                    if k > 0 {
+                        for (o, row) in out.chunks_exact_mut(pairs).zip(x.chunks_exact(k)) {
+                            packed_bf16::round_to_bf16_pairs(row, o);
+                        }
                     }
                 }
             }

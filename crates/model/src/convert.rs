@@ -74,20 +74,33 @@ pub fn requantize(
     Ok(())
 }
 
-/// `src` converted to `target` at `out` unless that file exists: written beside it under a
-/// name of this process and renamed into place, so a concurrent or killed conversion never
-/// leaves a partial file at `out` (the tests' converted copies of the default model).
+/// `src` converted to `target` at `out` unless that file exists (the tests' converted
+/// copies of the default model): written beside it under a name of this process and call
+/// (the writer's own temporary name derives from it) and renamed into place, so
+/// conversions running at once never share a file and `out` is never partial.
 pub fn requantize_once(src: &Path, out: &Path, target: GgmlType) -> Result<()> {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     if out.exists() {
         return Ok(());
     }
-    let part = out.with_extension(format!("part{}", std::process::id()));
-    let src = GgufFile::open(src)?;
-    requantize(&src, &part, target, |_, _| {})?;
-    std::fs::rename(&part, out).map_err(|e| Error::Io {
-        file: out.display().to_string(),
-        source: e,
-    })
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stem = out.file_stem().unwrap_or_default().to_string_lossy();
+    let part = out.with_file_name(format!("{stem}.{}-{call}.part.gguf", std::process::id()));
+    let written = (|| -> Result<()> {
+        requantize(&GgufFile::open(src)?, &part, target, |_, _| {})?;
+        std::fs::rename(&part, out).map_err(|e| Error::Io {
+            file: out.display().to_string(),
+            source: e,
+        })
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&part);
+        if out.exists() {
+            // Another process finished the same conversion first.
+            return Ok(());
+        }
+    }
+    written
 }
 
 /// The type llama-quantize gives a tensor when the file's type is `target`: vectors stay
@@ -149,4 +162,44 @@ fn recode(src: &GgufFile, info: &ferrollama_gguf::TensorInfo, to: GgmlType) -> R
     let f = q.dequantize(&Device::Cpu)?;
     let out = QTensor::quantize(&f, to_dtype)?;
     Ok(out.data()?.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Conversions of one file to one place at once each finish, leaving one whole file and
+    /// no temporary ones (the tiny committed model, to bf16).
+    #[test]
+    fn conversions_at_once_leave_one_whole_file() {
+        let src =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/tiny/tiny-260k-q8_0.gguf");
+        let dir = std::env::temp_dir().join(format!("ferrollama-once-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("tiny.bf16.gguf");
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..3)
+                .map(|_| s.spawn(|| requantize_once(&src, &out, GgmlType::BF16)))
+                .collect();
+            for r in runs {
+                r.join().unwrap().unwrap();
+            }
+        });
+        let file = GgufFile::open(&out).unwrap();
+        assert!(file
+            .header
+            .tensors
+            .iter()
+            .any(|t| t.ggml_type == GgmlType::BF16));
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["tiny.bf16.gguf"], "temporary files left behind");
+        let missing = dir.join("missing.gguf");
+        assert!(requantize_once(&dir.join("none.gguf"), &missing, GgmlType::BF16).is_err());
+        assert!(!missing.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

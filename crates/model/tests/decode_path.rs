@@ -59,6 +59,9 @@ fn single_sequence_steps_give_the_candle_paths_bits() {
     }
 }
 
+/// The plumbing of bf16 activations (prepared per thread, in shares, eight-row tiles)
+/// against the candle path's whole products; the arithmetic itself is tested against a
+/// reference in `ferrollama_kernels::packed_bf16` and `tests/linear_bf16.rs`.
 #[test]
 fn bf16_weights_give_the_candle_paths_bits() {
     let m = bf16_model();

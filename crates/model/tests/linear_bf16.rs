@@ -20,8 +20,11 @@ fn bf16_weights_beyond_f16s_range_run_as_bf16() {
         .map(|i| ((i % 37) as f32 - 18.0) * 0.125)
         .collect();
     w[77] = 1.0e5;
-    w[300] = -3.0e-30;
     w[301] = 7.0e6;
+    // Row 12 holds one weight, far below f16's smallest subnormal: its outputs must be
+    // that weight times the input, not zero.
+    w[12 * k..13 * k].fill(0.0);
+    w[12 * k + 5] = -3.0e-30;
     let linear = Linear::from_qtensor(bf16_matrix(&w, n, k)).unwrap();
     assert!(
         matches!(linear.quant().map(|q| &**q), Some(QuantMatrix::Bf16(_))),
@@ -38,17 +41,23 @@ fn bf16_weights_beyond_f16s_range_run_as_bf16() {
     let y: Vec<Vec<f32>> = linear.forward(&xt).unwrap().to_vec2().unwrap();
     for t in 0..m {
         for o in 0..n {
-            let exact: f64 = (0..k)
+            let terms: Vec<f64> = (0..k)
                 .map(|i| {
                     let xi = half::bf16::from_bits(round_to_bf16(x[t * k + i])).to_f32();
                     wb[o * k + i] * f64::from(xi)
                 })
-                .sum();
+                .collect();
+            let exact: f64 = terms.iter().sum();
+            let scale: f64 = terms.iter().map(|v| v.abs()).sum();
             let got = f64::from(y[t][o]);
             assert!(
-                got.is_finite() && (got - exact).abs() <= 1e-6 * (1.0 + exact.abs()),
+                got.is_finite() && (got - exact).abs() <= 1e-6 * scale,
                 "[{t},{o}] {got} vs {exact}"
             );
         }
+        assert!(
+            y[t][12] != 0.0 || x[t * k + 5] == 0.0,
+            "the tiny weight was lost"
+        );
     }
 }
