@@ -136,7 +136,12 @@ pub fn run(mut a: Args) -> Result<()> {
         _ => None,
     };
     let file_name = m.path.display().to_string();
-    let model_size: u64 = std::fs::metadata(&m.path).map(|md| md.len()).unwrap_or(0);
+    // A directory's size is its safetensors files' (the directory entry itself is 0 or 4 KiB).
+    let model_size: u64 = if m.path.is_dir() {
+        weight_bytes.unwrap_or(0)
+    } else {
+        std::fs::metadata(&m.path).map(|md| md.len()).unwrap_or(0)
+    };
     let n_params = m.model.config.num_parameters();
     if a.json {
         let json: Vec<serde_json::Value> = records
