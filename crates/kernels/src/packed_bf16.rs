@@ -103,14 +103,12 @@ impl PackedBf16 {
 
     /// The packed layout's bytes (little-endian bf16).
     pub fn packed_bytes(&self) -> &[u8] {
-        let h = self.data.as_slice();
-        // SAFETY: u8 has no alignment or validity requirement; the length is in bytes.
-        unsafe { std::slice::from_raw_parts(h.as_ptr() as *const u8, 2 * h.len()) }
+        self.data.as_bytes()
     }
 
     /// Whether the bytes are a region of a shared buffer (a mapped cache file).
     pub fn is_shared(&self) -> bool {
-        matches!(self.data, Halves::Shared(_))
+        self.data.is_shared()
     }
 
     /// (output rows, input width).

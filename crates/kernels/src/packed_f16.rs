@@ -31,7 +31,8 @@ pub struct PackedF16 {
     data: Halves,
 }
 
-/// The f16 bits, in memory or in a shared buffer (little-endian, 2-byte aligned).
+/// The f16 (or bf16) bits, in memory or in a shared buffer (little-endian, 2-byte
+/// aligned).
 pub(crate) enum Halves {
     Owned(Vec<u16>),
     Shared(Storage),
@@ -43,6 +44,18 @@ impl Halves {
             Self::Owned(v) => v,
             Self::Shared(s) => halves(s.as_bytes()).unwrap_or(&[]),
         }
+    }
+
+    /// The bits as little-endian bytes (the packed layout a cache file holds).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        let h = self.as_slice();
+        // SAFETY: u8 has no alignment or validity requirement; the length is in bytes.
+        unsafe { std::slice::from_raw_parts(h.as_ptr() as *const u8, 2 * h.len()) }
+    }
+
+    /// Whether the bits are a region of a shared buffer (a mapped cache file).
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(self, Self::Shared(_))
     }
 }
 
@@ -112,14 +125,12 @@ impl PackedF16 {
 
     /// The packed layout's bytes (little-endian f16).
     pub fn packed_bytes(&self) -> &[u8] {
-        let h = self.data.as_slice();
-        // SAFETY: u8 has no alignment or validity requirement; the length is in bytes.
-        unsafe { std::slice::from_raw_parts(h.as_ptr() as *const u8, 2 * h.len()) }
+        self.data.as_bytes()
     }
 
     /// Whether the bytes are a region of a shared buffer (a mapped cache file).
     pub fn is_shared(&self) -> bool {
-        matches!(self.data, Halves::Shared(_))
+        self.data.is_shared()
     }
 
     /// (output rows, input width).

@@ -293,6 +293,50 @@ impl PackedKMatrix {
     }
 }
 
+/// The 16-row tiles of f16 and bf16 weights, for any number of prepared rows.
+trait HalfTiles {
+    /// One prepared activation row.
+    type Row: ?Sized;
+    fn tile<const R: usize>(&self, g: usize, rows: [&Self::Row; R]) -> [[f32; 16]; R];
+}
+
+impl HalfTiles for PackedF16 {
+    type Row = [f32];
+    fn tile<const R: usize>(&self, g: usize, rows: [&[f32]; R]) -> [[f32; 16]; R] {
+        packed_f16::tile(self.group(g), rows)
+    }
+}
+
+impl HalfTiles for PackedBf16 {
+    type Row = [u32];
+    fn tile<const R: usize>(&self, g: usize, rows: [&[u32]; R]) -> [[f32; 16]; R] {
+        packed_bf16::tile(self.group(g), rows)
+    }
+}
+
+/// [`each_tile`] over 16-row groups with tiles of eight prepared rows (`eight`: the 512-bit
+/// kernels' 32 registers hold their accumulators) or four.
+fn half_tiles<'a, T: HalfTiles>(
+    w: &T,
+    eight: bool,
+    n: usize,
+    m: usize,
+    groups: Range<usize>,
+    row: impl Fn(usize) -> &'a T::Row,
+    emit: &mut impl FnMut(usize, usize, &[f32]),
+) where
+    T::Row: 'a,
+{
+    let one = |g: usize, t: usize| w.tile(g, [row(t)])[0];
+    if eight {
+        let rows = |t: usize| std::array::from_fn::<_, 8, _>(|j| row(t + j));
+        each_tile(n, m, groups, |g, t| w.tile(g, rows(t)), one, emit);
+    } else {
+        let rows = |t: usize| std::array::from_fn::<_, 4, _>(|j| row(t + j));
+        each_tile(n, m, groups, |g, t| w.tile(g, rows(t)), one, emit);
+    }
+}
+
 impl PackedF16 {
     /// Row groups of [`packed_f16::LANES`] outputs.
     pub fn groups(&self) -> usize {
@@ -313,30 +357,9 @@ impl PackedF16 {
         emit: &mut impl FnMut(usize, usize, &[f32]),
     ) {
         let k = self.shape().1;
-        let row = |t: usize| &p.f16[t * k..(t + 1) * k];
-        let n = self.shape().0;
-        let one = |g: usize, t: usize| packed_f16::tile(self.group(g), [row(t)])[0];
-        if packed_f16::prompt_tile_rows() == 8 {
-            let rows = |t: usize| std::array::from_fn::<_, 8, _>(|j| row(t + j));
-            each_tile(
-                n,
-                m,
-                groups,
-                |g, t| packed_f16::tile(self.group(g), rows(t)),
-                one,
-                emit,
-            );
-        } else {
-            let rows = |t: usize| std::array::from_fn::<_, 4, _>(|j| row(t + j));
-            each_tile(
-                n,
-                m,
-                groups,
-                |g, t| packed_f16::tile(self.group(g), rows(t)),
-                one,
-                emit,
-            );
-        }
+        let rows = |t: usize| &p.f16[t * k..(t + 1) * k];
+        let eight = packed_f16::prompt_tile_rows() == 8;
+        half_tiles(self, eight, self.shape().0, m, groups, rows, emit);
     }
 }
 
@@ -360,30 +383,9 @@ impl PackedBf16 {
         emit: &mut impl FnMut(usize, usize, &[f32]),
     ) {
         let pairs = packed_bf16::pairs(self.shape().1);
-        let row = |t: usize| &p.bf16[t * pairs..(t + 1) * pairs];
-        let n = self.shape().0;
-        let one = |g: usize, t: usize| packed_bf16::tile(self.group(g), [row(t)])[0];
-        if packed_bf16::prompt_tile_rows() == 8 {
-            let rows = |t: usize| std::array::from_fn::<_, 8, _>(|j| row(t + j));
-            each_tile(
-                n,
-                m,
-                groups,
-                |g, t| packed_bf16::tile(self.group(g), rows(t)),
-                one,
-                emit,
-            );
-        } else {
-            let rows = |t: usize| std::array::from_fn::<_, 4, _>(|j| row(t + j));
-            each_tile(
-                n,
-                m,
-                groups,
-                |g, t| packed_bf16::tile(self.group(g), rows(t)),
-                one,
-                emit,
-            );
-        }
+        let rows = |t: usize| &p.bf16[t * pairs..(t + 1) * pairs];
+        let eight = packed_bf16::prompt_tile_rows() == 8;
+        half_tiles(self, eight, self.shape().0, m, groups, rows, emit);
     }
 }
 
