@@ -177,8 +177,15 @@ def main():
     ap.add_argument("--out", type=pathlib.Path, default=REPO / "benches/results")
     ap.add_argument("--peer", choices=["python", "llama-bench"], default="python",
                     help="llama.cpp through llama-cpp-python, or its own llama-bench binary")
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native",
+                    help="with --peer llama-bench: avx2 runs both sides without AVX-512 (llama-bench built "
+                         "with AVX2 only, ferrollama under FERROLLAMA_NO_AVX512=1), as on an AVX2-only CPU")
     a = ap.parse_args()
-    bench_binary = llama_cpp_build.ensure_tool("llama-bench") if a.peer == "llama-bench" else None
+    if a.isa != "native" and a.peer != "llama-bench":
+        ap.error("--isa needs --peer llama-bench")
+    if a.isa == "avx2":
+        os.environ["FERROLLAMA_NO_AVX512"] = "1"
+    bench_binary = llama_cpp_build.ensure_tool("llama-bench", isa=a.isa) if a.peer == "llama-bench" else None
     py = ensure_venv(llama_cpp=bench_binary is None)
     files = (llama_quantized_files if bench_binary else model_files)(a.types.split(","))
     bandwidth = float(sh(py, "-c", BANDWIDTH_PROBE, a.threads))
@@ -216,7 +223,8 @@ def main():
         rows.append(row)
     date = datetime.date.today().isoformat()
     kernels = rows[0]["pairs"][0]["ferrollama"].get("kernels") if rows else None
-    peer = (f"llama.cpp = llama-bench built from the {LLAMA_CPP_PYTHON} sdist (GGML_NATIVE), files from llama-quantize"
+    build = "GGML_NATIVE" if a.isa == "native" else "AVX2, FMA, F16C, no AVX-512"
+    peer = (f"llama.cpp = llama-bench built from the {LLAMA_CPP_PYTHON} sdist ({build}), files from llama-quantize"
             if bench_binary else f"llama.cpp = {LLAMA_CPP_PYTHON} (Python process: its RSS includes the interpreter)")
     header = (f"{date}, {cpu}, {a.threads} threads, {a.pairs} pairs, pp{a.n_prompt} / tg{a.n_gen}, "
               f"read bandwidth {bandwidth:.1f} GB/s; ferrollama kernels: {kernels}; {peer}")
@@ -230,9 +238,10 @@ def main():
     table = "\n".join(lines)
     print(table)
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{date}-llama-bench" if bench_binary else date
+    stem = (f"{date}-llama-bench" + ("" if a.isa == "native" else f"-{a.isa}")) if bench_binary else date
     (a.out / f"{stem}.md").write_text(table + "\n")
-    (a.out / f"{stem}.json").write_text(json.dumps({"date": date, "cpu": cpu, "threads": a.threads, "peer": a.peer, "kernels": kernels,
+    (a.out / f"{stem}.json").write_text(json.dumps({"date": date, "cpu": cpu, "threads": a.threads, "peer": a.peer, "isa": a.isa,
+                                                    "kernels": kernels,
                                                     "bandwidth_gbs": bandwidth, "rows": rows}, indent=1) + "\n")
 
 

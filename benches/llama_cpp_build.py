@@ -1,7 +1,8 @@
 """llama.cpp's own tools (llama-server, llama-perplexity, llama-bench), built once from the
 llama.cpp tree vendored in the llama-cpp-python 0.3.36 sdist (fetched with pip into the
 same cache as scripts/fetch-vocab.sh) with cmake from PyPI, `-DGGML_NATIVE=ON`, niced,
-into ~/.cache/ferrollama/bench/llama-tools/ (several minutes per tool on 2 cores).
+into ~/.cache/ferrollama/bench/llama-tools/ (several minutes per tool on 2 cores); with
+isa="avx2", AVX2 without AVX-512 into llama-tools-avx2/.
 """
 
 import os
@@ -41,18 +42,30 @@ def ensure_sdist_tree():
     return tree
 
 
-def ensure_tool(target, jobs=2):
-    """The path of llama.cpp's `target` binary (llama-server, llama-perplexity, ...)."""
-    binary = TOOLS_DIR / target
+# CPU features a build may use: all of this CPU's (`native`), or AVX2 + FMA + F16C + BMI2
+# and no AVX-512 (`avx2`: what an AVX2-only CPU runs, measured on an AVX-512 one).
+ISA_FLAGS = {
+    "native": ["-DGGML_NATIVE=ON"],
+    "avx2": ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+             "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX512_VNNI=OFF", "-DGGML_AVX512_BF16=OFF",
+             "-DGGML_AVX_VNNI=OFF"],
+}
+
+
+def ensure_tool(target, jobs=2, isa="native"):
+    """The path of llama.cpp's `target` binary (llama-server, llama-perplexity, ...), built
+    for `isa` (a key of ISA_FLAGS; each its own build directory)."""
+    tools = TOOLS_DIR if isa == "native" else TOOLS_DIR.with_name(f"llama-tools-{isa}")
+    binary = tools / target
     if binary.exists():
         return binary
     tree = ensure_sdist_tree()
     cmake = SDIST_VENV / "bin/cmake"
     if not cmake.exists():
         subprocess.run([str(SDIST_VENV / "bin/pip"), "install", "-q", "cmake"], check=True)
-    build = TOOLS_DIR / "build"
-    log(f"building {target} from {tree} into {build} (-j{jobs}, niced; several minutes)")
-    subprocess.run([str(cmake), "-S", str(tree), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
+    build = tools / "build"
+    log(f"building {target} ({isa}) from {tree} into {build} (-j{jobs}, niced; several minutes)")
+    subprocess.run([str(cmake), "-S", str(tree), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", *ISA_FLAGS[isa],
                     "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF",
                     "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",  # no web UI download
                     "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"],
